@@ -1,0 +1,41 @@
+# Every target creates ./.venv on first use: a fresh clone needs no other step.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+MODEL ?=
+# engines/<last path component of MODEL>, e.g. engines/bge-reranker-v2-m3
+OUT   ?= engines/$(notdir $(patsubst %/,%,$(MODEL)))
+HOST  ?= 127.0.0.1
+PORT  ?= 30000
+EXPORT_ARGS ?=
+SERVE_ARGS  ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test export serve clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+export: $(STAMP)
+	@test -n "$(MODEL)" || { echo "usage: make export MODEL=<hub id or local dir> [OUT=engines/<name>]" >&2; exit 2; }
+	$(BIN)/rerankrt export "$(MODEL)" --out "$(OUT)" $(EXPORT_ARGS)
+
+serve: $(STAMP)
+	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<hub id or local dir> [OUT=engines/<name>] [PORT=30000]" >&2; exit 2; }
+	@test -f "$(OUT)/manifest.json" || $(MAKE) --no-print-directory export MODEL="$(MODEL)" OUT="$(OUT)"
+	$(BIN)/rerankrt serve --model-path "$(OUT)" --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,121 @@
+"""The artifact folder written by `rerankrt export` and read by the runtime.
+
+`manifest.json` records what the folder holds and how it was made, including a
+sha256 for every file; `load_manifest` refuses a folder whose manifest, files,
+hashes, versions or parity check do not hold, naming the file at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from rerankrt.errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PARITY_NAME = "parity.json"
+
+
+class SourceModel(BaseModel):
+    ref: str  # Hub id or path the export was given
+    revision: str | None = None  # Hub commit hash
+    path: str | None = None  # local folder the weights were read from (the torch backend can reuse it)
+    architecture: str
+
+
+class Graph(BaseModel):
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+class Manifest(BaseModel):
+    format_version: int
+    family: str
+    source: SourceModel
+    max_length: int
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    opset: int
+    graphs: dict[str, Graph]  # role -> graph; "scorer" maps pairs to logits
+    encoder_files: list[str]
+    versions: dict[str, str]
+    files: dict[str, str]  # file name -> sha256
+    created_at: str
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(folder: Path, names: list[str]) -> dict[str, str]:
+    return {name: sha256_file(folder / name) for name in sorted(set(names))}
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    path = folder / MANIFEST_NAME
+    path.write_text(manifest.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def is_artifact(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
+    """Read and check an artifact folder; raise ArtifactError naming the file that fails."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: no {MANIFEST_NAME}; export the model first with `rerankrt export`")
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise ArtifactError(f"{path}: not a valid manifest ({exc.error_count()} problems: {_first_error(exc)})") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format {manifest.format_version}, this rerankrt reads format {FORMAT_VERSION}; "
+            "re-export the model with this version"
+        )
+    _check_versions(path, manifest)
+    listed = set(manifest.files)
+    for graph in manifest.graphs.values():
+        if graph.file not in listed:
+            raise ArtifactError(f"{path}: graph file {graph.file} is not listed with a hash")
+    if PARITY_NAME not in listed:
+        raise ArtifactError(f"{path}: {PARITY_NAME} is not listed; the export was not verified")
+    for name, expected in manifest.files.items():
+        file = folder / name
+        if not file.is_file():
+            raise ArtifactError(f"{file}: listed in {MANIFEST_NAME} but missing")
+        if verify_hashes and sha256_file(file) != expected:
+            raise ArtifactError(f"{file}: sha256 does not match {MANIFEST_NAME}; the file changed after export")
+    parity = json.loads((folder / PARITY_NAME).read_text())
+    if not parity.get("passed"):
+        raise ArtifactError(f"{folder / PARITY_NAME}: the export's parity check did not pass")
+    return manifest
+
+
+def _check_versions(path: Path, manifest: Manifest) -> None:
+    """Tokenizer files saved by transformers 5 do not load in 4.x (and vice versa): refuse a major mismatch."""
+    import transformers
+
+    made_with = manifest.versions.get("transformers")
+    if made_with and made_with.split(".")[0] != transformers.__version__.split(".")[0]:
+        raise ArtifactError(
+            f"{path}: exported with transformers {made_with}, this environment has {transformers.__version__}; "
+            "re-export the model here"
+        )
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"

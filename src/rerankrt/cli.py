@@ -1,0 +1,168 @@
+"""`rerankrt export | serve | rerank`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+from typing import Literal, Union, get_args, get_origin
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from rerankrt import __version__
+from rerankrt.errors import RerankrtError
+
+log = logging.getLogger("rerankrt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except RerankrtError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rerankrt", description="Compile reranker models and serve them fast.")
+    parser.add_argument("--version", action="version", version=f"rerankrt {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    export = commands.add_parser("export", help="export a model to a verified ONNX artifact folder")
+    export.add_argument("model", metavar="MODEL", help="Hugging Face Hub id or local model folder")
+    export.add_argument("--out", type=Path, help="artifact folder (default: engines/<model name>)")
+    export.add_argument("--max-length", type=int, help="tokens per pair (default: the family's, 512 for cross-encoders)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: optimum's for the architecture)")
+    export.add_argument("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id")
+    export.add_argument("--family", help="force the reranker family instead of detecting it from config.json")
+    export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
+    export.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    export.set_defaults(run=run_export)
+
+    from rerankrt.server.settings import ServeSettings
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over HTTP (/v1/rerank)",
+        description="Every flag can also be set as an environment variable RERANKRT_<FLAG> (e.g. RERANKRT_PORT).",
+    )
+    add_settings_arguments(serve, ServeSettings)
+    serve.set_defaults(run=run_serve, settings_class=ServeSettings)
+
+    rerank = commands.add_parser("rerank", help="score documents against a query once and print JSON")
+    rerank.add_argument("--model-path", required=True, help="artifact folder, model folder or Hub id")
+    rerank.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    rerank.add_argument("--query", required=True)
+    rerank.add_argument("documents", nargs="+", metavar="DOCUMENT")
+    rerank.add_argument("--instruct", help="task instruction (instruction-following rerankers only)")
+    rerank.add_argument("--raw-scores", action="store_true", help="print logits instead of sigmoid scores")
+    rerank.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    rerank.set_defaults(run=run_rerank)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    from rerankrt.export import export_model
+
+    out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
+    export_model(
+        args.model, out, max_length=args.max_length, opset=args.opset, revision=args.revision,
+        family=args.family, force=args.force,
+    )
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, args.settings_class)
+    configure_logging(settings.log_level)
+    import uvicorn
+
+    from rerankrt.runtime import load_reranker
+    from rerankrt.server import create_app
+
+    reranker = load_reranker(
+        settings.model_path, backend=settings.backend, max_length=settings.max_length,
+        served_model_name=settings.served_model_name, revision=settings.revision,
+        max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+    )
+    log.info("serving %s on http://%s:%d", reranker.model_name, settings.host, settings.port)
+    uvicorn.run(create_app(reranker), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def run_rerank(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    from rerankrt.runtime import load_reranker
+    from rerankrt.server.app import sigmoid
+
+    reranker = load_reranker(args.model_path, backend=args.backend)
+    logits = reranker.score(args.query, args.documents, args.instruct)
+    scores = logits.astype(float) if args.raw_scores else sigmoid(logits)
+    results = [{"index": i, "score": float(scores[i]), "document": args.documents[i]} for i in range(len(scores))]
+    results.sort(key=lambda r: -r["score"])
+    print(json.dumps(results, ensure_ascii=False, indent=2))
+    return 0
+
+
+# --- settings <-> flags ------------------------------------------------------------------------
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type[BaseSettings]) -> None:
+    """One --flag per settings field, its help text taken from the field's description."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    for name, field in settings_class.model_fields.items():
+        annotation = _unwrap_optional(field.annotation)
+        notes = ["required"] if field.is_required() else [] if field.default is None else [f"default: {field.default}"]
+        notes.append(f"env {prefix}{name.upper()}")
+        kwargs: dict = {"dest": name, "default": None, "help": f"{field.description} ({'; '.join(notes)})"}
+        if get_origin(annotation) is Literal:
+            kwargs["choices"] = list(get_args(annotation))
+        elif annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif annotation in (int, float):
+            kwargs["type"] = annotation
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace, settings_class: type[BaseSettings]):
+    """Flags given on the command line win over environment variables, which win over defaults."""
+    given = {name: value for name, value in vars(args).items() if name in settings_class.model_fields and value is not None}
+    try:
+        return settings_class(**given)
+    except ValidationError as exc:
+        prefix = settings_class.model_config.get("env_prefix", "")
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0])
+            problems.append(f"--{name.replace('_', '-')} (env {prefix}{name.upper()}): {err['msg']}")
+        raise RerankrtError("; ".join(problems)) from exc
+
+
+def _unwrap_optional(annotation):
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`rerankrt export`: model -> ONNX -> parity check -> artifact folder, with progress output.
+
+The folder is assembled next to its destination and moved into place only
+when every step has passed, so a failed export never leaves a half-written
+artifact (nor destroys the previous one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from rerankrt.artifact import FORMAT_VERSION, PARITY_NAME, Manifest, SourceModel, hash_files, write_manifest
+from rerankrt.errors import ExportError
+from rerankrt.export.onnx_graph import export_with_optimum
+from rerankrt.export.parity import FP32_TOLERANCE, check_parity
+from rerankrt.families import detect_family, get_family
+from rerankrt.model_source import resolve_model
+from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+log = logging.getLogger(__name__)
+
+STEPS = 5
+VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnx", "onnxruntime")
+
+
+@contextmanager
+def step(number: int, title: str):
+    log.info("[%d/%d] %s ...", number, STEPS, title)
+    started = time.perf_counter()
+    yield
+    log.info("[%d/%d] %s done (%.1f s)", number, STEPS, title, time.perf_counter() - started)
+
+
+def export_model(
+    model: str,
+    out: Path,
+    *,
+    max_length: int | None = None,
+    opset: int | None = None,
+    revision: str | None = None,
+    family: str | None = None,
+    force: bool = False,
+    tolerance: float = FP32_TOLERANCE,
+) -> Manifest:
+    """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
+
+    with step(1, f"resolving {model}"):
+        source = resolve_model(model, revision)
+        config = source.config()
+        chosen = get_family(family) if family else detect_family(source.path)
+        encoder = chosen.load_encoder(source.path, max_length)
+        log.info("family %s, max_length %d, weights in %s", chosen.name, encoder.max_length, source.path)
+
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with step(2, f"exporting ONNX graph with optimum ({chosen.onnx_task})"):
+            graph = export_with_optimum(chosen.load_export_model(source.path), chosen.onnx_task, staging, opset)
+            log.info("graph inputs %s -> outputs %s, opset %d", graph.inputs, graph.outputs, graph.opset)
+
+        with step(3, "verifying the ONNX graph against the torch scorer"):
+            backend = OnnxRuntimeBackend(staging / graph.files[0])
+            report = check_parity(
+                encoder,
+                chosen.load_scorer(source.path),
+                backend.run,
+                f"onnxruntime {backend.session.get_providers()[0]}",
+                tolerance=tolerance,
+            )
+            (staging / PARITY_NAME).write_text(_json(report.to_dict()))
+            log.info(
+                "max |Δlogit| %.3g (tolerance %.0e) over %d pairs, lengths %d-%d, top-1 agreement %.2f",
+                report.max_abs_diff, tolerance, report.pairs, report.seq_len_min, report.seq_len_max,
+                report.top1_agreement,
+            )
+            if not report.passed:
+                raise ExportError(
+                    f"parity check failed: max |Δlogit| {report.max_abs_diff:.3g} > {tolerance:.0e} "
+                    f"between the ONNX graph and the torch scorer"
+                )
+
+        with step(4, "writing tokenizer files"):
+            encoder_files = encoder.save(staging)
+            shutil.copy2(source.path / "config.json", staging / "config.json")
+
+        with step(5, "writing manifest"):
+            manifest = Manifest(
+                format_version=FORMAT_VERSION,
+                family=chosen.name,
+                source=SourceModel(
+                    ref=model,
+                    revision=source.revision,
+                    path=str(source.path),
+                    architecture=", ".join(config.get("architectures") or []),
+                ),
+                max_length=encoder.max_length,
+                precision="fp32",
+                opset=graph.opset,
+                graphs={"scorer": {"file": graph.files[0], "inputs": graph.inputs, "outputs": graph.outputs}},
+                encoder_files=encoder_files,
+                versions=_versions(),
+                files=hash_files(staging, [*graph.files, *encoder_files, "config.json", PARITY_NAME]),
+                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            write_manifest(staging, manifest)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    size_mb = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    log.info("artifact written to %s (%.1f MB); serve it with: rerankrt serve --model-path %s", out, size_mb, out)
+    return manifest
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def _versions() -> dict[str, str]:
+    from rerankrt import __version__
+
+    versions = {"rerankrt": __version__, "python": sys.version.split()[0]}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _json(data: dict) -> str:
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,90 @@
+"""The contract every reranker family fulfils.
+
+A family declares how to recognise a checkpoint (`matches`), how to turn a query
+and documents into model inputs (`load_encoder`), and the torch module that maps
+a batch of those inputs to one relevance logit per pair (`load_scorer`). The
+same scorer is what gets exported to ONNX and what the torch backend runs, so
+every backend computes the same function.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is heavy: imported only where a scorer is built
+    import torch
+
+Features = dict[str, np.ndarray]
+"""One encoded pair: input name -> 1-D int64 array (unpadded)."""
+
+Batch = dict[str, np.ndarray]
+"""Collated pairs: input name -> [batch, seq] int64 array, padded."""
+
+
+class PairEncoder(ABC):
+    """Turns (query, documents) into one `Features` per document, and pads them into a `Batch`."""
+
+    input_names: tuple[str, ...]
+    pad_values: Mapping[str, int]
+    padding_side: Literal["left", "right"] = "right"
+    max_length: int
+    tokenizer: Any  # the Hugging Face fast tokenizer behind the encoding
+
+    @abstractmethod
+    def encode(self, query: str, documents: Sequence[str], instruct: str | None = None) -> list[Features]:
+        """Encode each (query, document) pair, truncated to `max_length`; never fails on long text."""
+
+    @abstractmethod
+    def save(self, out_dir: Path) -> list[str]:
+        """Write what is needed to load this encoder again (tokenizer, template); return the file names."""
+
+    def collate(self, pairs: Sequence[Features]) -> Batch:
+        """Pad pairs to the longest one, on `padding_side`, with each input's pad value."""
+        width = max(len(pair["input_ids"]) for pair in pairs)
+        batch: Batch = {}
+        for name in self.input_names:
+            out = np.full((len(pairs), width), self.pad_values.get(name, 0), dtype=np.int64)
+            for row, pair in enumerate(pairs):
+                values = pair[name]
+                if self.padding_side == "right":
+                    out[row, : len(values)] = values
+                else:
+                    out[row, width - len(values) :] = values
+            batch[name] = out
+        return batch
+
+
+class Family(ABC):
+    """A kind of reranker: detection, encoding, the torch scorer, and how to export it."""
+
+    name: ClassVar[str]
+    default_max_length: ClassVar[int]
+    onnx_task: ClassVar[str]
+    """optimum task whose export of `load_export_model` yields the one-logit graph."""
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, config: dict) -> bool:
+        """True when a checkpoint with this config.json belongs to the family."""
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line for error messages: which checkpoints the family takes."""
+        return cls.name
+
+    @abstractmethod
+    def load_encoder(self, model_dir: Path, max_length: int | None = None) -> PairEncoder:
+        """The encoder for a model or artifact folder (both hold the tokenizer files)."""
+
+    @abstractmethod
+    def load_scorer(self, model_dir: Path, dtype: "torch.dtype | None" = None, device: str = "cpu") -> "torch.nn.Module":
+        """The torch module: `forward(**batch) -> float32 logits [batch]`, in eval mode."""
+
+    @abstractmethod
+    def load_export_model(self, model_dir: Path) -> "torch.nn.Module":
+        """The transformers model that optimum exports for `onnx_task`: its output is the logit."""

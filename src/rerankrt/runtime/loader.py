@@ -1,0 +1,130 @@
+"""Load a model for serving: an artifact folder, or a plain model folder / Hub id (torch only).
+
+Backend selection `auto` tries TensorRT, then ONNX Runtime, then torch; each
+backend that cannot load is logged with its reason before the next is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from rerankrt.artifact import Manifest, is_artifact, load_manifest
+from rerankrt.errors import ArtifactError, BackendUnavailableError, UnsupportedModelError
+from rerankrt.families import Family, detect_family, get_family
+from rerankrt.model_source import resolve_model
+from rerankrt.runtime.backend import Backend
+from rerankrt.runtime.reranker import Reranker
+
+log = logging.getLogger(__name__)
+
+BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")
+BACKEND_CHOICES = ("auto", *BACKEND_ORDER)
+
+BackendLoader = Callable[[], Backend]
+
+
+def select_backend(choice: str, loaders: Mapping[str, BackendLoader]) -> Backend:
+    """The named backend, or for `auto` the first in BACKEND_ORDER that loads."""
+    if choice != "auto":
+        if choice not in loaders:
+            raise BackendUnavailableError(f"unknown backend {choice!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+        return loaders[choice]()
+    reasons = []
+    for name in BACKEND_ORDER:
+        try:
+            backend = loaders[name]()
+        except Exception as exc:  # any load failure means: log it and try the next one
+            reason = str(exc) if isinstance(exc, BackendUnavailableError) else f"{type(exc).__name__}: {exc}"
+            log.info("backend %s not used: %s", name, reason)
+            reasons.append(f"{name}: {reason}")
+            continue
+        log.info("backend %s selected (device %s)", backend.name, backend.device)
+        return backend
+    raise BackendUnavailableError("no backend can run this model (" + "; ".join(reasons) + ")")
+
+
+def load_reranker(
+    model_path: str,
+    backend: str = "auto",
+    max_length: int | None = None,
+    served_model_name: str | None = None,
+    revision: str | None = None,
+    max_batch_size: int = 32,
+    max_batch_tokens: int = 16384,
+) -> Reranker:
+    """A ready Reranker for `model_path` (artifact folder, model folder or Hub id)."""
+    if is_artifact(Path(model_path)):
+        folder = Path(model_path)
+        manifest = load_manifest(folder)
+        try:
+            family = get_family(manifest.family)
+        except UnsupportedModelError as exc:
+            raise ArtifactError(f"{folder / 'manifest.json'}: {exc}") from exc
+        if max_length is not None and max_length > manifest.max_length:
+            raise ArtifactError(f"max_length {max_length} exceeds the {manifest.max_length} this artifact was exported for")
+        encoder = family.load_encoder(folder, max_length or manifest.max_length)
+        loaders = _artifact_loaders(folder, manifest, family)
+        name = served_model_name or manifest.source.ref
+    else:
+        source = resolve_model(model_path, revision)
+        family = detect_family(source.path)
+        encoder = family.load_encoder(source.path, max_length)
+        loaders = _plain_model_loaders(source.path, family)
+        name = served_model_name or source.ref
+    log.info("model %s: family %s, max_length %d", name, family.name, encoder.max_length)
+    return Reranker(
+        family=family,
+        encoder=encoder,
+        backend=select_backend(backend, loaders),
+        model_name=name,
+        max_batch_size=max_batch_size,
+        max_batch_tokens=max_batch_tokens,
+    )
+
+
+def _artifact_loaders(folder: Path, manifest: Manifest, family: Family) -> dict[str, BackendLoader]:
+    def onnxruntime() -> Backend:
+        from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(folder / manifest.graphs["scorer"].file)
+
+    def torch() -> Backend:
+        from rerankrt.runtime.torch_backend import TorchBackend
+
+        return TorchBackend(family, _source_weights(manifest))
+
+    return {"tensorrt": _tensorrt_unavailable, "onnxruntime": onnxruntime, "torch": torch}
+
+
+def _plain_model_loaders(model_dir: Path, family: Family) -> dict[str, BackendLoader]:
+    def needs_artifact() -> Backend:
+        raise BackendUnavailableError(
+            f"{model_dir} is a plain model folder; run `rerankrt export` first to serve it with ONNX Runtime or TensorRT"
+        )
+
+    def torch() -> Backend:
+        from rerankrt.runtime.torch_backend import TorchBackend
+
+        return TorchBackend(family, model_dir)
+
+    return {"tensorrt": needs_artifact, "onnxruntime": needs_artifact, "torch": torch}
+
+
+def _tensorrt_unavailable() -> Backend:
+    raise BackendUnavailableError("the TensorRT backend is not implemented in this version")
+
+
+def _source_weights(manifest: Manifest) -> Path:
+    """The torch backend needs the original weights: the export's local folder, or the Hub revision."""
+    if manifest.source.path and Path(manifest.source.path).is_dir():
+        return Path(manifest.source.path)
+    if manifest.source.revision:
+        try:
+            return resolve_model(manifest.source.ref, manifest.source.revision).path
+        except UnsupportedModelError as exc:
+            raise BackendUnavailableError(f"torch backend needs the source weights: {exc}") from exc
+    raise BackendUnavailableError(
+        f"torch backend needs the source weights, but {manifest.source.path or manifest.source.ref} is not there"
+    )

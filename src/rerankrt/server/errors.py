@@ -1,0 +1,66 @@
+"""One place that turns exceptions into JSON error responses; no stack trace reaches a client."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rerankrt.errors import InputError
+from rerankrt.server.schemas import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+               405: "MethodNotAllowed", 413: "RequestTooLarge", 503: "ServiceUnavailable"}
+
+
+def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = ErrorResponse(message=message, type=ERROR_TYPES.get(status, "InternalServerError"), param=param, code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def field_name(loc: tuple) -> str:
+    """('body', 'documents', 2) -> 'documents[2]'; the body itself -> 'body'."""
+    parts = [str(p) for p in loc[1:] if p not in ("body",)] if loc and loc[0] == "body" else [str(p) for p in loc]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
+    return name or "body"
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return "body", f"body: invalid JSON ({first.get('ctx', {}).get('error', first['msg'])})"
+    field = field_name(tuple(first["loc"]))
+    message = first["msg"]
+    if first["type"] == "missing":
+        message = "is required"
+    more = len(exc.errors()) - 1
+    return field, f"{field}: {message}" + (f" (and {more} more problems)" if more else "")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        field, message = validation_message(exc)
+        return error_response(400, message, field)
+
+    @app.exception_handler(InputError)
+    async def on_input_error(request: Request, exc: InputError) -> JSONResponse:
+        return error_response(400, str(exc), exc.field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("request %s %s failed (request id %s)", request.method, request.url.path, request_id)
+        return error_response(500, f"internal error; the server log has the details under request id {request_id}")

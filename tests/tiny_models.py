@@ -1,0 +1,106 @@
+"""Tiny random-weight cross-encoders of the real architectures, with offline-trained tokenizers.
+
+Nothing is downloaded: the tokenizers are trained here on a small corpus and
+the weights are random (seeded). Run as a script to write them for manual use:
+
+    python tests/tiny_models.py /tmp/tiny   # -> /tmp/tiny/xlmr, /tmp/tiny/bert
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from tokenizers import SentencePieceUnigramTokenizer, processors
+from tokenizers.implementations import BertWordPieceTokenizer
+
+CORPUS = [
+    "what is panda?",
+    "hi",
+    "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
+    "is a bear species endemic to China.",
+    "Paris is the capital and largest city of France.",
+    "Berlin is the capital of Germany.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Rerankers score a query against each document and sort the documents by relevance.",
+    "Cross-encoders read the query and the document together, which is slower but more accurate.",
+    "法国首都是哪里？巴黎是法国的首都。",
+    "熊猫是一种生活在中国的熊。",
+    "Numbers like 42, 3.14 and 2026 appear in text too.",
+    "A long document keeps going with many words so that truncation has something to cut away.",
+]
+
+
+def _corpus(repeats: int = 20) -> list[str]:
+    return [line for _ in range(repeats) for line in CORPUS]
+
+
+def build_xlmr_tokenizer():
+    from transformers import XLMRobertaTokenizerFast
+
+    sp = SentencePieceUnigramTokenizer()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    sp.train_from_iterator(_corpus(), vocab_size=400, special_tokens=specials, unk_token="<unk>", show_progress=False)
+    tok = sp._tokenizer
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    return XLMRobertaTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
+    )
+
+
+def build_bert_tokenizer():
+    from transformers import BertTokenizerFast
+
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(_corpus(), vocab_size=400, show_progress=False)
+    return BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=True, model_max_length=512)
+
+
+def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1) -> Path:
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    tokenizer = build_xlmr_tokenizer()
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=514, type_vocab_size=1, num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    XLMRobertaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return Path(out)
+
+
+def build_bert(out: Path, seed: int = 0) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = build_bert_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=512, type_vocab_size=2, num_labels=1,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return Path(out)
+
+
+def build_causal_lm(out: Path) -> Path:
+    """A model no family takes (GPT-2 LM head): for the 'unsupported architecture' error."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=32)).save_pretrained(out)
+    return Path(out)
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-models")
+    print(build_xlmr(root / "xlmr"))
+    print(build_bert(root / "bert"))
