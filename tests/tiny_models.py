@@ -48,8 +48,15 @@ def build_xlmr_tokenizer():
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
     )
     return XLMRobertaTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=512,
     )
 
 
@@ -58,7 +65,12 @@ def build_bert_tokenizer():
 
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(_corpus(), vocab_size=400, show_progress=False)
-    return BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=True, model_max_length=512)
+    tok = wp._tokenizer
+    # the [CLS] q [SEP] d [SEP] template (token type 1 for d) needs the trained ids
+    tok.post_processor = processors.BertProcessing(
+        ("[SEP]", tok.token_to_id("[SEP]")), ("[CLS]", tok.token_to_id("[CLS]"))
+    )
+    return BertTokenizerFast(tokenizer_object=tok, do_lower_case=True, model_max_length=512)
 
 
 def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1) -> Path:
@@ -66,9 +78,17 @@ def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1) -> Path:
 
     tokenizer = build_xlmr_tokenizer()
     config = XLMRobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=514, type_vocab_size=1, num_labels=num_labels,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         initializer_range=0.2,
     )
     torch.manual_seed(seed)
@@ -82,9 +102,16 @@ def build_bert(out: Path, seed: int = 0) -> Path:
 
     tokenizer = build_bert_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=512, type_vocab_size=2, num_labels=1,
-        pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,
     )
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(out)

@@ -79,7 +79,9 @@ def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
     try:
         manifest = Manifest.model_validate_json(path.read_text())
     except ValidationError as exc:
-        raise ArtifactError(f"{path}: not a valid manifest ({exc.error_count()} problems: {_first_error(exc)})") from exc
+        raise ArtifactError(
+            f"{path}: not a valid manifest ({exc.error_count()} problems: {_first_error(exc)})"
+        ) from exc
     if manifest.format_version != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: artifact format {manifest.format_version}, this rerankrt reads format {FORMAT_VERSION}; "

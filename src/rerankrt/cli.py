@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a model to a verified ONNX artifact folder")
     export.add_argument("model", metavar="MODEL", help="Hugging Face Hub id or local model folder")
     export.add_argument("--out", type=Path, help="artifact folder (default: engines/<model name>)")
-    export.add_argument("--max-length", type=int, help="tokens per pair (default: the family's, 512 for cross-encoders)")
+    export.add_argument(
+        "--max-length", type=int, help="tokens per pair (default: the family's, 512 for cross-encoders)"
+    )
     export.add_argument("--opset", type=int, help="ONNX opset (default: optimum's for the architecture)")
     export.add_argument("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id")
     export.add_argument("--family", help="force the reranker family instead of detecting it from config.json")
@@ -84,8 +86,13 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = args.out or Path("engines") / Path(args.model.rstrip("/")).name
     export_model(
-        args.model, out, max_length=args.max_length, opset=args.opset, revision=args.revision,
-        family=args.family, force=args.force,
+        args.model,
+        out,
+        max_length=args.max_length,
+        opset=args.opset,
+        revision=args.revision,
+        family=args.family,
+        force=args.force,
     )
     return 0
 
@@ -99,9 +106,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from rerankrt.server import create_app
 
     reranker = load_reranker(
-        settings.model_path, backend=settings.backend, max_length=settings.max_length,
-        served_model_name=settings.served_model_name, revision=settings.revision,
-        max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+        settings.model_path,
+        backend=settings.backend,
+        max_length=settings.max_length,
+        served_model_name=settings.served_model_name,
+        revision=settings.revision,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
     )
     log.info("serving %s on http://%s:%d", reranker.model_name, settings.host, settings.port)
     uvicorn.run(create_app(reranker), host=settings.host, port=settings.port, log_level=settings.log_level)
@@ -144,7 +155,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type
 
 def settings_from_args(args: argparse.Namespace, settings_class: type[BaseSettings]):
     """Flags given on the command line win over environment variables, which win over defaults."""
-    given = {name: value for name, value in vars(args).items() if name in settings_class.model_fields and value is not None}
+    given = {
+        name: value for name, value in vars(args).items() if name in settings_class.model_fields and value is not None
+    }
     try:
         return settings_class(**given)
     except ValidationError as exc:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from rerankrt.errors import ExportError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,8 +27,10 @@ def export_with_optimum(model, task: str, out_dir: Path, opset: int | None = Non
 
     with tempfile.TemporaryDirectory(prefix="rerankrt-onnx-") as tmp:
         try:
-            # optimum's own validation re-runs the model; our parity check (export.parity) is stricter
-            onnx_export_from_model(model, tmp, opset=opset, task=task, do_validation=False)
+            with warnings.catch_warnings():  # tracer chatter; the parity check is what proves the graph
+                warnings.simplefilter("ignore")
+                # optimum's own validation re-runs the model; our parity check (export.parity) is stricter
+                onnx_export_from_model(model, tmp, opset=opset, task=task, do_validation=False)
         except Exception as exc:
             raise ExportError(f"optimum could not export {type(model).__name__} for {task}: {exc}") from exc
         produced = sorted(p for p in Path(tmp).iterdir() if p.name.startswith("model.onnx"))

@@ -83,7 +83,11 @@ def export_model(
             (staging / PARITY_NAME).write_text(_json(report.to_dict()))
             log.info(
                 "max |Δlogit| %.3g (tolerance %.0e) over %d pairs, lengths %d-%d, top-1 agreement %.2f",
-                report.max_abs_diff, tolerance, report.pairs, report.seq_len_min, report.seq_len_max,
+                report.max_abs_diff,
+                tolerance,
+                report.pairs,
+                report.seq_len_min,
+                report.seq_len_max,
                 report.top1_agreement,
             )
             if not report.passed:

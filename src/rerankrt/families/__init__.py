@@ -33,6 +33,4 @@ def detect_family(model_dir: Path) -> Family:
     if "ForSequenceClassification" in architectures:
         architectures += f" with {num_labels(config)} labels"
     supported = "; ".join(f.describe() for f in FAMILIES)
-    raise UnsupportedModelError(
-        f"{model_dir}: unsupported architecture {architectures}. Supported: {supported}."
-    )
+    raise UnsupportedModelError(f"{model_dir}: unsupported architecture {architectures}. Supported: {supported}.")

@@ -82,9 +82,9 @@ class Family(ABC):
         """The encoder for a model or artifact folder (both hold the tokenizer files)."""
 
     @abstractmethod
-    def load_scorer(self, model_dir: Path, dtype: "torch.dtype | None" = None, device: str = "cpu") -> "torch.nn.Module":
+    def load_scorer(self, model_dir: Path, dtype: torch.dtype | None = None, device: str = "cpu") -> torch.nn.Module:
         """The torch module: `forward(**batch) -> float32 logits [batch]`, in eval mode."""
 
     @abstractmethod
-    def load_export_model(self, model_dir: Path) -> "torch.nn.Module":
+    def load_export_model(self, model_dir: Path) -> torch.nn.Module:
         """The transformers model that optimum exports for `onnx_task`: its output is the logit."""

@@ -63,7 +63,9 @@ def load_reranker(
         except UnsupportedModelError as exc:
             raise ArtifactError(f"{folder / 'manifest.json'}: {exc}") from exc
         if max_length is not None and max_length > manifest.max_length:
-            raise ArtifactError(f"max_length {max_length} exceeds the {manifest.max_length} this artifact was exported for")
+            raise ArtifactError(
+                f"max_length {max_length} exceeds the {manifest.max_length} this artifact was exported for"
+            )
         encoder = family.load_encoder(folder, max_length or manifest.max_length)
         loaders = _artifact_loaders(folder, manifest, family)
         name = served_model_name or manifest.source.ref
@@ -101,7 +103,8 @@ def _artifact_loaders(folder: Path, manifest: Manifest, family: Family) -> dict[
 def _plain_model_loaders(model_dir: Path, family: Family) -> dict[str, BackendLoader]:
     def needs_artifact() -> Backend:
         raise BackendUnavailableError(
-            f"{model_dir} is a plain model folder; run `rerankrt export` first to serve it with ONNX Runtime or TensorRT"
+            f"{model_dir} is a plain model folder; run `rerankrt export` first "
+            "to serve it with ONNX Runtime or TensorRT"
         )
 
     def torch() -> Backend:

@@ -15,8 +15,14 @@ from rerankrt.server.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-               405: "MethodNotAllowed", 413: "RequestTooLarge", 503: "ServiceUnavailable"}
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    413: "RequestTooLarge",
+    503: "ServiceUnavailable",
+}
 
 
 def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -41,8 +47,12 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str]:
     message = first["msg"]
     if first["type"] == "missing":
         message = "is required"
+    elif field == "body" and first["type"] in ("model_attributes_type", "dict_type"):
+        message = "must be a JSON object"
     more = len(exc.errors()) - 1
-    return field, f"{field}: {message}" + (f" (and {more} more problems)" if more else "")
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return field, f"{field}: {message}"
 
 
 def install_error_handlers(app: FastAPI) -> None:

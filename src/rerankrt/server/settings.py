@@ -30,5 +30,7 @@ class ServeSettings(BaseSettings):
         None, ge=4, description="tokens per pair, truncating the document first (default: the artifact's, or 512)"
     )
     max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
-    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")

@@ -1,0 +1,37 @@
+"""Session fixtures: tiny random-weight models built offline, and their exported artifacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+
+from tests import tiny_models  # noqa: E402
+
+ARCHS = ("xlmr", "bert")
+BUILDERS = {"xlmr": tiny_models.build_xlmr, "bert": tiny_models.build_bert}
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: BUILDERS[arch](root / arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def artifact_dirs(model_dirs, tmp_path_factory) -> dict[str, Path]:
+    from rerankrt.export import export_model
+
+    root = tmp_path_factory.mktemp("artifacts")
+    for arch in ARCHS:
+        export_model(str(model_dirs[arch]), root / arch)
+    return {arch: root / arch for arch in ARCHS}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog):
+    caplog.set_level(logging.INFO, logger="rerankrt")

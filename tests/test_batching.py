@@ -1,0 +1,25 @@
+import numpy as np
+
+from rerankrt.runtime.batching import plan_batches
+
+
+def test_every_pair_once_longest_first_within_budget():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 400, size=200).tolist()
+    batches = plan_batches(lengths, max_batch_size=16, max_batch_tokens=2048)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(200))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    for batch in batches:
+        assert len(batch) <= 16
+        assert len(batch) * max(lengths[i] for i in batch) <= 2048
+
+
+def test_pair_longer_than_budget_gets_its_own_batch():
+    batches = plan_batches([5000, 10, 10], max_batch_size=8, max_batch_tokens=1000)
+    assert [b.tolist() for b in batches] == [[0], [1, 2]]
+
+
+def test_equal_lengths_keep_arrival_order():
+    batches = plan_batches([7, 7, 7, 7], max_batch_size=2, max_batch_tokens=100)
+    assert [b.tolist() for b in batches] == [[0, 1], [2, 3]]

@@ -1,0 +1,123 @@
+"""The command line as a user runs it: real processes, real ports on 127.0.0.1."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests import tiny_models
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def rerankrt(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "rerankrt.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_export_prints_progress_and_writes_an_artifact(model_dirs, tmp_path):
+    result = rerankrt("export", model_dirs["bert"], "--out", tmp_path / "art", "--max-length", 256)
+    assert result.returncode == 0, result.stderr
+    for n in range(1, 6):
+        assert f"[{n}/5]" in result.stderr
+    assert "max |Δlogit|" in result.stderr
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["max_length"] == 256
+
+
+def test_export_of_an_unsupported_model_is_a_clear_error(tmp_path):
+    model_dir = tiny_models.build_causal_lm(tmp_path / "gpt2")
+    result = rerankrt("export", model_dir, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "GPT2LMHeadModel" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_rerank_prints_sorted_json(artifact_dirs):
+    result = rerankrt(
+        "rerank", "--model-path", artifact_dirs["xlmr"], "--query", "what is panda?", "hi", "pandas are bears"
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    assert {r["document"] for r in results} == {"hi", "pandas are bears"}
+
+
+def test_serve_without_model_path_names_the_flag_and_env():
+    env = {k: v for k, v in ENV.items() if k != "RERANKRT_MODEL_PATH"}
+    result = subprocess.run([sys.executable, "-m", "rerankrt.cli", "serve"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "--model-path (env RERANKRT_MODEL_PATH)" in result.stderr
+
+
+def test_serve_refuses_a_tampered_artifact(artifact_dirs, tmp_path):
+    folder = shutil.copytree(artifact_dirs["xlmr"], tmp_path / "art")
+    (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes() + b"\0")
+    result = rerankrt("serve", "--model-path", folder, "--port", free_port(), timeout=120)
+    assert result.returncode == 2
+    assert "model.onnx: sha256 does not match" in result.stderr
+
+
+@pytest.fixture
+def server(artifact_dirs):
+    port = free_port()
+    env = {**ENV, "RERANKRT_PORT": str(port)}  # configuration by environment variable
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rerankrt.cli", "serve", "--model-path", str(artifact_dirs["xlmr"])],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not become healthy:\n{proc.communicate()[0]}")
+    yield base
+    proc.terminate()
+    output = proc.communicate(timeout=30)[0]
+    # uvicorn finishes in-flight work, then re-raises SIGTERM (exit status -15)
+    assert "Application shutdown complete" in output
+    assert proc.returncode in (0, -15), output
+
+
+def test_served_sglang_example(server):
+    body = {
+        "model": "BAAI/bge-reranker-v2-m3",
+        "query": "what is panda?",
+        "documents": [
+            "hi",
+            "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
+            "is a bear species endemic to China.",
+        ],
+    }
+    response = httpx.post(f"{server}/v1/rerank", json=body, timeout=30)
+    assert response.status_code == 200
+    results = response.json()
+    assert len(results) == 2 and all(set(r) == {"score", "index", "document"} for r in results)
+    assert results[0]["score"] >= results[1]["score"]
+    assert httpx.post(f"{server}/v1/rerank", json={**body, "top_n": -1}, timeout=30).status_code == 400
