@@ -121,3 +121,34 @@ def test_served_sglang_example(server):
     assert len(results) == 2 and all(set(r) == {"score", "index", "document"} for r in results)
     assert results[0]["score"] >= results[1]["score"]
     assert httpx.post(f"{server}/v1/rerank", json={**body, "top_n": -1}, timeout=30).status_code == 400
+
+
+def hub_cache_with(model_dir, repo_id: str, root) -> str:
+    """Lay `model_dir` out as the Hugging Face cache does after a download (refs/main -> snapshot)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_export_of_a_hub_id_resolves_through_the_cache(model_dirs, tmp_path):
+    commit = hub_cache_with(model_dirs["xlmr"], "tiny-org/tiny-reranker", tmp_path / "hub")
+    result = subprocess.run(
+        [sys.executable, "-m", "rerankrt.cli", "export", "tiny-org/tiny-reranker", "--out", str(tmp_path / "art")],
+        capture_output=True, text=True, timeout=300, env={**ENV, "HF_HUB_CACHE": str(tmp_path / "hub")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    source = json.loads((tmp_path / "art" / "manifest.json").read_text())["source"]
+    assert source["ref"] == "tiny-org/tiny-reranker" and source["revision"] == commit
+
+
+def test_uncached_hub_id_offline_says_to_use_a_local_folder(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "rerankrt.cli", "export", "tiny-org/not-cached", "--out", str(tmp_path / "art")],
+        capture_output=True, text=True, timeout=300, env={**ENV, "HF_HUB_CACHE": str(tmp_path / "hub")},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "could not fetch from the Hugging Face Hub" in result.stderr and "local folder" in result.stderr
+    assert "Traceback" not in result.stderr
