@@ -12,14 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 
 from tests import tiny_models  # noqa: E402
 
-ARCHS = ("xlmr", "bert")
-BUILDERS = {"xlmr": tiny_models.build_xlmr, "bert": tiny_models.build_bert}
+ARCHS = ("xlmr", "bert")  # cross-encoders
+QWEN_ARCHS = ("qwen3", "qwen3-untied")  # decoder yes/no rerankers, tied and untied LM head
+BUILDERS = {
+    "xlmr": tiny_models.build_xlmr,
+    "bert": tiny_models.build_bert,
+    "qwen3": tiny_models.build_qwen3,
+    "qwen3-untied": lambda out: tiny_models.build_qwen3(out, tied=False),
+}
 
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {arch: BUILDERS[arch](root / arch) for arch in ARCHS}
+    return {arch: builder(root / arch) for arch, builder in BUILDERS.items()}
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +33,9 @@ def artifact_dirs(model_dirs, tmp_path_factory) -> dict[str, Path]:
     from rerankrt.export import export_model
 
     root = tmp_path_factory.mktemp("artifacts")
-    for arch in ARCHS:
+    for arch in BUILDERS:
         export_model(str(model_dirs[arch]), root / arch)
-    return {arch: root / arch for arch in ARCHS}
+    return {arch: root / arch for arch in BUILDERS}
 
 
 @pytest.fixture(autouse=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.tiny_models import CORPUS
 
@@ -34,3 +35,47 @@ def cross_encoder_logits(model_dir: Path, query: str, documents: list[str], max_
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+# --- Qwen3-Reranker, as its model card scores (full LM logits, log_softmax over [no, yes]) ---
+
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def qwen3_card_inputs(model_dir: Path, query: str, documents: list[str], instruction=None, max_length: int = 8192):
+    """The card's `process_inputs`: prefix + body (truncated longest_first) + suffix, left padding."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    prefix_tokens = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False)
+    instruction = QWEN3_DEFAULT_INSTRUCTION if instruction is None else instruction
+    bodies = [f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}" for doc in documents]
+    inputs = tokenizer(
+        bodies,
+        padding=False,
+        truncation="longest_first",
+        return_attention_mask=False,
+        max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
+    )
+    for i, ids in enumerate(inputs["input_ids"]):
+        inputs["input_ids"][i] = prefix_tokens + ids + suffix_tokens
+    with warnings.catch_warnings():  # the card passes max_length to pad(), which only warns about it
+        warnings.simplefilter("ignore", UserWarning)
+        return tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+
+
+def qwen3_card_scores(model_dir: Path, query: str, documents: list[str], instruction=None, max_length: int = 8192):
+    """(P(yes) as the card computes it, logit(yes) - logit(no)) at the last position."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    inputs = qwen3_card_inputs(model_dir, query, documents, instruction, max_length)
+    with torch.no_grad():
+        last = model(**inputs).logits[:, -1, :]
+        pair = torch.stack([last[:, no], last[:, yes]], dim=1)
+        prob_yes = torch.nn.functional.log_softmax(pair, dim=1)[:, 1].exp()
+    return prob_yes.numpy(), (last[:, yes] - last[:, no]).numpy()

@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 
 import torch
-from tokenizers import SentencePieceUnigramTokenizer, processors
+from tokenizers import (
+    Regex,
+    SentencePieceUnigramTokenizer,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from tokenizers.implementations import BertWordPieceTokenizer
 
 CORPUS = [
@@ -73,6 +82,69 @@ def build_bert_tokenizer():
     return BertTokenizerFast(tokenizer_object=tok, do_lower_case=True, model_max_length=512)
 
 
+# Qwen2/Qwen3's pre-tokenizer split (the public GPT-4-style pattern), then byte-level BPE.
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_PROMPT_TEXT = [
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".',
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query",
+    "<Query>: what is panda?\n<Document>: yes no yes no",
+    "system\nuser\nassistant\n",
+]
+
+
+def build_qwen3_tokenizer():
+    """Byte-level BPE with Qwen's split, chat special tokens, and `yes` / `no` as single tokens."""
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=QWEN_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus() + QWEN_PROMPT_TEXT * 20 + ["yes", "no"] * 200, trainer=trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        model_max_length=131072,
+    )
+    tokenizer.add_tokens(["<think>", "</think>"])
+    assert len(tokenizer.tokenize("yes")) == len(tokenizer.tokenize("no")) == 1
+    return tokenizer
+
+
+def build_qwen3(out: Path, tied: bool = True, seed: int = 0, max_positions: int = 1024) -> Path:
+    """A two-layer Qwen3ForCausalLM with grouped-query attention, tied or untied LM head."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = build_qwen3_tokenizer()
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_positions,
+        tie_word_embeddings=tied, initializer_range=0.2, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None, bos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    Qwen3ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return Path(out)
+
+
 def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1) -> Path:
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
@@ -131,3 +203,5 @@ if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-models")
     print(build_xlmr(root / "xlmr"))
     print(build_bert(root / "bert"))
+    print(build_qwen3(root / "qwen3"))
+    print(build_qwen3(root / "qwen3-untied", tied=False))

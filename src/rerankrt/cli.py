@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings
 
 from rerankrt import __version__
 from rerankrt.errors import RerankrtError
+from rerankrt.families import FAMILIES
 
 log = logging.getLogger("rerankrt")
 
@@ -44,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--opset", type=int, help="ONNX opset (default: optimum's for the architecture)")
     export.add_argument("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id")
-    export.add_argument("--family", help="force the reranker family instead of detecting it from config.json")
+    export.add_argument(
+        "--family",
+        choices=[family.name for family in FAMILIES],
+        help="force the reranker family instead of detecting it from config.json",
+    )
+    export.add_argument(
+        "--chat-template", type=Path, help="Jinja prompt template (prompt-based rerankers such as Qwen3)"
+    )
     export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     export.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     export.set_defaults(run=run_export)
@@ -65,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--query", required=True)
     rerank.add_argument("documents", nargs="+", metavar="DOCUMENT")
     rerank.add_argument("--instruct", help="task instruction (instruction-following rerankers only)")
+    rerank.add_argument("--chat-template", type=Path, help="Jinja prompt template (prompt-based rerankers)")
     rerank.add_argument("--raw-scores", action="store_true", help="print logits instead of sigmoid scores")
     rerank.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     rerank.set_defaults(run=run_rerank)
@@ -92,6 +101,7 @@ def run_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         revision=args.revision,
         family=args.family,
+        chat_template=args.chat_template,
         force=args.force,
     )
     return 0
@@ -111,6 +121,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_length=settings.max_length,
         served_model_name=settings.served_model_name,
         revision=settings.revision,
+        chat_template=settings.chat_template,
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
     )
@@ -124,7 +135,7 @@ def run_rerank(args: argparse.Namespace) -> int:
     from rerankrt.runtime import load_reranker
     from rerankrt.server.app import sigmoid
 
-    reranker = load_reranker(args.model_path, backend=args.backend)
+    reranker = load_reranker(args.model_path, backend=args.backend, chat_template=args.chat_template)
     logits = reranker.score(args.query, args.documents, args.instruct)
     scores = logits.astype(float) if args.raw_scores else sigmoid(logits)
     results = [{"index": i, "score": float(scores[i]), "document": args.documents[i]} for i in range(len(scores))]

@@ -17,6 +17,7 @@ import torch
 from rerankrt.families import Batch, PairEncoder
 
 FP32_TOLERANCE = 1e-4  # max |Δlogit| allowed between an fp32 graph and the torch scorer
+MAX_GENERATED_TOKENS = 640  # documents run up to 1.25x max_length, but no longer: the check runs on CPU
 
 
 @dataclass
@@ -47,10 +48,10 @@ def random_text(tokenizer, rng: np.random.Generator, n_tokens: int) -> str:
 
 
 def generate_queries(encoder: PairEncoder, seed: int, queries: int, docs_per_query: int) -> list[tuple[str, list[str]]]:
-    """Queries of 2-24 tokens with documents from 1 token to 1.25x max_length."""
+    """Queries of 2-24 tokens with documents from 1 token to 1.25x max_length (at most MAX_GENERATED_TOKENS)."""
     rng = np.random.default_rng(seed)
     tokenizer = encoder.tokenizer
-    longest = int(encoder.max_length * 1.25)
+    longest = min(int(encoder.max_length * 1.25), MAX_GENERATED_TOKENS)
     out = []
     for _ in range(queries):
         query = random_text(tokenizer, rng, int(rng.integers(2, 25)))

@@ -48,6 +48,7 @@ def export_model(
     opset: int | None = None,
     revision: str | None = None,
     family: str | None = None,
+    chat_template: Path | None = None,
     force: bool = False,
     tolerance: float = FP32_TOLERANCE,
 ) -> Manifest:
@@ -60,7 +61,7 @@ def export_model(
         source = resolve_model(model, revision)
         config = source.config()
         chosen = get_family(family) if family else detect_family(source.path)
-        encoder = chosen.load_encoder(source.path, max_length)
+        encoder = chosen.load_encoder(source.path, max_length, chat_template)
         log.info("family %s, max_length %d, weights in %s", chosen.name, encoder.max_length, source.path)
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"

@@ -7,12 +7,23 @@ from pathlib import Path
 from rerankrt.errors import UnsupportedModelError
 from rerankrt.families.base import Batch, Family, Features, PairEncoder
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
+from rerankrt.families.decoder_yes_no import DecoderYesNoFamily
 from rerankrt.model_source import read_config
 
 # Most specific first: the first family whose `matches` accepts a config wins.
-FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily,)
+FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily)
 
-__all__ = ["Batch", "FAMILIES", "Family", "Features", "PairEncoder", "detect_family", "get_family"]
+__all__ = [
+    "Batch",
+    "CrossEncoderFamily",
+    "DecoderYesNoFamily",
+    "FAMILIES",
+    "Family",
+    "Features",
+    "PairEncoder",
+    "detect_family",
+    "get_family",
+]
 
 
 def get_family(name: str) -> Family:
@@ -27,7 +38,7 @@ def detect_family(model_dir: Path) -> Family:
     """The family of the checkpoint in `model_dir`, or an error naming its architecture."""
     config = read_config(model_dir)
     for family in FAMILIES:
-        if family.matches(config):
+        if family.matches(config, Path(model_dir)):
             return family()
     architectures = ", ".join(config.get("architectures") or []) or f"model_type={config.get('model_type')!r}"
     if "ForSequenceClassification" in architectures:

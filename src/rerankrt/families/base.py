@@ -12,12 +12,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
 
-if TYPE_CHECKING:  # torch is heavy: imported only where a scorer is built
-    import torch
+from rerankrt.errors import UnsupportedModelError
+from rerankrt.model_source import read_config
 
 Features = dict[str, np.ndarray]
 """One encoded pair: input name -> 1-D int64 array (unpadded)."""
@@ -69,8 +70,8 @@ class Family(ABC):
 
     @classmethod
     @abstractmethod
-    def matches(cls, config: dict) -> bool:
-        """True when a checkpoint with this config.json belongs to the family."""
+    def matches(cls, config: dict, model_dir: Path) -> bool:
+        """True when the checkpoint in `model_dir` (with this config.json) belongs to the family."""
 
     @classmethod
     def describe(cls) -> str:
@@ -78,13 +79,52 @@ class Family(ABC):
         return cls.name
 
     @abstractmethod
-    def load_encoder(self, model_dir: Path, max_length: int | None = None) -> PairEncoder:
+    def load_encoder(
+        self, model_dir: Path, max_length: int | None = None, chat_template: Path | None = None
+    ) -> PairEncoder:
         """The encoder for a model or artifact folder (both hold the tokenizer files)."""
 
-    @abstractmethod
     def load_scorer(self, model_dir: Path, dtype: torch.dtype | None = None, device: str = "cpu") -> torch.nn.Module:
-        """The torch module: `forward(**batch) -> float32 logits [batch]`, in eval mode."""
+        """The torch module: `forward(**batch) -> float32 logits [batch]`, in eval mode.
+
+        It wraps exactly the model that is exported, so every backend computes the same function.
+        """
+        return ClassifierLogitScorer(self.load_export_model(model_dir, dtype)).to(device).eval()
 
     @abstractmethod
-    def load_export_model(self, model_dir: Path) -> torch.nn.Module:
-        """The transformers model that optimum exports for `onnx_task`: its output is the logit."""
+    def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """The transformers model that optimum exports for `onnx_task`: its single output logit is the score."""
+
+
+class ClassifierLogitScorer(torch.nn.Module):
+    """A one-label `*ForSequenceClassification` model -> its logit, float32, shape [batch]."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        return logits[:, 0].float()
+
+
+def resolve_max_length(model_dir: Path, requested: int | None, default: int) -> int:
+    """`requested`, or the family default capped by the model's positions; an error past the model's limit."""
+    limit = model_max_positions(model_dir)
+    if requested is None:
+        return default if limit is None else min(default, limit)
+    if limit is not None and requested > limit:
+        raise UnsupportedModelError(f"max_length {requested} exceeds what the model takes ({limit} tokens)")
+    return requested
+
+
+def model_max_positions(model_dir: Path) -> int | None:
+    """Usable sequence length from config.json (RoBERTa-style models reserve padding_idx + 1 positions)."""
+    config = read_config(model_dir)
+    positions = config.get("max_position_embeddings")
+    if positions is None:
+        return None
+    if config.get("model_type") in {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}:
+        positions -= config.get("pad_token_id", 1) + 1
+    return int(positions)

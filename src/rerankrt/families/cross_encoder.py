@@ -8,6 +8,7 @@ sentence-transformers and FlagEmbedding do.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import numpy as np
 import torch
 
 from rerankrt.errors import UnsupportedModelError
-from rerankrt.families.base import Family, Features, PairEncoder
+from rerankrt.families.base import Family, Features, PairEncoder, resolve_max_length
+from rerankrt.model_source import read_config
+
+log = logging.getLogger(__name__)
 
 # A query may take at most this share of the token budget; the rest is the document's.
 QUERY_SHARE = 3 / 4
@@ -78,7 +82,7 @@ class CrossEncoderFamily(Family):
     onnx_task = "text-classification"
 
     @classmethod
-    def matches(cls, config: dict) -> bool:
+    def matches(cls, config: dict, model_dir: Path) -> bool:
         architectures = config.get("architectures") or []
         return any(a.endswith("ForSequenceClassification") for a in architectures) and num_labels(config) == 1
 
@@ -86,51 +90,24 @@ class CrossEncoderFamily(Family):
     def describe(cls) -> str:
         return "cross-encoder (a *ForSequenceClassification checkpoint with exactly one label)"
 
-    def load_encoder(self, model_dir: Path, max_length: int | None = None) -> CrossEncoderPairEncoder:
+    def load_encoder(
+        self, model_dir: Path, max_length: int | None = None, chat_template: Path | None = None
+    ) -> CrossEncoderPairEncoder:
+        if chat_template is not None:
+            log.warning("a cross-encoder has no prompt template: --chat-template %s is ignored", chat_template)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if not tokenizer.is_fast:
             raise UnsupportedModelError(f"{model_dir}: needs a fast (tokenizer.json) tokenizer")
-        limit = max_length or self.default_max_length
-        model_limit = model_max_positions(model_dir)
-        if model_limit is not None and limit > model_limit:
-            raise UnsupportedModelError(f"max_length {limit} exceeds what the model takes ({model_limit} tokens)")
-        return CrossEncoderPairEncoder(tokenizer, limit)
+        return CrossEncoderPairEncoder(tokenizer, resolve_max_length(model_dir, max_length, self.default_max_length))
 
-    def load_export_model(self, model_dir: Path):
+    def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-
-    def load_scorer(self, model_dir: Path, dtype: torch.dtype | None = None, device: str = "cpu") -> torch.nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, torch_dtype=dtype)
-        return CrossEncoderScorer(model).to(device).eval()
-
-
-def model_max_positions(model_dir: Path) -> int | None:
-    """Usable sequence length from config.json (RoBERTa-style models reserve padding_idx + 1 positions)."""
-    from rerankrt.model_source import read_config
-
-    config = read_config(model_dir)
-    positions = config.get("max_position_embeddings")
-    if positions is None:
-        return None
-    if config.get("model_type") in {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}:
-        positions -= config.get("pad_token_id", 1) + 1
-    return int(positions)
-
-
-class CrossEncoderScorer(torch.nn.Module):
-    """Sequence-classification model -> its single logit, float32, shape [batch]."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-        return logits[:, 0].float()
+        labels = num_labels(read_config(model_dir))
+        if labels != 1:  # also catches a forced --family on a checkpoint without a one-logit head
+            raise UnsupportedModelError(
+                f"{model_dir}: the classification head has {labels} labels; a cross-encoder needs 1"
+            )
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype).eval()

@@ -51,6 +51,7 @@ def load_reranker(
     max_length: int | None = None,
     served_model_name: str | None = None,
     revision: str | None = None,
+    chat_template: Path | None = None,
     max_batch_size: int = 32,
     max_batch_tokens: int = 16384,
 ) -> Reranker:
@@ -66,13 +67,13 @@ def load_reranker(
             raise ArtifactError(
                 f"max_length {max_length} exceeds the {manifest.max_length} this artifact was exported for"
             )
-        encoder = family.load_encoder(folder, max_length or manifest.max_length)
+        encoder = family.load_encoder(folder, max_length or manifest.max_length, chat_template)
         loaders = _artifact_loaders(folder, manifest, family)
         name = served_model_name or manifest.source.ref
     else:
         source = resolve_model(model_path, revision)
         family = detect_family(source.path)
-        encoder = family.load_encoder(source.path, max_length)
+        encoder = family.load_encoder(source.path, max_length, chat_template)
         loaders = _plain_model_loaders(source.path, family)
         name = served_model_name or source.ref
     log.info("model %s: family %s, max_length %d", name, family.name, encoder.max_length)

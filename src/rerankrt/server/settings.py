@@ -29,6 +29,11 @@ class ServeSettings(BaseSettings):
     max_length: int | None = Field(
         None, ge=4, description="tokens per pair, truncating the document first (default: the artifact's, or 512)"
     )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja prompt template for prompt-based rerankers (Qwen3), replacing the artifact's or the "
+        "bundled one; variables: messages[0].content = query, messages[1].content = document, instruct",
+    )
     max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"

@@ -1,0 +1,1 @@
+"""Bundled prompt templates (Jinja) for the prompt-based reranker families."""
