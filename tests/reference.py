@@ -79,3 +79,14 @@ def qwen3_card_scores(model_dir: Path, query: str, documents: list[str], instruc
         pair = torch.stack([last[:, no], last[:, yes]], dim=1)
         prob_yes = torch.nn.functional.log_softmax(pair, dim=1)[:, 1].exp()
     return prob_yes.numpy(), (last[:, yes] - last[:, no]).numpy()
+
+
+# SGLang's documented Qwen3-Reranker request (its Chinese example)
+QWEN3_CHINESE_EXAMPLE = {
+    "model": "Qwen3-Reranker-0.6B",
+    "query": "法国首都是哪里？",
+    "documents": ["法国的首都是巴黎。", "德国的首都是柏林。", "香蕉是黄色的水果。"],
+    "instruct": "Given a web search query, retrieve relevant passages that answer the query.",
+    "top_n": 2,
+    "return_documents": True,
+}

@@ -14,6 +14,7 @@ from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.server import create_app
 from tests.conftest import QWEN_ARCHS
 from tests.reference import (
+    QWEN3_CHINESE_EXAMPLE,
     QWEN3_DEFAULT_INSTRUCTION,
     QWEN3_PREFIX,
     QWEN3_SUFFIX,
@@ -23,14 +24,7 @@ from tests.reference import (
     random_text,
 )
 
-CHINESE = {
-    "model": "Qwen3-Reranker-0.6B",
-    "query": "法国首都是哪里？",
-    "documents": ["法国的首都是巴黎。", "德国的首都是柏林。", "香蕉是黄色的水果。"],
-    "instruct": "Given a web search query, retrieve relevant passages that answer the query.",
-    "top_n": 2,
-    "return_documents": True,
-}
+CHINESE = QWEN3_CHINESE_EXAMPLE
 
 
 def card_ids(model_dir, query, docs, instruction=None, max_length=8192):
