@@ -1,19 +1,26 @@
 """The command line as a user runs it: real processes, real ports on 127.0.0.1."""
 
+import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
+import numpy as np
 import pytest
 
+from rerankrt.server.schemas import PANDA_EXAMPLE
 from tests import tiny_models
+from tests.reference import QWEN3_CHINESE_EXAMPLE, qwen3_card_scores
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+SERVERS: dict[str, subprocess.Popen] = {}  # base URL -> process, while running_server holds it
 
 
 def rerankrt(*args, timeout=300):
@@ -75,17 +82,15 @@ def test_serve_refuses_a_tampered_artifact(artifact_dirs, tmp_path):
     assert "model.onnx: sha256 does not match" in result.stderr
 
 
-@pytest.fixture
-def server(artifact_dirs):
+@contextmanager
+def running_server(model_path, *flags):
+    """`rerankrt serve` in a subprocess on a free port; yields its base URL, then stops it with SIGTERM."""
     port = free_port()
     env = {**ENV, "RERANKRT_PORT": str(port)}  # configuration by environment variable
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rerankrt.cli", "serve", "--model-path", str(artifact_dirs["xlmr"])],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+        [sys.executable, "-m", "rerankrt.cli", "serve", "--model-path", str(model_path), *flags],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -97,24 +102,26 @@ def server(artifact_dirs):
     else:
         proc.kill()
         pytest.fail(f"server did not become healthy:\n{proc.communicate()[0]}")
-    yield base
-    proc.terminate()
-    output = proc.communicate(timeout=30)[0]
+    SERVERS[base] = proc
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        SERVERS.pop(base)
+        output = proc.communicate(timeout=30)[0]
     # uvicorn finishes in-flight work, then re-raises SIGTERM (exit status -15)
     assert "Application shutdown complete" in output
     assert proc.returncode in (0, -15), output
 
 
+@pytest.fixture
+def server(artifact_dirs):
+    with running_server(artifact_dirs["xlmr"]) as base:
+        yield base
+
+
 def test_served_sglang_example(server):
-    body = {
-        "model": "BAAI/bge-reranker-v2-m3",
-        "query": "what is panda?",
-        "documents": [
-            "hi",
-            "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
-            "is a bear species endemic to China.",
-        ],
-    }
+    body = PANDA_EXAMPLE
     response = httpx.post(f"{server}/v1/rerank", json=body, timeout=30)
     assert response.status_code == 200
     results = response.json()
@@ -152,3 +159,30 @@ def test_uncached_hub_id_offline_says_to_use_a_local_folder(tmp_path):
     assert result.returncode == 2
     assert "could not fetch from the Hugging Face Hub" in result.stderr and "local folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_qwen3_export_then_serve_answers_the_chinese_example(model_dirs, tmp_path, backend):
+    result = rerankrt("export", model_dirs["qwen3"], "--out", tmp_path / "art")
+    assert result.returncode == 0, result.stderr
+    body = QWEN3_CHINESE_EXAMPLE
+    prob, _ = qwen3_card_scores(model_dirs["qwen3"], body["query"], body["documents"], body["instruct"])
+    with running_server(tmp_path / "art", "--backend", backend) as base:
+        results = httpx.post(f"{base}/v1/rerank", json=body, timeout=60).json()
+    assert len(results) == 2
+    for r in results:
+        assert r["document"] == body["documents"][r["index"]]
+        assert r["score"] == pytest.approx(float(prob[r["index"]]), abs=1e-4)
+    assert [r["index"] for r in results] == np.argsort(-prob, kind="stable")[:2].tolist()
+
+
+def test_sigterm_finishes_the_request_in_flight(artifact_dirs):
+    body = {"query": "what is panda?", "documents": ["The giant panda is a bear. " * 20] * 1000}
+    with running_server(artifact_dirs["xlmr"]) as base:
+        with httpx.Client(timeout=120) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, f"{base}/v1/rerank", json=body)
+            time.sleep(0.5)  # the request is in flight (1000 pairs take seconds on the tiny model)
+            assert not pending.done()
+            SERVERS[base].send_signal(signal.SIGTERM)
+            response = pending.result(timeout=120)
+    assert response.status_code == 200 and len(response.json()) == 1000

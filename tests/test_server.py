@@ -1,25 +1,18 @@
 import asyncio
-import threading
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from rerankrt.runtime import load_reranker
 from rerankrt.server import create_app
+from rerankrt.server.schemas import PANDA_EXAMPLE
+from rerankrt.server.settings import ServeSettings
 from tests.conftest import ARCHS
 from tests.reference import cross_encoder_logits, random_documents, random_text, sigmoid
+from tests.slow_server import HeldBackend, asgi_client
 
-PANDA = {
-    "model": "BAAI/bge-reranker-v2-m3",
-    "query": "what is panda?",
-    "documents": [
-        "hi",
-        "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
-        "is a bear species endemic to China.",
-    ],
-}
+PANDA = PANDA_EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -144,36 +137,20 @@ def test_health_models_and_openapi(client, model_dirs):
     assert client.get("/docs").status_code == 200
 
 
-class BlockingBackend:
-    """Wraps a real backend and holds each forward pass until released."""
-
-    name, device = "blocking", "cpu"
-
-    def __init__(self, inner):
-        self.inner, self.release, self.entered = inner, threading.Event(), threading.Event()
-
-    def run(self, batch):
-        self.entered.set()
-        assert self.release.wait(30)
-        return self.inner.run(batch)
-
-
 def test_inference_does_not_block_the_event_loop(artifact_dirs):
     reranker = load_reranker(str(artifact_dirs["xlmr"]))
-    app = create_app(reranker)
+    reranker.backend = held = HeldBackend(reranker.backend)
+    app = create_app(reranker, ServeSettings(model_path="-", warmup=False))
 
     async def scenario():
-        async with app.router.lifespan_context(app):
-            reranker.backend = blocking = BlockingBackend(reranker.backend)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                pending = asyncio.create_task(http.post("/v1/rerank", json=PANDA))
-                await asyncio.get_running_loop().run_in_executor(None, blocking.entered.wait, 30)
-                health = await http.get("/health")  # answered while the forward pass is held
-                assert health.status_code == 200
-                assert not pending.done()
-                blocking.release.set()
-                assert (await pending).status_code == 200
+        async with asgi_client(app) as http:
+            pending = asyncio.create_task(http.post("/v1/rerank", json=PANDA))
+            await asyncio.get_running_loop().run_in_executor(None, held.entered.wait, 30)
+            health = await http.get("/health")  # answered while the forward pass is held
+            assert health.status_code == 200
+            assert not pending.done()
+            held.release.set()
+            assert (await pending).status_code == 200
 
     asyncio.run(scenario())
 

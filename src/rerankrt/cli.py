@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 from rerankrt import __version__
 from rerankrt.errors import RerankrtError
 from rerankrt.families import FAMILIES
+from rerankrt.logs import configure_logging
 
 log = logging.getLogger("rerankrt")
 
@@ -80,15 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
 def run_export(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     from rerankrt.export import export_model
@@ -109,7 +101,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, args.settings_class)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
     from rerankrt.runtime import load_reranker
@@ -126,7 +118,14 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch_tokens=settings.max_batch_tokens,
     )
     log.info("serving %s on http://%s:%d", reranker.model_name, settings.host, settings.port)
-    uvicorn.run(create_app(reranker), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        create_app(reranker, settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our handlers (text or JSON); rerankrt.access logs each request
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.request_timeout),  # in-flight requests finish first
+    )
     return 0
 
 

@@ -69,14 +69,15 @@ def export_model(
     staging.mkdir(parents=True)
     try:
         with step(2, f"exporting ONNX graph with optimum ({chosen.onnx_task})"):
-            graph = export_with_optimum(chosen.load_export_model(source.path), chosen.onnx_task, staging, opset)
+            torch_model = chosen.load_export_model(source.path)
+            graph = export_with_optimum(torch_model, chosen.onnx_task, staging, opset)
             log.info("graph inputs %s -> outputs %s, opset %d", graph.inputs, graph.outputs, graph.opset)
 
         with step(3, "verifying the ONNX graph against the torch scorer"):
             backend = OnnxRuntimeBackend(staging / graph.files[0])
             report = check_parity(
                 encoder,
-                chosen.load_scorer(source.path),
+                chosen.wrap_scorer(torch_model).eval(),
                 backend.run,
                 f"onnxruntime {backend.session.get_providers()[0]}",
                 tolerance=tolerance,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from rerankrt.errors import UnsupportedModelError
+from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.model_source import read_config
 
 Features = dict[str, np.ndarray]
@@ -37,8 +37,19 @@ class PairEncoder(ABC):
     tokenizer: Any  # the Hugging Face fast tokenizer behind the encoding
 
     @abstractmethod
-    def encode(self, query: str, documents: Sequence[str], instruct: str | None = None) -> list[Features]:
-        """Encode each (query, document) pair, truncated to `max_length`; never fails on long text."""
+    def encode(
+        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+    ) -> list[Features]:
+        """Encode each (query, document) pair, truncated to `max_length`; never fails on long text.
+
+        With `truncate=False` a pair over `max_length` is an InputError naming `documents[i]`.
+        """
+
+    def too_long(self, index: int, tokens: int) -> InputError:
+        return InputError(
+            f"documents[{index}]",
+            f"the pair is {tokens} tokens, over max_length {self.max_length}; send truncate=true to cut it",
+        )
 
     @abstractmethod
     def save(self, out_dir: Path) -> list[str]:
@@ -89,7 +100,11 @@ class Family(ABC):
 
         It wraps exactly the model that is exported, so every backend computes the same function.
         """
-        return ClassifierLogitScorer(self.load_export_model(model_dir, dtype)).to(device).eval()
+        return self.wrap_scorer(self.load_export_model(model_dir, dtype)).to(device).eval()
+
+    def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
+        """The scorer around an already loaded `load_export_model` (export reuses the one it exported)."""
+        return ClassifierLogitScorer(export_model)
 
     @abstractmethod
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:

@@ -47,15 +47,20 @@ class CrossEncoderPairEncoder(PairEncoder):
         self.input_names = tuple(tokenizer.model_input_names)
         self.pad_values = {"input_ids": tokenizer.pad_token_id}
 
-    def encode(self, query: str, documents: Sequence[str], instruct: str | None = None) -> list[Features]:
+    def encode(
+        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+    ) -> list[Features]:
         # `instruct` is for instruction-following rerankers; a cross-encoder has no place for it.
-        query = self.fit_query(query)
-        encoded = self.tokenizer(
-            [query] * len(documents),
-            list(documents),
-            truncation="only_second",
-            max_length=self.max_length,
-        )
+        if truncate:
+            query = self.fit_query(query)
+            encoded = self.tokenizer(
+                [query] * len(documents), list(documents), truncation="only_second", max_length=self.max_length
+            )
+        else:
+            encoded = self.tokenizer([query] * len(documents), list(documents), truncation=False)
+            for i, ids in enumerate(encoded["input_ids"]):
+                if len(ids) > self.max_length:
+                    raise self.too_long(i, len(ids))
         return [
             {name: np.asarray(encoded[name][i], dtype=np.int64) for name in self.input_names}
             for i in range(len(documents))

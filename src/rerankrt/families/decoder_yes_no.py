@@ -96,7 +96,9 @@ class YesNoPairEncoder(PairEncoder):
         self.max_length = max_length
         self.pad_values = {"input_ids": pad_token_id(tokenizer)}
 
-    def encode(self, query: str, documents: Sequence[str], instruct: str | None = None) -> list[Features]:
+    def encode(
+        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+    ) -> list[Features]:
         query = query.translate(MARKS)
         rendered = [self.template.render(query, doc.translate(MARKS), instruct) for doc in documents]
         encoded = self.tokenizer(
@@ -106,6 +108,8 @@ class YesNoPairEncoder(PairEncoder):
         for i, (_, query_span, doc_span) in enumerate(rendered):
             ids = encoded["input_ids"][i]
             if len(ids) > self.max_length:
+                if not truncate:
+                    raise self.too_long(i, len(ids))
                 ids = self.truncate(ids, encoded["offset_mapping"][i], query_span, doc_span)
             ids = np.asarray(ids, dtype=np.int64)
             pairs.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})

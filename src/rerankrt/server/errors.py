@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rerankrt.errors import InputError
+from rerankrt.errors import InputError, RerankrtError
+from rerankrt.runtime.scheduler import Overloaded
+from rerankrt.runtime.service import RequestTooLarge
 from rerankrt.server.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,18 @@ ERROR_TYPES = {
     404: "NotFoundError",
     405: "MethodNotAllowed",
     413: "RequestTooLarge",
+    499: "ClientClosedRequest",
     503: "ServiceUnavailable",
 }
+RETRY_AFTER_SECONDS = "1"
+
+
+class RequestTimedOut(RerankrtError):
+    """A request waited longer than --request-timeout for its scores."""
+
+
+class ClientDisconnected(RerankrtError):
+    """The client went away before its scores were ready."""
 
 
 def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -63,14 +75,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def on_input_error(request: Request, exc: InputError) -> JSONResponse:
-        return error_response(400, str(exc), exc.field)
+        return error_response(413 if isinstance(exc, RequestTooLarge) else 400, str(exc), exc.field)
+
+    @app.exception_handler(Overloaded)
+    async def on_overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return error_response(503, str(exc), headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.exception_handler(RequestTimedOut)
+    async def on_timeout(request: Request, exc: RequestTimedOut) -> JSONResponse:
+        return error_response(503, str(exc), headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.exception_handler(ClientDisconnected)
+    async def on_disconnect(request: Request, exc: ClientDisconnected) -> JSONResponse:
+        return error_response(499, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # the body limit (max_body_size)
+            return error_response(413, f"body: {exc.detail}", "body")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = uuid.uuid4().hex[:12]
+        request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex[:12]
         log.exception("request %s %s failed (request id %s)", request.method, request.url.path, request_id)
         return error_response(500, f"internal error; the server log has the details under request id {request_id}")

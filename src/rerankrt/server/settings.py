@@ -27,7 +27,9 @@ class ServeSettings(BaseSettings):
     )
     revision: str | None = Field(None, description="Hub revision when --model-path is a Hub id")
     max_length: int | None = Field(
-        None, ge=4, description="tokens per pair, truncating the document first (default: the artifact's, or 512)"
+        None,
+        ge=4,
+        description="tokens per pair, truncating the document first (default: the artifact's, or the family's)",
     )
     chat_template: str | None = Field(
         None,
@@ -38,4 +40,20 @@ class ServeSettings(BaseSettings):
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"
     )
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="how long the batcher waits for concurrent requests to join a batch"
+    )
+    max_queued_pairs: int = Field(
+        4096, ge=1, description="pairs waiting for inference at most; beyond, requests get 503 with Retry-After"
+    )
+    max_documents_per_request: int = Field(1000, ge=1, description="documents per request at most (413 beyond)")
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size at most (413 beyond)")
+    request_timeout: float = Field(
+        300.0, gt=0, description="seconds a request may wait for its scores before it is dropped (503)"
+    )
+    api_key: str | None = Field(None, description="require `Authorization: Bearer <key>` on the API (401 without it)")
+    public_health: bool = Field(True, description="serve /health without the API key")
+    public_metrics: bool = Field(True, description="serve /metrics without the API key")
+    warmup: bool = Field(True, description="run one batch before reporting healthy")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")

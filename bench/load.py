@@ -1,0 +1,215 @@
+"""Load generator for `rerankrt serve`: concurrency levels x batching on/off, on random-weight models.
+
+For each model (the tiny test XLM-R, an XLM-R base-sized one) and each server
+configuration (dynamic batching on; off = --max-batch-size 1), a server runs in
+a subprocess on 127.0.0.1 and clients send requests of K documents of mixed
+lengths at concurrency 1/4/16/64. Reported per level: requests/s, documents/s,
+p50/p95/p99 latency, mean padding ratio (from /metrics), errors. JSON and a
+latency-vs-throughput PNG go to bench/results/.
+
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python bench/load.py                       # both models, ~15 min on 2 cores
+    .venv/bin/python bench/load.py --models tiny --requests 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, machine, write_result  # noqa: E402
+from tests.tiny_models import CORPUS, build_xlmr, build_xlmr_tokenizer  # noqa: E402
+
+WORDS = sorted({w for line in CORPUS for w in line.split()})
+CONFIGS = {"batching on": [], "batching off": ["--max-batch-size", "1"]}
+
+
+def build_base_xlmr(out: Path) -> Path:
+    """bge-reranker-base's shape (hidden 768, 12 layers, vocab 250002), random weights, the tiny tokenizer."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    tokenizer = build_xlmr_tokenizer()
+    config = XLMRobertaConfig(
+        vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        max_position_embeddings=514, type_vocab_size=1, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    XLMRobertaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server(artifact: Path, flags: list[str]):
+    port = free_port()
+    cmd = [sys.executable, "-m", "rerankrt.cli", "serve", "--model-path", str(artifact), "--port", str(port)]
+    cmd += ["--log-level", "warning", *flags]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("server did not start")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def make_requests(count: int, docs: int, seed: int) -> list[dict]:
+    """Requests of `docs` documents, 5-300 words each (mixed lengths, as real retrieval results are)."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "query": " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))),
+            "documents": [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 300)))) for _ in range(docs)],
+            "return_documents": False,
+        }
+        for _ in range(count)
+    ]
+
+
+def padding_stats(text: str) -> tuple[float, float]:
+    total = float(re.search(r"^rerankrt_batch_padding_ratio_sum (\S+)$", text, re.M).group(1))
+    count = float(re.search(r"^rerankrt_batch_padding_ratio_count (\S+)$", text, re.M).group(1))
+    return total, count
+
+
+async def run_level(base: str, requests: list[dict], concurrency: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue = asyncio.Queue()
+    for body in requests:
+        queue.put_nowait(body)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+        before = padding_stats((await client.get("/metrics")).text)
+
+        async def worker():
+            nonlocal errors
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.perf_counter()
+                response = await client.post("/v1/rerank", json=body)
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        after = padding_stats((await client.get("/metrics")).text)
+    done = len(latencies)
+    docs = sum(len(body["documents"]) for body in requests) * done / len(requests)
+    batches = after[1] - before[1]
+    return {
+        "concurrency": concurrency,
+        "requests": len(requests),
+        "errors": errors,
+        "requests_per_s": done / elapsed,
+        "documents_per_s": docs / elapsed,
+        "p50_s": float(np.percentile(latencies, 50)) if latencies else None,
+        "p95_s": float(np.percentile(latencies, 95)) if latencies else None,
+        "p99_s": float(np.percentile(latencies, 99)) if latencies else None,
+        "padding_ratio": (after[0] - before[0]) / batches if batches else None,
+        "batches": batches,
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results)
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for config, levels in results[model].items():
+            xs = [level["documents_per_s"] for level in levels]
+            ys = [level["p50_s"] for level in levels]
+            ax.plot(xs, ys, marker="o", label=config)
+            for level, x, y in zip(levels, xs, ys, strict=True):
+                ax.annotate(f"c={level['concurrency']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_title(model)
+        ax.set_xlabel("documents / s")
+        ax.set_ylabel("p50 latency (s)")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["tiny", "xlmr-base"], choices=["tiny", "xlmr-base"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64])
+    parser.add_argument("--docs", type=int, default=8, help="documents per request")
+    parser.add_argument("--requests", type=int, default=64, help="requests per level (tiny model)")
+    parser.add_argument("--base-requests", type=int, default=16, help="requests per level (base-sized model)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-bench-load"))
+    args = parser.parse_args()
+
+    from rerankrt.export import export_model
+
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    builders = {"tiny": build_xlmr, "xlmr-base": build_base_xlmr}
+    results: dict = {}
+    for name in args.models:
+        model_dir = builders[name](args.workdir / name)
+        artifact = args.workdir / f"{name}-artifact"
+        export_model(str(model_dir), artifact)
+        count = args.requests if name == "tiny" else args.base_requests
+        results[name] = {}
+        for config, flags in CONFIGS.items():
+            results[name][config] = []
+            with server(artifact, flags) as base:
+                for concurrency in args.concurrency:
+                    requests = make_requests(max(count, concurrency), args.docs, seed=concurrency)
+                    level = asyncio.run(run_level(base, requests, concurrency))
+                    results[name][config].append(level)
+                    print(
+                        f"{name:10s} {config:13s} c={concurrency:<3d} {level['requests_per_s']:7.2f} req/s "
+                        f"{level['documents_per_s']:8.1f} docs/s p50 {level['p50_s']:.3f} s p99 {level['p99_s']:.3f} s "
+                        f"padding {level['padding_ratio'] or 0:.2f} errors {level['errors']}",
+                        flush=True,
+                    )
+    path = write_result("load", {"benchmark": "load", "config": vars(args) | {"workdir": str(args.workdir)},
+                                 "machine": machine(), "results": results})  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    plot(results, RESULTS / "load.png")
+    print(f"written {path} and {RESULTS / 'load.png'}")
+
+
+if __name__ == "__main__":
+    main()

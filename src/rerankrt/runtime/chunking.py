@@ -1,0 +1,42 @@
+"""Long documents beyond truncation: overlapping chunks that each fit beside the query (Cohere's semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rerankrt.families import PairEncoder
+
+OVERLAP = 1 / 4  # consecutive chunks share a quarter of the document budget
+
+
+def chunk_documents(
+    encoder: PairEncoder, query: str, documents: Sequence[str], instruct: str | None, max_chunks: int
+) -> tuple[list[str], list[int]]:
+    """Each document split into at most `max_chunks` pieces; returns the pieces and the document each came from.
+
+    A piece holds as many document tokens as fit in `max_length` next to the query (and any
+    prompt template); a document that fits stays whole, and text past the last chunk is dropped.
+    """
+    overhead = len(encoder.encode(query, [""], instruct)[0]["input_ids"])
+    budget = encoder.max_length - overhead
+    pieces: list[str] = []
+    owners: list[int] = []
+    for index, document in enumerate(documents):
+        for piece in _split(encoder, document, budget, max_chunks):
+            pieces.append(piece)
+            owners.append(index)
+    return pieces, owners
+
+
+def _split(encoder: PairEncoder, document: str, budget: int, max_chunks: int) -> list[str]:
+    offsets = encoder.tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if budget < 1 or len(offsets) <= budget:
+        return [document]
+    stride = max(1, int(budget * (1 - OVERLAP)))
+    pieces = []
+    for start in range(0, len(offsets), stride):
+        end = min(start + budget, len(offsets))
+        pieces.append(document[offsets[start][0] : offsets[end - 1][1]])
+        if end == len(offsets) or len(pieces) == max_chunks:
+            break
+    return pieces

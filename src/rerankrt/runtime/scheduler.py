@@ -1,0 +1,200 @@
+"""Dynamic batching across requests: one queue of encoded pairs, one inference thread per backend.
+
+Requests submit their encoded pairs and await the logits. The inference thread
+waits a short collection window, then forms a batch from the head of the
+queue: the oldest pending pair plus those of similar length among the next
+candidates, within `max_batch_size` pairs and `max_batch_tokens` padded tokens
+(rows x longest pair). So padding stays small, the oldest pair always makes
+progress, and results are scattered back to each request in its own order.
+
+The queue is bounded by pairs: a submission that would overflow it fails at
+once with `Overloaded` (the server answers 503 with Retry-After), so memory
+stays bounded under any load. A cancelled submission (client gone, timeout)
+drops its pending pairs before they reach the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rerankrt.errors import RerankrtError
+from rerankrt.families import Batch, Features
+from rerankrt.runtime.batching import plan_batches
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_FACTOR = 8  # a batch is chosen among the oldest max_batch_size * CANDIDATE_FACTOR pending pairs
+
+
+class Overloaded(RerankrtError):
+    """The queue is full; try again later."""
+
+    def __init__(self, queued: int, limit: int):
+        super().__init__(f"the server is busy: {queued} pairs queued (limit {limit}); retry later")
+
+
+@dataclass
+class BatchStats:
+    """What one forward pass did, for metrics."""
+
+    pairs: int
+    tokens: int  # real tokens
+    padded_tokens: int  # rows x longest
+    seconds: float
+
+
+@dataclass(eq=False)
+class _Job:
+    pairs: Sequence[Features]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    logits: np.ndarray = field(init=False)
+    remaining: int = field(init=False)
+    cancelled: bool = False
+
+    def __post_init__(self):
+        self.logits = np.empty(len(self.pairs), dtype=np.float32)
+        self.remaining = len(self.pairs)
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        def settle():
+            if self.future.done():
+                return
+            if error is None:
+                self.future.set_result(self.logits)
+            else:
+                self.future.set_exception(error)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
+@dataclass(eq=False)
+class _Pending:
+    job: _Job
+    index: int
+    length: int
+
+
+class Scheduler:
+    """Queue + inference thread over `run(batch) -> logits` and the encoder's `collate`."""
+
+    def __init__(
+        self,
+        run: Callable[[Batch], np.ndarray],
+        collate: Callable[[Sequence[Features]], Batch],
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        max_queued_pairs: int = 10000,
+        batch_wait_ms: float = 2.0,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
+        self.run = run
+        self.collate = collate
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queued_pairs = max_queued_pairs
+        self.batch_wait = batch_wait_ms / 1000
+        self.on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._queued = 0  # pairs of live (not cancelled) jobs in the queue
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="rerankrt-inference", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued_pairs(self) -> int:
+        return self._queued
+
+    async def submit(self, pairs: Sequence[Features]) -> np.ndarray:
+        """Logits for `pairs`, in their order. Raises Overloaded when the queue cannot take them."""
+        if not pairs:
+            return np.empty(0, dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        job = _Job(pairs, loop, loop.create_future())
+        with self._lock:
+            if self._closed:
+                raise Overloaded(self._queued, self.max_queued_pairs)
+            if self._queued + len(pairs) > self.max_queued_pairs:
+                raise Overloaded(self._queued, self.max_queued_pairs)
+            self._queue.extend(_Pending(job, i, len(p["input_ids"])) for i, p in enumerate(pairs))
+            self._queued += len(pairs)
+            self._lock.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._cancel(job)
+            raise
+
+    def _cancel(self, job: _Job) -> None:
+        with self._lock:
+            if not job.cancelled:
+                job.cancelled = True
+                self._queued -= sum(1 for p in self._queue if p.job is job)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    # --- inference thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._lock.wait()
+                if not self._queue and self._closed:
+                    return
+            if self.batch_wait:
+                time.sleep(self.batch_wait)  # let concurrent requests join this batch
+            batch = self._take_batch()
+            if batch:
+                self._run(batch)
+
+    def _take_batch(self) -> list[_Pending]:
+        with self._lock:
+            while self._queue and self._queue[0].job.cancelled:
+                self._queue.popleft()
+            if not self._queue:
+                return []
+            limit = self.max_batch_size * CANDIDATE_FACTOR
+            candidates = [p for p in self._queue if not p.job.cancelled][:limit]
+            groups = plan_batches([p.length for p in candidates], self.max_batch_size, self.max_batch_tokens)
+            chosen = next(group for group in groups if 0 in group)  # the group holding the oldest pair
+            taken = [candidates[i] for i in chosen]
+            taken_ids = {id(p) for p in taken}
+            self._queue = deque(p for p in self._queue if id(p) not in taken_ids and not p.job.cancelled)
+            self._queued -= len(taken)
+            return taken
+
+    def _run(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            logits = self.run(self.collate([p.job.pairs[p.index] for p in batch]))
+        except Exception as exc:  # the whole batch failed: fail each job in it, keep serving
+            log.exception("forward pass over %d pairs failed", len(batch))
+            for job in {p.job for p in batch}:
+                self._cancel(job)  # its other pairs need not run
+                job.resolve(exc)
+            return
+        seconds = time.perf_counter() - started
+        for pending, logit in zip(batch, logits, strict=True):
+            job = pending.job
+            job.logits[pending.index] = logit
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.resolve()
+        if self.on_batch is not None:
+            longest = max(p.length for p in batch)
+            self.on_batch(BatchStats(len(batch), sum(p.length for p in batch), longest * len(batch), seconds))

@@ -1,0 +1,48 @@
+"""Prometheus metrics, recorded in one place (middleware and the scheduler's batch hook)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from rerankrt.runtime.scheduler import BatchStats
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rerankrt_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "rerankrt_request_seconds", "HTTP request latency by route", ["route"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_pairs = Gauge("rerankrt_queue_pairs", "pairs waiting for inference", registry=self.registry)
+        self.batch_size = Histogram(
+            "rerankrt_batch_pairs", "pairs per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.padding_ratio = Histogram(
+            "rerankrt_batch_padding_ratio", "share of padded positions per forward pass",
+            buckets=RATIO_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.pairs = Counter("rerankrt_pairs", "pairs scored (rate() gives pairs/s)", registry=self.registry)
+        self.tokens = Counter("rerankrt_tokens", "real tokens run through the model", registry=self.registry)
+        self.batch_seconds = Histogram(
+            "rerankrt_batch_seconds", "forward pass time", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.pairs)
+        self.padding_ratio.observe(1 - stats.tokens / stats.padded_tokens)
+        self.pairs.inc(stats.pairs)
+        self.tokens.inc(stats.tokens)
+        self.batch_seconds.observe(stats.seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

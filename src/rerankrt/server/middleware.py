@@ -1,0 +1,133 @@
+"""Cross-cutting request handling: body size limit, request ids, API key, metrics and the access log."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+
+from fastapi import FastAPI
+
+from rerankrt.runtime.scheduler import Scheduler
+from rerankrt.server.errors import error_response
+from rerankrt.server.metrics import Metrics
+from rerankrt.server.settings import ServeSettings
+
+access_log = logging.getLogger("rerankrt.access")
+
+API_PREFIXES = ("/v1/", "/v2/", "/rerank")  # what --api-key protects (docs and OpenAPI stay public)
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class BodySizeLimit:
+    """ASGI middleware: a JSON 413 for a body over `max_bytes`, by Content-Length or by counting what arrives.
+
+    (Starlette's own limit answers in plain text; every error here is JSON.) A chunked body that runs
+    over is cut off: the app sees a disconnect, whatever it answers is dropped, and the client gets 413.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = error_response(413, f"body: over the limit of {self.max_bytes} bytes", "body")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_large(scope, receive, send)
+        received = 0
+        cut_off = False
+
+        async def counting_receive():
+            nonlocal received, cut_off
+            if cut_off:
+                return {"type": "http.disconnect"}
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.max_bytes:
+                    cut_off = True
+                    return {"type": "http.disconnect"}
+            return event
+
+        async def guarded_send(message):
+            if not cut_off:
+                await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+        if cut_off:
+            await too_large(scope, receive, send)
+
+
+class Observe:
+    """ASGI middleware: request id, API key, metrics and one access-log line per request.
+
+    Pure ASGI rather than Starlette's BaseHTTPMiddleware, which wraps `receive` in a task group
+    and so hides client disconnects from `request.is_disconnected()`.
+    """
+
+    def __init__(self, app, settings: ServeSettings, metrics: Metrics, scheduler: Scheduler, routes: set[str]):
+        self.app = app
+        self.metrics = metrics
+        self.scheduler = scheduler
+        self.routes = routes
+        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+        self.protected_ops = {
+            path for path, public in (("/health", settings.public_health), ("/metrics", settings.public_metrics))
+            if not public
+        }  # fmt: skip
+
+    def needs_key(self, path: str) -> bool:
+        return self.expected is not None and (path.startswith(API_PREFIXES) or path in self.protected_ops)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id in routes
+        status = 500
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            path = scope["path"]
+            if self.needs_key(path) and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                response = error_response(401, "missing or wrong API key: send Authorization: Bearer <key>")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            self.record(scope, status, time.perf_counter() - started, request_id)
+
+    def record(self, scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope["path"] if scope["path"] in self.routes else "unmatched"
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(seconds)
+        self.metrics.queue_pairs.set(self.scheduler.queued_pairs)
+        access_log.info(
+            "%s %s %d %.1f ms (request id %s)", scope["method"], scope["path"], status, seconds * 1000, request_id,
+            extra={
+                "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+            },
+        )  # fmt: skip
+
+
+def install_middleware(app: FastAPI, settings: ServeSettings, metrics: Metrics, scheduler: Scheduler) -> None:
+    """Body limit inside, Observe outside (so it logs and counts the 413s too). Call after adding the routes."""
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    routes = {route.path for route in app.routes}
+    app.add_middleware(Observe, settings=settings, metrics=metrics, scheduler=scheduler, routes=routes)
