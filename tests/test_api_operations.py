@@ -190,7 +190,8 @@ def test_access_log_carries_request_fields_and_json_formats_them(client, caplog)
 def held_app(artifact_dirs, **overrides):
     reranker = load_reranker(str(artifact_dirs["xlmr"]))
     reranker.backend = held = HeldBackend(reranker.backend)
-    return create_app(reranker, settings(warmup=False, **overrides)), held
+    # no padding cap: each request's documents form one batch, so batch counts below are exact
+    return create_app(reranker, settings(warmup=False, max_padding_ratio=1.0, **overrides)), held
 
 
 def test_flood_gets_503s_with_retry_after_then_recovers(artifact_dirs):
@@ -278,3 +279,9 @@ def test_disconnected_client_is_dropped_from_the_queue(artifact_dirs):
             assert app.state.scheduler.queued_pairs == 0
 
     asyncio.run(scenario())
+
+
+def test_padding_cap_defaults_by_device_and_can_be_set(reranker):
+    assert reranker.backend.device == "cpu"
+    assert create_app(reranker, settings()).state.scheduler.max_padding_ratio == 0.1
+    assert create_app(reranker, settings(max_padding_ratio=0.5)).state.scheduler.max_padding_ratio == 0.5

@@ -23,3 +23,14 @@ def test_pair_longer_than_budget_gets_its_own_batch():
 def test_equal_lengths_keep_arrival_order():
     batches = plan_batches([7, 7, 7, 7], max_batch_size=2, max_batch_tokens=100)
     assert [b.tolist() for b in batches] == [[0, 1], [2, 3]]
+
+
+def test_padding_ratio_cap_keeps_dissimilar_lengths_apart():
+    lengths = [100, 98, 60, 59, 10]
+    capped = plan_batches(lengths, max_batch_size=8, max_batch_tokens=10_000, max_padding_ratio=0.05)
+    assert [b.tolist() for b in capped] == [[0, 1], [2, 3], [4]]
+    for batch in capped:
+        longest = max(lengths[i] for i in batch)
+        assert 1 - sum(lengths[i] for i in batch) / (len(batch) * longest) <= 0.05
+    uncapped = plan_batches(lengths, max_batch_size=8, max_batch_tokens=10_000)
+    assert [b.tolist() for b in uncapped] == [[0, 1, 2, 3, 4]]

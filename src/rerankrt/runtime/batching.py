@@ -1,4 +1,4 @@
-"""Group pairs into batches: sorted by length so padding stays small, bounded by size and padded tokens."""
+"""Group pairs into batches: sorted by length so padding stays small, bounded by size, padded tokens and padding."""
 
 from __future__ import annotations
 
@@ -7,17 +7,26 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
-    """Indices of each batch, longest pairs first; a batch's padded size (rows x longest) stays within budget.
+def plan_batches(
+    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, max_padding_ratio: float = 1.0
+) -> list[np.ndarray]:
+    """Indices of each batch, longest pairs first.
 
-    A single pair longer than `max_batch_tokens` still gets a batch of its own.
+    A batch's padded size (rows x longest) stays within `max_batch_tokens`, and its share of
+    padded positions within `max_padding_ratio` (1.0: no limit). A single pair longer than
+    `max_batch_tokens` still gets a batch of its own.
     """
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     batches: list[np.ndarray] = []
     start = 0
     while start < len(order):
-        longest = lengths[order[start]]
-        rows = max(1, min(max_batch_size, max_batch_tokens // max(longest, 1)))
-        batches.append(order[start : start + rows])
-        start += rows
+        longest = max(int(lengths[order[start]]), 1)
+        end, real = start + 1, longest
+        while end < len(order) and end - start < max_batch_size:
+            rows, candidate_real = end - start + 1, real + int(lengths[order[end]])
+            if rows * longest > max_batch_tokens or 1 - candidate_real / (rows * longest) > max_padding_ratio:
+                break
+            end, real = end + 1, candidate_real
+        batches.append(order[start:end])
+        start = end
     return batches

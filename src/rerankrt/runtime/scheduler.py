@@ -3,8 +3,8 @@
 Requests submit their encoded pairs and await the logits. The inference thread
 waits a short collection window, then forms a batch from the head of the
 queue: the oldest pending pair plus those of similar length among the next
-candidates, within `max_batch_size` pairs and `max_batch_tokens` padded tokens
-(rows x longest pair). So padding stays small, the oldest pair always makes
+candidates, within `max_batch_size` pairs, `max_batch_tokens` padded tokens
+(rows x longest pair) and `max_padding_ratio` padded positions. So padding stays small, the oldest pair always makes
 progress, and results are scattered back to each request in its own order.
 
 The queue is bounded by pairs: a submission that would overflow it fails at
@@ -94,6 +94,7 @@ class Scheduler:
         max_batch_tokens: int = 16384,
         max_queued_pairs: int = 10000,
         batch_wait_ms: float = 2.0,
+        max_padding_ratio: float = 1.0,
         on_batch: Callable[[BatchStats], None] | None = None,
     ):
         self.run = run
@@ -102,6 +103,7 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_pairs = max_queued_pairs
         self.batch_wait = batch_wait_ms / 1000
+        self.max_padding_ratio = max_padding_ratio
         self.on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # pairs of live (not cancelled) jobs in the queue
@@ -170,7 +172,9 @@ class Scheduler:
                 return []
             limit = self.max_batch_size * CANDIDATE_FACTOR
             candidates = [p for p in self._queue if not p.job.cancelled][:limit]
-            groups = plan_batches([p.length for p in candidates], self.max_batch_size, self.max_batch_tokens)
+            groups = plan_batches(
+                [p.length for p in candidates], self.max_batch_size, self.max_batch_tokens, self.max_padding_ratio
+            )
             chosen = next(group for group in groups if 0 in group)  # the group holding the oldest pair
             taken = [candidates[i] for i in chosen]
             taken_ids = {id(p) for p in taken}

@@ -41,6 +41,11 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))  # stable for any logit
 
 
+def default_padding_ratio(device: str) -> float:
+    """On CPU a padded position costs as much as a real one and big batches buy little (bench/load.py)."""
+    return 0.1 if device == "cpu" else 1.0
+
+
 def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
     """Document indices, best first (ties by index), cut to top_n."""
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:top_n]
@@ -57,6 +62,7 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         max_batch_tokens=settings.max_batch_tokens,
         max_queued_pairs=settings.max_queued_pairs,
         batch_wait_ms=settings.batch_wait_ms,
+        max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(reranker.backend.device),
         on_batch=metrics.observe_batch,
     )
     service = RerankService(reranker, scheduler, settings.max_documents_per_request)

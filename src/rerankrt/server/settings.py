@@ -40,6 +40,13 @@ class ServeSettings(BaseSettings):
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"
     )
+    max_padding_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="share of padded positions a batch may hold (default: 0.1 on CPU, where padding costs as much "
+        "as real tokens and batching saves little, 1.0 on a GPU)",
+    )
     batch_wait_ms: float = Field(
         2.0, ge=0, description="how long the batcher waits for concurrent requests to join a batch"
     )
