@@ -13,7 +13,7 @@ EXPORT_ARGS ?=
 SERVE_ARGS  ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test export serve clean-venv
+.PHONY: install test export serve clean-venv docker docker-cpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ serve: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+docker:
+	docker build -f Dockerfile -t rerankrt:gpu .
+
+docker-cpu:
+	docker build -f Dockerfile.cpu -t rerankrt:cpu .

@@ -3,10 +3,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from rerankrt.errors import BackendUnavailableError
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.loader import select_backend
+from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from rerankrt.runtime.torch_backend import TorchBackend
 from tests.conftest import ARCHS
 from tests.reference import cross_encoder_logits, random_documents, random_text
 
@@ -52,21 +55,13 @@ def test_scores_do_not_depend_on_batch_company(artifact_dirs):
     np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
 
 
-def test_auto_picks_onnxruntime_for_an_artifact_and_logs_why_not_tensorrt(artifact_dirs, caplog):
-    with caplog.at_level(logging.INFO, logger="rerankrt"):
-        reranker = load_reranker(str(artifact_dirs["xlmr"]))
-    assert reranker.backend.name == "onnxruntime"
-    assert "backend tensorrt not used" in caplog.text
-    assert "backend onnxruntime selected" in caplog.text
-
-
 def test_onnxruntime_on_a_plain_model_folder_asks_for_an_export(model_dirs):
     with pytest.raises(BackendUnavailableError, match="rerankrt export"):
         load_reranker(str(model_dirs["xlmr"]), backend="onnxruntime")
 
 
 def test_tensorrt_explicitly_requested_is_an_error_not_a_fallback(artifact_dirs):
-    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed|no CUDA|no TensorRT engine"):
         load_reranker(str(artifact_dirs["xlmr"]), backend="tensorrt")
 
 
@@ -82,42 +77,106 @@ def test_torch_backend_on_an_artifact_whose_weights_are_gone(artifact_dirs, mode
 
 
 class Named:
-    def __init__(self, name):
-        self.name, self.device = name, "cpu"
+    def __init__(self, name, device):
+        self.name, self.device = name, device
 
 
 def failing(message, error=BackendUnavailableError):
-    def load():
+    def load(device):
         raise error(message)
 
     return load
 
 
-def test_auto_falls_back_in_order_past_any_load_failure(caplog):
+def cpu_only(name):
+    def load(device):
+        if device == "cuda":
+            raise BackendUnavailableError("no CUDA device")
+        return Named(name, device)
+
+    return load
+
+
+def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(caplog):
     loaders = {
         "tensorrt": failing("no engine"),
         "onnxruntime": failing("graph is broken", RuntimeError),
-        "torch": lambda: Named("torch"),
+        "torch": cpu_only("torch"),
     }
     with caplog.at_level(logging.INFO, logger="rerankrt"):
-        assert select_backend("auto", loaders).name == "torch"
-    assert "tensorrt not used: no engine" in caplog.text
-    assert "onnxruntime not used: RuntimeError: graph is broken" in caplog.text
+        chosen = select_backend("auto", loaders)
+    assert (chosen.name, chosen.device) == ("torch", "cpu")
+    tried = [line for line in caplog.text.splitlines() if "not used" in line]
+    assert [line.split("backend ")[1].split(" not used")[0] for line in tried] == [
+        "tensorrt (cuda)",
+        "onnxruntime (cuda)",
+        "torch (cuda)",
+        "onnxruntime (cpu)",
+    ]
+    assert "onnxruntime (cpu) not used: RuntimeError: graph is broken" in caplog.text
 
 
 def test_auto_prefers_tensorrt_when_it_loads():
-    loaders = {name: (lambda n=name: Named(n)) for name in ("tensorrt", "onnxruntime", "torch")}
+    loaders = {name: (lambda device, n=name: Named(n, device)) for name in ("tensorrt", "onnxruntime", "torch")}
     assert select_backend("auto", loaders).name == "tensorrt"
+
+
+def test_onnxruntime_on_cuda_comes_before_torch_on_cuda():
+    loaders = {
+        "tensorrt": failing("no engine"),
+        "onnxruntime": lambda d: Named("onnxruntime", d),
+        "torch": cpu_only("t"),
+    }
+    chosen = select_backend("auto", loaders)
+    assert (chosen.name, chosen.device) == ("onnxruntime", "cuda")
 
 
 def test_no_backend_at_all_lists_every_reason():
     loaders = {name: failing(f"{name} reason") for name in ("tensorrt", "onnxruntime", "torch")}
-    with pytest.raises(
-        BackendUnavailableError, match="tensorrt: tensorrt reason; onnxruntime: onnxruntime reason; torch"
-    ):
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt \(cuda\): tensorrt reason; onnxruntime \(cuda\)"):
         select_backend("auto", loaders)
 
 
-def test_named_backend_failure_is_not_hidden():
+def test_named_backend_falls_to_its_cpu_path_but_never_to_another_backend():
+    chosen = select_backend("torch", {"torch": cpu_only("torch")})
+    assert (chosen.name, chosen.device) == ("torch", "cpu")
     with pytest.raises(BackendUnavailableError, match="graph"):
-        select_backend("onnxruntime", {"onnxruntime": failing("graph")})
+        select_backend("onnxruntime", {"onnxruntime": failing("graph"), "torch": cpu_only("torch")})
+    with pytest.raises(RuntimeError, match="broken"):  # a named backend's unexpected failure is not hidden
+        select_backend("onnxruntime", {"onnxruntime": failing("broken", RuntimeError)})
+
+
+def test_real_loaders_on_a_machine_without_gpu_log_each_step(artifact_dirs, caplog):
+    with caplog.at_level(logging.INFO, logger="rerankrt"):
+        reranker = load_reranker(str(artifact_dirs["xlmr"]))
+    assert (reranker.backend.name, reranker.backend.device) == ("onnxruntime", "cpu")
+    assert "tensorrt (cuda) not used" in caplog.text
+    assert "onnxruntime (cuda) not used: onnxruntime has no CUDA execution provider" in caplog.text
+    assert "torch (cuda) not used: torch sees no CUDA device" in caplog.text
+
+
+CUDA_REASON = "" if torch.cuda.is_available() else "needs a CUDA GPU"
+
+
+@pytest.mark.skipif(bool(CUDA_REASON), reason=CUDA_REASON or "-")
+@pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
+def test_torch_on_cuda_runs_bf16_close_to_fp32(model_dirs, arch):
+    gpu = load_reranker(str(model_dirs[arch]), backend="torch")
+    assert (gpu.backend.device, gpu.backend.dtype) == ("cuda", torch.bfloat16)
+    cpu = load_reranker(str(model_dirs[arch]), backend="torch")
+    cpu.backend = TorchBackend(cpu.family, model_dirs[arch], device="cpu")
+    query, docs = fresh_inputs(8)
+    assert np.abs(gpu.score(query, docs) - cpu.score(query, docs)).max() < 0.5  # bf16 bound, as for the casts
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="needs onnxruntime-gpu and a CUDA GPU",
+)
+def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
+    gpu = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime")
+    assert gpu.backend.device == "cuda"
+    cpu = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime")
+    cpu.backend = OnnxRuntimeBackend(artifact_dirs["xlmr"] / "model.onnx", device="cpu")
+    query, docs = fresh_inputs(9)
+    np.testing.assert_allclose(gpu.score(query, docs), cpu.score(query, docs), atol=1e-4, rtol=0)

@@ -34,6 +34,23 @@ class Graph(BaseModel):
     outputs: list[str]
 
 
+class Profile(BaseModel):
+    """A TensorRT optimization profile: [batch, sequence] at min, opt and max (every input shares it)."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+
+class Engine(BaseModel):
+    file: str  # e.g. model.fp16.sm90.trt11.4.plan
+    graph: str  # the ONNX file it was built from
+    precision: Literal["fp32", "fp16", "bf16"]
+    compute_capability: str  # "9.0"
+    tensorrt: str  # full TensorRT version it was built with
+    profile: Profile
+
+
 class Manifest(BaseModel):
     format_version: int
     family: str
@@ -41,7 +58,8 @@ class Manifest(BaseModel):
     max_length: int
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     opset: int
-    graphs: dict[str, Graph]  # role -> graph; "scorer" maps pairs to logits
+    graphs: dict[str, Graph]  # role -> graph; "scorer" maps pairs to logits ("scorer.fp16" etc. for casts)
+    engines: list[Engine] = []  # TensorRT engines built from the graphs (rerankrt build-engine)
     encoder_files: list[str]
     versions: dict[str, str]
     files: dict[str, str]  # file name -> sha256
@@ -89,9 +107,9 @@ def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
         )
     _check_versions(path, manifest)
     listed = set(manifest.files)
-    for graph in manifest.graphs.values():
-        if graph.file not in listed:
-            raise ArtifactError(f"{path}: graph file {graph.file} is not listed with a hash")
+    for built in [*manifest.graphs.values(), *manifest.engines]:
+        if built.file not in listed:
+            raise ArtifactError(f"{path}: {built.file} is not listed with a hash")
     if PARITY_NAME not in listed:
         raise ArtifactError(f"{path}: {PARITY_NAME} is not listed; the export was not verified")
     for name, expected in manifest.files.items():

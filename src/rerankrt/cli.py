@@ -55,8 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat-template", type=Path, help="Jinja prompt template (prompt-based rerankers such as Qwen3)"
     )
     export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
+    export.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (GPU, `gpu` extra)")
+    add_engine_arguments(export)
     export.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     export.set_defaults(run=run_export)
+
+    build = commands.add_parser("build-engine", help="build a TensorRT engine for this GPU into an artifact folder")
+    build.add_argument("artifact", type=Path, metavar="ARTIFACT_DIR")
+    add_engine_arguments(build)
+    build.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    build.set_defaults(run=run_build_engine)
 
     from rerankrt.server.settings import ServeSettings
 
@@ -81,6 +89,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision", default="fp16", choices=["fp32", "fp16", "bf16"], help="engine precision (default fp16)"
+    )
+    parser.add_argument("--max-batch", type=int, default=64, help="largest batch the engine takes (default 64)")
+    parser.add_argument("--engine-max-length", type=int, help="longest sequence (default: the artifact's max_length)")
+    parser.add_argument("--opt-batch", type=int, help="batch size TensorRT tunes for (default min(max, 16))")
+    parser.add_argument("--opt-length", type=int, help="sequence length TensorRT tunes for (default min(max, 256))")
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    return {
+        "precision": args.precision,
+        "max_batch": args.max_batch,
+        "max_length": args.engine_max_length,
+        "opt_batch": args.opt_batch,
+        "opt_length": args.opt_length,
+    }
+
+
+def run_build_engine(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    from rerankrt.export.tensorrt import build_engine
+
+    build_engine(args.artifact, **engine_options(args))
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     from rerankrt.export import export_model
@@ -96,6 +132,10 @@ def run_export(args: argparse.Namespace) -> int:
         chat_template=args.chat_template,
         force=args.force,
     )
+    if args.tensorrt:
+        from rerankrt.export.tensorrt import build_engine
+
+        build_engine(out, **engine_options(args))
     return 0
 
 
@@ -104,9 +144,14 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
+    from rerankrt.artifact import is_artifact
     from rerankrt.runtime import load_reranker
     from rerankrt.server import create_app
 
+    if settings.build_engine and settings.backend in ("auto", "tensorrt") and is_artifact(Path(settings.model_path)):
+        from rerankrt.export.tensorrt import ensure_engine
+
+        ensure_engine(Path(settings.model_path), required=settings.backend == "tensorrt")
     reranker = load_reranker(
         settings.model_path,
         backend=settings.backend,

@@ -1,7 +1,8 @@
 """Load a model for serving: an artifact folder, or a plain model folder / Hub id (torch only).
 
-Backend selection `auto` tries TensorRT, then ONNX Runtime, then torch; each
-backend that cannot load is logged with its reason before the next is tried.
+Backend selection `auto` tries TensorRT, ONNX Runtime on CUDA, torch on CUDA, then
+ONNX Runtime and torch on CPU; each that cannot load is logged with its reason
+before the next is tried.
 """
 
 from __future__ import annotations
@@ -21,28 +22,43 @@ log = logging.getLogger(__name__)
 
 BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")
 BACKEND_CHOICES = ("auto", *BACKEND_ORDER)
+# `auto`: every GPU path first, then the CPU ones
+AUTO_ORDER = (
+    ("tensorrt", "cuda"),
+    ("onnxruntime", "cuda"),
+    ("torch", "cuda"),
+    ("onnxruntime", "cpu"),
+    ("torch", "cpu"),
+)
 
-BackendLoader = Callable[[], Backend]
+BackendLoader = Callable[[str], Backend]  # device ("cuda" | "cpu") -> backend
 
 
 def select_backend(choice: str, loaders: Mapping[str, BackendLoader]) -> Backend:
-    """The named backend, or for `auto` the first in BACKEND_ORDER that loads."""
-    if choice != "auto":
-        if choice not in loaders:
-            raise BackendUnavailableError(f"unknown backend {choice!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-        return loaders[choice]()
+    """For `auto`, the first of AUTO_ORDER that loads; for a named backend, it on a GPU if it can, else on CPU.
+
+    Every candidate that does not load is logged with its reason. A named backend that cannot
+    load anywhere is an error, never a silent switch to another backend.
+    """
+    if choice != "auto" and choice not in loaders:
+        raise BackendUnavailableError(f"unknown backend {choice!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    candidates = [(name, device) for name, device in AUTO_ORDER if choice in ("auto", name)]
     reasons = []
-    for name in BACKEND_ORDER:
+    for name, device in candidates:
         try:
-            backend = loaders[name]()
-        except Exception as exc:  # any load failure means: log it and try the next one
-            reason = str(exc) if isinstance(exc, BackendUnavailableError) else f"{type(exc).__name__}: {exc}"
-            log.info("backend %s not used: %s", name, reason)
-            reasons.append(f"{name}: {reason}")
-            continue
-        log.info("backend %s selected (device %s)", backend.name, backend.device)
-        return backend
-    raise BackendUnavailableError("no backend can run this model (" + "; ".join(reasons) + ")")
+            backend = loaders[name](device)
+        except BackendUnavailableError as exc:
+            reason = str(exc)
+        except Exception as exc:  # auto: any load failure means log it and try the next one
+            if choice != "auto":
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            log.info("backend %s selected (device %s)", backend.name, backend.device)
+            return backend
+        log.info("backend %s (%s) not used: %s", name, device, reason)
+        reasons.append(f"{name} ({device}): {reason}")
+    raise BackendUnavailableError(f"no backend can run this model ({'; '.join(reasons)})")
 
 
 def load_reranker(
@@ -68,7 +84,7 @@ def load_reranker(
                 f"max_length {max_length} exceeds the {manifest.max_length} this artifact was exported for"
             )
         encoder = family.load_encoder(folder, max_length or manifest.max_length, chat_template)
-        loaders = _artifact_loaders(folder, manifest, family)
+        loaders = _artifact_loaders(folder, manifest, family, encoder.max_length)
         name = served_model_name or manifest.source.ref
     else:
         source = resolve_model(model_path, revision)
@@ -87,37 +103,38 @@ def load_reranker(
     )
 
 
-def _artifact_loaders(folder: Path, manifest: Manifest, family: Family) -> dict[str, BackendLoader]:
-    def onnxruntime() -> Backend:
+def _artifact_loaders(folder: Path, manifest: Manifest, family: Family, max_length: int) -> dict[str, BackendLoader]:
+    def tensorrt(device: str) -> Backend:
+        from rerankrt.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(folder, manifest, max_length)
+
+    def onnxruntime(device: str) -> Backend:
         from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(folder / manifest.graphs["scorer"].file)
+        return OnnxRuntimeBackend(folder / manifest.graphs["scorer"].file, device=device)
 
-    def torch() -> Backend:
+    def torch(device: str) -> Backend:
         from rerankrt.runtime.torch_backend import TorchBackend
 
-        return TorchBackend(family, _source_weights(manifest))
+        return TorchBackend(family, _source_weights(manifest), device=device)
 
-    return {"tensorrt": _tensorrt_unavailable, "onnxruntime": onnxruntime, "torch": torch}
+    return {"tensorrt": tensorrt, "onnxruntime": onnxruntime, "torch": torch}
 
 
 def _plain_model_loaders(model_dir: Path, family: Family) -> dict[str, BackendLoader]:
-    def needs_artifact() -> Backend:
+    def needs_artifact(device: str) -> Backend:
         raise BackendUnavailableError(
             f"{model_dir} is a plain model folder; run `rerankrt export` first "
             "to serve it with ONNX Runtime or TensorRT"
         )
 
-    def torch() -> Backend:
+    def torch(device: str) -> Backend:
         from rerankrt.runtime.torch_backend import TorchBackend
 
-        return TorchBackend(family, model_dir)
+        return TorchBackend(family, model_dir, device=device)
 
     return {"tensorrt": needs_artifact, "onnxruntime": needs_artifact, "torch": torch}
-
-
-def _tensorrt_unavailable() -> Backend:
-    raise BackendUnavailableError("the TensorRT backend is not implemented in this version")
 
 
 def _source_weights(manifest: Manifest) -> Path:

@@ -7,15 +7,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rerankrt.errors import BackendUnavailableError
 from rerankrt.families import Batch, Family
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, family: Family, model_dir: Path, device: str | None = None, dtype: torch.dtype | None = None):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.scorer = family.load_scorer(model_dir, dtype=dtype, device=self.device)
+    def __init__(self, family: Family, model_dir: Path, device: str = "cpu", dtype: torch.dtype | None = None):
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("torch sees no CUDA device")
+        self.device = device
+        # on a GPU: bf16 weights (SDPA attention is transformers' default); on CPU: fp32
+        self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        self.scorer = family.load_scorer(model_dir, dtype=self.dtype, device=device)
 
     def run(self, batch: Batch) -> np.ndarray:
         with torch.inference_mode():

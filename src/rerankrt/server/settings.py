@@ -36,6 +36,11 @@ class ServeSettings(BaseSettings):
         description="Jinja prompt template for prompt-based rerankers (Qwen3), replacing the artifact's or the "
         "bundled one; variables: messages[0].content = query, messages[1].content = document, instruct",
     )
+    build_engine: bool = Field(
+        True,
+        description="with --backend auto|tensorrt on a GPU with TensorRT: build the engine for this GPU at start "
+        "when the artifact has none (fp16; written into the artifact folder)",
+    )
     max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"

@@ -1,0 +1,104 @@
+"""Reduced precision made explicit in the ONNX graph (TensorRT 11 networks are strongly typed).
+
+fp16 uses onnxruntime's float16 converter with normalisation, softmax and the
+reductions and powers they are built from kept in fp32, and fp32 graph inputs
+and outputs. bf16 is the same graph with every fp16 tensor re-typed as bf16
+(weights rounded from the fp32 originals to nearest even).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# Ops whose arithmetic stays fp32: layer/RMS norms (fused or decomposed) and softmax.
+FP32_OPS = [
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "RMSNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+]
+ONNX_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+
+
+def cast_graph(source: Path, target: Path, precision: str) -> Path:
+    """Write `source` cast to `precision` ("fp16" or "bf16") as `target` (with external data when large)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # The converter needs every tensor's type to put casts around the fp32 ops. Infer them from the file
+    # (works past protobuf's 2 GB limit, unlike in-memory inference), beside it so external data resolves.
+    with tempfile.NamedTemporaryFile(dir=source.parent, suffix=".onnx") as inferred:
+        onnx.shape_inference.infer_shapes_path(str(source), inferred.name)
+        model = onnx.load(inferred.name)
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS, disable_shape_infer=True)
+    if precision == "bf16":  # weights straight from fp32 (no double rounding through fp16)
+        _fp16_to_bf16(model, {i.name: i for i in onnx.load(str(source)).graph.initializer})
+    elif precision != "fp16":
+        raise ValueError(f"precision {precision!r}: expected fp16 or bf16")
+    _sort_topologically(model.graph)  # the converter appends its casts; TensorRT's parser wants producers first
+    large = model.ByteSize() > 1_900_000_000
+    onnx.save(model, str(target), save_as_external_data=large, location=f"{target.name}.data" if large else None)
+    return target
+
+
+def fp32_op_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> element type of its first output, for the ops that must stay fp32 (for checks)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+    return {
+        n.name: TensorProto.DataType.Name(types.get(n.output[0], 0)) for n in model.graph.node if n.op_type in FP32_OPS
+    }
+
+
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
+    bits = values.astype(np.float32).view(np.uint32)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)  # round to nearest, ties to even
+    return (rounded >> 16).astype(np.uint16)
+
+
+def _to_bf16_tensor(tensor: TensorProto) -> TensorProto:
+    values = numpy_helper.to_array(tensor).astype(np.float32)
+    return helper.make_tensor(tensor.name, TensorProto.BFLOAT16, values.shape, _bf16_bits(values).tobytes(), raw=True)
+
+
+def _fp16_to_bf16(model: onnx.ModelProto, fp32_initializers: dict[str, TensorProto]) -> None:
+    graph = model.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT16:
+            graph.initializer[i].CopyFrom(_to_bf16_tensor(fp32_initializers.get(init.name, init)))
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                attr.i = TensorProto.BFLOAT16
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                attr.t.CopyFrom(_to_bf16_tensor(attr.t))
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError(f"graph has a cycle or a missing input near {pending[0].name}")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    graph.ClearField("node")
+    graph.node.extend(ordered)
