@@ -10,7 +10,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HF_HOME=/root/.cache/huggingface \
     PATH=/opt/venv/bin:$PATH \
     RERANKRT_HOST=0.0.0.0 \
-    RERANKRT_PORT=30000
+    RERANKRT_PORT=30000 \
+    RERANKRT_MODEL_PATH=/engines/model
 
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -32,5 +33,5 @@ RUN pip install --no-cache-dir torch==2.13.0 \
 VOLUME ["/engines"]
 EXPOSE 30000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:30000/health')"]
+# the model comes from RERANKRT_MODEL_PATH or a --model-path flag after the image name (a flag wins)
 ENTRYPOINT ["rerankrt", "serve"]
-CMD ["--model-path", "/engines/model"]

@@ -124,6 +124,22 @@ class ClassifierLogitScorer(torch.nn.Module):
         return logits[:, 0].float()
 
 
+def load_fast_tokenizer(model_dir: Path):
+    """The folder's Hugging Face tokenizer; encoders rely on a fast one (offsets, batch encoding)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.is_fast:
+        raise UnsupportedModelError(f"{model_dir}: needs a fast (tokenizer.json) tokenizer")
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, out_dir: Path) -> list[str]:
+    """Save the tokenizer; the names of the files written (transformers also lists ones it did not write)."""
+    written = [Path(f) for f in tokenizer.save_pretrained(out_dir)]
+    return sorted({f.name for f in written if f.is_file()})
+
+
 def resolve_max_length(model_dir: Path, requested: int | None, default: int) -> int:
     """`requested`, or the family default capped by the model's positions; an error past the model's limit."""
     limit = model_max_positions(model_dir)

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from rerankrt.errors import UnsupportedModelError
-from rerankrt.families.base import Family, Features, PairEncoder, resolve_max_length
+from rerankrt.families.base import (
+    Family,
+    Features,
+    PairEncoder,
+    load_fast_tokenizer,
+    resolve_max_length,
+    save_tokenizer,
+)
 from rerankrt.model_source import read_config
 
 log = logging.getLogger(__name__)
@@ -77,8 +84,7 @@ class CrossEncoderPairEncoder(PairEncoder):
             limit -= 1  # re-tokenising the cut text may merge differently; shrink until it fits
 
     def save(self, out_dir: Path) -> list[str]:
-        written = [Path(f) for f in self.tokenizer.save_pretrained(out_dir)]
-        return sorted(f.name for f in written if f.is_file())  # transformers lists files it did not write
+        return save_tokenizer(self.tokenizer, out_dir)
 
 
 class CrossEncoderFamily(Family):
@@ -100,11 +106,7 @@ class CrossEncoderFamily(Family):
     ) -> CrossEncoderPairEncoder:
         if chat_template is not None:
             log.warning("a cross-encoder has no prompt template: --chat-template %s is ignored", chat_template)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if not tokenizer.is_fast:
-            raise UnsupportedModelError(f"{model_dir}: needs a fast (tokenizer.json) tokenizer")
+        tokenizer = load_fast_tokenizer(model_dir)
         return CrossEncoderPairEncoder(tokenizer, resolve_max_length(model_dir, max_length, self.default_max_length))
 
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:

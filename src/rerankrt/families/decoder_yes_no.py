@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from rerankrt.errors import InputError, UnsupportedModelError
-from rerankrt.families.base import Family, Features, PairEncoder, resolve_max_length
+from rerankrt.families.base import (
+    Family,
+    Features,
+    PairEncoder,
+    load_fast_tokenizer,
+    resolve_max_length,
+    save_tokenizer,
+)
 
 TEMPLATE_FILE = "reranker_template.jinja"  # the template an artifact was exported with
 DEFAULT_TEMPLATE = "qwen3_reranker.jinja"
@@ -133,9 +140,8 @@ class YesNoPairEncoder(PairEncoder):
         )
 
     def save(self, out_dir: Path) -> list[str]:
-        written = [Path(f) for f in self.tokenizer.save_pretrained(out_dir)]
         (Path(out_dir) / TEMPLATE_FILE).write_text(self.template.source)
-        return sorted({f.name for f in written if f.is_file()} | {TEMPLATE_FILE})
+        return sorted([*save_tokenizer(self.tokenizer, out_dir), TEMPLATE_FILE])
 
 
 class DecoderYesNoFamily(Family):
@@ -148,7 +154,7 @@ class DecoderYesNoFamily(Family):
         if not any(a.endswith("ForCausalLM") for a in config.get("architectures") or []):
             return False
         try:
-            tokenizer = load_tokenizer(model_dir)
+            tokenizer = load_fast_tokenizer(model_dir)
         except (OSError, ValueError, UnsupportedModelError):
             return False
         return single_token_id(tokenizer, YES) is not None and single_token_id(tokenizer, NO) is not None
@@ -160,7 +166,7 @@ class DecoderYesNoFamily(Family):
     def load_encoder(
         self, model_dir: Path, max_length: int | None = None, chat_template: Path | None = None
     ) -> YesNoPairEncoder:
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer = load_fast_tokenizer(model_dir)
         if chat_template is not None:
             template = PromptTemplate(Path(chat_template).read_text(), str(chat_template))
         elif (Path(model_dir) / TEMPLATE_FILE).is_file():
@@ -173,21 +179,12 @@ class DecoderYesNoFamily(Family):
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer = load_fast_tokenizer(model_dir)
         yes, no = single_token_id(tokenizer, YES), single_token_id(tokenizer, NO)
         if yes is None or no is None:
             raise UnsupportedModelError(f"{model_dir}: the tokenizer has no single-token 'yes' and 'no'")
         causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         return fold_yes_no_head(causal_lm, yes, no, pad_token_id(tokenizer))
-
-
-def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not tokenizer.is_fast:
-        raise UnsupportedModelError(f"{model_dir}: needs a fast (tokenizer.json) tokenizer")
-    return tokenizer
 
 
 def fold_yes_no_head(causal_lm, yes_id: int, no_id: int, pad_token_id: int) -> torch.nn.Module:
