@@ -112,7 +112,7 @@ class _Progress:
                 trt.IProgressMonitor.__init__(self)
                 self.last = 0.0
 
-            def phase_start(self, parent_phase, phase_name, num_steps):
+            def phase_start(self, phase_name, parent_phase, num_steps):
                 log.info("tensorrt: %s (%d steps)", phase_name, num_steps)
 
             def step_complete(self, phase_name, step):
