@@ -186,3 +186,13 @@ def test_sigterm_finishes_the_request_in_flight(artifact_dirs):
             SERVERS[base].send_signal(signal.SIGTERM)
             response = pending.result(timeout=120)
     assert response.status_code == 200 and len(response.json()) == 1000
+
+
+def test_info_reports_the_machine_and_the_artifact(artifact_dirs):
+    result = rerankrt("info", artifact_dirs["qwen3"])
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert "CPUExecutionProvider" in info["onnxruntime_providers"]
+    assert set(info["cpu"]["features"]) >= {"avx512f", "amx_bf16"} and info["cpu"]["torch_threads"] >= 1
+    assert info["packages"]["onnxruntime"] and info["artifact"]["family"] == "decoder-yes-no"
+    assert info["artifact"]["precision"] == "fp32" and info["artifact"]["graphs"] == {"scorer": "model.onnx"}

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     build.set_defaults(run=run_build_engine)
 
+    info = commands.add_parser("info", help="print the environment (CPU features, providers, GPU) and an artifact")
+    info.add_argument("artifact", type=Path, nargs="?", metavar="ARTIFACT_DIR")
+    info.set_defaults(run=run_info)
+
     from rerankrt.server.settings import ServeSettings
 
     serve = commands.add_parser(
@@ -107,6 +111,13 @@ def engine_options(args: argparse.Namespace) -> dict:
         "opt_batch": args.opt_batch,
         "opt_length": args.opt_length,
     }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from rerankrt.info import collect
+
+    print(json.dumps(collect(args.artifact), indent=2))
+    return 0
 
 
 def run_build_engine(args: argparse.Namespace) -> int:

@@ -1,0 +1,66 @@
+"""`rerankrt info`: what this machine offers for inference, and what an artifact holds."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+PACKAGES = ("rerankrt", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def collect(artifact: Path | None = None) -> dict:
+    import onnxruntime
+    import torch
+
+    flags = cpu_flags()
+    info: dict = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": {
+            "logical_cores": os.cpu_count(),
+            "features": {name: name in flags for name in CPU_FEATURES},
+            "torch_threads": torch.get_num_threads(),
+        },
+        "packages": {},
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "cuda": torch.cuda.is_available(),
+    }
+    for package in PACKAGES:
+        try:
+            info["packages"][package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info["packages"][package] = None
+    if info["cuda"]:
+        info["gpu"] = {
+            "name": torch.cuda.get_device_name(),
+            "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        }
+    if artifact is not None:
+        from rerankrt.artifact import load_manifest
+
+        manifest = load_manifest(artifact, verify_hashes=False)
+        info["artifact"] = {
+            "path": str(artifact),
+            "family": manifest.family,
+            "source": manifest.source.ref,
+            "precision": manifest.precision,
+            "max_length": manifest.max_length,
+            "graphs": {role: graph.file for role, graph in manifest.graphs.items()},
+            "engines": [engine.file for engine in manifest.engines],
+        }
+    return info
