@@ -1,5 +1,6 @@
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,21 @@ def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
     cpu.backend = OnnxRuntimeBackend(artifact_dirs["xlmr"] / "model.onnx", device="cpu")
     query, docs = fresh_inputs(9)
     np.testing.assert_allclose(gpu.score(query, docs), cpu.score(query, docs), atol=1e-4, rtol=0)
+
+
+def test_onnxruntime_provider_lists():
+    from rerankrt.runtime.onnxruntime_backend import providers_for
+
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cpu", gpu_build) == ["CPUExecutionProvider"]
+    assert providers_for("cuda", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with_trt = providers_for("cuda", gpu_build, tensorrt_ep=True, cache_dir=Path("/art/cache"))
+    assert with_trt[0] == (
+        "TensorrtExecutionProvider",
+        {"trt_engine_cache_enable": True, "trt_engine_cache_path": "/art/cache"},
+    )
+    assert with_trt[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailableError, match="no CUDA execution provider"):
+        providers_for("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(BackendUnavailableError, match="no TensorRT execution provider"):
+        providers_for("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], tensorrt_ep=True)

@@ -170,6 +170,7 @@ def run_serve(args: argparse.Namespace) -> int:
         served_model_name=settings.served_model_name,
         revision=settings.revision,
         chat_template=settings.chat_template,
+        onnxruntime_tensorrt_ep=settings.onnxruntime_tensorrt_ep,
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
     )

@@ -68,6 +68,7 @@ def load_reranker(
     served_model_name: str | None = None,
     revision: str | None = None,
     chat_template: Path | None = None,
+    onnxruntime_tensorrt_ep: bool = False,
     max_batch_size: int = 32,
     max_batch_tokens: int = 16384,
 ) -> Reranker:
@@ -84,7 +85,7 @@ def load_reranker(
                 f"max_length {max_length} exceeds the {manifest.max_length} this artifact was exported for"
             )
         encoder = family.load_encoder(folder, max_length or manifest.max_length, chat_template)
-        loaders = _artifact_loaders(folder, manifest, family, encoder.max_length)
+        loaders = _artifact_loaders(folder, manifest, family, encoder.max_length, onnxruntime_tensorrt_ep)
         name = served_model_name or manifest.source.ref
     else:
         source = resolve_model(model_path, revision)
@@ -103,7 +104,9 @@ def load_reranker(
     )
 
 
-def _artifact_loaders(folder: Path, manifest: Manifest, family: Family, max_length: int) -> dict[str, BackendLoader]:
+def _artifact_loaders(
+    folder: Path, manifest: Manifest, family: Family, max_length: int, tensorrt_ep: bool
+) -> dict[str, BackendLoader]:
     def tensorrt(device: str) -> Backend:
         from rerankrt.runtime.tensorrt_backend import TensorRTBackend
 
@@ -112,7 +115,8 @@ def _artifact_loaders(folder: Path, manifest: Manifest, family: Family, max_leng
     def onnxruntime(device: str) -> Backend:
         from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(folder / manifest.graphs["scorer"].file, device=device)
+        graph = folder / manifest.graphs["scorer"].file
+        return OnnxRuntimeBackend(graph, device=device, tensorrt_ep=tensorrt_ep and device == "cuda")
 
     def torch(device: str) -> Backend:
         from rerankrt.runtime.torch_backend import TorchBackend

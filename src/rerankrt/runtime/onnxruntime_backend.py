@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: the CUDA execution provider (device "cuda") or the CPU one."""
+"""ONNX Runtime backend: the CUDA execution provider (device "cuda", optionally behind ONNX Runtime's
+TensorRT provider) or the CPU one."""
 
 from __future__ import annotations
 
@@ -13,25 +14,45 @@ from rerankrt.families import Batch
 log = logging.getLogger(__name__)
 
 
+def providers_for(device: str, available: list[str], tensorrt_ep: bool = False, cache_dir: Path | None = None):
+    """The provider list for a session: CPU only, or CUDA (behind TensorRT when asked and present) then CPU."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailableError("onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
+    providers: list = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if tensorrt_ep:
+        if "TensorrtExecutionProvider" not in available:
+            raise BackendUnavailableError("onnxruntime has no TensorRT execution provider in this build")
+        # engines ONNX Runtime builds are cached beside the artifact, so only the first start pays for them
+        options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir or ".")}
+        providers.insert(0, ("TensorrtExecutionProvider", options))
+    return providers
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, graph_path: Path, device: str = "cpu", intra_op_threads: int | None = None):
+    def __init__(
+        self,
+        graph_path: Path,
+        device: str = "cpu",
+        intra_op_threads: int | None = None,
+        tensorrt_ep: bool = False,
+    ):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailableError("onnxruntime is not installed: pip install rerankrt") from exc
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailableError("onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
-            providers.insert(0, "CUDAExecutionProvider")
+        cache_dir = Path(graph_path).parent / "onnxruntime-tensorrt-cache"
+        providers = providers_for(device, ort.get_available_providers(), tensorrt_ep, cache_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         self.session = ort.InferenceSession(str(graph_path), options, providers=providers)
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        gpu_providers = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+        self.device = "cuda" if self.session.get_providers()[0] in gpu_providers else "cpu"
         if self.device != device:
             raise BackendUnavailableError(f"onnxruntime could not start the CUDA provider for {graph_path.name}")
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -36,6 +36,11 @@ class ServeSettings(BaseSettings):
         description="Jinja prompt template for prompt-based rerankers (Qwen3), replacing the artifact's or the "
         "bundled one; variables: messages[0].content = query, messages[1].content = document, instruct",
     )
+    onnxruntime_tensorrt_ep: bool = Field(
+        False,
+        description="on a GPU, run the ONNX Runtime backend through ONNX Runtime's TensorRT execution provider "
+        "(engines cached beside the artifact) ahead of its CUDA provider",
+    )
     build_engine: bool = Field(
         True,
         description="with --backend auto|tensorrt on a GPU with TensorRT: build the engine for this GPU at start "
