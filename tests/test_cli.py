@@ -177,7 +177,7 @@ def test_qwen3_export_then_serve_answers_the_chinese_example(model_dirs, tmp_pat
 
 
 def test_sigterm_finishes_the_request_in_flight(artifact_dirs):
-    body = {"query": "what is panda?", "documents": ["The giant panda is a bear. " * 20] * 1000}
+    body = {"query": "what is panda?", "documents": ["The giant panda is a bear. " * 80] * 1000}  # ~10 s of work
     with running_server(artifact_dirs["xlmr"]) as base:
         with httpx.Client(timeout=120) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(client.post, f"{base}/v1/rerank", json=body)
