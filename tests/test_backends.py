@@ -199,3 +199,17 @@ def test_onnxruntime_provider_lists():
         providers_for("cuda", ["CPUExecutionProvider"])
     with pytest.raises(BackendUnavailableError, match="no TensorRT execution provider"):
         providers_for("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], tensorrt_ep=True)
+
+
+def test_threads_default_to_physical_cores_and_can_be_set(artifact_dirs):
+    from rerankrt.info import physical_cores
+
+    hyperthreaded = "".join(
+        f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n\n" for i in range(4)
+    )  # 4 logical CPUs on 2 cores
+    assert physical_cores(hyperthreaded) == 2
+    assert physical_cores("") >= 1
+    chosen = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime")
+    assert chosen.backend.session.get_session_options().intra_op_num_threads == physical_cores()
+    pinned = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime", threads=1)
+    assert pinned.backend.session.get_session_options().intra_op_num_threads == 1

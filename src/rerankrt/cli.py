@@ -171,6 +171,7 @@ def run_serve(args: argparse.Namespace) -> int:
         revision=settings.revision,
         chat_template=settings.chat_template,
         onnxruntime_tensorrt_ep=settings.onnxruntime_tensorrt_ep,
+        threads=settings.threads,
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
     )

@@ -23,6 +23,29 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def physical_cores(cpuinfo: str | None = None) -> int:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is unavailable."""
+    cores: set[tuple[str, str]] = set()
+    package = core = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "physical id":
+                package = value
+            elif key == "core id":
+                core = value
+            elif not key and (package or core):
+                cores.add((package, core))
+                package = core = ""
+        if package or core:
+            cores.add((package, core))
+    except OSError:
+        pass
+    return len(cores) or os.cpu_count() or 1
+
+
 def collect(artifact: Path | None = None) -> dict:
     import onnxruntime
     import torch
@@ -33,6 +56,7 @@ def collect(artifact: Path | None = None) -> dict:
         "platform": platform.platform(),
         "cpu": {
             "logical_cores": os.cpu_count(),
+            "physical_cores": physical_cores(),
             "features": {name: name in flags for name in CPU_FEATURES},
             "torch_threads": torch.get_num_threads(),
         },

@@ -69,6 +69,7 @@ def load_reranker(
     revision: str | None = None,
     chat_template: Path | None = None,
     onnxruntime_tensorrt_ep: bool = False,
+    threads: int | None = None,
     max_batch_size: int = 32,
     max_batch_tokens: int = 16384,
 ) -> Reranker:
@@ -85,13 +86,13 @@ def load_reranker(
                 f"max_length {max_length} exceeds the {manifest.max_length} this artifact was exported for"
             )
         encoder = family.load_encoder(folder, max_length or manifest.max_length, chat_template)
-        loaders = _artifact_loaders(folder, manifest, family, encoder.max_length, onnxruntime_tensorrt_ep)
+        loaders = _artifact_loaders(folder, manifest, family, encoder.max_length, onnxruntime_tensorrt_ep, threads)
         name = served_model_name or manifest.source.ref
     else:
         source = resolve_model(model_path, revision)
         family = detect_family(source.path)
         encoder = family.load_encoder(source.path, max_length, chat_template)
-        loaders = _plain_model_loaders(source.path, family)
+        loaders = _plain_model_loaders(source.path, family, threads)
         name = served_model_name or source.ref
     log.info("model %s: family %s, max_length %d", name, family.name, encoder.max_length)
     return Reranker(
@@ -105,7 +106,7 @@ def load_reranker(
 
 
 def _artifact_loaders(
-    folder: Path, manifest: Manifest, family: Family, max_length: int, tensorrt_ep: bool
+    folder: Path, manifest: Manifest, family: Family, max_length: int, tensorrt_ep: bool, threads: int | None
 ) -> dict[str, BackendLoader]:
     def tensorrt(device: str) -> Backend:
         from rerankrt.runtime.tensorrt_backend import TensorRTBackend
@@ -116,17 +117,19 @@ def _artifact_loaders(
         from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         graph = folder / manifest.graphs["scorer"].file
-        return OnnxRuntimeBackend(graph, device=device, tensorrt_ep=tensorrt_ep and device == "cuda")
+        return OnnxRuntimeBackend(
+            graph, device=device, intra_op_threads=cpu_threads(threads), tensorrt_ep=tensorrt_ep and device == "cuda"
+        )
 
     def torch(device: str) -> Backend:
         from rerankrt.runtime.torch_backend import TorchBackend
 
-        return TorchBackend(family, _source_weights(manifest), device=device)
+        return TorchBackend(family, _source_weights(manifest), device=device, threads=cpu_threads(threads))
 
     return {"tensorrt": tensorrt, "onnxruntime": onnxruntime, "torch": torch}
 
 
-def _plain_model_loaders(model_dir: Path, family: Family) -> dict[str, BackendLoader]:
+def _plain_model_loaders(model_dir: Path, family: Family, threads: int | None) -> dict[str, BackendLoader]:
     def needs_artifact(device: str) -> Backend:
         raise BackendUnavailableError(
             f"{model_dir} is a plain model folder; run `rerankrt export` first "
@@ -136,9 +139,16 @@ def _plain_model_loaders(model_dir: Path, family: Family) -> dict[str, BackendLo
     def torch(device: str) -> Backend:
         from rerankrt.runtime.torch_backend import TorchBackend
 
-        return TorchBackend(family, model_dir, device=device)
+        return TorchBackend(family, model_dir, device=device, threads=cpu_threads(threads))
 
     return {"tensorrt": needs_artifact, "onnxruntime": needs_artifact, "torch": torch}
+
+
+def cpu_threads(requested: int | None) -> int:
+    """Intra-op threads: as asked, else one per physical core (hyper-threads slow matrix kernels down)."""
+    from rerankrt.info import physical_cores
+
+    return requested or physical_cores()
 
 
 def _source_weights(manifest: Manifest) -> Path:

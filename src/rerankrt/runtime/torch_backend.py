@@ -14,9 +14,18 @@ from rerankrt.families import Batch, Family
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, family: Family, model_dir: Path, device: str = "cpu", dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        family: Family,
+        model_dir: Path,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        threads: int | None = None,
+    ):
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError("torch sees no CUDA device")
+        if threads:
+            torch.set_num_threads(threads)  # process-wide, as torch has it
         self.device = device
         # on a GPU: bf16 weights (SDPA attention is transformers' default); on CPU: fp32
         self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)

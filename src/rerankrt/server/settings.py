@@ -36,6 +36,9 @@ class ServeSettings(BaseSettings):
         description="Jinja prompt template for prompt-based rerankers (Qwen3), replacing the artifact's or the "
         "bundled one; variables: messages[0].content = query, messages[1].content = document, instruct",
     )
+    threads: int | None = Field(
+        None, ge=1, description="intra-op threads for ONNX Runtime and torch on CPU (default: the physical cores)"
+    )
     onnxruntime_tensorrt_ep: bool = Field(
         False,
         description="on a GPU, run the ONNX Runtime backend through ONNX Runtime's TensorRT execution provider "
