@@ -167,7 +167,9 @@ def ensure_engine(artifact: Path, precision: str = "fp16", required: bool = Fals
     try:
         trt = import_tensorrt()
         capability = cuda_compute_capability()
-        if select_engine(load_manifest(artifact).engines, capability, trt.__version__) is not None:
+        # no hashing here: the loader verifies every file right after, and build_engine before it builds
+        engines = load_manifest(artifact, verify_hashes=False).engines
+        if select_engine(engines, capability, trt.__version__) is not None:
             return
         log.info(
             "no TensorRT engine for compute capability %s in %s: building one (%s)", capability, artifact, precision
