@@ -8,6 +8,7 @@ the weights are random (seeded). Run as a script to write them for manual use:
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -188,6 +189,62 @@ def build_bert(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return Path(out)
+
+
+QWEN_VL_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+# The Qwen-VL chat template's handling of content parts (text inline, each image / video one placeholder).
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen3_vl(out: Path, seed: int = 0) -> Path:
+    """A tiny Qwen3VLForConditionalGeneration: 3-block vision tower with two DeepStack mergers, 3 text layers.
+
+    Real Qwen3-VL geometry (patch 16, spatial merge 2, temporal patch 2, interleaved 3-D mrope) at tiny
+    widths; the vision-token specials and a Qwen-VL chat template are added to the offline tokenizer, and
+    the image processor config is saved beside the weights.
+    """
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tokenizer = build_qwen3_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_VL_SPECIAL})
+    tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_VL_SPECIAL}
+    vision = dict(
+        depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
+        temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+        initializer_range=0.2,
+    )  # fmt: skip
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+        rope_theta=5_000_000.0, initializer_range=0.2,
+        rope_scaling={"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+    )  # fmt: skip
+    config = Qwen3VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessor(
+        patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        min_pixels=64 * 64, max_pixels=256 * 256,
+    ).save_pretrained(out)  # fmt: skip
+    # rerankrt's resize bounds (the reranker's own constants by default), small so tests stay fast
+    bounds = {"image_min_pixels": 64 * 64, "image_max_pixels": 160 * 160, "video_frame_min_pixels": 64 * 64,
+              "video_frame_max_pixels": 96 * 96, "video_total_pixels": 4 * 96 * 96}  # fmt: skip
+    (Path(out) / "media_config.json").write_text(json.dumps(bounds, indent=2))
     return Path(out)
 
 

@@ -22,6 +22,7 @@ from rerankrt.artifact import FORMAT_VERSION, PARITY_NAME, Manifest, SourceModel
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import export_with_optimum
 from rerankrt.export.parity import FP32_TOLERANCE, check_parity
+from rerankrt.export.vision_language import VISION_LANGUAGE_TASK, export_vision_language
 from rerankrt.families import detect_family, get_family
 from rerankrt.model_source import resolve_model
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -68,35 +69,41 @@ def export_model(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        with step(2, f"exporting ONNX graph with optimum ({chosen.onnx_task})"):
-            torch_model = chosen.load_export_model(source.path)
-            graph = export_with_optimum(torch_model, chosen.onnx_task, staging, opset)
-            log.info("graph inputs %s -> outputs %s, opset %d", graph.inputs, graph.outputs, graph.opset)
+        if chosen.onnx_task == VISION_LANGUAGE_TASK:  # two graphs of its own, verified against transformers
+            with step(2, "exporting the vision and scorer ONNX graphs with torch.onnx"):
+                graphs, report = export_vision_language(chosen, source.path, encoder, staging, opset, tolerance)
+            log.info("[3/%d] parity of both graphs vs transformers checked during export", STEPS)
+        else:
+            with step(2, f"exporting ONNX graph with optimum ({chosen.onnx_task})"):
+                torch_model = chosen.load_export_model(source.path)
+                graph = export_with_optimum(torch_model, chosen.onnx_task, staging, opset)
+                log.info("graph inputs %s -> outputs %s, opset %d", graph.inputs, graph.outputs, graph.opset)
 
-        with step(3, "verifying the ONNX graph against the torch scorer"):
-            backend = OnnxRuntimeBackend(staging / graph.files[0])
-            report = check_parity(
-                encoder,
-                chosen.wrap_scorer(torch_model).eval(),
-                backend.run,
-                f"onnxruntime {backend.session.get_providers()[0]}",
-                tolerance=tolerance,
-            )
-            (staging / PARITY_NAME).write_text(_json(report.to_dict()))
-            log.info(
-                "max |Δlogit| %.3g (tolerance %.0e) over %d pairs, lengths %d-%d, top-1 agreement %.2f",
-                report.max_abs_diff,
-                tolerance,
-                report.pairs,
-                report.seq_len_min,
-                report.seq_len_max,
-                report.top1_agreement,
-            )
-            if not report.passed:
-                raise ExportError(
-                    f"parity check failed: max |Δlogit| {report.max_abs_diff:.3g} > {tolerance:.0e} "
-                    f"between the ONNX graph and the torch scorer"
+            with step(3, "verifying the ONNX graph against the torch scorer"):
+                backend = OnnxRuntimeBackend(staging / graph.files[0])
+                report = check_parity(
+                    encoder,
+                    chosen.wrap_scorer(torch_model).eval(),
+                    backend.run,
+                    f"onnxruntime {backend.session.get_providers()[0]}",
+                    tolerance=tolerance,
                 )
+            graphs = {"scorer": graph}
+        (staging / PARITY_NAME).write_text(_json(report.to_dict()))
+        log.info(
+            "max |Δlogit| %.3g (tolerance %.0e) over %d pairs, lengths %d-%d, top-1 agreement %.2f",
+            report.max_abs_diff,
+            tolerance,
+            report.pairs,
+            report.seq_len_min,
+            report.seq_len_max,
+            report.top1_agreement,
+        )
+        if not report.passed:
+            raise ExportError(
+                f"parity check failed: max |Δlogit| {report.max_abs_diff:.3g} > {tolerance:.0e} "
+                f"between the ONNX graph and {report.reference}"
+            )
 
         with step(4, "writing tokenizer files"):
             encoder_files = encoder.save(staging)
@@ -114,11 +121,16 @@ def export_model(
                 ),
                 max_length=encoder.max_length,
                 precision="fp32",
-                opset=graph.opset,
-                graphs={"scorer": {"file": graph.files[0], "inputs": graph.inputs, "outputs": graph.outputs}},
+                opset=graphs["scorer"].opset,
+                graphs={
+                    role: {"file": g.files[0], "inputs": g.inputs, "outputs": g.outputs} for role, g in graphs.items()
+                },
                 encoder_files=encoder_files,
                 versions=_versions(),
-                files=hash_files(staging, [*graph.files, *encoder_files, "config.json", PARITY_NAME]),
+                files=hash_files(
+                    staging,
+                    [*(f for g in graphs.values() for f in g.files), *encoder_files, "config.json", PARITY_NAME],
+                ),
                 created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             )
             write_manifest(staging, manifest)

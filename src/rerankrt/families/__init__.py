@@ -8,10 +8,11 @@ from rerankrt.errors import UnsupportedModelError
 from rerankrt.families.base import Batch, Family, Features, PairEncoder
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.decoder_yes_no import DecoderYesNoFamily
+from rerankrt.families.qwen3_vl import Qwen3VLFamily
 from rerankrt.model_source import read_config
 
 # Most specific first: the first family whose `matches` accepts a config wins.
-FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily)
+FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily, Qwen3VLFamily)
 
 __all__ = [
     "Batch",
@@ -21,6 +22,7 @@ __all__ = [
     "Family",
     "Features",
     "PairEncoder",
+    "Qwen3VLFamily",
     "detect_family",
     "get_family",
 ]

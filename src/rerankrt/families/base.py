@@ -21,10 +21,12 @@ from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.model_source import read_config
 
 Features = dict[str, np.ndarray]
-"""One encoded pair: input name -> 1-D int64 array (unpadded)."""
+"""One encoded pair: input name -> 1-D int64 array (unpadded); `input_ids` is always there.
+
+Multimodal encoders add other arrays (3-D positions, image patches and grids); their `collate` knows them."""
 
 Batch = dict[str, np.ndarray]
-"""Collated pairs: input name -> [batch, seq] int64 array, padded."""
+"""Collated pairs: input name -> [batch, seq] int64 array, padded (plus any multimodal arrays, per family)."""
 
 
 class PairEncoder(ABC):

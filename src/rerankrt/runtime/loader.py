@@ -116,6 +116,12 @@ def _artifact_loaders(
     def onnxruntime(device: str) -> Backend:
         from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
+        if "vision" in manifest.graphs:  # vision-language artifact: vision graph, then scorer graph
+            from rerankrt.runtime.vision_language_backend import load_vision_language_backend
+
+            return load_vision_language_backend(
+                folder, manifest, device, cpu_threads(threads), tensorrt_ep and device == "cuda"
+            )
         graph = folder / manifest.graphs["scorer"].file
         return OnnxRuntimeBackend(
             graph, device=device, intra_op_threads=cpu_threads(threads), tensorrt_ep=tensorrt_ep and device == "cuda"
