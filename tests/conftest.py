@@ -38,6 +38,21 @@ def artifact_dirs(model_dirs, tmp_path_factory) -> dict[str, Path]:
     return {arch: root / arch for arch in BUILDERS}
 
 
+@pytest.fixture(scope="session")
+def qwen3_vl_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen3-VL reranker (built once; its export takes ~15 s, so it is not in `model_dirs`)."""
+    return tiny_models.build_qwen3_vl(tmp_path_factory.mktemp("models") / "qwen3-vl")
+
+
+@pytest.fixture(scope="session")
+def qwen3_vl_artifact(qwen3_vl_dir, tmp_path_factory) -> Path:
+    from rerankrt.export import export_model
+
+    out = tmp_path_factory.mktemp("artifacts") / "qwen3-vl"
+    export_model(str(qwen3_vl_dir), out)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO, logger="rerankrt")

@@ -23,7 +23,6 @@ from rerankrt.families.qwen3_vl_geometry import (
     rotary_cos_sin,
 )
 from rerankrt.families.qwen3_vl_media import MediaConfig, preprocess_image, preprocess_video, smart_resize
-from tests import tiny_models
 from tests.reference_qwen3_vl import OfficialScorer, messages
 
 SCORE_TOLERANCE = 1e-3  # |Δ sigmoid score|, the acceptance bound
@@ -31,17 +30,13 @@ LOGIT_TOLERANCE = 1e-4  # |Δ logit|, what fp32 graphs actually hold (~3e-6 meas
 
 
 @pytest.fixture(scope="module")
-def vl_dir(tmp_path_factory):
-    return tiny_models.build_qwen3_vl(tmp_path_factory.mktemp("models") / "qwen3-vl")
+def vl_dir(qwen3_vl_dir):
+    return qwen3_vl_dir  # session fixtures (conftest): built and exported once for this file and the server's
 
 
 @pytest.fixture(scope="module")
-def vl_artifact(vl_dir, tmp_path_factory):
-    from rerankrt.export import export_model
-
-    out = tmp_path_factory.mktemp("artifacts") / "qwen3-vl"
-    export_model(str(vl_dir), out)
-    return out
+def vl_artifact(qwen3_vl_artifact):
+    return qwen3_vl_artifact
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rerankrt.errors import UnsupportedModelError
-from rerankrt.families.base import Batch, Family, Features, PairEncoder
+from rerankrt.families.base import Batch, Content, Family, Features, PairEncoder
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.decoder_yes_no import DecoderYesNoFamily
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
@@ -16,6 +16,7 @@ FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily, Qw
 
 __all__ = [
     "Batch",
+    "Content",
     "CrossEncoderFamily",
     "DecoderYesNoFamily",
     "FAMILIES",

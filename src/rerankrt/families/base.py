@@ -28,6 +28,9 @@ Multimodal encoders add other arrays (3-D positions, image patches and grids); t
 Batch = dict[str, np.ndarray]
 """Collated pairs: input name -> [batch, seq] int64 array, padded (plus any multimodal arrays, per family)."""
 
+Content = str | Sequence[Mapping[str, Any]]
+"""A query or document: text, or (multimodal families) content parts with decoded media, see families.qwen3_vl."""
+
 
 class PairEncoder(ABC):
     """Turns (query, documents) into one `Features` per document, and pads them into a `Batch`."""
@@ -78,6 +81,8 @@ class Family(ABC):
 
     name: ClassVar[str]
     default_max_length: ClassVar[int]
+    multimodal: ClassVar[bool] = False
+    """True when the encoder takes content parts with images and videos besides text."""
     onnx_task: ClassVar[str]
     """optimum task whose export of `load_export_model` yields the one-logit graph."""
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import jinja2
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.families.base import (
     Batch,
+    Content,
     Family,
     Features,
     PairEncoder,
@@ -54,8 +54,6 @@ DOC_MARKS = ("\ue002", "\ue003")
 MARK_CHARS = "".join(QUERY_MARKS + DOC_MARKS)
 MEDIA_KINDS = {"image": 0, "video": 1}
 PART_ORDER = {"video": 0, "image": 1, "text": 2}  # the official script's order within a side
-
-Content = str | Sequence[Mapping[str, Any]]
 
 
 def _clean_text(text: str) -> str:
@@ -286,6 +284,7 @@ class VisionLanguagePairEncoder(PairEncoder):
 
 class Qwen3VLFamily(Family):
     name = "qwen3-vl-yes-no"
+    multimodal = True
     default_max_length = 8192
     onnx_task = "qwen3-vl-vision+scorer"  # two torch.onnx graphs (export.vision_language), not an optimum task
 

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rerankrt.families import PairEncoder
+from rerankrt.families import Content, PairEncoder
 
 OVERLAP = 1 / 4  # consecutive chunks share a quarter of the document budget
 
 
 def chunk_documents(
-    encoder: PairEncoder, query: str, documents: Sequence[str], instruct: str | None, max_chunks: int
-) -> tuple[list[str], list[int]]:
+    encoder: PairEncoder, query: Content, documents: Sequence[Content], instruct: str | None, max_chunks: int
+) -> tuple[list[Content], list[int]]:
     """Each document split into at most `max_chunks` pieces; returns the pieces and the document each came from.
 
     A piece holds as many document tokens as fit in `max_length` next to the query (and any
     prompt template); a document that fits stays whole, and text past the last chunk is dropped.
+    Only text documents are split: one given as content parts (multimodal) stays whole, truncated as usual.
     """
     overhead = len(encoder.encode(query, [""], instruct)[0]["input_ids"])
     budget = encoder.max_length - overhead
-    pieces: list[str] = []
+    pieces: list[Content] = []
     owners: list[int] = []
     for index, document in enumerate(documents):
-        for piece in _split(encoder, document, budget, max_chunks):
+        for piece in _split(encoder, document, budget, max_chunks) if isinstance(document, str) else [document]:
             pieces.append(piece)
             owners.append(index)
     return pieces, owners

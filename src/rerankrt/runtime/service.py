@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerankrt.errors import InputError
+from rerankrt.families import Content
 from rerankrt.runtime.chunking import chunk_documents
 from rerankrt.runtime.reranker import Reranker
 from rerankrt.runtime.scheduler import Scheduler
@@ -21,8 +22,8 @@ class RequestTooLarge(InputError):
 
 @dataclass
 class ScoreRequest:
-    query: str
-    documents: Sequence[str]
+    query: Content  # text, or content parts with decoded media (multimodal families only)
+    documents: Sequence[Content]
     instruct: str | None = None
     truncate: bool = True
     max_chunks_per_doc: int | None = None
@@ -47,11 +48,15 @@ class RerankService:
         self._encoding.shutdown(wait=True)
         self.scheduler.close()
 
-    async def score(self, request: ScoreRequest) -> Scores:
-        if len(request.documents) > self.max_documents:
+    def check_size(self, documents: int) -> None:
+        """RequestTooLarge beyond max_documents_per_request (callers check before fetching any media too)."""
+        if documents > self.max_documents:
             raise RequestTooLarge(
-                "documents", f"{len(request.documents)} documents, over the limit of {self.max_documents} per request"
+                "documents", f"{documents} documents, over the limit of {self.max_documents} per request"
             )
+
+    async def score(self, request: ScoreRequest) -> Scores:
+        self.check_size(len(request.documents))
         pairs, owners = await asyncio.get_running_loop().run_in_executor(self._encoding, self._encode, request)
         logits = await self.scheduler.submit(pairs)
         per_document = np.full(len(request.documents), -np.inf, dtype=np.float32)

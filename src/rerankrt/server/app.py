@@ -3,6 +3,8 @@
 Three API shapes share the core: SGLang's `/v1/rerank`, Cohere/Jina's `/rerank`
 and `/v2/rerank`, vLLM's `/v1/score`. Requests are encoded off the event loop,
 batched across requests by the scheduler, and run on its inference thread.
+A multimodal request first fetches its media (server.content, server.media), within the
+same timeout and disconnect watch as its scoring.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Sequence
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -22,7 +26,9 @@ from rerankrt.runtime import Reranker
 from rerankrt.runtime.scheduler import Scheduler
 from rerankrt.runtime.service import RerankService, ScoreRequest, Scores
 from rerankrt.server import schemas
+from rerankrt.server.content import Input, resolve
 from rerankrt.server.errors import ClientDisconnected, RequestTimedOut, error_response, install_error_handlers
+from rerankrt.server.media import MediaFetcher, MediaLimits
 from rerankrt.server.metrics import Metrics
 from rerankrt.server.middleware import install_middleware
 from rerankrt.server.settings import ServeSettings
@@ -31,10 +37,11 @@ log = logging.getLogger(__name__)
 
 ERRORS = {
     400: {"model": schemas.ErrorResponse, "description": "invalid request; `param` names the field"},
-    413: {"model": schemas.ErrorResponse, "description": "too many documents or too large a body"},
+    413: {"model": schemas.ErrorResponse, "description": "too many documents, too large a body or media item"},
     503: {"model": schemas.ErrorResponse, "description": "overloaded or timed out; retry after Retry-After"},
 }
 DISCONNECT_POLL_SECONDS = 0.25
+T = TypeVar("T")
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -66,10 +73,11 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         on_batch=metrics.observe_batch,
     )
     service = RerankService(reranker, scheduler, settings.max_documents_per_request)
+    multimodal = reranker.family.multimodal
 
-    async def score(request: Request, job: ScoreRequest) -> Scores:
-        """The core call, dropped when the client disconnects or the request times out."""
-        task = asyncio.ensure_future(service.score(job))
+    async def guarded(request: Request, work: Awaitable[T]) -> T:
+        """`work` (fetching media, scoring), dropped when the client disconnects or the request times out."""
+        task = asyncio.ensure_future(work)
         deadline = time.monotonic() + settings.request_timeout
         try:
             while True:
@@ -85,8 +93,23 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
+    async def score(body: schemas.ScoringOptions, query: Input, documents: Sequence[Input]) -> Scores:
+        """Fetch the media of query and documents (one concurrent fetch), then score through the core."""
+        service.check_size(len(documents))  # before fetching anything
+        query_content, *contents = await resolve([query, *documents], multimodal, app.state.media, metrics)
+        return await service.score(_job(body, query_content, contents))
+
+    async def score_pairwise(body: schemas.ScoringOptions, queries: list[Input], documents: list[Input]) -> Scores:
+        """Each query against its document: media fetched in one go, then one core call per pair, concurrently."""
+        service.check_size(len(documents))
+        contents = await resolve([*queries, *documents], multimodal, app.state.media, metrics)
+        pairs = zip(contents[: len(queries)], contents[len(queries) :], strict=True)
+        results = await asyncio.gather(*(service.score(_job(body, q, [d])) for q, d in pairs))
+        return Scores(np.concatenate([r.logits for r in results]), sum(r.tokens for r in results))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.media = MediaFetcher(media_limits(settings), on_fetched=metrics.observe_media)
         if settings.warmup:
             log.info("warming up %s on %s", reranker.model_name, reranker.backend.name)
             await service.score(ScoreRequest("warm-up query", ["warm-up document", "a second warm-up document"]))
@@ -94,10 +117,12 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         log.info("ready: %s on %s (%s)", reranker.model_name, reranker.backend.name, reranker.backend.device)
         yield
         app.state.ready = False
+        await app.state.media.aclose()
         await asyncio.to_thread(service.close)  # in-flight requests are finished by now; drain the rest
 
     app = FastAPI(title="rerankrt", version=__version__, lifespan=lifespan)
     app.state.ready = False
+    app.state.media = None  # the MediaFetcher, while the lifespan runs
     app.state.metrics = metrics
     app.state.scheduler = scheduler
     install_error_handlers(app)
@@ -106,8 +131,9 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         "/v1/rerank", response_model=list[schemas.RerankResult], response_model_exclude_none=True, responses=ERRORS
     )
     async def rerank(body: schemas.RerankRequest, request: Request) -> list[schemas.RerankResult]:
-        """Score each document against the query; best first (SGLang-compatible)."""
-        result = await score(request, _job(body, body.query, body.documents))
+        """Score each document (text, or content parts) against the query; best first (SGLang-compatible)."""
+        documents = [Input(d, f"documents[{i}]") for i, d in enumerate(body.documents)]
+        result = await guarded(request, score(body, Input(body.query, "query"), documents))
         scores = result.logits.astype(np.float64) if body.raw_scores else sigmoid(result.logits)
         return [
             schemas.RerankResult(
@@ -117,8 +143,8 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         ]
 
     async def cohere_rerank(body: schemas.CohereRerankRequest, request: Request) -> schemas.CohereRerankResponse:
-        texts = body.texts()
-        result = await score(request, _job(body, body.query, texts))
+        documents = [_cohere_input(d, f"documents[{i}]") for i, d in enumerate(body.documents)]
+        result = await guarded(request, score(body, _cohere_input(body.query, "query"), documents))
         scores = sigmoid(result.logits)
         return schemas.CohereRerankResponse(
             id=request.state.request_id,
@@ -127,7 +153,7 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
                 schemas.CohereResult(
                     index=i,
                     relevance_score=float(scores[i]),
-                    document=schemas.TextDocument(text=texts[i]) if body.return_documents else None,
+                    document=_cohere_document(body.documents[i]) if body.return_documents else None,
                 )
                 for i in ranked(scores, body.top_n)
             ],
@@ -147,19 +173,16 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
     async def score_pairs(body: schemas.ScoreRequest, request: Request) -> schemas.ScoreResponse:
         """vLLM's score API: sigmoid scores of text_1 against each text_2, in input order."""
         queries, documents = _score_pairs(body)
-        if len(set(queries)) == 1:
-            results = [await score(request, _job(body, queries[0], documents))]
-        else:  # pairwise with different queries: one core call per query, concurrently
-            calls = [score(request, _job(body, q, [d])) for q, d in zip(queries, documents, strict=True)]
-            results = await asyncio.gather(*calls)
-        logits = np.concatenate([r.logits for r in results])
-        tokens = sum(r.tokens for r in results)
+        if all(q.value == queries[0].value for q in queries):
+            result = await guarded(request, score(body, queries[0], documents))
+        else:  # pairwise with different queries
+            result = await guarded(request, score_pairwise(body, queries, documents))
         return schemas.ScoreResponse(
             id=request.state.request_id,
             created=int(time.time()),
             model=reranker.model_name,
-            data=[schemas.ScoreData(index=i, score=float(s)) for i, s in enumerate(sigmoid(logits))],
-            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens),
+            data=[schemas.ScoreData(index=i, score=float(s)) for i, s in enumerate(sigmoid(result.logits))],
+            usage=schemas.Usage(prompt_tokens=result.tokens, total_tokens=result.tokens),
         )
 
     @app.get("/health")
@@ -181,7 +204,20 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
     return app
 
 
-def _job(body: schemas.ScoringOptions, query: str, documents: list[str]) -> ScoreRequest:
+def media_limits(settings: ServeSettings) -> MediaLimits:
+    return MediaLimits(
+        allowed_local_media_path=settings.allowed_local_media_path,
+        allowed_networks=tuple(settings.media_allowed_networks),
+        max_bytes=settings.media_max_bytes,
+        max_image_pixels=settings.media_max_image_pixels,
+        max_video_frames=settings.media_max_video_frames,
+        video_fps=settings.media_video_fps,
+        fetch_timeout=settings.media_fetch_timeout,
+        max_redirects=settings.media_max_redirects,
+    )
+
+
+def _job(body: schemas.ScoringOptions, query, documents: list) -> ScoreRequest:
     return ScoreRequest(
         query=query,
         documents=documents,
@@ -191,9 +227,32 @@ def _job(body: schemas.ScoringOptions, query: str, documents: list[str]) -> Scor
     )
 
 
-def _score_pairs(body: schemas.ScoreRequest) -> tuple[list[str], list[str]]:
-    first = [body.text_1] if isinstance(body.text_1, str) else body.text_1
-    second = [body.text_2] if isinstance(body.text_2, str) else body.text_2
+def _cohere_input(value, field: str) -> Input:
+    if isinstance(value, schemas.ContentDocument):
+        return Input(value.content, f"{field}.content")
+    return Input(value if isinstance(value, str) else value.text, field)
+
+
+def _cohere_document(value) -> schemas.TextDocument | schemas.ContentDocument:
+    """A document as sent: {"text"} for text, {"content": [parts]} for content parts."""
+    return schemas.TextDocument(text=value) if isinstance(value, str) else value
+
+
+def _score_inputs(value, name: str) -> list[Input]:
+    """vLLM's text_1 / text_2: a string, {"content": [...]} (one input per part, as vLLM has it), or a list."""
+    if isinstance(value, str):
+        return [Input(value, name)]
+    if isinstance(value, schemas.ContentDocument):
+        fields = [f"{name}.content[{k}]" for k in range(len(value.content))]
+        return [Input([part], field, (field,)) for part, field in zip(value.content, fields, strict=True)]
+    return [
+        Input(item, f"{name}[{i}]") if isinstance(item, str) else Input(item.content, f"{name}[{i}].content")
+        for i, item in enumerate(value)
+    ]
+
+
+def _score_pairs(body: schemas.ScoreRequest) -> tuple[list[Input], list[Input]]:
+    first, second = _score_inputs(body.text_1, "text_1"), _score_inputs(body.text_2, "text_2")
     if not first or not second:
         raise InputError("text_1" if not first else "text_2", "must not be empty")
     if len(first) == 1:

@@ -43,8 +43,13 @@ def error_response(status: int, message: str, param: str | None = None, headers:
 
 
 def field_name(loc: tuple) -> str:
-    """('body', 'documents', 2) -> 'documents[2]'; the body itself -> 'body'."""
+    """('body', 'documents', 2) -> 'documents[2]'; the body itself -> 'body'.
+
+    Union members' labels are dropped: tags with a space (schemas' discriminated unions name them so, e.g.
+    'image_url part') and pydantic's own labels with brackets ('list[str]').
+    """
     parts = [str(p) for p in loc[1:] if p not in ("body",)] if loc and loc[0] == "body" else [str(p) for p in loc]
+    parts = [p for p in parts if " " not in p and "[" not in p]
     name = ""
     for part in parts:
         name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)

@@ -13,7 +13,7 @@ import io
 import ipaddress
 import math
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -120,8 +120,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 class MediaFetcher:
     """Fetches and decodes the media of requests, concurrently, within `MediaLimits`; one HTTP client for all."""
 
-    def __init__(self, limits: MediaLimits):
+    def __init__(self, limits: MediaLimits, on_fetched: Callable[[str, int], None] | None = None):
         self.limits = limits
+        self.on_fetched = on_fetched  # (kind, bytes) of each item read, e.g. for metrics
         self._local_root = Path(limits.allowed_local_media_path).resolve() if limits.allowed_local_media_path else None
         backend = GuardedBackend([ipaddress.ip_network(n) for n in limits.allowed_networks])
         transport = httpx.AsyncHTTPTransport()
@@ -164,6 +165,8 @@ class MediaFetcher:
 
     async def fetch(self, item: MediaRef) -> Image.Image | Video:
         data = await self._read(item)
+        if self.on_fetched is not None:
+            self.on_fetched(item.kind, len(data))
         decode = decode_image if item.kind == "image" else decode_video
         return await asyncio.to_thread(decode, data, self.limits, item.field)
 

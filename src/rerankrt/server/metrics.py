@@ -36,6 +36,16 @@ class Metrics:
         self.batch_seconds = Histogram(
             "rerankrt_batch_seconds", "forward pass time", buckets=LATENCY_BUCKETS, registry=self.registry
         )
+        self.media_items = Counter(
+            "rerankrt_media_items", "images and videos fetched, by kind", ["kind"], registry=self.registry
+        )
+        self.media_bytes = Counter(
+            "rerankrt_media_bytes", "bytes of images and videos fetched (as sent)", registry=self.registry
+        )
+        self.media_seconds = Histogram(
+            "rerankrt_media_fetch_seconds", "time to fetch and decode one request's media, all items together",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.pairs)
@@ -43,6 +53,10 @@ class Metrics:
         self.pairs.inc(stats.pairs)
         self.tokens.inc(stats.tokens)
         self.batch_seconds.observe(stats.seconds)
+
+    def observe_media(self, kind: str, size: int) -> None:
+        self.media_items.labels(kind).inc()
+        self.media_bytes.inc(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

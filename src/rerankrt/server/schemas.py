@@ -1,10 +1,21 @@
-"""Request and response bodies of the HTTP API: SGLang's /v1/rerank, Cohere/Jina's /rerank, vLLM's /v1/score."""
+"""Request and response bodies of the HTTP API: SGLang's /v1/rerank, Cohere/Jina's /rerank, vLLM's /v1/score.
+
+A query or document is a string, or (for multimodal rerankers) a list of content parts as SGLang and
+OpenAI write them: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}`,
+`{"type": "video_url", "video_url": {"url": ...}}`. The Cohere and vLLM shapes take the parts as vLLM does,
+wrapped in `{"content": [...]}`.
+
+Unions are discriminated by callables whose tags hold a space: pydantic puts a union's tag in an error's
+location, and `errors.field_name` drops such elements, so an error names `documents[2][1].image_url.url`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import operator
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag
 
 PANDA_EXAMPLE = {
     "model": "BAAI/bge-reranker-v2-m3",
@@ -15,6 +26,130 @@ PANDA_EXAMPLE = {
         "is a bear species endemic to China.",
     ],
 }
+# 16x16 PNG, light and dark halves: a data: URI works without any network
+TINY_PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAH0lEQVR42mP88OEDAzZgYWGBVZyJgUQwqmFUw9DRAAC9"
+    "dgOYJjJ1oAAAAABJRU5ErkJggg=="
+)
+MULTIMODAL_EXAMPLE = {
+    "model": "Qwen/Qwen3-VL-Reranker-2B",
+    "query": "A woman playing with her dog on a beach at sunset.",
+    "documents": [
+        "A woman shares a joyful moment with her golden retriever on a sun-drenched beach at sunset.",
+        [{"type": "image_url", "image_url": {"url": "https://example.com/beach_dog.jpeg"}}],
+        [
+            {"type": "text", "text": "A two-tone test pattern:"},
+            {"type": "image_url", "image_url": {"url": TINY_PNG}},
+        ],
+    ],
+    "instruct": "Retrieve images or text relevant to the user's query.",
+}
+IMAGE_QUERY_EXAMPLE = {
+    "query": [
+        {"type": "text", "text": "Find similar images to this:"},
+        {"type": "image_url", "image_url": {"url": TINY_PNG}},
+    ],
+    "documents": ["A cat sleeping on a couch.", "A black and white test pattern."],
+}
+
+
+# --- content parts ------------------------------------------------------------------------------
+
+
+class MediaURL(BaseModel):
+    url: StrictStr = Field(
+        min_length=1,
+        description="http(s) URL, data: URI (base64), or an absolute file path under the server's "
+        "--allowed-local-media-path",
+    )
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: MediaURL
+
+
+class VideoPart(BaseModel):
+    type: Literal["video_url"]
+    video_url: MediaURL
+
+
+PART_TYPES = ("text", "image_url", "video_url")
+
+
+def _part_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"{kind} part" if kind in PART_TYPES else None
+
+
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("text part")] | Annotated[ImagePart, Tag("image_url part")]
+    | Annotated[VideoPart, Tag("video_url part")],
+    Discriminator(
+        _part_tag,
+        custom_error_type="content_part_type",
+        custom_error_message="must be a content part whose type is 'text', 'image_url' or 'video_url'",
+    ),
+]  # fmt: skip
+Parts = Annotated[list[ContentPart], Field(min_length=1)]
+
+
+def _input_tag(value: Any) -> str:
+    """Which member of a query/document union `value` is for (a dict with "content" is a content object)."""
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, ContentDocument) or (isinstance(value, dict) and "content" in value):
+        return "a content object"
+    return "a text object" if isinstance(value, dict | TextDocument) else "something else"
+
+
+def _tagged(*members: tuple[Any, str], message: str) -> Any:
+    """A union of (type, tag) members picked by `_input_tag`, with one error, `message`, when none fits."""
+    union = functools.reduce(operator.or_, (Annotated[member, Tag(tag)] for member, tag in members))
+    return Annotated[union, Discriminator(_input_tag, custom_error_type="input_type", custom_error_message=message)]
+
+
+class TextDocument(BaseModel):
+    text: StrictStr
+
+
+class ContentDocument(BaseModel):
+    """vLLM's ScoreMultiModalParam: one multimodal query or document."""
+
+    content: Parts
+
+
+NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+Content = _tagged((StrictStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
+Query = _tagged((NonEmptyStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
+
+
+ScoreInput = _tagged(
+    (StrictStr, "a string"), (ContentDocument, "a content object"),
+    message='must be a string or {"content": [content parts]}',
+)  # fmt: skip
+ScoreInputs = _tagged(
+    (StrictStr, "a string"), (ContentDocument, "a content object"), (list[ScoreInput], "a list"),
+    message='must be a string, {"content": [content parts]} or a list of them',
+)  # fmt: skip
+CohereQuery = _tagged(
+    (NonEmptyStr, "a string"), (ContentDocument, "a content object"),
+    message='must be a string or {"content": [content parts]}',
+)  # fmt: skip
+CohereDocument = _tagged(
+    (StrictStr, "a string"), (TextDocument, "a text object"), (ContentDocument, "a content object"),
+    message='must be a string, {"text": ...} or {"content": [content parts]}',
+)  # fmt: skip
+
+
+# --- requests and responses ---------------------------------------------------------------------
 
 
 class ScoringOptions(BaseModel):
@@ -28,50 +163,58 @@ class ScoringOptions(BaseModel):
         True, description="cut over-long pairs to max_length; false makes an over-long pair a 400"
     )
     max_chunks_per_doc: StrictInt | None = Field(
-        None, ge=1, description="split long documents into up to this many overlapping chunks; best chunk's score"
+        None,
+        ge=1,
+        description="split long text documents into up to this many overlapping chunks; best chunk's score "
+        "(documents given as content parts are scored whole)",
     )
 
 
 class RerankRequest(ScoringOptions):
     """SGLang's /v1/rerank request, plus `raw_scores` and the ScoringOptions."""
 
-    query: StrictStr = Field(min_length=1, description="the search query")
-    documents: list[StrictStr] = Field(min_length=1, description="documents to score against the query")
+    query: Query = Field(description="the search query: a string, or content parts (multimodal rerankers)")
+    documents: list[Content] = Field(
+        min_length=1, description="documents to score against the query: strings, or lists of content parts"
+    )
     top_n: StrictInt | None = Field(None, ge=1, description="return only the n best documents (default: all)")
-    return_documents: StrictBool = Field(True, description="include each document's text in the response")
+    return_documents: StrictBool = Field(True, description="include each document, as sent, in the response")
     raw_scores: StrictBool = Field(False, description="return the raw relevance logit instead of sigmoid(logit)")
 
-    model_config = {"json_schema_extra": {"examples": [PANDA_EXAMPLE]}}
+    model_config = {"json_schema_extra": {"examples": [PANDA_EXAMPLE, MULTIMODAL_EXAMPLE, IMAGE_QUERY_EXAMPLE]}}
 
 
 class RerankResult(BaseModel):
     score: float = Field(description="sigmoid(logit) in [0, 1], or the logit with raw_scores")
     index: int = Field(description="position of the document in the request")
-    document: str | None = Field(None, description="the document, when return_documents is true")
-
-
-class TextDocument(BaseModel):
-    text: StrictStr
+    document: str | list[ContentPart] | None = Field(
+        None, description="the document as sent (text, or its content parts), when return_documents is true"
+    )
 
 
 class CohereRerankRequest(ScoringOptions):
-    """Cohere / Jina rerank request: documents are strings or {"text": ...} objects."""
+    """Cohere / Jina rerank request: documents are strings, {"text": ...} or vLLM's {"content": [parts]}."""
 
-    query: StrictStr = Field(min_length=1)
-    documents: list[StrictStr | TextDocument] = Field(min_length=1)
+    query: CohereQuery
+    documents: list[CohereDocument] = Field(min_length=1)
     top_n: StrictInt | None = Field(None, ge=1)
-    return_documents: StrictBool = Field(True, description="include {text} of each document (Jina's default)")
+    return_documents: StrictBool = Field(True, description="include each document (Jina's default)")
 
-    model_config = {"json_schema_extra": {"examples": [PANDA_EXAMPLE]}}
-
-    def texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                PANDA_EXAMPLE,
+                {**MULTIMODAL_EXAMPLE, "documents": [{"content": d} if isinstance(d, list) else d
+                                                     for d in MULTIMODAL_EXAMPLE["documents"]]},
+            ]
+        }
+    }  # fmt: skip
 
 
 class CohereResult(BaseModel):
     index: int
     relevance_score: float
-    document: TextDocument | None = None
+    document: TextDocument | ContentDocument | None = None
 
 
 class Usage(BaseModel):
@@ -87,14 +230,24 @@ class CohereRerankResponse(BaseModel):
 
 
 class ScoreRequest(ScoringOptions):
-    """vLLM's /v1/score: text_1 against each text_2 (or pairwise when both are lists of equal length)."""
+    """vLLM's /v1/score: text_1 against each text_2 (or pairwise when both are lists of equal length).
 
-    text_1: StrictStr | list[StrictStr]
-    text_2: StrictStr | list[StrictStr]
+    As in vLLM, a single `{"content": [...]}` (not in a list) holds one input per part.
+    """
+
+    text_1: ScoreInputs
+    text_2: ScoreInputs
 
     model_config = {
-        "json_schema_extra": {"examples": [{"text_1": "what is panda?", "text_2": PANDA_EXAMPLE["documents"]}]}
-    }
+        "json_schema_extra": {
+            "examples": [
+                {"text_1": "what is panda?", "text_2": PANDA_EXAMPLE["documents"]},
+                {"text_1": "a two-tone test pattern", "text_2": [
+                    "a photo of a panda", {"content": [{"type": "image_url", "image_url": {"url": TINY_PNG}}]},
+                ]},
+            ]
+        }
+    }  # fmt: skip
 
 
 class ScoreData(BaseModel):

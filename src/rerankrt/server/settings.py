@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import json
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServeSettings(BaseSettings):
@@ -77,3 +80,48 @@ class ServeSettings(BaseSettings):
     warmup: bool = Field(True, description="run one batch before reporting healthy")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")
+    # --- media of multimodal requests (image_url / video_url parts); see server/media.py
+    allowed_local_media_path: str | None = Field(
+        None,
+        description="directory whose files requests may name as media (an absolute path or file:// URL); "
+        "unset, local files are refused",
+    )
+    media_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="comma-separated networks (CIDR) media may be fetched from besides public addresses, e.g. "
+        "10.0.0.0/8; private, loopback and link-local addresses are refused otherwise",
+    )
+    media_max_bytes: int = Field(32 * 1024 * 1024, ge=1, description="bytes per image or video, as fetched (413)")
+    media_max_image_pixels: int = Field(
+        50_000_000, ge=1, description="width x height per image or video frame, before any resize (413)"
+    )
+    media_max_video_frames: int = Field(64, ge=1, description="frames sampled per video at most")
+    media_video_fps: float = Field(1.0, gt=0, description="frames sampled per second of video")
+    media_fetch_timeout: float = Field(10.0, gt=0, description="seconds per http(s) media item, connect to last byte")
+    media_max_redirects: int = Field(3, ge=0, description="redirects followed per media URL")
+
+    @field_validator("media_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value):
+        """A flag or env value is a string: comma-separated, or a JSON list."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+            value = [n.strip() for n in value if n.strip()]
+        return value
+
+    @field_validator("media_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network in CIDR notation, e.g. 10.0.0.0/8 ({exc})") from None
+        return value
+
+    @field_validator("allowed_local_media_path")
+    @classmethod
+    def _check_media_path(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value

@@ -1,0 +1,143 @@
+"""One /v1/rerank request with 8 image documents, end to end: total, media fetch, scoring; concurrent vs sequential.
+
+The images (512x512 JPEG, all different) come from a local HTTP server that delays each response by 0.2 s;
+the model is the tiny random-weight Qwen3-VL reranker, exported to ONNX and served in-process on CPU.
+`--fetch sequential` makes the app's MediaFetcher fetch one item at a time (the same fetcher, one
+`fetch_all` per item), to show what fetching concurrently saves; the default runs both.
+
+.venv/bin/python bench/multimodal_request.py [--artifact DIR] [--fetch both|concurrent|sequential] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_models, bench.common
+
+from bench.common import machine, write_result  # noqa: E402
+from rerankrt.runtime import load_reranker  # noqa: E402
+from rerankrt.server import create_app  # noqa: E402
+from rerankrt.server.settings import ServeSettings  # noqa: E402
+
+IMAGES, SIZE, DELAY_S, REPEATS = 8, 512, 0.2, 5
+
+
+def jpeg(seed: int) -> bytes:
+    """A smooth random picture (JPEG-friendly), different per seed."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(coarse).resize((SIZE, SIZE), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+PICTURES = {f"/{i}.jpg": jpeg(i) for i in range(IMAGES)}
+
+
+class DelayedImage(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        time.sleep(DELAY_S)
+        body = PICTURES[self.path]
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def fetch_one_at_a_time(fetcher) -> None:
+    concurrent = fetcher.fetch_all
+
+    async def sequential(refs):
+        return [(await concurrent([ref]))[0] for ref in refs]
+
+    fetcher.fetch_all = sequential
+
+
+async def measure(reranker, base: str, mode: str) -> dict:
+    app = create_app(reranker, ServeSettings(model_path="-", media_allowed_networks=["127.0.0.0/8"]))
+    body = {
+        "query": "a colourful abstract picture",
+        "documents": [[{"type": "image_url", "image_url": {"url": f"{base}{path}"}}] for path in PICTURES],
+    }
+    fetch_sum = "rerankrt_media_fetch_seconds_sum"
+    registry = app.state.metrics.registry
+    totals, fetches = [], []
+    async with app.router.lifespan_context(app):
+        if mode == "sequential":
+            fetch_one_at_a_time(app.state.media)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as http:
+            for attempt in range(REPEATS + 1):  # the first is a warm-up
+                before = registry.get_sample_value(fetch_sum) or 0.0
+                started = time.perf_counter()
+                response = await http.post("/v1/rerank", json=body)
+                total = time.perf_counter() - started
+                assert response.status_code == 200, response.text
+                if attempt:
+                    totals.append(total)
+                    fetches.append(registry.get_sample_value(fetch_sum) - before)
+    total, fetch = statistics.median(totals), statistics.median(fetches)
+    return {"total_s": total, "fetch_s": fetch, "scoring_s": total - fetch, "totals_s": totals, "fetches_s": fetches}
+
+
+def artifact_dir(given: Path | None) -> Path:
+    if given:
+        return given
+    from rerankrt.export import export_model
+    from tests.tiny_models import build_qwen3_vl
+
+    root = Path(tempfile.mkdtemp(prefix="rerankrt-bench-vl-"))
+    export_model(str(build_qwen3_vl(root / "model")), root / "artifact")
+    return root / "artifact"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path, help="tiny Qwen3-VL artifact (default: build and export one)")
+    parser.add_argument("--fetch", choices=["both", "concurrent", "sequential"], default="both")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    args = parser.parse_args()
+    reranker = load_reranker(str(artifact_dir(args.artifact)), backend="onnxruntime", threads=args.threads)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), DelayedImage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    modes = ["concurrent", "sequential"] if args.fetch == "both" else [args.fetch]
+    try:
+        results = {mode: asyncio.run(measure(reranker, base, mode)) for mode in modes}
+    finally:
+        server.shutdown()
+    print(f"{IMAGES} image documents of {SIZE}x{SIZE}, server delay {DELAY_S} s each, median of {REPEATS}")
+    for mode, r in results.items():
+        print(f"{mode:>10}: total {r['total_s']:.3f} s = fetch {r['fetch_s']:.3f} s + scoring {r['scoring_s']:.3f} s")
+    if len(results) == 2:
+        saved = results["sequential"]["total_s"] - results["concurrent"]["total_s"]
+        print(f"fetching concurrently saves {saved:.3f} s per request")
+    path = write_result(
+        "multimodal_request",
+        {"images": IMAGES, "size": SIZE, "delay_s": DELAY_S, "repeats": REPEATS, "threads": args.threads,
+         "machine": machine(), "results": results},
+    )  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
