@@ -116,6 +116,18 @@ def test_tensorrt_backend_says_why_it_cannot_run_here(artifact_dirs):
         TensorRTBackend(artifact_dirs["xlmr"], manifest, max_length=512)
 
 
+def test_multimodal_artifacts_are_refused_with_the_reason_everywhere(qwen3_vl_artifact):
+    """Engines cover one-graph scorers: build-engine and the backend say so before touching TensorRT."""
+    from rerankrt.export.tensorrt import build_engine
+
+    manifest = load_manifest(qwen3_vl_artifact)
+    with pytest.raises(RerankrtError, match="multimodal"):
+        build_engine(qwen3_vl_artifact)
+    with pytest.raises(BackendUnavailableError, match="multimodal"):
+        TensorRTBackend(qwen3_vl_artifact, manifest, max_length=manifest.max_length)
+    assert load_manifest(qwen3_vl_artifact).engines == []
+
+
 # --- reduced-precision graphs (checked on CPU with ONNX Runtime) -----------------------------------
 
 

@@ -64,3 +64,10 @@ def select_engine(
 def split_rows(rows: int, max_rows: int) -> list[slice]:
     """Row ranges of at most `max_rows` covering `rows`: a batch larger than the profile is split, never refused."""
     return [slice(start, min(start + max_rows, rows)) for start in range(0, rows, max_rows)]
+
+
+def engine_support_problem(graphs: Sequence[str]) -> str | None:
+    """Why no TensorRT engine can serve an artifact with these graph roles, or None when one can."""
+    if "vision" in graphs:
+        return "TensorRT engines cover one-graph scorers; multimodal (vision + scorer) artifacts run on ONNX Runtime"
+    return None

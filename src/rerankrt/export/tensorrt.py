@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from rerankrt.artifact import Engine, Graph, Profile, hash_files, load_manifest, write_manifest
-from rerankrt.engines import engine_file_name, plan_profile
+from rerankrt.engines import engine_file_name, engine_support_problem, plan_profile
 from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export.onnx_graph import describe_graph
 from rerankrt.export.precision import cast_graph
@@ -55,9 +55,11 @@ def build_engine(
     opt_length: int | None = None,
 ) -> Engine:
     """Build (or rebuild) the engine for this GPU and TensorRT version; return its manifest entry."""
+    manifest = load_manifest(artifact)
+    if problem := engine_support_problem(list(manifest.graphs)):
+        raise ExportError(problem)
     trt = import_tensorrt()
     compute_capability = cuda_compute_capability()
-    manifest = load_manifest(artifact)
     max_length = max_length or manifest.max_length
     if max_length < manifest.max_length:
         raise ExportError(f"max length {max_length} is below the artifact's max_length {manifest.max_length}")
@@ -87,7 +89,7 @@ def build_engine(
 
 def _graph_for(artifact: Path, manifest, precision: str) -> Graph:
     """The scorer graph in `precision`, cast from the fp32 one (and listed in the manifest) if not there yet."""
-    if precision == manifest.precision:
+    if precision == "fp32":
         return manifest.graphs["scorer"]
     role = f"scorer.{precision}"
     if role not in manifest.graphs:

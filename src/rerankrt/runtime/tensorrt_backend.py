@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rerankrt.artifact import Engine, Manifest
-from rerankrt.engines import select_engine, split_rows
+from rerankrt.engines import engine_support_problem, select_engine, split_rows
 from rerankrt.errors import BackendUnavailableError
 from rerankrt.families import Batch
 
@@ -25,6 +25,8 @@ class TensorRTBackend:
     device = "cuda"
 
     def __init__(self, folder: Path, manifest: Manifest, max_length: int, precision: str | None = None):
+        if problem := engine_support_problem(list(manifest.graphs)):
+            raise BackendUnavailableError(problem)
         try:
             import tensorrt as trt
         except ImportError as exc:
