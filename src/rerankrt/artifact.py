@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,6 +19,9 @@ from rerankrt.errors import ArtifactError
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+FIDELITY_NAME = "fidelity.json"  # the reduced-precision variant's report (artifacts exported with --precision)
 
 
 class SourceModel(BaseModel):
@@ -56,9 +59,10 @@ class Manifest(BaseModel):
     family: str
     source: SourceModel
     max_length: int
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    precision: Precision = "fp32"  # what serves by default (checked in fidelity.json)
     opset: int
-    graphs: dict[str, Graph]  # role -> graph; "scorer" maps pairs to logits ("scorer.fp16" etc. for casts)
+    # role -> graph: "scorer" (fp32) maps pairs to logits; "scorer.int8"/"scorer.fp16"/"scorer.bf16" are variants
+    graphs: dict[str, Graph]
     engines: list[Engine] = []  # TensorRT engines built from the graphs (rerankrt build-engine)
     encoder_files: list[str]
     versions: dict[str, str]
@@ -112,6 +116,8 @@ def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
             raise ArtifactError(f"{path}: {built.file} is not listed with a hash")
     if PARITY_NAME not in listed:
         raise ArtifactError(f"{path}: {PARITY_NAME} is not listed; the export was not verified")
+    if manifest.precision != "fp32" and FIDELITY_NAME not in listed:
+        raise ArtifactError(f"{path}: precision {manifest.precision} without {FIDELITY_NAME}: the variant is unchecked")
     for name, expected in manifest.files.items():
         file = folder / name
         if not file.is_file():
@@ -121,6 +127,10 @@ def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
     parity = json.loads((folder / PARITY_NAME).read_text())
     if not parity.get("passed"):
         raise ArtifactError(f"{folder / PARITY_NAME}: the export's parity check did not pass")
+    if manifest.precision != "fp32":
+        fidelity = json.loads((folder / FIDELITY_NAME).read_text())
+        if not (fidelity.get("passed") or fidelity.get("accepted")):
+            raise ArtifactError(f"{folder / FIDELITY_NAME}: the {manifest.precision} variant failed its fidelity check")
     return manifest
 
 

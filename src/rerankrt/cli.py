@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from rerankrt import __version__
+from rerankrt.artifact import PRECISIONS
 from rerankrt.errors import RerankrtError
 from rerankrt.families import FAMILIES
 from rerankrt.logs import configure_logging
@@ -54,9 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--chat-template", type=Path, help="Jinja prompt template (prompt-based rerankers such as Qwen3)"
     )
+    export.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="what the artifact serves: fp32 (default), int8 (CPU), bf16 (torch on CPU; GPU engines), fp16 (GPU); "
+        "a variant is checked against fp32 and refused below the README's fidelity thresholds",
+    )
+    export.add_argument(
+        "--accept-fidelity-loss", action="store_true", help="export a --precision variant even if it misses them"
+    )
     export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     export.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (GPU, `gpu` extra)")
-    add_engine_arguments(export)
+    add_engine_arguments(export, "--engine-precision")
     export.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     export.set_defaults(run=run_export)
 
@@ -93,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+def add_engine_arguments(parser: argparse.ArgumentParser, precision_flag: str = "--precision") -> None:
     parser.add_argument(
-        "--precision", default="fp16", choices=["fp32", "fp16", "bf16"], help="engine precision (default fp16)"
+        precision_flag,
+        dest="engine_precision",
+        default="fp16",
+        choices=["fp32", "fp16", "bf16"],
+        help="engine precision (default fp16)",
     )
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch the engine takes (default 64)")
     parser.add_argument("--engine-max-length", type=int, help="longest sequence (default: the artifact's max_length)")
@@ -105,7 +120,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict:
     return {
-        "precision": args.precision,
+        "precision": args.engine_precision,
         "max_batch": args.max_batch,
         "max_length": args.engine_max_length,
         "opt_batch": args.opt_batch,
@@ -142,6 +157,8 @@ def run_export(args: argparse.Namespace) -> int:
         family=args.family,
         chat_template=args.chat_template,
         force=args.force,
+        precision=args.precision,
+        accept_fidelity_loss=args.accept_fidelity_loss,
     )
     if args.tensorrt:
         from rerankrt.export.tensorrt import build_engine

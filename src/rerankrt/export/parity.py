@@ -4,12 +4,16 @@ Pairs are generated from the tokenizer's own vocabulary with mixed lengths
 (some past `max_length`, so truncation is exercised), encoded by the family's
 encoder, and scored in padded batches in arrival order (lots of padding) by
 both the torch scorer and the backend under test.
+
+An fp32 graph must match within FP32_TOLERANCE in logits (`check_parity`). A
+reduced-precision variant cannot, so `check_fidelity` judges it by what users
+see: scores and the order of documents per query, against FIDELITY_THRESHOLDS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -18,6 +22,36 @@ from rerankrt.families import Batch, PairEncoder
 
 FP32_TOLERANCE = 1e-4  # max |Δlogit| allowed between an fp32 graph and the torch scorer
 MAX_GENERATED_TOKENS = 640  # documents run up to 1.25x max_length, but no longer: the check runs on CPU
+
+
+@dataclass(frozen=True)
+class FidelityThresholds:
+    """What a reduced-precision variant must keep, against the fp32 torch scorer (README: "Precision").
+
+    Scores are sigmoid(logit) in [0, 1]. Two documents whose fp32 scores are within `tie` of each other are a tie:
+    ordering them either way is not a disagreement (random-weight models score everything alike).
+    """
+
+    tie: float = 0.01
+    max_score_diff: float = 0.1  # |score(variant) - score(fp32)|, every pair
+    min_top1_agreement: float = 0.9  # share of queries whose best document is fp32's best (or tied with it)
+    min_top3_agreement: float = 0.9  # share of queries whose three best are fp32's three best (or tied with them)
+    max_swap_rate: float = 0.05  # share of non-tied document pairs the variant orders the other way
+
+    def failures(self, report: FidelityReport) -> list[str]:
+        checks = [
+            (report.max_score_diff <= self.max_score_diff, f"max |Δscore| {report.max_score_diff:.3g} > "
+             f"{self.max_score_diff}"),
+            (report.top1_agreement >= self.min_top1_agreement, f"top-1 agreement {report.top1_agreement:.2f} < "
+             f"{self.min_top1_agreement}"),
+            (report.top3_agreement >= self.min_top3_agreement, f"top-3 agreement {report.top3_agreement:.2f} < "
+             f"{self.min_top3_agreement}"),
+            (report.swap_rate <= self.max_swap_rate, f"swapped pairs {report.swap_rate:.3f} > {self.max_swap_rate}"),
+        ]  # fmt: skip
+        return [message for ok, message in checks if not ok]
+
+
+FIDELITY_THRESHOLDS = FidelityThresholds()
 
 
 @dataclass
@@ -72,23 +106,9 @@ def check_parity(
     batch_size: int = 8,
 ) -> ParityReport:
     """Score generated pairs with both; passed when every |Δlogit| <= tolerance."""
-    samples = generate_queries(encoder, seed, queries, docs_per_query)
-    pairs = [pair for query, docs in samples for pair in encoder.encode(query, docs)]
-    ref_logits, cand_logits = [], []
-    for start in range(0, len(pairs), batch_size):
-        batch = encoder.collate(pairs[start : start + batch_size])
-        with torch.inference_mode():
-            ref_logits.append(reference(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy())
-        cand_logits.append(np.asarray(candidate(batch), dtype=np.float32))
-    ref = np.concatenate(ref_logits)
-    cand = np.concatenate(cand_logits)
+    ref, cand, lengths = _score_both(encoder, reference, candidate, seed, queries, docs_per_query, batch_size)
     diff = np.abs(ref - cand)
-    spearman, top1 = [], []
-    for q in range(queries):
-        r, c = ref[q * docs_per_query : (q + 1) * docs_per_query], cand[q * docs_per_query : (q + 1) * docs_per_query]
-        spearman.append(_spearman(r, c))
-        top1.append(float(np.argmax(r) == np.argmax(c)))
-    lengths = [len(p["input_ids"]) for p in pairs]
+    spearman, top1, _ = _rank_agreement(ref, cand, docs_per_query)
     return ParityReport(
         passed=bool(diff.max() <= tolerance),
         reference="torch scorer, fp32, cpu",
@@ -98,13 +118,126 @@ def check_parity(
         mean_abs_diff=float(diff.mean()),
         min_spearman=float(min(spearman)),
         top1_agreement=float(np.mean(top1)),
-        pairs=len(pairs),
+        pairs=len(ref),
         queries=queries,
         batch_size=batch_size,
         seq_len_min=min(lengths),
         seq_len_max=max(lengths),
         seed=seed,
     )
+
+
+@dataclass
+class FidelityReport:
+    passed: bool
+    accepted: bool  # exported although it failed (--accept-fidelity-loss)
+    precision: str
+    reference: str
+    candidate: str
+    max_score_diff: float
+    mean_score_diff: float
+    max_logit_diff: float
+    top1_agreement: float
+    top3_agreement: float
+    swap_rate: float
+    mean_spearman: float  # reported, not gated: ties make it noisy
+    min_spearman: float
+    pairs: int
+    queries: int
+    docs_per_query: int
+    seed: int
+    thresholds: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_fidelity(
+    encoder: PairEncoder,
+    reference: torch.nn.Module,
+    candidate: Callable[[Batch], np.ndarray],
+    candidate_name: str,
+    precision: str,
+    thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
+    seed: int = 1,
+    queries: int = 8,
+    docs_per_query: int = 8,
+    batch_size: int = 8,
+) -> FidelityReport:
+    """Score generated queries with the fp32 torch scorer and the variant; passed when every threshold holds."""
+    ref, cand, _ = _score_both(encoder, reference, candidate, seed, queries, docs_per_query, batch_size)
+    ref_scores, cand_scores = _sigmoid(ref), _sigmoid(cand)
+    score_diff = np.abs(ref_scores - cand_scores)
+    spearman, _, _ = _rank_agreement(ref, cand, docs_per_query)
+    top1, top3, swaps = _tie_aware_agreement(ref_scores, cand_scores, docs_per_query, thresholds.tie)
+    report = FidelityReport(
+        passed=False,
+        accepted=False,
+        precision=precision,
+        reference="torch scorer, fp32, cpu",
+        candidate=candidate_name,
+        max_score_diff=float(score_diff.max()),
+        mean_score_diff=float(score_diff.mean()),
+        max_logit_diff=float(np.abs(ref - cand).max()),
+        top1_agreement=top1,
+        top3_agreement=top3,
+        swap_rate=swaps,
+        mean_spearman=float(np.mean(spearman)),
+        min_spearman=float(min(spearman)),
+        pairs=len(ref),
+        queries=queries,
+        docs_per_query=docs_per_query,
+        seed=seed,
+        thresholds=asdict(thresholds),
+    )
+    report.failures = thresholds.failures(report)
+    report.passed = not report.failures
+    return report
+
+
+def _score_both(encoder, reference, candidate, seed, queries, docs_per_query, batch_size):
+    """Logits of the reference and the candidate for generated pairs (in batches, arrival order), and lengths."""
+    samples = generate_queries(encoder, seed, queries, docs_per_query)
+    pairs = [pair for query, docs in samples for pair in encoder.encode(query, docs)]
+    ref_logits, cand_logits = [], []
+    for start in range(0, len(pairs), batch_size):
+        batch = encoder.collate(pairs[start : start + batch_size])
+        with torch.inference_mode():
+            ref_logits.append(reference(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy())
+        cand_logits.append(np.asarray(candidate(batch), dtype=np.float32))
+    return np.concatenate(ref_logits), np.concatenate(cand_logits), [len(p["input_ids"]) for p in pairs]
+
+
+def _rank_agreement(ref: np.ndarray, cand: np.ndarray, group: int) -> tuple[list[float], list[float], list[float]]:
+    """Per query (consecutive groups of documents): Spearman, same best document, same three best documents."""
+    spearman, top1, top3 = [], [], []
+    for start in range(0, len(ref), group):
+        r, c = ref[start : start + group], cand[start : start + group]
+        spearman.append(_spearman(r, c))
+        top1.append(float(np.argmax(r) == np.argmax(c)))
+        top3.append(float(set(np.argsort(-r)[:3]) == set(np.argsort(-c)[:3])))
+    return spearman, top1, top3
+
+
+def _tie_aware_agreement(ref: np.ndarray, cand: np.ndarray, group: int, tie: float) -> tuple[float, float, float]:
+    """Top-1 and top-3 agreement and the swapped-pair rate, where fp32 scores within `tie` count as equal."""
+    top1, top3, swapped, ordered = [], [], 0, 0
+    for start in range(0, len(ref), group):
+        r, c = ref[start : start + group], cand[start : start + group]
+        ranked = np.sort(r)[::-1]
+        top1.append(float(r[np.argmax(c)] >= ranked[0] - tie))
+        k = min(3, len(r))
+        top3.append(float(np.all(r[np.argsort(-c)[:k]] >= ranked[k - 1] - tie)))
+        i, j = np.triu_indices(len(r), 1)
+        distinct = np.abs(r[i] - r[j]) > tie
+        ordered += int(distinct.sum())
+        swapped += int((np.sign(r[i] - r[j]) != np.sign(c[i] - c[j]))[distinct].sum())
+    return float(np.mean(top1)), float(np.mean(top3)), swapped / ordered if ordered else 0.0
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,10 +18,20 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from rerankrt.artifact import FORMAT_VERSION, PARITY_NAME, Manifest, SourceModel, hash_files, write_manifest
+from rerankrt.artifact import (
+    FIDELITY_NAME,
+    FORMAT_VERSION,
+    PARITY_NAME,
+    PRECISIONS,
+    Manifest,
+    SourceModel,
+    hash_files,
+    write_manifest,
+)
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import export_with_optimum
 from rerankrt.export.parity import FP32_TOLERANCE, check_parity
+from rerankrt.export.variants import build_variant
 from rerankrt.export.vision_language import VISION_LANGUAGE_TASK, export_vision_language
 from rerankrt.families import detect_family, get_family
 from rerankrt.model_source import resolve_model
@@ -29,16 +39,22 @@ from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
 
-STEPS = 5
 VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnx", "onnxruntime")
 
 
-@contextmanager
-def step(number: int, title: str):
-    log.info("[%d/%d] %s ...", number, STEPS, title)
-    started = time.perf_counter()
-    yield
-    log.info("[%d/%d] %s done (%.1f s)", number, STEPS, title, time.perf_counter() - started)
+class Steps:
+    """Numbered progress lines with timings: `[2/5] exporting ... done (12.3 s)`."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    @contextmanager
+    def __call__(self, title: str):
+        self.done += 1
+        log.info("[%d/%d] %s ...", self.done, self.total, title)
+        started = time.perf_counter()
+        yield
+        log.info("[%d/%d] %s done (%.1f s)", self.done, self.total, title, time.perf_counter() - started)
 
 
 def export_model(
@@ -52,34 +68,44 @@ def export_model(
     chat_template: Path | None = None,
     force: bool = False,
     tolerance: float = FP32_TOLERANCE,
+    precision: str = "fp32",
+    accept_fidelity_loss: bool = False,
 ) -> Manifest:
-    """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest."""
+    """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest.
+
+    `precision` other than fp32 adds that variant (checked for fidelity) and makes it the one served.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
 
-    with step(1, f"resolving {model}"):
-        source = resolve_model(model, revision)
-        config = source.config()
-        chosen = get_family(family) if family else detect_family(source.path)
-        encoder = chosen.load_encoder(source.path, max_length, chat_template)
-        log.info("family %s, max_length %d, weights in %s", chosen.name, encoder.max_length, source.path)
+    log.info("resolving %s ...", model)
+    source = resolve_model(model, revision)
+    config = source.config()
+    chosen = get_family(family) if family else detect_family(source.path)
+    encoder = chosen.load_encoder(source.path, max_length, chat_template)
+    log.info("family %s, max_length %d, weights in %s", chosen.name, encoder.max_length, source.path)
+    two_graphs = chosen.onnx_task == VISION_LANGUAGE_TASK
+    if precision != "fp32" and two_graphs:
+        raise ExportError(f"precision {precision}: the {chosen.name} family exports fp32 only in this version")
+    step = Steps((3 if two_graphs else 4) + (precision != "fp32"))
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        if chosen.onnx_task == VISION_LANGUAGE_TASK:  # two graphs of its own, verified against transformers
-            with step(2, "exporting the vision and scorer ONNX graphs with torch.onnx"):
+        if two_graphs:  # graphs of its own, verified against transformers
+            with step("exporting the vision and scorer ONNX graphs with torch.onnx, verified against transformers"):
                 graphs, report = export_vision_language(chosen, source.path, encoder, staging, opset, tolerance)
-            log.info("[3/%d] parity of both graphs vs transformers checked during export", STEPS)
         else:
-            with step(2, f"exporting ONNX graph with optimum ({chosen.onnx_task})"):
+            with step(f"exporting ONNX graph with optimum ({chosen.onnx_task})"):
                 torch_model = chosen.load_export_model(source.path)
                 graph = export_with_optimum(torch_model, chosen.onnx_task, staging, opset)
                 log.info("graph inputs %s -> outputs %s, opset %d", graph.inputs, graph.outputs, graph.opset)
 
-            with step(3, "verifying the ONNX graph against the torch scorer"):
+            with step("verifying the ONNX graph against the torch scorer"):
                 backend = OnnxRuntimeBackend(staging / graph.files[0])
                 report = check_parity(
                     encoder,
@@ -105,11 +131,30 @@ def export_model(
                 f"between the ONNX graph and {report.reference}"
             )
 
-        with step(4, "writing tokenizer files"):
+        variant_files = []
+        if precision != "fp32":
+            with step(f"building the {precision} variant and checking its fidelity"):
+                variant, fidelity = build_variant(
+                    precision,
+                    chosen,
+                    config.get("model_type"),
+                    torch_model,
+                    encoder,
+                    staging,
+                    graphs["scorer"],
+                    accept_fidelity_loss,
+                )
+                (staging / FIDELITY_NAME).write_text(_json(fidelity.to_dict()))
+                variant_files.append(FIDELITY_NAME)
+                if variant is not None:
+                    graphs[f"scorer.{precision}"] = variant
+            del torch_model
+
+        with step("writing tokenizer files"):
             encoder_files = encoder.save(staging)
             shutil.copy2(source.path / "config.json", staging / "config.json")
 
-        with step(5, "writing manifest"):
+        with step("writing manifest"):
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 family=chosen.name,
@@ -120,7 +165,7 @@ def export_model(
                     architecture=", ".join(config.get("architectures") or []),
                 ),
                 max_length=encoder.max_length,
-                precision="fp32",
+                precision=precision,
                 opset=graphs["scorer"].opset,
                 graphs={
                     role: {"file": g.files[0], "inputs": g.inputs, "outputs": g.outputs} for role, g in graphs.items()
@@ -129,7 +174,13 @@ def export_model(
                 versions=_versions(),
                 files=hash_files(
                     staging,
-                    [*(f for g in graphs.values() for f in g.files), *encoder_files, "config.json", PARITY_NAME],
+                    [
+                        *(f for g in graphs.values() for f in g.files),
+                        *encoder_files,
+                        "config.json",
+                        PARITY_NAME,
+                        *variant_files,
+                    ],
                 ),
                 created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             )

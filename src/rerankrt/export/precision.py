@@ -1,14 +1,24 @@
-"""Reduced precision made explicit in the ONNX graph (TensorRT 11 networks are strongly typed).
+"""Reduced-precision graphs, made from the exported fp32 one.
 
-fp16 uses onnxruntime's float16 converter with normalisation, softmax and the
-reductions and powers they are built from kept in fp32, and fp32 graph inputs
-and outputs. bf16 is the same graph with every fp16 tensor re-typed as bf16
-(weights rounded from the fp32 originals to nearest even).
+fp16/bf16 (for GPUs; TensorRT 11 networks are strongly typed, so the precision
+must be in the graph): onnxruntime's float16 converter with normalisation,
+softmax and the reductions and powers they are built from kept in fp32, and
+fp32 graph inputs and outputs. bf16 is the same graph with every fp16 tensor
+re-typed as bf16 (weights rounded from the fp32 originals to nearest even).
+
+int8 (for CPUs with AVX-512 VNNI / AVX2): onnxruntime's transformer optimizer
+fuses attention, GELU and layer norms where it knows the architecture, then
+dynamic quantization turns the matrix products into int8 ones, with weights
+quantized per output channel and activations per call. Embedding lookups and
+the layers named in `keep_float` stay fp32.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +40,11 @@ FP32_OPS = [
     "Reciprocal",
 ]
 ONNX_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+# config.json model_type -> onnxruntime transformer optimizer model type (architectures it can fuse)
+FUSABLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
+QUANTIZED_OPS = ["MatMul", "Attention"]  # not Gather: embedding lookups cost no arithmetic
+
+log = logging.getLogger(__name__)
 
 
 def cast_graph(source: Path, target: Path, precision: str) -> Path:
@@ -102,3 +117,57 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
         pending = [n for n in pending if id(n) not in ready_ids]
     graph.ClearField("node")
     graph.node.extend(ordered)
+
+
+def quantize_int8(source: Path, target: Path, model_type: str | None = None, keep_float: Sequence[str] = ()) -> Path:
+    """Write `source` with int8 matrix products as `target`; `keep_float` are regexes of MatMul node names to skip.
+
+    The graph is fused first when `model_type` (config.json's) is one onnxruntime's optimizer knows.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as tmp:
+        graph = Path(tmp) / "fused.onnx"
+        fused = _fuse(source, graph, model_type)
+        excluded, quantized = _int8_exclusions(onnx.load(str(fused), load_external_data=False).graph, keep_float)
+        log.info("int8: %d weight matrix products quantized, %d kept fp32", quantized, len(excluded))
+        quantize_dynamic(
+            fused,
+            target,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            use_external_data_format=(source.parent / f"{source.name}.data").exists(),
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},  # fused ops carry no type info for the quantizer
+        )
+    return target
+
+
+def _int8_exclusions(graph: onnx.GraphProto, keep_float: Sequence[str]) -> tuple[list[str], int]:
+    """MatMuls to keep fp32: those of two activations (attention scores, rotary tables: int8 there costs accuracy
+    for little speed) and those named in `keep_float`. Also the number of weight products left to quantize."""
+    weights = {init.name for init in graph.initializer}
+    excluded, quantized = [], 0
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        if node.input[1] not in weights or any(re.search(pattern, node.name) for pattern in keep_float):
+            excluded.append(node.name)
+        else:
+            quantized += 1
+    return excluded, quantized
+
+
+def _fuse(source: Path, target: Path, model_type: str | None) -> Path:
+    """The graph with attention/GELU/layer-norm fused by onnxruntime's optimizer, or `source` when it can't."""
+    optimizer_type = FUSABLE_MODEL_TYPES.get(model_type or "")
+    if optimizer_type is None:
+        return source
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(source), model_type=optimizer_type, num_heads=0, hidden_size=0, opt_level=1)
+    fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    log.info("fused with onnxruntime's optimizer: %s", fused)
+    optimized.save_model_to_file(str(target), use_external_data_format=optimized.model.ByteSize() > 1_900_000_000)
+    return target

@@ -1,14 +1,15 @@
 """Load a model for serving: an artifact folder, or a plain model folder / Hub id (torch only).
 
 Backend selection `auto` tries TensorRT, ONNX Runtime on CUDA, torch on CUDA, then
-ONNX Runtime and torch on CPU; each that cannot load is logged with its reason
-before the next is tried.
+ONNX Runtime and torch on CPU (torch first for bf16 artifacts: ONNX Runtime has no
+bf16 CPU kernels); each that cannot load is logged with its reason before the
+next is tried. Each backend runs the artifact's precision where it has it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from rerankrt.artifact import Manifest, is_artifact, load_manifest
@@ -34,7 +35,22 @@ AUTO_ORDER = (
 BackendLoader = Callable[[str], Backend]  # device ("cuda" | "cpu") -> backend
 
 
-def select_backend(choice: str, loaders: Mapping[str, BackendLoader]) -> Backend:
+def auto_order(precision: str = "fp32") -> tuple[tuple[str, str], ...]:
+    """AUTO_ORDER, with torch ahead of ONNX Runtime on CPU for bf16 (the torch backend carries bf16 there)."""
+    if precision != "bf16":
+        return AUTO_ORDER
+    cpu = [("torch", "cpu"), ("onnxruntime", "cpu")]
+    return tuple(c for c in AUTO_ORDER if c not in cpu) + tuple(cpu)
+
+
+def onnxruntime_graph_role(graphs: Collection[str], precision: str, device: str) -> str:
+    """The graph ONNX Runtime runs: the int8 variant on CPU, the fp16 one on CUDA, else the fp32 scorer."""
+    wanted = {"cpu": "int8", "cuda": "fp16"}[device]
+    role = f"scorer.{wanted}"
+    return role if precision == wanted and role in graphs else "scorer"
+
+
+def select_backend(choice: str, loaders: Mapping[str, BackendLoader], order=AUTO_ORDER) -> Backend:
     """For `auto`, the first of AUTO_ORDER that loads; for a named backend, it on a GPU if it can, else on CPU.
 
     Every candidate that does not load is logged with its reason. A named backend that cannot
@@ -42,7 +58,7 @@ def select_backend(choice: str, loaders: Mapping[str, BackendLoader]) -> Backend
     """
     if choice != "auto" and choice not in loaders:
         raise BackendUnavailableError(f"unknown backend {choice!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-    candidates = [(name, device) for name, device in AUTO_ORDER if choice in ("auto", name)]
+    candidates = [(name, device) for name, device in order if choice in ("auto", name)]
     reasons = []
     for name, device in candidates:
         try:
@@ -88,17 +104,19 @@ def load_reranker(
         encoder = family.load_encoder(folder, max_length or manifest.max_length, chat_template)
         loaders = _artifact_loaders(folder, manifest, family, encoder.max_length, onnxruntime_tensorrt_ep, threads)
         name = served_model_name or manifest.source.ref
+        order = auto_order(manifest.precision)
     else:
         source = resolve_model(model_path, revision)
         family = detect_family(source.path)
         encoder = family.load_encoder(source.path, max_length, chat_template)
         loaders = _plain_model_loaders(source.path, family, threads)
         name = served_model_name or source.ref
+        order = AUTO_ORDER
     log.info("model %s: family %s, max_length %d", name, family.name, encoder.max_length)
     return Reranker(
         family=family,
         encoder=encoder,
-        backend=select_backend(backend, loaders),
+        backend=select_backend(backend, loaders, order),
         model_name=name,
         max_batch_size=max_batch_size,
         max_batch_tokens=max_batch_tokens,
@@ -122,7 +140,9 @@ def _artifact_loaders(
             return load_vision_language_backend(
                 folder, manifest, device, cpu_threads(threads), tensorrt_ep and device == "cuda"
             )
-        graph = folder / manifest.graphs["scorer"].file
+        role = onnxruntime_graph_role(manifest.graphs, manifest.precision, device)
+        log.info("onnxruntime (%s) runs graph %s (artifact precision %s)", device, role, manifest.precision)
+        graph = folder / manifest.graphs[role].file
         return OnnxRuntimeBackend(
             graph, device=device, intra_op_threads=cpu_threads(threads), tensorrt_ep=tensorrt_ep and device == "cuda"
         )
@@ -130,7 +150,8 @@ def _artifact_loaders(
     def torch(device: str) -> Backend:
         from rerankrt.runtime.torch_backend import TorchBackend
 
-        return TorchBackend(family, _source_weights(manifest), device=device, threads=cpu_threads(threads))
+        dtype = torch_dtype(manifest.precision)
+        return TorchBackend(family, _source_weights(manifest), device, dtype, threads=cpu_threads(threads))
 
     return {"tensorrt": tensorrt, "onnxruntime": onnxruntime, "torch": torch}
 
@@ -148,6 +169,13 @@ def _plain_model_loaders(model_dir: Path, family: Family, threads: int | None) -
         return TorchBackend(family, model_dir, device=device, threads=cpu_threads(threads))
 
     return {"tensorrt": needs_artifact, "onnxruntime": needs_artifact, "torch": torch}
+
+
+def torch_dtype(precision: str):
+    """bf16 artifacts run torch with bf16 weights; others use the backend's default (fp32 CPU, bf16 CUDA)."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def cpu_threads(requested: int | None) -> int:

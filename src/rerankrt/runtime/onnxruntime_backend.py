@@ -44,7 +44,8 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailableError("onnxruntime is not installed: pip install rerankrt") from exc
-        cache_dir = Path(graph_path).parent / "onnxruntime-tensorrt-cache"
+        self.graph_path = Path(graph_path)
+        cache_dir = self.graph_path.parent / "onnxruntime-tensorrt-cache"
         providers = providers_for(device, ort.get_available_providers(), tensorrt_ep, cache_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -1,0 +1,94 @@
+"""Reduced-precision variants of an exported scorer, each proven by a fidelity report before it ships.
+
+- int8: the fp32 graph fused and dynamically quantized (onnxruntime, CPU).
+- fp16: the fp32 graph cast to fp16 with norms and softmax in fp32 (GPUs).
+- bf16: no graph of its own. onnxruntime has no bf16 CPU kernels, so on CPU the
+  torch backend carries it (weights in bf16, AVX512-BF16/AMX through oneDNN);
+  GPU engines are cast from the fp32 graph by `rerankrt build-engine`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rerankrt.artifact import PRECISIONS
+from rerankrt.errors import ExportError
+from rerankrt.export.onnx_graph import ExportedGraph, describe_graph
+from rerankrt.export.parity import FIDELITY_THRESHOLDS, FidelityReport, FidelityThresholds, check_fidelity
+from rerankrt.export.precision import cast_graph, quantize_int8
+from rerankrt.families import Batch, Family, PairEncoder
+
+log = logging.getLogger(__name__)
+
+# Matrix products kept fp32 in int8 variants (regexes on node names): see README "Precision" for the measurements.
+INT8_KEEP_FLOAT: tuple[str, ...] = (r"(^|/)(classifier|score)/",)  # the one-logit head: tiny, and it sets the scale
+
+
+def build_variant(
+    precision: str,
+    family: Family,
+    model_type: str | None,
+    torch_model: torch.nn.Module,
+    encoder: PairEncoder,
+    folder: Path,
+    fp32_graph: ExportedGraph,
+    accept_fidelity_loss: bool = False,
+    thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
+) -> tuple[ExportedGraph | None, FidelityReport]:
+    """Build the `precision` variant in `folder` and check it against the fp32 torch scorer.
+
+    Raises ExportError when it misses a threshold, unless `accept_fidelity_loss` (then the report says so).
+    """
+    reference = family.wrap_scorer(torch_model).eval()
+    graph = None
+    if precision == "bf16":
+        candidate = _torch_runner(copy.deepcopy(reference).to(torch.bfloat16))
+        name = "torch scorer, bf16 weights, cpu"
+    elif precision in ("int8", "fp16"):
+        from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        source, target = folder / fp32_graph.files[0], folder / f"model.{precision}.onnx"
+        if precision == "int8":
+            quantize_int8(source, target, model_type, INT8_KEEP_FLOAT)
+        else:
+            cast_graph(source, target, precision)
+        graph = describe_graph(folder, [target.name, *(p.name for p in folder.glob(f"{target.name}.data"))])
+        backend = OnnxRuntimeBackend(target)
+        candidate, name = backend.run, f"onnxruntime {precision} graph, cpu"
+    else:
+        raise ExportError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+    report = check_fidelity(encoder, reference, candidate, name, precision, thresholds)
+    log.info(
+        "%s vs fp32 over %d queries: max |Δscore| %.3g, top-1 %.2f, top-3 %.2f, swapped pairs %.3f (Spearman %.3f)",
+        precision,
+        report.queries,
+        report.max_score_diff,
+        report.top1_agreement,
+        report.top3_agreement,
+        report.swap_rate,
+        report.mean_spearman,
+    )
+    if not report.passed:
+        problems = "; ".join(report.failures)
+        if not accept_fidelity_loss:
+            raise ExportError(
+                f"the {precision} variant ranks too differently from fp32 ({problems}); export fp32, or pass "
+                "--accept-fidelity-loss to ship it anyway (README: Precision)"
+            )
+        log.warning("the %s variant misses the fidelity thresholds (%s); exported as asked", precision, problems)
+        report.accepted = True
+    return graph, report
+
+
+def _torch_runner(scorer: torch.nn.Module):
+    def run(batch: Batch) -> np.ndarray:
+        with torch.inference_mode():
+            return scorer(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy()
+
+    return run

@@ -1,0 +1,141 @@
+"""Precision variants at export (int8, bf16, fp16): built, checked for fidelity, refused when bad, served."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from rerankrt.artifact import FIDELITY_NAME, MANIFEST_NAME, load_manifest, sha256_file
+from rerankrt.errors import ArtifactError, ExportError, RerankrtError
+from rerankrt.export import export_model
+from rerankrt.export.parity import FidelityThresholds, _tie_aware_agreement
+from rerankrt.runtime import load_reranker
+from rerankrt.runtime.loader import AUTO_ORDER, auto_order, onnxruntime_graph_role
+from tests.reference import random_documents
+
+QUERY = "what is a panda bear"
+
+
+@pytest.fixture(scope="module")
+def variants(model_dirs, tmp_path_factory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("variants")
+    out = {}
+    for arch, precision in [("xlmr", "int8"), ("bert", "int8"), ("qwen3", "int8"), ("xlmr", "bf16"), ("xlmr", "fp16")]:
+        out[arch, precision] = root / f"{arch}-{precision}"
+        # the tiny random Qwen3 is int8-sensitive (top-3 agreement 0.75): exported as accepted, the report says so
+        export_model(str(model_dirs[arch]), out[arch, precision], precision=precision, accept_fidelity_loss=True)
+    return out
+
+
+def fp32_scores(artifact_dirs, arch, docs):
+    return load_reranker(str(artifact_dirs[arch]), backend="onnxruntime").score(QUERY, docs)
+
+
+@pytest.mark.parametrize("arch", ["xlmr", "bert", "qwen3"])
+def test_int8_variant_is_quantized_checked_and_served_on_cpu(variants, artifact_dirs, arch):
+    folder = variants[arch, "int8"]
+    manifest = load_manifest(folder)
+    assert manifest.precision == "int8"
+    report = json.loads((folder / FIDELITY_NAME).read_text())
+    assert FIDELITY_NAME in manifest.files and report["passed"] == (not report["accepted"])
+    assert report["passed"] or arch == "qwen3", report["failures"]
+    graph = onnx.load(str(folder / manifest.graphs["scorer.int8"].file))
+    ops = {node.op_type for node in graph.graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops or "QAttention" in ops
+    lookups = {node.input[0] for node in graph.graph.node if node.op_type in ("Gather", "EmbedLayerNormalization")}
+    lookups |= {node.input[i] for node in graph.graph.node if node.op_type == "EmbedLayerNormalization" for i in (2, 3)}
+    tables = [i for i in graph.graph.initializer if i.name in lookups and len(i.dims) == 2]
+    assert tables and all(i.data_type == onnx.TensorProto.FLOAT for i in tables)  # embedding lookups stay fp32
+
+    reranker = load_reranker(str(folder))
+    assert reranker.backend.name == "onnxruntime"
+    assert reranker.backend.graph_path.name == manifest.graphs["scorer.int8"].file
+    docs = random_documents(np.random.default_rng(3), 12)
+    int8, fp32 = reranker.score(QUERY, docs), fp32_scores(artifact_dirs, arch, docs)
+    assert not np.array_equal(int8, fp32)  # really another graph
+    if report["passed"]:
+        assert np.abs(torch.sigmoid(torch.from_numpy(int8)) - torch.sigmoid(torch.from_numpy(fp32))).max() < 0.1
+
+
+def test_bf16_variant_is_served_by_torch_with_bf16_weights_on_cpu(variants, artifact_dirs):
+    folder = variants["xlmr", "bf16"]
+    manifest = load_manifest(folder)
+    assert manifest.precision == "bf16" and set(manifest.graphs) == {"scorer"}  # no CPU graph: torch carries it
+    reranker = load_reranker(str(folder))
+    assert (reranker.backend.name, reranker.backend.dtype) == ("torch", torch.bfloat16)
+    assert next(reranker.backend.scorer.parameters()).dtype == torch.bfloat16
+    docs = random_documents(np.random.default_rng(4), 8)
+    np.testing.assert_allclose(reranker.score(QUERY, docs), fp32_scores(artifact_dirs, "xlmr", docs), atol=0.05)
+    # asked for by name, onnxruntime still runs (the fp32 graph: it has no bf16 CPU kernels)
+    assert load_reranker(str(folder), backend="onnxruntime").backend.graph_path.name == "model.onnx"
+
+
+def test_fp16_variant_is_a_gpu_graph_and_cpu_runs_fp32(variants):
+    folder = variants["xlmr", "fp16"]
+    manifest = load_manifest(folder)
+    assert manifest.precision == "fp16" and "scorer.fp16" in manifest.graphs
+    assert load_reranker(str(folder), backend="onnxruntime").backend.graph_path.name == "model.onnx"
+    assert onnxruntime_graph_role(manifest.graphs, "fp16", "cuda") == "scorer.fp16"
+
+
+def test_graph_role_and_backend_order_follow_the_precision():
+    graphs = {"scorer", "scorer.int8", "scorer.fp16"}
+    assert onnxruntime_graph_role(graphs, "int8", "cpu") == "scorer.int8"
+    assert onnxruntime_graph_role(graphs, "int8", "cuda") == "scorer"
+    assert onnxruntime_graph_role({"scorer"}, "fp16", "cuda") == "scorer"
+    assert auto_order("fp32") == auto_order("int8") == AUTO_ORDER
+    bf16 = auto_order("bf16")
+    assert bf16[:3] == AUTO_ORDER[:3] and bf16[3:] == (("torch", "cpu"), ("onnxruntime", "cpu"))
+
+
+def corrupting_quantizer(source, target, model_type=None, keep_float=()):
+    """A broken 'quantizer': the fp32 graph with its classifier weights reversed and blown up."""
+    model = onnx.load(str(source))
+    for init in model.graph.initializer:
+        if "out_proj.weight" in init.name:
+            init.CopyFrom(numpy_helper.from_array(-50 * numpy_helper.to_array(init), init.name))
+    onnx.save(model, str(target))
+    return target
+
+
+def test_a_bad_variant_is_refused_unless_accepted(model_dirs, tmp_path, monkeypatch):
+    monkeypatch.setattr("rerankrt.export.variants.quantize_int8", corrupting_quantizer)
+    with pytest.raises(ExportError, match="ranks too differently.*--accept-fidelity-loss"):
+        export_model(str(model_dirs["xlmr"]), tmp_path / "bad", precision="int8")
+    assert not (tmp_path / "bad").exists()
+
+    manifest = export_model(str(model_dirs["xlmr"]), tmp_path / "ok", precision="int8", accept_fidelity_loss=True)
+    report = json.loads((tmp_path / "ok" / FIDELITY_NAME).read_text())
+    assert (report["passed"], report["accepted"]) == (False, True) and report["failures"]
+    assert load_manifest(tmp_path / "ok").precision == manifest.precision == "int8"
+
+    # the same report without the acceptance is refused at load, naming the file
+    report["accepted"] = False
+    (tmp_path / "ok" / FIDELITY_NAME).write_text(json.dumps(report))
+    listed = json.loads((tmp_path / "ok" / MANIFEST_NAME).read_text())
+    listed["files"][FIDELITY_NAME] = sha256_file(tmp_path / "ok" / FIDELITY_NAME)
+    (tmp_path / "ok" / MANIFEST_NAME).write_text(json.dumps(listed))
+    with pytest.raises(ArtifactError, match="fidelity.json: the int8 variant failed"):
+        load_manifest(tmp_path / "ok")
+
+
+def test_tie_aware_agreement_counts_only_real_disagreements():
+    ref = np.array([0.90, 0.895, 0.5, 0.2, 0.1])  # the two best are tied at tie 0.01
+    top1, top3, swaps = _tie_aware_agreement(ref, np.array([0.89, 0.9, 0.5, 0.2, 0.1]), 5, tie=0.01)
+    assert (top1, top3, swaps) == (1.0, 1.0, 0.0)
+    top1, top3, swaps = _tie_aware_agreement(ref, ref[::-1].copy(), 5, tie=0.01)
+    assert (top1, top3) == (0.0, 0.0) and swaps == 1.0
+    assert FidelityThresholds().max_swap_rate < 0.1
+
+
+def test_unknown_precision_and_multimodal_variants_are_refused_before_work(qwen3_vl_dir, model_dirs, tmp_path):
+    with pytest.raises(RerankrtError, match="precision 'int4'"):
+        export_model(str(model_dirs["xlmr"]), tmp_path / "x", precision="int4")
+    with pytest.raises(ExportError, match="fp32 only"):
+        export_model(str(qwen3_vl_dir), tmp_path / "vl", precision="int8")
+    assert not list(tmp_path.iterdir())
