@@ -139,3 +139,14 @@ def test_unknown_precision_and_multimodal_variants_are_refused_before_work(qwen3
     with pytest.raises(ExportError, match="fp32 only"):
         export_model(str(qwen3_vl_dir), tmp_path / "vl", precision="int8")
     assert not list(tmp_path.iterdir())
+
+
+def test_info_reports_the_variant_its_fidelity_and_the_cpu_knobs(variants):
+    from rerankrt.info import collect, physical_cores
+
+    info = collect(variants["xlmr", "int8"])
+    assert info["artifact"]["precision"] == "int8" and info["artifact"]["graphs"]["scorer.int8"] == "model.int8.onnx"
+    assert info["artifact"]["fidelity"]["passed"] is True and 0 <= info["artifact"]["fidelity"]["swap_rate"] <= 1
+    defaults = info["serving_defaults"]
+    assert defaults["threads"] == physical_cores() == defaults["onnxruntime_session"]["intra_op_num_threads"]
+    assert defaults["onnxruntime_session"]["inter_op_num_threads"] == 1 and "mkldnn_bf16" in defaults["torch"]

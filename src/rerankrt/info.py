@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -74,8 +75,9 @@ def collect(artifact: Path | None = None) -> dict:
             "name": torch.cuda.get_device_name(),
             "capability": ".".join(map(str, torch.cuda.get_device_capability())),
         }
+    info["serving_defaults"] = serving_defaults()
     if artifact is not None:
-        from rerankrt.artifact import load_manifest
+        from rerankrt.artifact import FIDELITY_NAME, load_manifest
 
         manifest = load_manifest(artifact, verify_hashes=False)
         info["artifact"] = {
@@ -87,4 +89,26 @@ def collect(artifact: Path | None = None) -> dict:
             "graphs": {role: graph.file for role, graph in manifest.graphs.items()},
             "engines": [engine.file for engine in manifest.engines],
         }
+        if (artifact / FIDELITY_NAME).is_file():
+            report = json.loads((artifact / FIDELITY_NAME).read_text())
+            keys = ("passed", "accepted", "max_score_diff", "top1_agreement", "top3_agreement", "swap_rate")
+            info["artifact"]["fidelity"] = {key: report.get(key) for key in keys}
     return info
+
+
+def serving_defaults() -> dict:
+    """The CPU knobs `rerankrt serve` uses unless told otherwise (--threads), and what torch can do with bf16."""
+    import torch
+
+    from rerankrt.runtime.onnxruntime_backend import SESSION_SETTINGS
+
+    threads = physical_cores()
+    return {
+        "threads": threads,
+        "onnxruntime_session": {**SESSION_SETTINGS, "intra_op_num_threads": threads},
+        "torch": {
+            "num_threads": threads,
+            "mkldnn": torch.backends.mkldnn.is_available(),
+            "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        },
+    }

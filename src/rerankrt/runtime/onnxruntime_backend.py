@@ -30,6 +30,24 @@ def providers_for(device: str, available: list[str], tensorrt_ep: bool = False, 
     return providers
 
 
+SESSION_SETTINGS = {
+    "graph_optimization_level": "ORT_ENABLE_ALL",  # fusions onnxruntime applies at load, on top of the export's
+    "execution_mode": "ORT_SEQUENTIAL",  # one request batch at a time; parallelism is inside each operator
+    "inter_op_num_threads": 1,
+}
+
+
+def session_options(ort, intra_op_threads: int | None):
+    """The session options every rerankrt session uses (SESSION_SETTINGS, plus intra-op threads when given)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = SESSION_SETTINGS["inter_op_num_threads"]
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    return options
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -47,10 +65,7 @@ class OnnxRuntimeBackend:
         self.graph_path = Path(graph_path)
         cache_dir = self.graph_path.parent / "onnxruntime-tensorrt-cache"
         providers = providers_for(device, ort.get_available_providers(), tensorrt_ep, cache_dir)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        options = session_options(ort, intra_op_threads)
         self.session = ort.InferenceSession(str(graph_path), options, providers=providers)
         gpu_providers = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
         self.device = "cuda" if self.session.get_providers()[0] in gpu_providers else "cpu"
