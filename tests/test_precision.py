@@ -83,6 +83,16 @@ def test_fp16_variant_is_a_gpu_graph_and_cpu_runs_fp32(variants):
     assert onnxruntime_graph_role(manifest.graphs, "fp16", "cuda") == "scorer.fp16"
 
 
+def test_serving_precision_is_fp32_or_the_checked_variant(variants, model_dirs):
+    folder = variants["xlmr", "int8"]
+    assert load_reranker(str(folder), precision="fp32").backend.graph_path.name == "model.onnx"
+    assert load_reranker(str(folder), precision="int8").backend.graph_path.name == "model.int8.onnx"
+    with pytest.raises(ArtifactError, match="exported for int8.*--precision bf16"):
+        load_reranker(str(folder), precision="bf16")
+    with pytest.raises(ArtifactError, match="needs an artifact"):
+        load_reranker(str(model_dirs["xlmr"]), precision="int8")
+
+
 def test_graph_role_and_backend_order_follow_the_precision():
     graphs = {"scorer", "scorer.int8", "scorer.fp16"}
     assert onnxruntime_graph_role(graphs, "int8", "cpu") == "scorer.int8"

@@ -191,6 +191,7 @@ def run_serve(args: argparse.Namespace) -> int:
         threads=settings.threads,
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
+        precision=settings.precision,
     )
     log.info("serving %s on http://%s:%d", reranker.model_name, settings.host, settings.port)
     uvicorn.run(

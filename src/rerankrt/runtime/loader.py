@@ -88,11 +88,21 @@ def load_reranker(
     threads: int | None = None,
     max_batch_size: int = 32,
     max_batch_tokens: int = 16384,
+    precision: str | None = None,
 ) -> Reranker:
-    """A ready Reranker for `model_path` (artifact folder, model folder or Hub id)."""
+    """A ready Reranker for `model_path` (artifact folder, model folder or Hub id).
+
+    `precision`: fp32, or the artifact's checked variant (the default); plain model folders run fp32.
+    """
     if is_artifact(Path(model_path)):
         folder = Path(model_path)
         manifest = load_manifest(folder)
+        if precision not in (None, "fp32", manifest.precision):
+            raise ArtifactError(
+                f"precision {precision}: {folder} was exported for {manifest.precision} (and fp32); "
+                f"export it with --precision {precision} to check and serve that variant"
+            )
+        manifest = manifest.model_copy(update={"precision": precision or manifest.precision})  # what serves
         try:
             family = get_family(manifest.family)
         except UnsupportedModelError as exc:
@@ -109,6 +119,8 @@ def load_reranker(
         source = resolve_model(model_path, revision)
         family = detect_family(source.path)
         encoder = family.load_encoder(source.path, max_length, chat_template)
+        if precision not in (None, "fp32"):
+            raise ArtifactError(f"precision {precision} needs an artifact: rerankrt export --precision {precision}")
         loaders = _plain_model_loaders(source.path, family, threads)
         name = served_model_name or source.ref
         order = AUTO_ORDER

@@ -39,6 +39,9 @@ class ServeSettings(BaseSettings):
         description="Jinja prompt template for prompt-based rerankers (Qwen3), replacing the artifact's or the "
         "bundled one; variables: messages[0].content = query, messages[1].content = document, instruct",
     )
+    precision: Literal["fp32", "fp16", "bf16", "int8"] | None = Field(
+        None, description="fp32, or the variant the artifact was exported with (default: that variant)"
+    )
     threads: int | None = Field(
         None, ge=1, description="intra-op threads for ONNX Runtime and torch on CPU (default: the physical cores)"
     )
