@@ -9,11 +9,13 @@ MODEL ?=
 OUT   ?= engines/$(notdir $(patsubst %/,%,$(MODEL)))
 HOST  ?= 127.0.0.1
 PORT  ?= 30000
+PRECISION ?= fp32
 EXPORT_ARGS ?=
 SERVE_ARGS  ?=
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
-.PHONY: install test export serve clean-venv docker docker-cpu
+.PHONY: install test export serve bench clean-venv docker docker-cpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,13 +32,19 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 export: $(STAMP)
-	@test -n "$(MODEL)" || { echo "usage: make export MODEL=<hub id or local dir> [OUT=engines/<name>]" >&2; exit 2; }
-	$(BIN)/rerankrt export "$(MODEL)" --out "$(OUT)" $(EXPORT_ARGS)
+	@test -n "$(MODEL)" || { echo "usage: make export MODEL=<hub id or local dir> [OUT=engines/<name>] [PRECISION=fp32|int8|bf16|fp16]" >&2; exit 2; }
+	$(BIN)/rerankrt export "$(MODEL)" --out "$(OUT)" --precision $(PRECISION) $(EXPORT_ARGS)
 
 serve: $(STAMP)
 	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<hub id or local dir> [OUT=engines/<name>] [PORT=30000]" >&2; exit 2; }
 	@test -f "$(OUT)/manifest.json" || $(MAKE) --no-print-directory export MODEL="$(MODEL)" OUT="$(OUT)"
 	$(BIN)/rerankrt serve --model-path "$(OUT)" --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+
+# CPU speed of the precision variants vs sentence-transformers / the model card, and fidelity on trained
+# weights: bench/results/cpu_speed.{json,png}. About an hour on 2 cores.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/cpu_speed.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
