@@ -374,8 +374,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-bench-cpu"))
     args = parser.parse_args()
 
-    data = {"benchmark": "cpu_speed", "machine": machine(), "config": {**vars(args), "workdir": str(args.workdir)}}
-    data["sections"] = {}
+    data = {"benchmark": "cpu_speed", "machine": machine(), "sections": {}}
+    previous = RESULTS / "cpu_speed.json"
+    if previous.exists():  # sections run separately accumulate; each keeps the config and time of its own run
+        data["sections"] = json.loads(previous.read_text()).get("sections", {})
+    config = {**vars(args), "workdir": str(args.workdir), "sections": None}
     for name in args.sections:
         log(f"--- {name}")
         if name in XLMR_SHAPES:
@@ -385,6 +388,7 @@ def main() -> None:
             data["sections"][name] = qwen3_section(args.qwen_pairs, args)
         else:
             data["sections"][name] = minilm_section(args)
+        data["sections"][name] |= {"run_at": time.strftime("%Y-%m-%d %H:%M"), "config": config}
         shutil.rmtree(args.workdir / name, ignore_errors=True)  # GBs of random-weight artifacts
         write_result("cpu_speed", data)
     plot(data, RESULTS / "cpu_speed.png")

@@ -34,3 +34,22 @@ def test_padding_ratio_cap_keeps_dissimilar_lengths_apart():
         assert 1 - sum(lengths[i] for i in batch) / (len(batch) * longest) <= 0.05
     uncapped = plan_batches(lengths, max_batch_size=8, max_batch_tokens=10_000)
     assert [b.tolist() for b in uncapped] == [[0, 1, 2, 3, 4]]
+
+
+def test_in_process_scoring_batches_like_the_server_on_cpu(artifact_dirs):
+    """Reranker.score caps padding as the server's scheduler does on CPU (0.1), and scores the same either way."""
+    from rerankrt.runtime import load_reranker
+    from rerankrt.runtime.batching import default_padding_ratio
+
+    reranker = load_reranker(str(artifact_dirs["xlmr"]))
+    widths = []
+    run = reranker.backend.run
+    reranker.backend.run = lambda batch: widths.append(batch["input_ids"].shape) or run(batch)
+    docs = ["panda " * n for n in (3, 80, 4, 120, 5, 60)]
+    capped = reranker.score("panda", docs)
+    capped_batches, widths[:] = list(widths), []
+    reranker.max_padding_ratio = 1.0
+    uncapped = reranker.score("panda", docs)
+    assert default_padding_ratio("cpu") == 0.1 and default_padding_ratio("cuda") == 1.0
+    assert len(capped_batches) > len(widths) == 1
+    np.testing.assert_allclose(capped, uncapped, atol=1e-4)

@@ -9,7 +9,7 @@ import numpy as np
 
 from rerankrt.families import Family, Features, PairEncoder
 from rerankrt.runtime.backend import Backend
-from rerankrt.runtime.batching import plan_batches
+from rerankrt.runtime.batching import default_padding_ratio, plan_batches
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Reranker:
     model_name: str
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
+    max_padding_ratio: float | None = None  # None: the device's default, as the server's scheduler uses
 
     def score(self, query: str, documents: Sequence[str], instruct: str | None = None) -> np.ndarray:
         """Relevance logits, one per document, in the documents' order."""
@@ -28,7 +29,9 @@ class Reranker:
     def score_encoded(self, pairs: Sequence[Features]) -> np.ndarray:
         logits = np.empty(len(pairs), dtype=np.float32)
         lengths = [len(pair["input_ids"]) for pair in pairs]
-        for indices in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+        padding = self.max_padding_ratio
+        padding = default_padding_ratio(self.backend.device) if padding is None else padding
+        for indices in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens, padding):
             logits[indices] = self.backend.run(self.encoder.collate([pairs[i] for i in indices]))
         return logits
 

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from rerankrt import __version__
 from rerankrt.errors import InputError
 from rerankrt.runtime import Reranker
+from rerankrt.runtime.batching import default_padding_ratio
 from rerankrt.runtime.scheduler import Scheduler
 from rerankrt.runtime.service import RerankService, ScoreRequest, Scores
 from rerankrt.server import schemas
@@ -46,11 +47,6 @@ T = TypeVar("T")
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))  # stable for any logit
-
-
-def default_padding_ratio(device: str) -> float:
-    """On CPU a padded position costs as much as a real one and big batches buy little (bench/load.py)."""
-    return 0.1 if device == "cpu" else 1.0
 
 
 def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
