@@ -134,7 +134,7 @@ def quantize_int8(
 
     large = (source.parent / f"{source.name}.data").exists()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as tmp:
-        graph = _fuse(source, Path(tmp) / "fused.onnx", model_type) if method == "dynamic" else source
+        graph = _fuse(source, Path(tmp) / "fused.onnx", model_type, large) if method == "dynamic" else source
         excluded, quantized = _int8_exclusions(onnx.load(str(graph), load_external_data=False).graph, keep_float)
         log.info("int8 %s: %d weight matrix products quantized, %d kept fp32", method, quantized, len(excluded))
         if method == "dynamic":
@@ -181,7 +181,7 @@ def _int8_exclusions(graph: onnx.GraphProto, keep_float: Sequence[str]) -> tuple
     return excluded, quantized
 
 
-def _fuse(source: Path, target: Path, model_type: str | None) -> Path:
+def _fuse(source: Path, target: Path, model_type: str | None, large: bool = False) -> Path:
     """The graph with attention/GELU/layer-norm fused by onnxruntime's optimizer, or `source` when it can't."""
     optimizer_type = FUSABLE_MODEL_TYPES.get(model_type or "")
     if optimizer_type is None:
@@ -191,5 +191,5 @@ def _fuse(source: Path, target: Path, model_type: str | None) -> Path:
     optimized = optimize_model(str(source), model_type=optimizer_type, num_heads=0, hidden_size=0, opt_level=1)
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     log.info("fused with onnxruntime's optimizer: %s", fused)
-    optimized.save_model_to_file(str(target), use_external_data_format=optimized.model.ByteSize() > 1_900_000_000)
+    optimized.save_model_to_file(str(target), use_external_data_format=large)  # past 2 GB protobuf can't hold it
     return target
