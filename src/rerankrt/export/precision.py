@@ -184,12 +184,12 @@ def _int8_exclusions(graph: onnx.GraphProto, keep_float: Sequence[str]) -> tuple
 def _fuse(source: Path, target: Path, model_type: str | None, large: bool = False) -> Path:
     """The graph with attention/GELU/layer-norm fused by onnxruntime's optimizer, or `source` when it can't."""
     optimizer_type = FUSABLE_MODEL_TYPES.get(model_type or "")
-    if optimizer_type is None:
+    if optimizer_type is None or large:  # the optimizer's save fails past 2 GB; fusion buys int8 little (README)
         return source
     from onnxruntime.transformers.optimizer import optimize_model
 
     optimized = optimize_model(str(source), model_type=optimizer_type, num_heads=0, hidden_size=0, opt_level=1)
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     log.info("fused with onnxruntime's optimizer: %s", fused)
-    optimized.save_model_to_file(str(target), use_external_data_format=large)  # past 2 GB protobuf can't hold it
+    optimized.save_model_to_file(str(target))
     return target
