@@ -176,3 +176,13 @@ def test_info_reports_the_variant_its_fidelity_and_the_cpu_knobs(variants):
     defaults = info["serving_defaults"]
     assert defaults["threads"] == physical_cores() == defaults["onnxruntime_session"]["intra_op_num_threads"]
     assert defaults["onnxruntime_session"]["inter_op_num_threads"] == 1 and "mkldnn_bf16" in defaults["torch"]
+
+
+def test_external_data_files_are_found_by_either_naming(tmp_path):
+    from rerankrt.export.precision import external_data_files
+
+    for name in ("model.onnx", "model.onnx_data", "model.int8.onnx", "model.int8.onnx.data", "other.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in external_data_files(tmp_path / "model.onnx")] == ["model.onnx_data"]
+    assert [p.name for p in external_data_files(tmp_path / "model.int8.onnx")] == ["model.int8.onnx.data"]
+    assert external_data_files(tmp_path / "other.onnx") == []

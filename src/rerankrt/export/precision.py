@@ -132,7 +132,7 @@ def quantize_int8(
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    large = (source.parent / f"{source.name}.data").exists()
+    large = bool(external_data_files(source))
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as tmp:
         graph = _fuse(source, Path(tmp) / "fused.onnx", model_type, large) if method == "dynamic" else source
         excluded, quantized = _int8_exclusions(onnx.load(str(graph), load_external_data=False).graph, keep_float)
@@ -164,6 +164,11 @@ def quantize_int8(
         else:
             raise ValueError(f"int8 method {method!r}: expected one of {', '.join(INT8_METHODS)}")
     return target
+
+
+def external_data_files(graph: Path) -> list[Path]:
+    """The files beside `graph` holding its external data (optimum writes model.onnx_data, onnx model.onnx.data)."""
+    return sorted(p for p in graph.parent.glob(f"{graph.name}*") if p.name != graph.name)
 
 
 def _int8_exclusions(graph: onnx.GraphProto, keep_float: Sequence[str]) -> tuple[list[str], int]:

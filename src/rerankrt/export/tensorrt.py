@@ -19,7 +19,7 @@ from rerankrt.artifact import Engine, Graph, Profile, hash_files, load_manifest,
 from rerankrt.engines import engine_file_name, engine_support_problem, plan_profile
 from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export.onnx_graph import describe_graph
-from rerankrt.export.precision import cast_graph
+from rerankrt.export.precision import cast_graph, external_data_files
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _graph_for(artifact: Path, manifest, precision: str) -> Graph:
         log.info("casting %s to %s (norms and softmax stay fp32) ...", source.file, precision)
         cast_graph(artifact / source.file, artifact / target, precision)
         described = describe_graph(artifact, [target])
-        extra = [p.name for p in artifact.glob(f"{target}.data")]
+        extra = [p.name for p in external_data_files(artifact / target)]
         manifest.graphs[role] = Graph(file=target, inputs=described.inputs, outputs=described.outputs)
         manifest.files.update(hash_files(artifact, [target, *extra]))
         write_manifest(artifact, manifest)

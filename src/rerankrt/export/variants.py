@@ -21,7 +21,7 @@ from rerankrt.artifact import PRECISIONS
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import ExportedGraph, describe_graph
 from rerankrt.export.parity import FIDELITY_THRESHOLDS, FidelityReport, FidelityThresholds, check_fidelity
-from rerankrt.export.precision import INT8_METHODS, cast_graph, quantize_int8
+from rerankrt.export.precision import INT8_METHODS, cast_graph, external_data_files, quantize_int8
 from rerankrt.families import Batch, Family, PairEncoder
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _build_graph(precision: str, method: str, folder: Path, fp32_graph: Exported
         quantize_int8(source, target, model_type, INT8_KEEP_FLOAT, method)
     else:
         cast_graph(source, target, precision)
-    return describe_graph(folder, [target.name, *(p.name for p in folder.glob(f"{target.name}.data"))])
+    return describe_graph(folder, [target.name, *(p.name for p in external_data_files(target))])
 
 
 def _log(report: FidelityReport) -> None:
