@@ -22,7 +22,7 @@ import torch
 
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import ExportedGraph, describe_graph
-from rerankrt.export.parity import FP32_TOLERANCE, ParityReport, _spearman, random_text
+from rerankrt.export.parity import FP32_TOLERANCE, ParityReport, parity_report, random_text
 from rerankrt.families.qwen3_vl import Qwen3VLFamily, VisionLanguagePairEncoder, geometry
 
 log = logging.getLogger(__name__)
@@ -199,34 +199,23 @@ def check_vision_language_parity(
     yes, no = yes_no_ids(str(model_dir))
     row = (model.lm_head.weight[yes] - model.lm_head.weight[no]).detach().float()
     samples = generated_samples(encoder, seed)
-    ref_logits, cand_logits, spearman, top1, lengths = [], [], [], [], []
+    ref_logits, cand_logits, lengths = [], [], []
     for query, documents in samples:
         pairs = encoder.encode(query, documents)
         batch = encoder.collate(pairs)
-        ref = transformers_logits(model, row, batch)
-        cand = np.asarray(candidate(batch), dtype=np.float32)
-        ref_logits.append(ref)
-        cand_logits.append(cand)
-        spearman.append(_spearman(ref, cand))
-        top1.append(float(np.argmax(ref) == np.argmax(cand)))
+        ref_logits.append(transformers_logits(model, row, batch))
+        cand_logits.append(np.asarray(candidate(batch), dtype=np.float32))
         lengths += [len(p["input_ids"]) for p in pairs]
-    ref, cand = np.concatenate(ref_logits), np.concatenate(cand_logits)
-    diff = np.abs(ref - cand)
-    return ParityReport(
-        passed=bool(diff.max() <= tolerance),
-        reference="transformers Qwen3VLModel forward + (W[yes] - W[no]) at the last token, fp32, cpu",
-        candidate=candidate_name,
-        tolerance=tolerance,
-        max_abs_diff=float(diff.max()),
-        mean_abs_diff=float(diff.mean()),
-        min_spearman=float(min(spearman)),
-        top1_agreement=float(np.mean(top1)),
-        pairs=len(ref),
-        queries=len(samples),
+    return parity_report(
+        np.concatenate(ref_logits),
+        np.concatenate(cand_logits),
+        [len(docs) for _, docs in samples],
+        lengths,
+        "transformers Qwen3VLModel forward + (W[yes] - W[no]) at the last token, fp32, cpu",
+        candidate_name,
+        tolerance,
+        seed,
         batch_size=max(len(docs) for _, docs in samples),
-        seq_len_min=min(lengths),
-        seq_len_max=max(lengths),
-        seed=seed,
     )
 
 

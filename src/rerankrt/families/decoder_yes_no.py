@@ -47,6 +47,15 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def has_yes_no_tokens(model_dir: Path) -> bool:
+    """True when the folder's tokenizer loads and spells `yes` and `no` as single tokens."""
+    try:
+        tokenizer = load_fast_tokenizer(model_dir)
+    except (OSError, ValueError, UnsupportedModelError):
+        return False
+    return single_token_id(tokenizer, YES) is not None and single_token_id(tokenizer, NO) is not None
+
+
 def single_token_id(tokenizer, word: str) -> int | None:
     ids = tokenizer.encode(word, add_special_tokens=False)
     return ids[0] if len(ids) == 1 else None
@@ -153,11 +162,7 @@ class DecoderYesNoFamily(Family):
     def matches(cls, config: dict, model_dir: Path) -> bool:
         if not any(a.endswith("ForCausalLM") for a in config.get("architectures") or []):
             return False
-        try:
-            tokenizer = load_fast_tokenizer(model_dir)
-        except (OSError, ValueError, UnsupportedModelError):
-            return False
-        return single_token_id(tokenizer, YES) is not None and single_token_id(tokenizer, NO) is not None
+        return has_yes_no_tokens(model_dir)
 
     @classmethod
     def describe(cls) -> str:

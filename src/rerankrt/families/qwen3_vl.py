@@ -39,7 +39,7 @@ from rerankrt.families.base import (
     resolve_max_length,
     save_tokenizer,
 )
-from rerankrt.families.decoder_yes_no import NO, TEMPLATE_FILE, YES, pad_token_id, single_token_id
+from rerankrt.families.decoder_yes_no import NO, TEMPLATE_FILE, YES, has_yes_no_tokens, pad_token_id, single_token_id
 from rerankrt.families.qwen3_vl_geometry import VisionGeometry, rope_positions
 from rerankrt.families.qwen3_vl_media import MediaConfig, VisualItem, preprocess_image, preprocess_video
 
@@ -292,11 +292,7 @@ class Qwen3VLFamily(Family):
     def matches(cls, config: dict, model_dir: Path) -> bool:
         if ARCHITECTURE not in (config.get("architectures") or []):
             return False
-        try:
-            tokenizer = load_fast_tokenizer(model_dir)
-        except (OSError, ValueError, UnsupportedModelError):
-            return False
-        return single_token_id(tokenizer, YES) is not None and single_token_id(tokenizer, NO) is not None
+        return has_yes_no_tokens(model_dir)
 
     @classmethod
     def describe(cls) -> str:
