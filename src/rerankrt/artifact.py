@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 
 from rerankrt.errors import ArtifactError
+from rerankrt.precision import ENGINE_PRECISIONS, Precision
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
-Precision = Literal["fp32", "fp16", "bf16", "int8"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 FIDELITY_NAME = "fidelity.json"  # the reduced-precision variant's report (artifacts exported with --precision)
 
 
@@ -48,18 +46,26 @@ class Profile(BaseModel):
 class Engine(BaseModel):
     file: str  # e.g. model.fp16.sm90.trt11.4.plan
     graph: str  # the ONNX file it was built from
-    precision: Literal["fp32", "fp16", "bf16"]
+    precision: Precision
     compute_capability: str  # "9.0"
     tensorrt: str  # full TensorRT version it was built with
     profile: Profile
+
+    @field_validator("precision")
+    @classmethod
+    def _engine_precision(cls, value: Precision) -> Precision:
+        if value not in ENGINE_PRECISIONS:
+            raise ValueError(f"TensorRT engines are {', '.join(p.value for p in ENGINE_PRECISIONS)}")
+        return value
 
 
 class Manifest(BaseModel):
     format_version: int
     family: str
+    family_reason: str | None = None  # how the family was chosen: detected from what, or forced with --family
     source: SourceModel
     max_length: int
-    precision: Precision = "fp32"  # what serves by default (checked in fidelity.json)
+    precision: Precision = Precision.FP32  # what serves by default (checked in fidelity.json)
     opset: int
     # role -> graph: "scorer" (fp32) maps pairs to logits; "scorer.int8"/"scorer.fp16"/"scorer.bf16" are variants
     graphs: dict[str, Graph]

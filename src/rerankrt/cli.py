@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from rerankrt import __version__
-from rerankrt.artifact import PRECISIONS
 from rerankrt.errors import RerankrtError
-from rerankrt.families import FAMILIES
+from rerankrt.families import family_names
 from rerankrt.logs import configure_logging
+from rerankrt.precision import ENGINE_PRECISIONS, PRECISIONS, Precision
 
 log = logging.getLogger("rerankrt")
 
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id")
     export.add_argument(
         "--family",
-        choices=[family.name for family in FAMILIES],
-        help="force the reranker family instead of detecting it from config.json",
+        choices=family_names(),
+        help="the reranker family, for a checkpoint no family recognises by itself (a fine-tune under another name)",
     )
     export.add_argument(
         "--chat-template", type=Path, help="Jinja prompt template (prompt-based rerankers such as Qwen3)"
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank = commands.add_parser("rerank", help="score documents against a query once and print JSON")
     rerank.add_argument("--model-path", required=True, help="artifact folder, model folder or Hub id")
     rerank.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    rerank.add_argument("--precision", choices=PRECISIONS, help="fp32, or the artifact's variant (its default)")
     rerank.add_argument("--query", required=True)
     rerank.add_argument("documents", nargs="+", metavar="DOCUMENT")
     rerank.add_argument("--instruct", help="task instruction (instruction-following rerankers only)")
@@ -109,7 +110,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, precision_flag: str = 
         precision_flag,
         dest="engine_precision",
         default="fp16",
-        choices=["fp32", "fp16", "bf16"],
+        choices=[p.value for p in ENGINE_PRECISIONS],
         help="engine precision (default fp16)",
     )
     parser.add_argument("--max-batch", type=int, default=64, help="largest batch the engine takes (default 64)")
@@ -173,29 +174,16 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rerankrt.artifact import is_artifact
-    from rerankrt.runtime import load_reranker
     from rerankrt.server import create_app
 
     if settings.build_engine and settings.backend in ("auto", "tensorrt") and is_artifact(Path(settings.model_path)):
         from rerankrt.export.tensorrt import ensure_engine
 
         ensure_engine(Path(settings.model_path), required=settings.backend == "tensorrt")
-    reranker = load_reranker(
-        settings.model_path,
-        backend=settings.backend,
-        max_length=settings.max_length,
-        served_model_name=settings.served_model_name,
-        revision=settings.revision,
-        chat_template=settings.chat_template,
-        onnxruntime_tensorrt_ep=settings.onnxruntime_tensorrt_ep,
-        threads=settings.threads,
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
-        precision=settings.precision,
-    )
-    log.info("serving %s on http://%s:%d", reranker.model_name, settings.host, settings.port)
+    app = create_app(settings)
+    log.info("serving %s on http://%s:%d", app.state.reranker.name, settings.host, settings.port)
     uvicorn.run(
-        create_app(reranker, settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our handlers (text or JSON); rerankrt.access logs each request
@@ -207,14 +195,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_rerank(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    from rerankrt.runtime import load_reranker
-    from rerankrt.server.app import sigmoid
+    from rerankrt.runtime import Reranker
 
-    reranker = load_reranker(args.model_path, backend=args.backend, chat_template=args.chat_template)
-    logits = reranker.score(args.query, args.documents, args.instruct)
-    scores = logits.astype(float) if args.raw_scores else sigmoid(logits)
-    results = [{"index": i, "score": float(scores[i]), "document": args.documents[i]} for i in range(len(scores))]
-    results.sort(key=lambda r: -r["score"])
+    template = None if args.chat_template is None else str(args.chat_template)
+    options = {"backend": args.backend, "precision": args.precision, "chat_template": template}
+    with Reranker.load(args.model_path, **{k: v for k, v in options.items() if v is not None}) as reranker:
+        ranked = reranker.rerank(args.query, args.documents, raw_scores=args.raw_scores, instruct=args.instruct)
+    results = [{"index": r.index, "score": r.score, "document": args.documents[r.index]} for r in ranked]
     print(json.dumps(results, ensure_ascii=False, indent=2))
     return 0
 
@@ -227,11 +214,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type
     prefix = settings_class.model_config.get("env_prefix", "")
     for name, field in settings_class.model_fields.items():
         annotation = _unwrap_optional(field.annotation)
-        notes = ["required"] if field.is_required() else [] if field.default is None else [f"default: {field.default}"]
+        default = field.default.value if isinstance(field.default, Precision) else field.default
+        notes = ["required"] if field.is_required() else [] if default is None else [f"default: {default}"]
         notes.append(f"env {prefix}{name.upper()}")
         kwargs: dict = {"dest": name, "default": None, "help": f"{field.description} ({'; '.join(notes)})"}
         if get_origin(annotation) is Literal:
             kwargs["choices"] = list(get_args(annotation))
+        elif isinstance(annotation, type) and issubclass(annotation, Precision):
+            kwargs["choices"] = list(PRECISIONS)
         elif annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif annotation in (int, float):

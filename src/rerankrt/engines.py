@@ -9,9 +9,7 @@ from collections.abc import Sequence
 
 from rerankrt.artifact import Engine, Profile
 from rerankrt.errors import RerankrtError
-
-# Faster engines first when the caller names no precision.
-PRECISION_PREFERENCE = ("fp16", "bf16", "fp32")
+from rerankrt.precision import ENGINE_PRECISIONS, Precision
 
 
 def plan_profile(
@@ -47,7 +45,7 @@ def engine_file_name(graph_file: str, compute_capability: str, tensorrt_version:
 
 
 def select_engine(
-    engines: Sequence[Engine], compute_capability: str, tensorrt_version: str, precision: str | None = None
+    engines: Sequence[Engine], compute_capability: str, tensorrt_version: str, precision: Precision | None = None
 ) -> Engine | None:
     """The engine built for this GPU and TensorRT minor version (of `precision`, else the fastest), or None."""
     usable = [
@@ -57,17 +55,10 @@ def select_engine(
     ]
     if precision is not None:
         usable = [e for e in usable if e.precision == precision]
-    usable.sort(key=lambda e: PRECISION_PREFERENCE.index(e.precision))
+    usable.sort(key=lambda e: ENGINE_PRECISIONS.index(e.precision))  # fastest first
     return usable[0] if usable else None
 
 
 def split_rows(rows: int, max_rows: int) -> list[slice]:
     """Row ranges of at most `max_rows` covering `rows`: a batch larger than the profile is split, never refused."""
     return [slice(start, min(start + max_rows, rows)) for start in range(0, rows, max_rows)]
-
-
-def engine_support_problem(graphs: Sequence[str]) -> str | None:
-    """Why no TensorRT engine can serve an artifact with these graph roles, or None when one can."""
-    if "vision" in graphs:
-        return "TensorRT engines cover one-graph scorers; multimodal (vision + scorer) artifacts run on ONNX Runtime"
-    return None

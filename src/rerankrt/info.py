@@ -9,42 +9,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from rerankrt.runtime.machine import cpu_flags, physical_cores
+
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 PACKAGES = ("rerankrt", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def physical_cores(cpuinfo: str | None = None) -> int:
-    """Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is unavailable."""
-    cores: set[tuple[str, str]] = set()
-    package = core = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "physical id":
-                package = value
-            elif key == "core id":
-                core = value
-            elif not key and (package or core):
-                cores.add((package, core))
-                package = core = ""
-        if package or core:
-            cores.add((package, core))
-    except OSError:
-        pass
-    return len(cores) or os.cpu_count() or 1
 
 
 def collect(artifact: Path | None = None) -> dict:
@@ -83,8 +51,9 @@ def collect(artifact: Path | None = None) -> dict:
         info["artifact"] = {
             "path": str(artifact),
             "family": manifest.family,
+            "family_reason": manifest.family_reason,
             "source": manifest.source.ref,
-            "precision": manifest.precision,
+            "precision": manifest.precision.value,
             "max_length": manifest.max_length,
             "graphs": {role: graph.file for role, graph in manifest.graphs.items()},
             "engines": [engine.file for engine in manifest.engines],

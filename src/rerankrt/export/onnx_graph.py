@@ -1,4 +1,4 @@
-"""ONNX export of a family's one-logit model, with optimum."""
+"""ONNX export of a family's declared graphs: optimum for one-logit classifiers, torch.onnx (dynamo) otherwise."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import torch
 
 from rerankrt.errors import ExportError
+from rerankrt.families.base import GraphSpec, OptimumGraph, TorchGraph
+
+LARGE_BYTES = 1_900_000_000  # weights past this go to external data (protobuf cannot hold 2 GB)
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,13 @@ class ExportedGraph:
     inputs: list[str]
     outputs: list[str]
     opset: int
+
+
+def export_graph(spec: GraphSpec, out_dir: Path, opset: int | None = None) -> ExportedGraph:
+    """Write the graph `spec` declares into `out_dir`."""
+    if isinstance(spec, OptimumGraph):
+        return export_with_optimum(spec.model, spec.task, out_dir, opset)
+    return export_with_torch(spec, out_dir, opset)
 
 
 def export_with_optimum(model, task: str, out_dir: Path, opset: int | None = None) -> ExportedGraph:
@@ -39,6 +50,53 @@ def export_with_optimum(model, task: str, out_dir: Path, opset: int | None = Non
         for path in produced:
             shutil.move(str(path), out_dir / path.name)
     return describe_graph(out_dir, [p.name for p in produced])
+
+
+def export_with_torch(spec: TorchGraph, out_dir: Path, opset: int | None = None) -> ExportedGraph:
+    """torch.onnx's dynamo export of `spec.module`, dynamic axes named as declared."""
+    path = out_dir / spec.file
+    dims = [{axis: torch.export.Dim(name, min=low) for axis, (name, low) in axes.items()} for axes in spec.dynamic_axes]
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                spec.module,
+                spec.args,
+                dynamo=True,
+                dynamic_shapes=tuple(dims),
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
+                opset_version=opset or spec.opset,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx could not export {type(spec.module).__name__}: {exc}") from exc
+    large = sum(p.numel() * p.element_size() for p in spec.module.parameters()) > LARGE_BYTES
+    program.save(str(path), external_data=large)
+    model = onnx.load(str(path), load_external_data=False)  # weights stay where they were written
+    _rename_axes(model, spec)
+    path.write_bytes(model.SerializeToString())
+    files = [spec.file] + sorted(p.name for p in out_dir.iterdir() if p.name.startswith(spec.file + "."))
+    return describe_graph(out_dir, files)
+
+
+def _rename_axes(model: onnx.ModelProto, spec: TorchGraph) -> None:
+    """Give dynamic axes their declared names (the exporter's own are s0, s1, ...), in inputs and outputs alike."""
+    names = {
+        (name, axis): axis_name
+        for name, axes in zip(spec.input_names, spec.dynamic_axes, strict=True)
+        for axis, (axis_name, _) in axes.items()
+    }
+    renamed = {}
+    for value in model.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if (value.name, axis) in names and dim.dim_param:
+                renamed[dim.dim_param] = names[(value.name, axis)]
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renamed:
+                dim.dim_param = renamed[dim.dim_param]
 
 
 def describe_graph(folder: Path, files: list[str]) -> ExportedGraph:

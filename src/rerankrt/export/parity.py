@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from rerankrt.families import Batch, PairEncoder
+from rerankrt.families.base import ParityCheck, random_text, run_torch
+from rerankrt.runtime.engine import sigmoid
 
 FP32_TOLERANCE = 1e-4  # max |Δlogit| allowed between an fp32 graph and the torch scorer
 MAX_GENERATED_TOKENS = 640  # documents run up to 1.25x max_length, but no longer: the check runs on CPU
@@ -75,12 +77,6 @@ class ParityReport:
         return asdict(self)
 
 
-def random_text(tokenizer, rng: np.random.Generator, n_tokens: int) -> str:
-    special = set(tokenizer.all_special_ids)
-    ids = [int(i) for i in rng.integers(0, len(tokenizer), size=n_tokens * 2) if int(i) not in special][:n_tokens]
-    return tokenizer.decode(ids, skip_special_tokens=True)
-
-
 def generate_queries(encoder: PairEncoder, seed: int, queries: int, docs_per_query: int) -> list[tuple[str, list[str]]]:
     """Queries of 2-24 tokens with documents from 1 token to 1.25x max_length (at most MAX_GENERATED_TOKENS)."""
     rng = np.random.default_rng(seed)
@@ -96,20 +92,21 @@ def generate_queries(encoder: PairEncoder, seed: int, queries: int, docs_per_que
 
 def check_parity(
     encoder: PairEncoder,
-    reference: torch.nn.Module,
+    check: ParityCheck,
     candidate: Callable[[Batch], np.ndarray],
     candidate_name: str,
     tolerance: float = FP32_TOLERANCE,
     seed: int = 0,
     queries: int = 4,
     docs_per_query: int = 6,
-    batch_size: int = 8,
 ) -> ParityReport:
-    """Score generated pairs with both; passed when every |Δlogit| <= tolerance."""
-    ref, cand, lengths = _score_both(encoder, reference, candidate, seed, queries, docs_per_query, batch_size)
+    """Score the check's samples (or generated queries) with its reference and the candidate; passed when every
+    |Δlogit| <= tolerance."""
+    samples = check.samples or generate_queries(encoder, seed, queries, docs_per_query)
+    ref, cand, lengths = _score_both(encoder, samples, check.reference, candidate, check.batch_size)
     return parity_report(
-        ref, cand, [docs_per_query] * queries, lengths, "torch scorer, fp32, cpu", candidate_name, tolerance, seed,
-        batch_size,
+        ref, cand, [len(docs) for _, docs in samples], lengths, check.reference_name, candidate_name, tolerance,
+        seed, check.batch_size,
     )  # fmt: skip
 
 
@@ -188,8 +185,9 @@ def check_fidelity(
     batch_size: int = 8,
 ) -> FidelityReport:
     """Score generated queries with the fp32 torch scorer and the variant; passed when every threshold holds."""
-    ref, cand, _ = _score_both(encoder, reference, candidate, seed, queries, docs_per_query, batch_size)
-    ref_scores, cand_scores = _sigmoid(ref), _sigmoid(cand)
+    samples = generate_queries(encoder, seed, queries, docs_per_query)
+    ref, cand, _ = _score_both(encoder, samples, lambda batch: run_torch(reference, batch), candidate, batch_size)
+    ref_scores, cand_scores = sigmoid(ref), sigmoid(cand)
     score_diff = np.abs(ref_scores - cand_scores)
     spearman, _, _ = _rank_agreement(ref, cand, docs_per_query)
     top1, top3, swaps = _tie_aware_agreement(ref_scores, cand_scores, docs_per_query, thresholds.tie)
@@ -218,15 +216,13 @@ def check_fidelity(
     return report
 
 
-def _score_both(encoder, reference, candidate, seed, queries, docs_per_query, batch_size):
-    """Logits of the reference and the candidate for generated pairs (in batches, arrival order), and lengths."""
-    samples = generate_queries(encoder, seed, queries, docs_per_query)
+def _score_both(encoder, samples, reference, candidate, batch_size):
+    """Logits of the reference and the candidate for the samples' pairs (batches in arrival order), and lengths."""
     pairs = [pair for query, docs in samples for pair in encoder.encode(query, docs)]
     ref_logits, cand_logits = [], []
     for start in range(0, len(pairs), batch_size):
         batch = encoder.collate(pairs[start : start + batch_size])
-        with torch.inference_mode():
-            ref_logits.append(reference(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy())
+        ref_logits.append(np.asarray(reference(batch), dtype=np.float32))
         cand_logits.append(np.asarray(candidate(batch), dtype=np.float32))
     return np.concatenate(ref_logits), np.concatenate(cand_logits), [len(p["input_ids"]) for p in pairs]
 
@@ -256,10 +252,6 @@ def _tie_aware_agreement(ref: np.ndarray, cand: np.ndarray, group: int, tie: flo
         ordered += int(distinct.sum())
         swapped += int((np.sign(r[i] - r[j]) != np.sign(c[i] - c[j]))[distinct].sum())
     return float(np.mean(top1)), float(np.mean(top3)), swapped / ordered if ordered else 0.0
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

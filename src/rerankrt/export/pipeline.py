@@ -22,19 +22,19 @@ from rerankrt.artifact import (
     FIDELITY_NAME,
     FORMAT_VERSION,
     PARITY_NAME,
-    PRECISIONS,
     Manifest,
     SourceModel,
     hash_files,
     write_manifest,
 )
 from rerankrt.errors import ExportError
-from rerankrt.export.onnx_graph import export_with_optimum
+from rerankrt.export.onnx_graph import export_graph
 from rerankrt.export.parity import FP32_TOLERANCE, check_parity
 from rerankrt.export.variants import build_variant
-from rerankrt.export.vision_language import VISION_LANGUAGE_TASK, export_vision_language
-from rerankrt.families import detect_family, get_family
+from rerankrt.families import detect_family
+from rerankrt.families.base import SCORER
 from rerankrt.model_source import resolve_model
+from rerankrt.precision import Precision
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def export_model(
     chat_template: Path | None = None,
     force: bool = False,
     tolerance: float = FP32_TOLERANCE,
-    precision: str = "fp32",
+    precision: Precision | str = Precision.FP32,
     accept_fidelity_loss: bool = False,
 ) -> Manifest:
     """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest.
@@ -78,43 +78,38 @@ def export_model(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    try:
+        precision = Precision(precision)
+    except ValueError:
+        raise ExportError(f"precision {precision!r}: choose one of {', '.join(p.value for p in Precision)}") from None
 
     log.info("resolving %s ...", model)
     source = resolve_model(model, revision)
     config = source.config()
-    chosen = get_family(family) if family else detect_family(source.path)
+    chosen, recognition = detect_family(source.path, family)
+    if problem := chosen.precision_problem(precision):
+        raise ExportError(f"precision {precision}: {problem}")
     encoder = chosen.load_encoder(source.path, max_length, chat_template)
-    log.info("family %s, max_length %d, weights in %s", chosen.name, encoder.max_length, source.path)
-    two_graphs = chosen.onnx_task == VISION_LANGUAGE_TASK
-    if precision != "fp32" and two_graphs:
-        raise ExportError(f"precision {precision}: the {chosen.name} family exports fp32 only in this version")
-    step = Steps((3 if two_graphs else 4) + (precision != "fp32"))
+    log.info("family %s (%s), max_length %d", chosen.name, recognition.reason, encoder.max_length)
+    step = Steps(4 + (precision != Precision.FP32))
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        if two_graphs:  # graphs of its own, verified against transformers
-            with step("exporting the vision and scorer ONNX graphs with torch.onnx, verified against transformers"):
-                graphs, report = export_vision_language(chosen, source.path, encoder, staging, opset, tolerance)
-        else:
-            with step(f"exporting ONNX graph with optimum ({chosen.onnx_task})"):
-                torch_model = chosen.load_export_model(source.path)
-                graph = export_with_optimum(torch_model, chosen.onnx_task, staging, opset)
-                log.info("graph inputs %s -> outputs %s, opset %d", graph.inputs, graph.outputs, graph.opset)
+        with step("loading the model and exporting its ONNX graphs"):
+            torch_model = chosen.load_export_model(source.path)
+            graphs = {}
+            for spec in chosen.graphs(torch_model, encoder):
+                graphs[spec.role] = export_graph(spec, staging, opset)
+                g = graphs[spec.role]
+                log.info("graph %s (%s): inputs %s -> outputs %s, opset %d", spec.role, g.files[0], g.inputs,
+                         g.outputs, g.opset)  # fmt: skip
 
-            with step("verifying the ONNX graph against the torch scorer"):
-                backend = OnnxRuntimeBackend(staging / graph.files[0])
-                report = check_parity(
-                    encoder,
-                    chosen.wrap_scorer(torch_model).eval(),
-                    backend.run,
-                    f"onnxruntime {backend.session.get_providers()[0]}",
-                    tolerance=tolerance,
-                )
-            graphs = {"scorer": graph}
+        with step("verifying the ONNX graphs, run as the runtime runs them, against the reference"):
+            backend = OnnxRuntimeBackend(chosen, staging, {role: g.files[0] for role, g in graphs.items()})
+            check = chosen.parity_check(torch_model, source.path, encoder)
+            report = check_parity(encoder, check, backend.run, f"onnxruntime {backend.provider}", tolerance)
         (staging / PARITY_NAME).write_text(_json(report.to_dict()))
         log.info(
             "max |Δlogit| %.3g (tolerance %.0e) over %d pairs, lengths %d-%d, top-1 agreement %.2f",
@@ -132,7 +127,7 @@ def export_model(
             )
 
         variant_files = []
-        if precision != "fp32":
+        if precision != Precision.FP32:
             with step(f"building the {precision} variant and checking its fidelity"):
                 variant, fidelity = build_variant(
                     precision,
@@ -141,14 +136,14 @@ def export_model(
                     torch_model,
                     encoder,
                     staging,
-                    graphs["scorer"],
+                    graphs[SCORER],
                     accept_fidelity_loss,
                 )
                 (staging / FIDELITY_NAME).write_text(_json(fidelity.to_dict()))
                 variant_files.append(FIDELITY_NAME)
                 if variant is not None:
-                    graphs[f"scorer.{precision}"] = variant
-            del torch_model
+                    graphs[f"{SCORER}.{precision}"] = variant
+        del torch_model
 
         with step("writing tokenizer files"):
             encoder_files = encoder.save(staging)
@@ -158,6 +153,7 @@ def export_model(
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 family=chosen.name,
+                family_reason=recognition.reason,
                 source=SourceModel(
                     ref=model,
                     revision=source.revision,
@@ -166,7 +162,7 @@ def export_model(
                 ),
                 max_length=encoder.max_length,
                 precision=precision,
-                opset=graphs["scorer"].opset,
+                opset=graphs[SCORER].opset,
                 graphs={
                     role: {"file": g.files[0], "inputs": g.inputs, "outputs": g.outputs} for role, g in graphs.items()
                 },

@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 from rerankrt.artifact import Engine, Graph, Profile, hash_files, load_manifest, write_manifest
-from rerankrt.engines import engine_file_name, engine_support_problem, plan_profile
+from rerankrt.engines import engine_file_name, plan_profile
 from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export.onnx_graph import describe_graph
 from rerankrt.export.precision import cast_graph, external_data_files
+from rerankrt.families import get_family
+from rerankrt.families.base import SCORER
+from rerankrt.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def cuda_compute_capability() -> str:
 
 def build_engine(
     artifact: Path,
-    precision: str = "fp16",
+    precision: Precision | str = Precision.FP16,
     max_batch: int = 64,
     max_length: int | None = None,
     opt_batch: int | None = None,
@@ -56,8 +59,9 @@ def build_engine(
 ) -> Engine:
     """Build (or rebuild) the engine for this GPU and TensorRT version; return its manifest entry."""
     manifest = load_manifest(artifact)
-    if problem := engine_support_problem(list(manifest.graphs)):
+    if problem := get_family(manifest.family).tensorrt_problem:
         raise ExportError(problem)
+    precision = Precision(precision)
     trt = import_tensorrt()
     compute_capability = cuda_compute_capability()
     max_length = max_length or manifest.max_length
@@ -87,13 +91,13 @@ def build_engine(
     return engine
 
 
-def _graph_for(artifact: Path, manifest, precision: str) -> Graph:
+def _graph_for(artifact: Path, manifest, precision: Precision) -> Graph:
     """The scorer graph in `precision`, cast from the fp32 one (and listed in the manifest) if not there yet."""
-    if precision == "fp32":
-        return manifest.graphs["scorer"]
-    role = f"scorer.{precision}"
+    if precision == Precision.FP32:
+        return manifest.graphs[SCORER]
+    role = f"{SCORER}.{precision}"
     if role not in manifest.graphs:
-        source = manifest.graphs["scorer"]
+        source = manifest.graphs[SCORER]
         target = source.file.removesuffix(".onnx") + f".{precision}.onnx"
         log.info("casting %s to %s (norms and softmax stay fp32) ...", source.file, precision)
         cast_graph(artifact / source.file, artifact / target, precision)
@@ -161,7 +165,7 @@ def _build(trt, onnx_path: Path, cache_path: Path, profile: Profile) -> bytes:
     return bytes(serialized)
 
 
-def ensure_engine(artifact: Path, precision: str = "fp16", required: bool = False) -> None:
+def ensure_engine(artifact: Path, precision: Precision | str = Precision.FP16, required: bool = False) -> None:
     """Before serving: build this GPU's engine when the artifact has none. Without a GPU or TensorRT, or
     when the build fails, log why and leave the choice to backend selection (raise when `required`)."""
     from rerankrt.engines import select_engine

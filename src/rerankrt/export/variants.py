@@ -14,20 +14,17 @@ import copy
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from rerankrt.artifact import PRECISIONS
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import ExportedGraph, describe_graph
 from rerankrt.export.parity import FIDELITY_THRESHOLDS, FidelityReport, FidelityThresholds, check_fidelity
 from rerankrt.export.precision import INT8_METHODS, cast_graph, external_data_files, quantize_int8
-from rerankrt.families import Batch, Family, PairEncoder
+from rerankrt.families import Family, PairEncoder
+from rerankrt.families.base import SCORER, run_torch
+from rerankrt.precision import Precision
 
 log = logging.getLogger(__name__)
-
-# Matrix products kept fp32 in int8 variants (regexes on node names): see README "Precision" for the measurements.
-INT8_KEEP_FLOAT: tuple[str, ...] = (r"(^|/)(classifier|score)/",)  # the one-logit head: tiny, and it sets the scale
 
 
 def build_variant(
@@ -45,11 +42,12 @@ def build_variant(
 
     Raises ExportError when it misses a threshold, unless `accept_fidelity_loss` (then the report says so).
     """
-    if precision not in PRECISIONS or precision == "fp32":
-        raise ExportError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS[1:])}")
+    if precision not in (p.value for p in Precision) or precision == Precision.FP32:
+        raise ExportError(f"precision {precision!r}: choose one of int8, bf16, fp16")
+    precision = Precision(precision)
     reference = family.wrap_scorer(torch_model).eval()
     graph = None
-    for method, candidate, name in _candidates(precision, reference, model_type, folder, fp32_graph):
+    for method, candidate, name in _candidates(precision, family, reference, model_type, folder, fp32_graph):
         for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
             (folder / file).unlink()
         graph, run = candidate()
@@ -70,27 +68,28 @@ def build_variant(
     return graph, report
 
 
-def _candidates(precision, reference, model_type, folder, fp32_graph):
+def _candidates(precision, family, reference, model_type, folder, fp32_graph):
     """(method, build -> (graph or None, runner), name) for each way to make `precision`, fastest first."""
-    if precision == "bf16":
-        yield "torch", lambda: (None, _torch_runner(copy.deepcopy(reference).to(torch.bfloat16))), "torch, bf16, cpu"
+    if precision == Precision.BF16:
+        bf16 = copy.deepcopy(reference).to(torch.bfloat16)
+        yield "torch", lambda: (None, lambda batch: run_torch(bf16, batch)), "torch, bf16, cpu"
         return
-    methods = INT8_METHODS if precision == "int8" else ("cast",)
+    methods = INT8_METHODS if precision == Precision.INT8 else ("cast",)
     for method in methods:
 
         def build(method=method):
             from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            graph = _build_graph(precision, method, folder, fp32_graph, model_type)
-            return graph, OnnxRuntimeBackend(folder / graph.files[0]).run
+            graph = _build_graph(precision, method, folder, fp32_graph, model_type, family.int8_keep_float)
+            return graph, OnnxRuntimeBackend(family, folder, {SCORER: graph.files[0]}).run
 
         yield method, build, f"onnxruntime {precision} graph ({method}), cpu"
 
 
-def _build_graph(precision: str, method: str, folder: Path, fp32_graph: ExportedGraph, model_type) -> ExportedGraph:
+def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, model_type, keep_float) -> ExportedGraph:
     source, target = folder / fp32_graph.files[0], folder / f"model.{precision}.onnx"
-    if precision == "int8":
-        quantize_int8(source, target, model_type, INT8_KEEP_FLOAT, method)
+    if precision == Precision.INT8:
+        quantize_int8(source, target, model_type, keep_float, method)
     else:
         cast_graph(source, target, precision)
     return describe_graph(folder, [target.name, *(p.name for p in external_data_files(target))])
@@ -110,11 +109,3 @@ def _log(report: FidelityReport) -> None:
         report.mean_spearman,
         "" if report.passed else f": misses {'; '.join(report.failures)}",
     )
-
-
-def _torch_runner(scorer: torch.nn.Module):
-    def run(batch: Batch) -> np.ndarray:
-        with torch.inference_mode():
-            return scorer(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy()
-
-    return run

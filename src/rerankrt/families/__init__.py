@@ -1,50 +1,70 @@
-"""Reranker families: one module each, found from a checkpoint's config.json."""
+"""Reranker families: the one place that knows a kind of model. The registry recognises a checkpoint.
+
+To add a family: write its module (or package) here, implementing `families.base.Family`, and add it to
+FAMILIES. Nothing outside `families/` changes.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rerankrt.errors import UnsupportedModelError
-from rerankrt.families.base import Batch, Content, Family, Features, PairEncoder
+from rerankrt.families.base import Batch, Content, Family, Features, GraphRunner, PairEncoder, Recognition
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.decoder_yes_no import DecoderYesNoFamily
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
 from rerankrt.model_source import read_config
 
-# Most specific first: the first family whose `matches` accepts a config wins.
 FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily, Qwen3VLFamily)
 
 __all__ = [
+    "FAMILIES",
     "Batch",
     "Content",
-    "CrossEncoderFamily",
-    "DecoderYesNoFamily",
-    "FAMILIES",
     "Family",
     "Features",
+    "GraphRunner",
     "PairEncoder",
-    "Qwen3VLFamily",
+    "Recognition",
     "detect_family",
+    "family_names",
     "get_family",
 ]
+
+
+def family_names() -> list[str]:
+    return [family.name for family in FAMILIES]
 
 
 def get_family(name: str) -> Family:
     for family in FAMILIES:
         if family.name == name:
             return family()
-    known = ", ".join(f.name for f in FAMILIES)
-    raise UnsupportedModelError(f"unknown family {name!r}; known families: {known}")
+    raise UnsupportedModelError(f"unknown family {name!r}; known families: {', '.join(family_names())}")
 
 
-def detect_family(model_dir: Path) -> Family:
-    """The family of the checkpoint in `model_dir`, or an error naming its architecture."""
+def detect_family(model_dir: Path, forced: str | None = None) -> tuple[Family, Recognition]:
+    """The family of the checkpoint in `model_dir` and why: `forced` (--family) or the one family that claims it.
+
+    A checkpoint that no family claims, or that two claim, is refused with the families and --family named.
+    """
+    if forced:
+        family = get_family(forced)
+        return family, Recognition(family.name, f"forced with --family {forced}")
     config = read_config(model_dir)
-    for family in FAMILIES:
-        if family.matches(config, Path(model_dir)):
-            return family()
+    claims = [(family, reason) for family in FAMILIES if (reason := family.recognise(config, Path(model_dir)))]
+    if len(claims) == 1:
+        family, reason = claims[0]
+        return family(), Recognition(family.name, f"detected: {reason}")
+    supported = "; ".join(f.describe() for f in FAMILIES)
+    if claims:
+        names = " and ".join(f"{family.name} ({reason})" for family, reason in claims)
+        raise UnsupportedModelError(f"{model_dir}: claimed by {names}; choose one with --family")
     architectures = ", ".join(config.get("architectures") or []) or f"model_type={config.get('model_type')!r}"
     if "ForSequenceClassification" in architectures:
         architectures += f" with {num_labels(config)} labels"
-    supported = "; ".join(f.describe() for f in FAMILIES)
-    raise UnsupportedModelError(f"{model_dir}: unsupported architecture {architectures}. Supported: {supported}.")
+    raise UnsupportedModelError(
+        f"{model_dir}: no reranker family recognises {architectures}. Supported: {supported}. "
+        "If it is one of these (e.g. a fine-tune under another name), give --family NAME; "
+        f"families: {', '.join(family_names())}."
+    )

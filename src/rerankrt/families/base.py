@@ -1,24 +1,29 @@
-"""The contract every reranker family fulfils.
+"""The contract every reranker family fulfils: the one place that knows a kind of model.
 
-A family declares how to recognise a checkpoint (`matches`), how to turn a query
-and documents into model inputs (`load_encoder`), and the torch module that maps
-a batch of those inputs to one relevance logit per pair (`load_scorer`). The
-same scorer is what gets exported to ONNX and what the torch backend runs, so
-every backend computes the same function.
+A family declares how to recognise a checkpoint (`recognise`), how to turn a
+query and documents into model inputs (`load_encoder`), the torch module that
+maps a batch of those inputs to one relevance logit per pair (`load_scorer`),
+the ONNX graphs that compute the same function (`graphs`), how the export check
+proves them (`parity_check`), how its graphs run in sequence at serve time
+(`serving_pipeline`), and which precisions and backends it supports. The
+exporter and the runtime are generic over these declarations.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 
 from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.model_source import read_config
+from rerankrt.precision import Precision
 
 Features = dict[str, np.ndarray]
 """One encoded pair: input name -> 1-D int64 array (unpadded); `input_ids` is always there.
@@ -29,7 +34,75 @@ Batch = dict[str, np.ndarray]
 """Collated pairs: input name -> [batch, seq] int64 array, padded (plus any multimodal arrays, per family)."""
 
 Content = str | Sequence[Mapping[str, Any]]
-"""A query or document: text, or (multimodal families) content parts with decoded media, see families.qwen3_vl."""
+"""A query or document: text, or (multimodal families) content parts with decoded media."""
+
+SCORER = "scorer"
+"""The graph role whose output is the logit; variants of it are named `scorer.<precision>` in a manifest."""
+
+
+# --- what the exporter and the runtime are given ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimumGraph:
+    """A graph optimum exports: `model` for `task`, written as model.onnx; its one output is the logit."""
+
+    role: str
+    model: torch.nn.Module
+    task: str = "text-classification"
+
+
+@dataclass(frozen=True)
+class TorchGraph:
+    """A graph torch.onnx's dynamo exporter writes from `module(*args)`.
+
+    `dynamic_axes[i]` names the axes of input i that vary, `{axis: (name, minimum)}`; the names are kept in the
+    ONNX file (TensorRT profiles and readers rely on them).
+    """
+
+    role: str
+    file: str
+    module: torch.nn.Module
+    args: tuple
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: tuple[Mapping[int, tuple[str, int]], ...]
+    opset: int = 18
+
+
+GraphSpec = OptimumGraph | TorchGraph
+
+
+@dataclass
+class ParityCheck:
+    """What the export check compares the exported graphs with.
+
+    `samples` are (query, documents) groups, encoded and scored in padded batches of `batch_size` pairs in arrival
+    order; None means queries generated from the tokenizer's vocabulary (mixed lengths, some past max_length).
+    """
+
+    reference: Callable[[Batch], np.ndarray]
+    reference_name: str
+    samples: list[tuple[Content, list[Content]]] | None = None
+    batch_size: int = 8
+
+
+class GraphRunner(Protocol):
+    """One loaded graph, as the runtime hands it to `Family.serving_pipeline`."""
+
+    input_names: Sequence[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        """The graph's outputs (all, or those named) for `feeds`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """Why a family claims a checkpoint: recorded in the artifact and shown by `rerankrt info`."""
+
+    family: str
+    reason: str
 
 
 class PairEncoder(ABC):
@@ -77,19 +150,29 @@ class PairEncoder(ABC):
 
 
 class Family(ABC):
-    """A kind of reranker: detection, encoding, the torch scorer, and how to export it."""
+    """A kind of reranker: recognition, encoding, the torch scorer, its graphs, and what it supports."""
 
     name: ClassVar[str]
     default_max_length: ClassVar[int]
     multimodal: ClassVar[bool] = False
     """True when the encoder takes content parts with images and videos besides text."""
-    onnx_task: ClassVar[str]
-    """optimum task whose export of `load_export_model` yields the one-logit graph."""
+    precisions: ClassVar[tuple[Precision, ...]] = tuple(Precision)
+    """Precisions the exporter can make a variant of (fp32 always)."""
+    precision_note: ClassVar[str] = ""
+    """Why a precision is missing from `precisions`, for the refusal."""
+    tensorrt_problem: ClassVar[str | None] = None
+    """Why TensorRT engines cannot serve this family, or None when they can."""
+    int8_keep_float: ClassVar[tuple[str, ...]] = ()
+    """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
 
     @classmethod
     @abstractmethod
-    def matches(cls, config: dict, model_dir: Path) -> bool:
-        """True when the checkpoint in `model_dir` (with this config.json) belongs to the family."""
+    def recognise(cls, config: dict, model_dir: Path) -> str | None:
+        """Why the checkpoint in `model_dir` (with this config.json) is this family's, or None when it is not.
+
+        Claim only what is known for certain: the registry refuses a checkpoint that no family or two families
+        claim, rather than guess.
+        """
 
     @classmethod
     def describe(cls) -> str:
@@ -115,7 +198,40 @@ class Family(ABC):
 
     @abstractmethod
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        """The transformers model that optimum exports for `onnx_task`: its single output logit is the score."""
+        """The torch model the graphs are exported from (fp32 unless asked), in eval mode."""
+
+    def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
+        """The ONNX graphs of an artifact; by default one: optimum's export of a one-logit classifier."""
+        return [OptimumGraph(SCORER, export_model)]
+
+    def parity_check(self, export_model: torch.nn.Module, model_dir: Path, encoder: PairEncoder) -> ParityCheck:
+        """What the exported graphs must match within the fp32 tolerance; by default the torch scorer."""
+        scorer = self.wrap_scorer(export_model).eval()
+        return ParityCheck(lambda batch: run_torch(scorer, batch), "torch scorer, fp32, cpu")
+
+    def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
+        """`run(batch) -> logits [batch]` over the loaded graphs (by role); by default the scorer graph alone."""
+        scorer = graphs[SCORER]
+
+        def run(batch: Batch) -> np.ndarray:
+            logits = scorer.run({name: batch[name] for name in scorer.input_names})[0]
+            return logits.reshape(-1).astype(np.float32, copy=False)
+
+        return run
+
+    @classmethod
+    def precision_problem(cls, precision: Precision | str) -> str | None:
+        """Why this family cannot make `precision`, or None when it can."""
+        if Precision(precision) in cls.precisions:
+            return None
+        note = f" ({cls.precision_note})" if cls.precision_note else ""
+        return f"the {cls.name} family exports {', '.join(p.value for p in cls.precisions)} only{note}"
+
+
+def run_torch(module: torch.nn.Module, batch: Batch) -> np.ndarray:
+    """A scorer module on a numpy batch (CPU), float32 logits."""
+    with torch.inference_mode():
+        return module(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy()
 
 
 class ClassifierLogitScorer(torch.nn.Module):
@@ -166,3 +282,31 @@ def model_max_positions(model_dir: Path) -> int | None:
     if config.get("model_type") in {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}:
         positions -= config.get("pad_token_id", 1) + 1
     return int(positions)
+
+
+def random_text(tokenizer, rng: np.random.Generator, n_tokens: int) -> str:
+    """About `n_tokens` tokens drawn from the tokenizer's vocabulary (no special tokens): export-check samples."""
+    special = set(tokenizer.all_special_ids)
+    ids = [int(i) for i in rng.integers(0, len(tokenizer), size=n_tokens * 2) if int(i) not in special][:n_tokens]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def model_names(model_dir: Path, config: dict | None = None) -> list[str]:
+    """Names a checkpoint goes by: its folder path (a Hub snapshot's path holds the repo id), config.json's
+    `_name_or_path`, and the model card's (README.md) `base_model` entries and first title."""
+    names = [str(Path(model_dir).resolve())]
+    if config and isinstance(config.get("_name_or_path"), str):
+        names.append(config["_name_or_path"])
+    card = Path(model_dir) / "README.md"
+    try:
+        text = card.read_text(errors="replace")[:20_000] if card.is_file() else ""
+    except OSError:
+        text = ""
+    names += re.findall(r"^\s*(?:-\s*|base_model:\s*)([\w.-]+/[\w.-]+)\s*$", text, flags=re.MULTILINE)
+    names += re.findall(r"^#\s+(.+)$", text, flags=re.MULTILINE)[:1]
+    return names
+
+
+def named(model_dir: Path, config: dict, pattern: str) -> str | None:
+    """The first of `model_names` that matches `pattern` (case-insensitive), or None."""
+    return next((n for n in model_names(model_dir, config) if re.search(pattern, n, flags=re.IGNORECASE)), None)

@@ -90,12 +90,14 @@ class CrossEncoderPairEncoder(PairEncoder):
 class CrossEncoderFamily(Family):
     name = "cross-encoder"
     default_max_length = 512
-    onnx_task = "text-classification"
+    int8_keep_float = (r"(^|/)classifier/",)  # the one-logit head: tiny, and it sets the scale
 
     @classmethod
-    def matches(cls, config: dict, model_dir: Path) -> bool:
-        architectures = config.get("architectures") or []
-        return any(a.endswith("ForSequenceClassification") for a in architectures) and num_labels(config) == 1
+    def recognise(cls, config: dict, model_dir: Path) -> str | None:
+        found = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
+        if not found or num_labels(config) != 1:
+            return None
+        return f"{found[0]} with one label: the head's logit is the score"
 
     @classmethod
     def describe(cls) -> str:
@@ -117,4 +119,6 @@ class CrossEncoderFamily(Family):
             raise UnsupportedModelError(
                 f"{model_dir}: the classification head has {labels} labels; a cross-encoder needs 1"
             )
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype).eval()
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=dtype, trust_remote_code=False
+        ).eval()

@@ -1,6 +1,6 @@
-"""Serving-time code: backends behind one interface, artifact loading, batching."""
+"""Serving-time code: the scoring engine, its serving plan, and the backends behind one interface."""
 
-from rerankrt.runtime.loader import BACKEND_CHOICES, load_reranker
-from rerankrt.runtime.reranker import Reranker
+from rerankrt.runtime.engine import Ranked, Reranker, ScoreRequest, Scores, sigmoid
+from rerankrt.runtime.settings import EngineSettings
 
-__all__ = ["BACKEND_CHOICES", "Reranker", "load_reranker"]
+__all__ = ["EngineSettings", "Ranked", "Reranker", "ScoreRequest", "Scores", "sigmoid"]

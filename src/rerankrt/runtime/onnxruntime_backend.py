@@ -4,12 +4,14 @@ TensorRT provider) or the CPU one."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from rerankrt.errors import BackendUnavailableError
-from rerankrt.families import Batch
+from rerankrt.families import Family
+from rerankrt.runtime.plan import ServingPlan
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +50,55 @@ def session_options(ort, intra_op_threads: int | None):
     return options
 
 
-class OnnxRuntimeBackend:
-    name = "onnxruntime"
+class GraphSession:
+    """One ONNX graph in an ONNX Runtime session: what `Family.serving_pipeline` runs (a `GraphRunner`)."""
 
     def __init__(
-        self,
-        graph_path: Path,
-        device: str = "cpu",
-        intra_op_threads: int | None = None,
-        tensorrt_ep: bool = False,
+        self, graph_path: Path, device: str = "cpu", intra_op_threads: int | None = None, tensorrt_ep: bool = False
     ):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailableError("onnxruntime is not installed: pip install rerankrt") from exc
+        ort.disable_telemetry_events()  # no usage telemetry from a server
         self.graph_path = Path(graph_path)
         cache_dir = self.graph_path.parent / "onnxruntime-tensorrt-cache"
         providers = providers_for(device, ort.get_available_providers(), tensorrt_ep, cache_dir)
         options = session_options(ort, intra_op_threads)
         self.session = ort.InferenceSession(str(graph_path), options, providers=providers)
-        gpu_providers = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
-        self.device = "cuda" if self.session.get_providers()[0] in gpu_providers else "cpu"
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider in {"CUDAExecutionProvider", "TensorrtExecutionProvider"} else "cpu"
         if self.device != device:
-            raise BackendUnavailableError(f"onnxruntime could not start the CUDA provider for {graph_path.name}")
+            raise BackendUnavailableError(f"onnxruntime could not start the CUDA provider for {self.graph_path.name}")
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
         log.debug("onnxruntime session for %s with providers %s", graph_path, self.session.get_providers())
 
-    def run(self, batch: Batch) -> np.ndarray:
-        feeds = {name: batch[name] for name in self.input_names}
-        (logits,) = self.session.run([self.output_name], feeds)
-        return logits.reshape(-1).astype(np.float32, copy=False)
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        return self.session.run(list(outputs) if outputs else None, dict(feeds))
+
+
+class OnnxRuntimeBackend:
+    """An artifact's graphs in ONNX Runtime sessions, run in the order the family declares."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        family: Family,
+        folder: Path,
+        graphs: Mapping[str, str],
+        device: str = "cpu",
+        threads: int | None = None,
+        tensorrt_ep: bool = False,
+    ):
+        """`graphs`: role -> file in `folder`, for every role the family's pipeline runs."""
+        self.sessions = {
+            role: GraphSession(Path(folder) / file, device, threads, tensorrt_ep) for role, file in graphs.items()
+        }
+        self.device = device
+        self.provider = next(iter(self.sessions.values())).provider
+        self.run = family.serving_pipeline(Path(folder), self.sessions)
+
+    @classmethod
+    def from_plan(cls, plan: ServingPlan, family: Family) -> OnnxRuntimeBackend:
+        return cls(family, plan.folder, plan.graphs, plan.device, plan.threads, plan.tensorrt_ep)

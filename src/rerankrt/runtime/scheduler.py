@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,8 +55,7 @@ class BatchStats:
 @dataclass(eq=False)
 class _Job:
     pairs: Sequence[Features]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
+    future: Future = field(default_factory=Future)
     logits: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     cancelled: bool = False
@@ -65,15 +65,13 @@ class _Job:
         self.remaining = len(self.pairs)
 
     def resolve(self, error: BaseException | None = None) -> None:
-        def settle():
-            if self.future.done():
-                return
+        try:
             if error is None:
                 self.future.set_result(self.logits)
             else:
                 self.future.set_exception(error)
-
-        self.loop.call_soon_threadsafe(settle)
+        except InvalidStateError:  # cancelled meanwhile: nobody waits for it
+            pass
 
 
 @dataclass(eq=False)
@@ -116,12 +114,15 @@ class Scheduler:
     def queued_pairs(self) -> int:
         return self._queued
 
-    async def submit(self, pairs: Sequence[Features]) -> np.ndarray:
-        """Logits for `pairs`, in their order. Raises Overloaded when the queue cannot take them."""
+    def submit(self, pairs: Sequence[Features]) -> Future:
+        """A future of the logits for `pairs`, in their order; cancelling it drops the pairs still queued.
+
+        Raises Overloaded when the queue cannot take them.
+        """
+        job = _Job(pairs)
         if not pairs:
-            return np.empty(0, dtype=np.float32)
-        loop = asyncio.get_running_loop()
-        job = _Job(pairs, loop, loop.create_future())
+            job.future.set_result(np.empty(0, dtype=np.float32))
+            return job.future
         with self._lock:
             if self._closed:
                 raise Overloaded(self._queued, self.max_queued_pairs)
@@ -130,10 +131,16 @@ class Scheduler:
             self._queue.extend(_Pending(job, i, len(p["input_ids"])) for i, p in enumerate(pairs))
             self._queued += len(pairs)
             self._lock.notify()
+        job.future.add_done_callback(lambda future: self._cancel(job) if future.cancelled() else None)
+        return job.future
+
+    async def run_async(self, pairs: Sequence[Features]) -> np.ndarray:
+        """`submit`, awaited; a cancelled caller (client gone, timeout) drops its queued pairs."""
+        future = self.submit(pairs)
         try:
-            return await job.future
+            return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            self._cancel(job)
+            future.cancel()
             raise
 
     def _cancel(self, job: _Job) -> None:

@@ -8,14 +8,14 @@ than the engine's profile allows is split into several executions.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from rerankrt.artifact import Engine, Manifest
-from rerankrt.engines import engine_support_problem, select_engine, split_rows
+from rerankrt.artifact import Engine
+from rerankrt.engines import split_rows
 from rerankrt.errors import BackendUnavailableError
 from rerankrt.families import Batch
+from rerankrt.runtime.plan import ServingPlan
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,8 @@ class TensorRTBackend:
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, folder: Path, manifest: Manifest, max_length: int, precision: str | None = None):
-        if problem := engine_support_problem(list(manifest.graphs)):
-            raise BackendUnavailableError(problem)
+    def __init__(self, plan: ServingPlan):
+        """The engine the plan chose (for this GPU, TensorRT version and precision; see `runtime.plan`)."""
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -35,18 +34,8 @@ class TensorRTBackend:
 
         if not torch.cuda.is_available():
             raise BackendUnavailableError("no CUDA device for TensorRT")
-        major, minor = torch.cuda.get_device_capability()
-        capability = f"{major}.{minor}"
-        engine = select_engine(manifest.engines, capability, trt.__version__, precision)
-        if engine is None:
-            raise BackendUnavailableError(
-                f"no TensorRT engine for compute capability {capability} and TensorRT {trt.__version__} in {folder}; "
-                f"build one with: rerankrt build-engine {folder}"
-            )
-        if engine.profile.max[1] < max_length:
-            raise BackendUnavailableError(
-                f"{engine.file} takes sequences up to {engine.profile.max[1]} tokens, the encoder makes {max_length}"
-            )
+        engine = plan.engine
+        folder = plan.folder
         self.torch = torch
         self.entry: Engine = engine
         self.max_rows = engine.profile.max[0]

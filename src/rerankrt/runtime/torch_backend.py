@@ -7,8 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rerankrt.errors import BackendUnavailableError
+from rerankrt.errors import BackendUnavailableError, UnsupportedModelError
 from rerankrt.families import Batch, Family
+from rerankrt.model_source import resolve_model
+from rerankrt.precision import Precision
+from rerankrt.runtime.plan import ServingPlan
+
+DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
 class TorchBackend:
@@ -19,7 +24,7 @@ class TorchBackend:
         family: Family,
         model_dir: Path,
         device: str = "cpu",
-        dtype: torch.dtype | None = None,
+        precision: Precision = Precision.FP32,
         threads: int | None = None,
     ):
         if device == "cuda" and not torch.cuda.is_available():
@@ -27,9 +32,16 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)  # process-wide, as torch has it
         self.device = device
-        # on a GPU: bf16 weights (SDPA attention is transformers' default); on CPU: fp32
-        self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        self.dtype = DTYPES[Precision(precision)]
         self.scorer = family.load_scorer(model_dir, dtype=self.dtype, device=device)
+
+    @classmethod
+    def from_plan(cls, plan: ServingPlan, family: Family) -> TorchBackend:
+        try:
+            weights = resolve_model(plan.weights, plan.revision).path
+        except UnsupportedModelError as exc:
+            raise BackendUnavailableError(f"torch backend needs the source weights: {exc}") from exc
+        return cls(family, weights, plan.device, plan.precision, plan.threads)
 
     def run(self, batch: Batch) -> np.ndarray:
         with torch.inference_mode():

@@ -23,9 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from rerankrt import __version__
 from rerankrt.errors import InputError
 from rerankrt.runtime import Reranker
-from rerankrt.runtime.batching import default_padding_ratio
-from rerankrt.runtime.scheduler import Scheduler
-from rerankrt.runtime.service import RerankService, ScoreRequest, Scores
+from rerankrt.runtime.engine import ScoreRequest, Scores
 from rerankrt.server import schemas
 from rerankrt.server.content import Input, resolve
 from rerankrt.server.errors import ClientDisconnected, RequestTimedOut, error_response, install_error_handlers
@@ -45,30 +43,12 @@ DISCONNECT_POLL_SECONDS = 0.25
 T = TypeVar("T")
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))  # stable for any logit
-
-
-def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
-    """Document indices, best first (ties by index), cut to top_n."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:top_n]
-
-
-def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> FastAPI:
-    """An app serving `reranker`; `settings` gives the limits (defaults when None)."""
-    settings = settings or ServeSettings(model_path="-")
-    metrics = Metrics()
-    scheduler = Scheduler(
-        reranker.backend.run,
-        reranker.encoder.collate,
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_queued_pairs=settings.max_queued_pairs,
-        batch_wait_ms=settings.batch_wait_ms,
-        max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(reranker.backend.device),
-        on_batch=metrics.observe_batch,
-    )
-    service = RerankService(reranker, scheduler, settings.max_documents_per_request)
+def create_app(settings: ServeSettings, reranker: Reranker | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """An app serving `settings.model_path` (or an engine already loaded with `settings` and `metrics`)."""
+    metrics = metrics or Metrics()
+    reranker = reranker or Reranker.load(settings=settings, on_batch=metrics.observe_batch)
+    service = reranker
+    scheduler = reranker.scheduler
     multimodal = reranker.family.multimodal
 
     async def guarded(request: Request, work: Awaitable[T]) -> T:
@@ -93,24 +73,24 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         """Fetch the media of query and documents (one concurrent fetch), then score through the core."""
         service.check_size(len(documents))  # before fetching anything
         query_content, *contents = await resolve([query, *documents], multimodal, app.state.media, metrics)
-        return await service.score(_job(body, query_content, contents))
+        return await service.ascore(_job(body, query_content, contents))
 
     async def score_pairwise(body: schemas.ScoringOptions, queries: list[Input], documents: list[Input]) -> Scores:
         """Each query against its document: media fetched in one go, then one core call per pair, concurrently."""
         service.check_size(len(documents))
         contents = await resolve([*queries, *documents], multimodal, app.state.media, metrics)
         pairs = zip(contents[: len(queries)], contents[len(queries) :], strict=True)
-        results = await asyncio.gather(*(service.score(_job(body, q, [d])) for q, d in pairs))
+        results = await asyncio.gather(*(service.ascore(_job(body, q, [d])) for q, d in pairs))
         return Scores(np.concatenate([r.logits for r in results]), sum(r.tokens for r in results))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.media = MediaFetcher(media_limits(settings), on_fetched=metrics.observe_media)
         if settings.warmup:
-            log.info("warming up %s on %s", reranker.model_name, reranker.backend.name)
-            await service.score(ScoreRequest("warm-up query", ["warm-up document", "a second warm-up document"]))
+            log.info("warming up %s on %s", reranker.name, reranker.backend.name)
+            await reranker.awarm_up()
         app.state.ready = True
-        log.info("ready: %s on %s (%s)", reranker.model_name, reranker.backend.name, reranker.backend.device)
+        log.info("ready: %s on %s (%s)", reranker.name, reranker.backend.name, reranker.backend.device)
         yield
         app.state.ready = False
         await app.state.media.aclose()
@@ -121,6 +101,7 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
     app.state.media = None  # the MediaFetcher, while the lifespan runs
     app.state.metrics = metrics
     app.state.scheduler = scheduler
+    app.state.reranker = reranker
     install_error_handlers(app)
 
     @app.post(
@@ -130,28 +111,26 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         """Score each document (text, or content parts) against the query; best first (SGLang-compatible)."""
         documents = [Input(d, f"documents[{i}]") for i, d in enumerate(body.documents)]
         result = await guarded(request, score(body, Input(body.query, "query"), documents))
-        scores = result.logits.astype(np.float64) if body.raw_scores else sigmoid(result.logits)
         return [
             schemas.RerankResult(
-                score=float(scores[i]), index=i, document=body.documents[i] if body.return_documents else None
+                score=r.score, index=r.index, document=body.documents[r.index] if body.return_documents else None
             )
-            for i in ranked(scores, body.top_n)
+            for r in result.ranked(body.top_n, body.raw_scores)
         ]
 
     async def cohere_rerank(body: schemas.CohereRerankRequest, request: Request) -> schemas.CohereRerankResponse:
         documents = [_cohere_input(d, f"documents[{i}]") for i, d in enumerate(body.documents)]
         result = await guarded(request, score(body, _cohere_input(body.query, "query"), documents))
-        scores = sigmoid(result.logits)
         return schemas.CohereRerankResponse(
             id=request.state.request_id,
-            model=reranker.model_name,
+            model=reranker.name,
             results=[
                 schemas.CohereResult(
-                    index=i,
-                    relevance_score=float(scores[i]),
-                    document=_cohere_document(body.documents[i]) if body.return_documents else None,
+                    index=r.index,
+                    relevance_score=r.score,
+                    document=_cohere_document(body.documents[r.index]) if body.return_documents else None,
                 )
-                for i in ranked(scores, body.top_n)
+                for r in result.ranked(body.top_n)
             ],
             usage=schemas.Usage(prompt_tokens=result.tokens, total_tokens=result.tokens),
         )
@@ -176,8 +155,8 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
         return schemas.ScoreResponse(
             id=request.state.request_id,
             created=int(time.time()),
-            model=reranker.model_name,
-            data=[schemas.ScoreData(index=i, score=float(s)) for i, s in enumerate(sigmoid(result.logits))],
+            model=reranker.name,
+            data=[schemas.ScoreData(index=i, score=float(s)) for i, s in enumerate(result.values())],
             usage=schemas.Usage(prompt_tokens=result.tokens, total_tokens=result.tokens),
         )
 
@@ -190,7 +169,7 @@ def create_app(reranker: Reranker, settings: ServeSettings | None = None) -> Fas
 
     @app.get("/v1/models", response_model=schemas.ModelList)
     async def models() -> schemas.ModelList:
-        return schemas.ModelList(data=[schemas.ModelCard(id=reranker.model_name, **reranker.describe())])
+        return schemas.ModelList(data=[schemas.ModelCard(id=reranker.name, **reranker.describe())])
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

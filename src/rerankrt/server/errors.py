@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerankrt.errors import InputError, RerankrtError
+from rerankrt.runtime.engine import RequestTooLarge
 from rerankrt.runtime.scheduler import Overloaded
-from rerankrt.runtime.service import RequestTooLarge
 from rerankrt.server.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rerankrt.errors import InputError
-from rerankrt.runtime.service import RequestTooLarge
+from rerankrt.runtime.engine import RequestTooLarge
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -1,4 +1,4 @@
-"""Multimodal yes/no rerankers (Qwen/Qwen3-VL-Reranker-2B/8B): P(yes) at the prompt's last token.
+"""Qwen3-VL reranker prompts and encoding: content parts -> token ids, 3-D positions, patches and grids.
 
 Queries and documents are a string or a list of content parts whose media are
 already decoded (the server fetches them):
@@ -12,55 +12,33 @@ each side, an empty side reads "NULL", and the prompt is the Qwen3-VL chat
 template's rendering of the reranker's messages (`templates/qwen3_vl_reranker.jinja`).
 Each video's placeholder becomes one `<t seconds><|vision_start|>…<|vision_end|>`
 block per temporal patch, as transformers 4.57's processor writes it.
-
-Scoring runs two graphs (`qwen3_vl_modules`): the vision encoder over every
-image/video of a batch, then the decoder with the visual features scattered in,
-whose trimmed head gives logit(yes) - logit(no); the score is its sigmoid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 
-import jinja2
 import numpy as np
-import torch
 
 from rerankrt.errors import InputError, UnsupportedModelError
-from rerankrt.families.base import (
-    Batch,
-    Content,
-    Family,
-    Features,
-    PairEncoder,
-    load_fast_tokenizer,
-    resolve_max_length,
-    save_tokenizer,
-)
-from rerankrt.families.decoder_yes_no import NO, TEMPLATE_FILE, YES, has_yes_no_tokens, pad_token_id, single_token_id
-from rerankrt.families.qwen3_vl_geometry import VisionGeometry, rope_positions
-from rerankrt.families.qwen3_vl_media import MediaConfig, VisualItem, preprocess_image, preprocess_video
+from rerankrt.families.base import Batch, Content, Features, PairEncoder, save_tokenizer
+from rerankrt.families.qwen3_vl.geometry import rope_positions
+from rerankrt.families.qwen3_vl.media import MediaConfig, VisualItem, preprocess_image, preprocess_video
+from rerankrt.families.yes_no import TEMPLATE_FILE, PromptTemplate, drop_text_tokens, pad_token_id, strip_marks
 
-ARCHITECTURE = "Qwen3VLForConditionalGeneration"
-DEFAULT_TEMPLATE = "qwen3_vl_reranker.jinja"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 VIDEO_PLACEHOLDER = VISION_START + VIDEO_PAD + VISION_END
-# Private-use characters bracket each text part, so truncation knows which tokens are the query's and document's.
-QUERY_MARKS = ("\ue000", "\ue001")
-DOC_MARKS = ("\ue002", "\ue003")
-MARK_CHARS = "".join(QUERY_MARKS + DOC_MARKS)
 MEDIA_KINDS = {"image": 0, "video": 1}
 PART_ORDER = {"video": 0, "image": 1, "text": 2}  # the official script's order within a side
 
 
 def _clean_text(text: str) -> str:
-    """User text cannot add marks or vision placeholders (they would desynchronise the media)."""
+    """User text cannot add vision placeholders (they would desynchronise the media)."""
     for token in (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD):
         text = text.replace(token, "")
-    return text.translate(str.maketrans("", "", MARK_CHARS))
+    return strip_marks(text)
 
 
 def normalize_content(content: Content, field: str) -> list[dict]:
@@ -84,54 +62,17 @@ def normalize_content(content: Content, field: str) -> list[dict]:
     return sorted(parts, key=lambda part: PART_ORDER[part["type"]])
 
 
-class VisionLanguagePrompt:
-    """The Jinja reranker template over content parts, reporting the character spans of every text part."""
-
-    def __init__(self, source: str, origin: str):
-        env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False)
-        try:
-            self.template = env.from_string(source)
-            text, query_spans, doc_spans = self.render(
-                [{"type": "text", "text": "Query q"}], [{"type": "image"}, {"type": "text", "text": "Document d"}], None
-            )
-        except (jinja2.TemplateError, ValueError) as exc:
-            raise UnsupportedModelError(f"{origin}: not a usable reranker template ({exc})") from exc
-        if [text[slice(*s)] for s in query_spans + doc_spans] != ["Query q", "Document d"] or IMAGE_PAD not in text:
-            raise UnsupportedModelError(f"{origin}: the template must keep text parts unchanged, media as placeholders")
-        self.source = source
-
-    def render(self, query: list[dict], document: list[dict], instruct: str | None):
-        """(prompt, query text spans, document text spans); media parts render as their placeholders."""
-
-        def marked(parts, marks):
-            return [
-                {"type": "text", "text": marks[0] + _clean_text(p["text"]) + marks[1]}
-                if p["type"] == "text"
-                else {"type": p["type"]}
-                for p in parts
-            ]
-
-        variables = {
-            "messages": [
-                {"role": "user", "content": marked(query, QUERY_MARKS)},
-                {"role": "user", "content": marked(document, DOC_MARKS)},
-            ]
-        }
-        if instruct is not None:
-            variables["instruct"] = _clean_text(instruct)
-        rendered = self.template.render(**variables)
-        text, spans, opened = [], {QUERY_MARKS: [], DOC_MARKS: []}, None
-        for char in rendered:
-            for marks in spans:
-                if char == marks[0]:
-                    opened = len(text)
-                    break
-                if char == marks[1]:
-                    spans[marks].append((opened, len(text)))
-                    break
-            else:
-                text.append(char)
-        return "".join(text), spans[QUERY_MARKS], spans[DOC_MARKS]
+def load_prompt(source: str, origin: str) -> PromptTemplate:
+    """The sandboxed reranker template, checked to keep text parts unchanged and media as placeholders."""
+    template = PromptTemplate(source, origin)
+    probe = template.check(
+        [{"type": "text", "text": "Query q"}],
+        [{"type": "image"}, {"type": "text", "text": "Document d"}],
+        ["Query q", "Document d"],
+    )
+    if IMAGE_PAD not in probe:
+        raise UnsupportedModelError(f"{origin}: the template must render media parts as their placeholders")
+    return template
 
 
 class VisionLanguagePairEncoder(PairEncoder):
@@ -140,7 +81,7 @@ class VisionLanguagePairEncoder(PairEncoder):
     padding_side = "left"
     input_names = ("input_ids", "attention_mask", "position_ids", "pixel_values", "grid_thw")
 
-    def __init__(self, tokenizer, prompt: VisionLanguagePrompt, max_length: int, media: MediaConfig):
+    def __init__(self, tokenizer, prompt: PromptTemplate, max_length: int, media: MediaConfig):
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.max_length = max_length
@@ -163,7 +104,9 @@ class VisionLanguagePairEncoder(PairEncoder):
         for i, document in enumerate(documents):
             doc_parts = normalize_content(document, f"documents[{i}]")
             doc_items = self._preprocess(doc_parts, f"documents[{i}]")
-            text, q_spans, d_spans = self.prompt.render(query_parts, doc_parts, instruct)
+            text, q_spans, d_spans = self.prompt.render(
+                _cleaned(query_parts), _cleaned(doc_parts), None if instruct is None else _clean_text(instruct)
+            )
             text, q_spans, d_spans = self._expand_videos(text, q_spans, d_spans, query_items + doc_items)
             texts.append(text)
             spans.append((q_spans, d_spans))
@@ -218,20 +161,13 @@ class VisionLanguagePairEncoder(PairEncoder):
 
     def _truncate(self, index: int, ids: list[int], offsets, q_spans, d_spans, extra: int) -> list[int]:
         """Drop the document's last text tokens, then the query's; media and the template stay whole."""
-        excess = len(ids) + extra - self.max_length
-        dropped: set[int] = set()
-        for spans in (d_spans, q_spans):
-            inside = [t for t, (s, e) in enumerate(offsets) if any(s < end and e > start for start, end in spans)]
-            take = inside[len(inside) - min(excess, len(inside)) :]
-            dropped.update(take)
-            excess -= len(take)
-            if excess == 0:
-                return [token for t, token in enumerate(ids) if t not in dropped]
-        raise InputError(
-            f"documents[{index}]",
-            f"the images, videos and prompt take {len(ids) - len(dropped) + extra} tokens without any text, "
-            f"over max_length {self.max_length}",
-        )
+        dropped = drop_text_tokens(offsets, [d_spans, q_spans], len(ids) + extra - self.max_length)
+        if dropped is None:
+            raise InputError(
+                f"documents[{index}]",
+                f"the images, videos and prompt take more than max_length {self.max_length} tokens without any text",
+            )
+        return [token for t, token in enumerate(ids) if t not in dropped]
 
     def _features(self, ids: list[int], items: list[VisualItem], blocks: list[tuple[int, int]]) -> Features:
         sizes = iter(h * w for h, w in blocks)
@@ -282,81 +218,5 @@ class VisionLanguagePairEncoder(PairEncoder):
         return sorted([*save_tokenizer(self.tokenizer, out_dir), TEMPLATE_FILE, self.media.save(out_dir)])
 
 
-class Qwen3VLFamily(Family):
-    name = "qwen3-vl-yes-no"
-    multimodal = True
-    default_max_length = 8192
-    onnx_task = "qwen3-vl-vision+scorer"  # two torch.onnx graphs (export.vision_language), not an optimum task
-
-    @classmethod
-    def matches(cls, config: dict, model_dir: Path) -> bool:
-        if ARCHITECTURE not in (config.get("architectures") or []):
-            return False
-        return has_yes_no_tokens(model_dir)
-
-    @classmethod
-    def describe(cls) -> str:
-        return f"multimodal yes/no reranker ({ARCHITECTURE} whose tokenizer has single tokens 'yes' and 'no')"
-
-    def load_encoder(
-        self, model_dir: Path, max_length: int | None = None, chat_template: Path | None = None
-    ) -> VisionLanguagePairEncoder:
-        model_dir = Path(model_dir)
-        tokenizer = load_fast_tokenizer(model_dir)
-        if chat_template is not None:
-            source, origin = Path(chat_template).read_text(), str(chat_template)
-        elif (model_dir / TEMPLATE_FILE).is_file():
-            source, origin = (model_dir / TEMPLATE_FILE).read_text(), str(model_dir / TEMPLATE_FILE)
-        else:
-            source = resources.files("rerankrt.templates").joinpath(DEFAULT_TEMPLATE).read_text()
-            origin = DEFAULT_TEMPLATE
-        return VisionLanguagePairEncoder(
-            tokenizer,
-            VisionLanguagePrompt(source, origin),
-            resolve_max_length(model_dir, max_length, self.default_max_length),
-            MediaConfig.load(model_dir),
-        )
-
-    def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        """The checkpoint's Qwen3VLForConditionalGeneration (fp32 unless asked), in eval mode."""
-        from transformers import Qwen3VLForConditionalGeneration
-
-        return Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype or torch.float32).eval()
-
-    def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
-        from rerankrt.families.qwen3_vl_modules import Qwen3VLScorer
-
-        vision, decoder = self.score_modules(export_model)
-        config = export_model.config
-        return Qwen3VLScorer(
-            vision,
-            decoder,
-            geometry(config.vision_config.to_dict()),
-            len(config.vision_config.deepstack_visual_indexes),
-        ).eval()
-
-    def score_modules(self, model) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """(VisionEncoder, DecoderScorer) sharing the loaded model's weights: the two graphs' modules."""
-        from rerankrt.families.qwen3_vl_modules import DecoderScorer, VisionEncoder
-
-        yes, no = yes_no_ids(model.config.name_or_path or None)
-        head = model.get_output_embeddings().weight
-        row = head[yes].detach().float() - head[no].detach().float()
-        config = model.config
-        decoder = DecoderScorer(model.model.language_model, row, (config.image_token_id, config.video_token_id))
-        return VisionEncoder(model.model.visual).eval(), decoder.eval()
-
-
-def geometry(vision_config: dict) -> VisionGeometry:
-    return VisionGeometry.from_config(vision_config)
-
-
-def yes_no_ids(model_dir: str | None) -> tuple[int, int]:
-    """Token ids of 'yes' and 'no' from the checkpoint's tokenizer."""
-    if not model_dir:
-        raise UnsupportedModelError("cannot find the tokenizer of this model (load it from a folder)")
-    tokenizer = load_fast_tokenizer(Path(model_dir))
-    yes, no = single_token_id(tokenizer, YES), single_token_id(tokenizer, NO)
-    if yes is None or no is None:
-        raise UnsupportedModelError(f"{model_dir}: the tokenizer has no single-token 'yes' and 'no'")
-    return yes, no
+def _cleaned(parts: list[dict]) -> list[dict]:
+    return [{**p, "text": _clean_text(p["text"])} if p["type"] == "text" else p for p in parts]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rerankrt.families.qwen3_vl_geometry import VisionGeometry, vision_plan
+from rerankrt.families.qwen3_vl.geometry import VisionGeometry, vision_plan
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""What the prompt-based yes/no rerankers share: the sandboxed prompt template, where the query and the
+document land in it, truncation order (document text first, then query text), and the yes/no token ids.
+
+A template renders `messages[0].content` (the query), `messages[1].content` (the document) and the optional
+`instruct`, as SGLang's reranker templates do. The content is either a string or a list of parts
+(`{"type": "text", "text": ...}` or a media part `{"type": "image"}` / `{"type": "video"}` that renders as its
+placeholder). Private-use characters bracket each text so its character span in the prompt is known.
+
+Templates come from artifacts and flags, so they are untrusted: they render in Jinja's immutable sandbox,
+which refuses attribute access to Python internals (no code runs from a template).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from rerankrt.errors import UnsupportedModelError
+from rerankrt.families.base import load_fast_tokenizer
+
+TEMPLATE_FILE = "reranker_template.jinja"  # the template an artifact was exported with
+YES, NO = "yes", "no"
+QUERY_MARKS = ("\ue000", "\ue001")
+DOC_MARKS = ("\ue002", "\ue003")
+MARK_CHARS = "".join(QUERY_MARKS + DOC_MARKS)
+_NO_MARKS = str.maketrans("", "", MARK_CHARS)
+
+Span = tuple[int, int]
+
+
+def strip_marks(text: str) -> str:
+    """User text cannot carry the span marks."""
+    return text.translate(_NO_MARKS)
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def single_token_id(tokenizer, word: str) -> int | None:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def yes_no_ids(tokenizer, origin: str = "the tokenizer", words: tuple[str, str] = (YES, NO)) -> tuple[int, int]:
+    """Token ids of the answer words (default 'yes', 'no'); an error when either is not a single token."""
+    ids = [single_token_id(tokenizer, word) for word in words]
+    if None in ids:
+        raise UnsupportedModelError(f"{origin}: no single-token {' and '.join(repr(w) for w in words)}")
+    return ids[0], ids[1]
+
+
+def has_yes_no_tokens(model_dir: Path) -> bool:
+    """True when the folder's tokenizer loads and spells `yes` and `no` as single tokens."""
+    try:
+        yes_no_ids(load_fast_tokenizer(model_dir))
+    except (OSError, ValueError, UnsupportedModelError):
+        return False
+    return True
+
+
+def template_source(model_dir: Path, chat_template: Path | None, bundled: str) -> tuple[str, str]:
+    """(source, origin) of the prompt template: --chat-template, else the artifact's, else the bundled one."""
+    if chat_template is not None:
+        return Path(chat_template).read_text(), str(chat_template)
+    saved = Path(model_dir) / TEMPLATE_FILE
+    if saved.is_file():
+        return saved.read_text(), str(saved)
+    return resources.files("rerankrt.templates").joinpath(bundled).read_text(), bundled
+
+
+class PromptTemplate:
+    """A sandboxed Jinja reranker template that reports the character spans of the query's and document's texts."""
+
+    def __init__(self, source: str, origin: str):
+        env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=StrictUndefined, autoescape=False)
+        try:
+            self.template = env.from_string(source)
+        except TemplateError as exc:
+            raise UnsupportedModelError(f"{origin}: not a usable reranker template ({exc})") from exc
+        self.source, self.origin = source, origin
+
+    def render(self, query, document, instruct: str | None) -> tuple[str, list[Span], list[Span]]:
+        """The prompt, and the character spans of the query's and the document's text parts in it."""
+        variables = {
+            "messages": [
+                {"role": "user", "content": _marked(query, QUERY_MARKS)},
+                {"role": "user", "content": _marked(document, DOC_MARKS)},
+            ]
+        }
+        if instruct is not None:
+            variables["instruct"] = strip_marks(instruct)
+        try:
+            rendered = self.template.render(**variables)
+        except TemplateError as exc:  # includes the sandbox's SecurityError
+            raise UnsupportedModelError(f"{self.origin}: the template failed to render ({exc})") from exc
+        text: list[str] = []
+        spans: dict[tuple[str, str], list[Span]] = {QUERY_MARKS: [], DOC_MARKS: []}
+        opened = None
+        for char in rendered:
+            for marks in spans:
+                if char == marks[0]:
+                    opened = len(text)
+                    break
+                if char == marks[1]:
+                    if opened is None:
+                        raise UnsupportedModelError(f"{self.origin}: the template splits a query or document text")
+                    spans[marks].append((opened, len(text)))
+                    opened = None
+                    break
+            else:
+                text.append(char)
+        return "".join(text), spans[QUERY_MARKS], spans[DOC_MARKS]
+
+    def check(self, query, document, expected: list[str]) -> str:
+        """Render a probe and require its texts to appear unchanged, in order; returns the prompt."""
+        text, query_spans, doc_spans = self.render(query, document, None)
+        found = [text[slice(*span)] for span in query_spans + doc_spans]
+        if found != expected:
+            raise UnsupportedModelError(
+                f"{self.origin}: not a usable reranker template (it must insert messages[0].content, the query, and "
+                "messages[1].content, the document, once each and unchanged)"
+            )
+        return text
+
+
+def _marked(content, marks: tuple[str, str]):
+    if isinstance(content, str):
+        return marks[0] + strip_marks(content) + marks[1]
+    return [
+        {"type": "text", "text": marks[0] + strip_marks(part["text"]) + marks[1]}
+        if part["type"] == "text"
+        else {"type": part["type"]}
+        for part in content
+    ]
+
+
+def drop_text_tokens(offsets, span_groups: list[list[Span]], excess: int) -> set[int] | None:
+    """Token positions to drop so `excess` tokens go: the last tokens of the first group's spans (the
+    document), then of the next (the query). None when the texts hold fewer than `excess` tokens."""
+    dropped: set[int] = set()
+    for spans in span_groups:
+        inside = [t for t, (s, e) in enumerate(offsets) if any(s < end and e > start for start, end in spans)]
+        take = inside[len(inside) - min(excess, len(inside)) :]
+        dropped.update(take)
+        excess -= len(take)
+        if excess == 0:
+            return dropped
+    return None

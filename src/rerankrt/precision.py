@@ -1,0 +1,25 @@
+"""The one precision vocabulary: CLI flags, settings, manifests, the exporter and TensorRT engines all use it."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Precision(str, Enum):
+    """The number format a graph, engine or torch model computes in."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __hash__(self) -> int:  # as its string, so a Precision finds "fp16" keys and vice versa
+        return hash(self.value)
+
+
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
+ENGINE_PRECISIONS: tuple[Precision, ...] = (Precision.FP16, Precision.BF16, Precision.FP32)
+"""TensorRT engine precisions, fastest first (int8 is a CPU graph)."""

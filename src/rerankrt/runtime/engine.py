@@ -1,0 +1,231 @@
+"""The scoring engine: load -> encode -> schedule -> logits -> scores -> ranked results.
+
+One engine serves the HTTP server (its async face, `ascore`), and the CLI, the benchmarks and Python users
+(its sync face, `score` / `rerank`), through the same encoding thread, the same cross-request scheduler and
+the same batching settings:
+
+    from rerankrt import Reranker
+
+    with Reranker.load("engines/bge-reranker-v2-m3") as reranker:
+        for result in reranker.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_n=1):
+            print(result.index, result.score)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from rerankrt.errors import InputError
+from rerankrt.families import Content, Features
+from rerankrt.runtime.batching import default_padding_ratio
+from rerankrt.runtime.chunking import chunk_documents
+from rerankrt.runtime.loader import LoadedModel, load_model
+from rerankrt.runtime.scheduler import BatchStats, Scheduler
+from rerankrt.runtime.settings import EngineSettings
+
+WARM_UP = ("warm-up query", ["warm-up document", "a second warm-up document"])
+_ENCODER_FIELD = re.compile(r"^(?:documents\[(\d+)\]|(query))(.*)$", re.DOTALL)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The score a client sees: sigmoid(logit), float64, stable for any logit."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+
+
+class RequestTooLarge(InputError):
+    """A request over a configured size limit (HTTP 413)."""
+
+
+@dataclass
+class ScoreRequest:
+    """One query against its documents, with the client's own names for them (errors use those names)."""
+
+    query: Content  # text, or content parts with decoded media (multimodal families only)
+    documents: Sequence[Content]
+    instruct: str | None = None
+    truncate: bool = True
+    max_chunks_per_doc: int | None = None
+    query_field: str = "query"
+    document_fields: Sequence[str] | None = None  # default: documents[i]
+
+    def document_field(self, index: int) -> str:
+        return self.document_fields[index] if self.document_fields is not None else f"documents[{index}]"
+
+
+@dataclass(frozen=True)
+class Ranked:
+    index: int  # the document's position in the request
+    score: float  # sigmoid(logit), or the logit when raw
+
+
+@dataclass
+class Scores:
+    logits: np.ndarray  # float32, one per document in request order (a chunked document's best chunk)
+    tokens: int  # tokens fed to the model, padding excluded
+
+    def values(self, raw: bool = False) -> np.ndarray:
+        """sigmoid(logit) per document, or the logits themselves (float64)."""
+        return self.logits.astype(np.float64) if raw else sigmoid(self.logits)
+
+    def ranked(self, top_n: int | None = None, raw: bool = False) -> list[Ranked]:
+        """Documents best first (ties by index), cut to top_n (None or 0: all)."""
+        values = self.values(raw)
+        order = sorted(range(len(values)), key=lambda i: (-values[i], i))[: top_n or None]
+        return [Ranked(i, float(values[i])) for i in order]
+
+
+class Reranker:
+    """A loaded model behind one encoding thread and one scheduler (see the module docstring)."""
+
+    def __init__(
+        self, model: LoadedModel, settings: EngineSettings, on_batch: Callable[[BatchStats], None] | None = None
+    ):
+        self.model = model
+        self.settings = settings
+        padding = settings.max_padding_ratio or default_padding_ratio(model.backend.device)
+        self.scheduler = Scheduler(
+            model.backend.run,
+            model.encoder.collate,
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_queued_pairs=settings.max_queued_pairs,
+            batch_wait_ms=settings.batch_wait_ms,
+            max_padding_ratio=padding,
+            on_batch=on_batch,
+        )
+        # One encoding thread: a Hugging Face tokenizer is not safe to call from several threads at once
+        # ("Already borrowed"), and its batch calls are parallel inside already. It overlaps with inference.
+        self._encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-encode")
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | None = None,
+        settings: EngineSettings | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        **options,
+    ) -> Reranker:
+        """`Reranker.load("engines/name", backend="onnxruntime", precision="fp32", ...)`: any EngineSettings field."""
+        if settings is None:
+            settings = EngineSettings(model_path=model_path, **options)
+        elif model_path is not None or options:
+            settings = settings.model_copy(update={"model_path": model_path or settings.model_path, **options})
+        return cls(load_model(settings), settings, on_batch)
+
+    # --- what is loaded ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def family(self):
+        return self.model.family
+
+    @property
+    def encoder(self):
+        return self.model.encoder
+
+    @property
+    def backend(self):
+        return self.model.backend
+
+    def describe(self) -> dict:
+        plan = self.model.plan
+        return {
+            "family": self.family.name,
+            "backend": plan.backend,
+            "device": plan.device,
+            "precision": plan.precision.value,
+            "max_length": self.encoder.max_length,
+        }
+
+    # --- scoring ----------------------------------------------------------------------------------
+
+    def check_size(self, documents: int, field: str = "documents") -> None:
+        """RequestTooLarge beyond max_documents_per_request (callers check before fetching any media too)."""
+        limit = self.settings.max_documents_per_request
+        if documents > limit:
+            raise RequestTooLarge(field, f"{documents} documents, over the limit of {limit} per request")
+
+    async def ascore(self, request: ScoreRequest) -> Scores:
+        """The async face: encode off the event loop, then await the scheduler; cancelling drops queued pairs."""
+        self.check_size(len(request.documents))
+        pairs, owners = await asyncio.get_running_loop().run_in_executor(self._encoding, self._encode, request)
+        return self._collect(request, owners, pairs, await self.scheduler.run_async(pairs))
+
+    def score_request(self, request: ScoreRequest) -> Scores:
+        """The sync face of `ascore` (same encoding thread, same scheduler)."""
+        self.check_size(len(request.documents))
+        pairs, owners = self._encoding.submit(self._encode, request).result()
+        return self._collect(request, owners, pairs, self.scheduler.submit(pairs).result())
+
+    def score(self, query: Content, documents: Sequence[Content], **options) -> Scores:
+        """Logits and token count for each document; `options`: instruct, truncate, max_chunks_per_doc."""
+        return self.score_request(ScoreRequest(query, documents, **options))
+
+    def rerank(
+        self,
+        query: Content,
+        documents: Sequence[Content],
+        top_n: int | None = None,
+        raw_scores: bool = False,
+        **options,
+    ) -> list[Ranked]:
+        """Documents best first with their scores (sigmoid(logit), or the logit with raw_scores)."""
+        return self.score(query, documents, **options).ranked(top_n, raw_scores)
+
+    async def awarm_up(self) -> None:
+        """One small batch through every stage, so the first request does not pay for lazy initialisation."""
+        await self.ascore(ScoreRequest(*WARM_UP))
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the threads."""
+        self._encoding.shutdown(wait=True)
+        self.scheduler.close()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- stages -----------------------------------------------------------------------------------
+
+    def _encode(self, request: ScoreRequest) -> tuple[list[Features], np.ndarray]:
+        encoder = self.encoder
+        documents, owners = list(request.documents), np.arange(len(request.documents))
+        try:
+            if request.max_chunks_per_doc:
+                documents, owner_list = chunk_documents(
+                    encoder, request.query, documents, request.instruct, request.max_chunks_per_doc
+                )
+                owners = np.asarray(owner_list, dtype=np.int64)
+            # chunks are cut to fit; re-tokenised in context one may run a token over, which truncation trims
+            truncate = request.truncate or bool(request.max_chunks_per_doc)
+            pairs = encoder.encode(request.query, documents, request.instruct, truncate=truncate)
+        except InputError as exc:
+            raise _renamed(exc, request, owners) from exc
+        return pairs, owners
+
+    @staticmethod
+    def _collect(request: ScoreRequest, owners: np.ndarray, pairs: Sequence[Features], logits: np.ndarray) -> Scores:
+        per_document = np.full(len(request.documents), -np.inf, dtype=np.float32)
+        np.maximum.at(per_document, owners, logits)
+        return Scores(per_document, sum(len(p["input_ids"]) for p in pairs))
+
+
+def _renamed(error: InputError, request: ScoreRequest, owners: np.ndarray) -> InputError:
+    """An encoder's error (fields `query…`, `documents[i]…`, `instruct`) in the client's own field names."""
+    match = _ENCODER_FIELD.match(error.field)
+    if match is None:
+        return error
+    index, _, rest = match.groups()
+    field = request.query_field if index is None else request.document_field(int(owners[int(index)]))
+    return type(error)(field + rest, error.message)

@@ -1,0 +1,77 @@
+"""What this machine offers for inference: CPU cores and features, CUDA, TensorRT, ONNX Runtime providers.
+
+`Machine.detect()` looks once; serving plans take a `Machine` so that planning can be tested for any machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def physical_cores(cpuinfo: str | None = None) -> int:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is unavailable."""
+    cores: set[tuple[str, str]] = set()
+    package = core = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "physical id":
+                package = value
+            elif key == "core id":
+                core = value
+            elif not key and (package or core):
+                cores.add((package, core))
+                package = core = ""
+        if package or core:
+            cores.add((package, core))
+    except OSError:
+        pass
+    return len(cores) or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The inference hardware and libraries a serving plan is made for."""
+
+    physical_cores: int = 1
+    cuda: bool = False
+    compute_capability: str | None = None  # "9.0" when cuda
+    tensorrt: str | None = None  # full TensorRT version when it imports
+    onnxruntime_providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
+
+    @classmethod
+    def detect(cls) -> Machine:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        capability = ".".join(map(str, torch.cuda.get_device_capability())) if cuda else None
+        try:
+            import onnxruntime
+
+            providers = tuple(onnxruntime.get_available_providers())
+        except ImportError:
+            providers = ()
+        return cls(physical_cores(), cuda, capability, _tensorrt_version() if cuda else None, providers)
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt.__version__

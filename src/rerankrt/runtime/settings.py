@@ -1,0 +1,69 @@
+"""What a scoring engine is loaded with: one settings object for the server, the CLI and Python users.
+
+`server.settings.ServeSettings` extends it with the HTTP server's settings, and every field there and here is a
+`rerankrt serve` flag and a RERANKRT_* environment variable, documented by its description.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from rerankrt.precision import Precision
+
+
+class EngineSettings(BaseModel):
+    model_config = {"protected_namespaces": ()}
+
+    model_path: str = Field(
+        description="artifact folder written by `rerankrt export` (served with ONNX Runtime), "
+        "or a model folder / Hub id (served with torch, no export)"
+    )
+    backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = Field(
+        "auto",
+        description="inference backend; auto tries tensorrt, onnxruntime, torch in that order",
+    )
+    served_model_name: str | None = Field(
+        None, description="name reported by /v1/models and in responses (default: the artifact folder's name)"
+    )
+    revision: str | None = Field(None, description="Hub revision when --model-path is a Hub id")
+    max_length: int | None = Field(
+        None,
+        ge=4,
+        description="tokens per pair, truncating the document first (default: the artifact's, or the family's)",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja prompt template for prompt-based rerankers, replacing the artifact's or the bundled one; "
+        "variables: messages[0].content = query, messages[1].content = document, instruct (rendered sandboxed)",
+    )
+    precision: Precision | None = Field(
+        None, description="fp32, or the variant the artifact was exported with (default: that variant)"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="intra-op threads for ONNX Runtime and torch on CPU (default: the physical cores)"
+    )
+    onnxruntime_tensorrt_ep: bool = Field(
+        False,
+        description="on a GPU, run the ONNX Runtime backend through ONNX Runtime's TensorRT execution provider "
+        "(engines cached beside the artifact) ahead of its CUDA provider",
+    )
+    max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"
+    )
+    max_padding_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="share of padded positions a batch may hold (default: 0.1 on CPU, where padding costs as much "
+        "as real tokens and batching saves little, 1.0 on a GPU)",
+    )
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="how long the batcher waits for concurrent requests to join a batch"
+    )
+    max_queued_pairs: int = Field(
+        4096, ge=1, description="pairs waiting for inference at most; beyond, requests get 503 with Retry-After"
+    )
+    max_documents_per_request: int = Field(1000, ge=1, description="documents per request at most (413 beyond)")
