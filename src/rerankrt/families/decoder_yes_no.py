@@ -13,14 +13,13 @@ The prompt is the model card's, rendered from a sandboxed Jinja template
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rerankrt.errors import InputError, UnsupportedModelError
+from rerankrt.errors import InputError
 from rerankrt.families.base import (
     Family,
     Features,
@@ -34,7 +33,9 @@ from rerankrt.families.yes_no import (
     TEMPLATE_FILE,
     PromptTemplate,
     drop_text_tokens,
+    fold_head,
     has_yes_no_tokens,
+    head_row,
     pad_token_id,
     template_source,
     yes_no_ids,
@@ -123,40 +124,3 @@ class DecoderYesNoFamily(Family):
         causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
         row = head_row(causal_lm, yes) - head_row(causal_lm, no)
         return fold_head(causal_lm, row, pad_token_id(tokenizer))
-
-
-def head_row(causal_lm, token_id: int) -> torch.Tensor:
-    """The LM head's row for one token, fp32 (an LM head with a bias is not supported)."""
-    lm_head = causal_lm.get_output_embeddings()
-    if getattr(lm_head, "bias", None) is not None:
-        raise UnsupportedModelError(f"{type(causal_lm).__name__}: an LM head with a bias is not supported")
-    return lm_head.weight[token_id].detach().float()
-
-
-def fold_head(causal_lm, row: torch.Tensor, pad_token_id: int) -> torch.nn.Module:
-    """The causal LM's body in its `*ForSequenceClassification`, scoring the last real token with `row`.
-
-    The sequence-classification head pools the last token that is not `pad_token_id`, which
-    is the prompt's last token under left or right padding.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(causal_lm.config)
-    config.num_labels = 1  # also resets id2label / label2id
-    config.pad_token_id = pad_token_id
-    config.architectures = [type(causal_lm).__name__.replace("ForCausalLM", "ForSequenceClassification")]
-    try:
-        with torch.device("meta"):  # no weights are initialised: they all come from the causal LM
-            classifier = AutoModelForSequenceClassification.from_config(config, dtype=causal_lm.dtype)
-    except ValueError as exc:
-        raise UnsupportedModelError(f"{config.model_type}: transformers has no sequence-classification head") from exc
-    prefix = classifier.base_model_prefix
-    setattr(classifier, prefix, getattr(causal_lm, causal_lm.base_model_prefix))
-    head = torch.nn.Linear(row.numel(), 1, bias=False, dtype=causal_lm.dtype)
-    with torch.no_grad():
-        head.weight.copy_(row.to(causal_lm.dtype)[None])
-    classifier.score = head
-    leftover = [name for name, p in classifier.named_parameters() if p.is_meta]
-    if leftover:
-        raise UnsupportedModelError(f"{config.model_type}: could not fold the LM head ({leftover[:3]} left unset)")
-    return classifier.eval()

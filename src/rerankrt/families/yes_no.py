@@ -1,5 +1,6 @@
-"""What the prompt-based yes/no rerankers share: the sandboxed prompt template, where the query and the
-document land in it, truncation order (document text first, then query text), and the yes/no token ids.
+"""What the prompt-based yes/no rerankers share: the LM head folded to one row (`fold_head`), the sandboxed
+prompt template, where the query and the document land in it, truncation order (document text first, then
+query text), and the yes/no token ids.
 
 A template renders `messages[0].content` (the query), `messages[1].content` (the document) and the optional
 `instruct`, as SGLang's reranker templates do. The content is either a string or a list of parts
@@ -12,9 +13,11 @@ which refuses attribute access to Python internals (no code runs from a template
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 
+import torch
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -150,3 +153,40 @@ def drop_text_tokens(offsets, span_groups: list[list[Span]], excess: int) -> set
         if excess == 0:
             return dropped
     return None
+
+
+def head_row(causal_lm, token_id: int) -> torch.Tensor:
+    """The LM head's row for one token, fp32 (an LM head with a bias is not supported)."""
+    lm_head = causal_lm.get_output_embeddings()
+    if getattr(lm_head, "bias", None) is not None:
+        raise UnsupportedModelError(f"{type(causal_lm).__name__}: an LM head with a bias is not supported")
+    return lm_head.weight[token_id].detach().float()
+
+
+def fold_head(causal_lm, row: torch.Tensor, pad_token_id: int) -> torch.nn.Module:
+    """The causal LM's body in its `*ForSequenceClassification`, scoring the last real token with `row`.
+
+    The sequence-classification head pools the last token that is not `pad_token_id`, which
+    is the prompt's last token under left or right padding.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(causal_lm.config)
+    config.num_labels = 1  # also resets id2label / label2id
+    config.pad_token_id = pad_token_id
+    config.architectures = [type(causal_lm).__name__.replace("ForCausalLM", "ForSequenceClassification")]
+    try:
+        with torch.device("meta"):  # no weights are initialised: they all come from the causal LM
+            classifier = AutoModelForSequenceClassification.from_config(config, dtype=causal_lm.dtype)
+    except ValueError as exc:
+        raise UnsupportedModelError(f"{config.model_type}: transformers has no sequence-classification head") from exc
+    prefix = classifier.base_model_prefix
+    setattr(classifier, prefix, getattr(causal_lm, causal_lm.base_model_prefix))
+    head = torch.nn.Linear(row.numel(), 1, bias=False, dtype=causal_lm.dtype)
+    with torch.no_grad():
+        head.weight.copy_(row.to(causal_lm.dtype)[None])
+    classifier.score = head
+    leftover = [name for name, p in classifier.named_parameters() if p.is_meta]
+    if leftover:
+        raise UnsupportedModelError(f"{config.model_type}: could not fold the LM head ({leftover[:3]} left unset)")
+    return classifier.eval()
