@@ -1,0 +1,119 @@
+"""The serving plan, on made-up machines and manifests: no model is loaded and no backend library imported."""
+
+from __future__ import annotations
+
+import pytest
+
+from rerankrt.artifact import FORMAT_VERSION, Engine, Graph, Manifest, Profile, SourceModel
+from rerankrt.errors import ArtifactError
+from rerankrt.families import get_family
+from rerankrt.precision import Precision
+from rerankrt.runtime.machine import Machine
+from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
+
+CPU = Machine(physical_cores=2)
+GPU = Machine(
+    physical_cores=8,
+    cuda=True,
+    compute_capability="9.0",
+    tensorrt="11.4.0.106",
+    onnxruntime_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+)
+PROFILE = Profile(min=(1, 1), opt=(16, 256), max=(64, 512))
+
+
+def engine(precision: str, capability: str = "9.0", version: str = "11.4.0.106") -> Engine:
+    return Engine(
+        file=f"model.{precision}.sm{capability.replace('.', '')}.plan",
+        graph="model.onnx",
+        precision=precision,
+        compute_capability=capability,
+        tensorrt=version,
+        profile=PROFILE,
+    )
+
+
+def manifest(precision: str = "fp32", variants=(), engines=(), family: str = "cross-encoder") -> Manifest:
+    graphs = {"scorer": Graph(file="model.onnx", inputs=["input_ids"], outputs=["logits"])}
+    for variant in variants:
+        graphs[f"scorer.{variant}"] = Graph(file=f"model.{variant}.onnx", inputs=["input_ids"], outputs=["logits"])
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        family=family,
+        source=SourceModel(ref="/exports/model", path="/nonexistent/model", architecture="XLMRobertaFor..."),
+        max_length=512,
+        precision=precision,
+        opset=18,
+        graphs=graphs,
+        engines=list(engines),
+        encoder_files=[],
+        versions={},
+        files={},
+        created_at="2026-11-29T00:00:00+00:00",
+    )
+
+
+def plans(m: Manifest, machine: Machine, **request) -> list[ServingPlan | Skipped]:
+    return plan_serving(get_family(m.family), Request(**request), machine, manifest=m, folder="/a")
+
+
+def first(m: Manifest, machine: Machine, **request) -> ServingPlan:
+    return next(p for p in plans(m, machine, **request) if isinstance(p, ServingPlan))
+
+
+def test_fp32_asked_on_a_gpu_selects_the_fp32_engine():
+    m = manifest(engines=[engine("fp16"), engine("fp32")])
+    assert first(m, GPU).engine.precision == Precision.FP16  # unasked: the fastest engine
+    chosen = first(m, GPU, precision=Precision.FP32)
+    assert (chosen.backend, chosen.precision, chosen.engine.file) == ("tensorrt", Precision.FP32, "model.fp32.sm90.plan")
+
+
+def test_fp32_asked_without_an_fp32_engine_says_why_and_falls_back_in_fp32():
+    m = manifest(engines=[engine("fp16")])
+    candidates = plans(m, GPU, precision=Precision.FP32)
+    assert isinstance(candidates[0], Skipped)
+    assert "no fp32 TensorRT engine" in candidates[0].reason and "--precision fp32" in candidates[0].reason
+    nxt = candidates[1]
+    assert (nxt.backend, nxt.device, nxt.precision) == ("onnxruntime", "cuda", Precision.FP32)
+    torch_cuda = candidates[2]
+    assert (torch_cuda.backend, torch_cuda.precision) == ("torch", Precision.FP32)  # no silent bf16 when fp32 asked
+
+
+def test_engines_of_another_gpu_or_tensorrt_are_not_used():
+    m = manifest(engines=[engine("fp16", capability="8.0"), engine("fp16", version="10.9.0.1")])
+    skipped = plans(m, GPU)[0]
+    assert isinstance(skipped, Skipped) and "build one with: rerankrt build-engine" in skipped.reason
+
+
+def test_cpu_plans_follow_the_artifact_precision():
+    assert first(manifest("int8", ["int8"]), CPU).graphs == {"scorer": "model.int8.onnx"}
+    fp32 = first(manifest("int8", ["int8"]), CPU, precision=Precision.FP32)
+    assert (fp32.graphs, fp32.precision) == ({"scorer": "model.onnx"}, Precision.FP32)
+    bf16 = first(manifest("bf16"), CPU)  # onnxruntime has no bf16 CPU kernels: torch carries bf16
+    assert (bf16.backend, bf16.precision) == ("torch", Precision.BF16)
+    assert first(manifest("fp16", ["fp16"]), GPU, backend="onnxruntime").graphs == {"scorer": "model.fp16.onnx"}
+    assert first(manifest(), CPU).threads == 2 and first(manifest(), CPU, threads=1).threads == 1
+
+
+def test_a_precision_the_artifact_lacks_is_refused_with_the_export_command():
+    with pytest.raises(ArtifactError, match="--precision int8"):
+        plans(manifest(), CPU, precision=Precision.INT8)
+
+
+def test_a_named_backend_plans_only_itself():
+    names = {p.backend for p in plans(manifest(), GPU, backend="torch")}
+    assert names == {"torch"}
+
+
+def test_a_family_without_tensorrt_support_is_skipped_with_its_reason():
+    m = manifest(family="qwen3-vl-yes-no", engines=[engine("fp16")])
+    skipped = plans(m, GPU)[0]
+    assert isinstance(skipped, Skipped) and skipped.reason == get_family("qwen3-vl-yes-no").tensorrt_problem
+
+
+def test_plain_model_folders_plan_torch_only():
+    candidates = plan_serving(get_family("cross-encoder"), Request(), CPU, model_ref="/models/x")
+    served = [p for p in candidates if isinstance(p, ServingPlan)]
+    assert [(p.backend, p.device, p.weights) for p in served] == [("torch", "cpu", "/models/x")]
+    with pytest.raises(ArtifactError, match="needs an artifact"):
+        plan_serving(get_family("cross-encoder"), Request(precision=Precision.INT8), CPU, model_ref="/models/x")
