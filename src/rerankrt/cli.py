@@ -197,8 +197,7 @@ def run_rerank(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     from rerankrt.runtime import Reranker
 
-    template = None if args.chat_template is None else str(args.chat_template)
-    options = {"backend": args.backend, "precision": args.precision, "chat_template": template}
+    options = {"backend": args.backend, "precision": args.precision, "chat_template": args.chat_template}
     with Reranker.load(args.model_path, **{k: v for k, v in options.items() if v is not None}) as reranker:
         ranked = reranker.rerank(args.query, args.documents, raw_scores=args.raw_scores, instruct=args.instruct)
     results = [{"index": r.index, "score": r.score, "document": args.documents[r.index]} for r in ranked]

@@ -166,9 +166,9 @@ class Reranker:
         pairs, owners = self._encoding.submit(self._encode, request).result()
         return self._collect(request, owners, pairs, self.scheduler.submit(pairs).result())
 
-    def score(self, query: Content, documents: Sequence[Content], **options) -> Scores:
-        """Logits and token count for each document; `options`: instruct, truncate, max_chunks_per_doc."""
-        return self.score_request(ScoreRequest(query, documents, **options))
+    def score(self, query: Content, documents: Sequence[Content], **options) -> np.ndarray:
+        """The relevance logit of each document, in order; `options`: instruct, truncate, max_chunks_per_doc."""
+        return self.score_request(ScoreRequest(query, documents, **options)).logits
 
     def rerank(
         self,
@@ -179,7 +179,7 @@ class Reranker:
         **options,
     ) -> list[Ranked]:
         """Documents best first with their scores (sigmoid(logit), or the logit with raw_scores)."""
-        return self.score(query, documents, **options).ranked(top_n, raw_scores)
+        return self.score_request(ScoreRequest(query, documents, **options)).ranked(top_n, raw_scores)
 
     async def awarm_up(self) -> None:
         """One small batch through every stage, so the first request does not pay for lazy initialisation."""

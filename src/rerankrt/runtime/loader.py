@@ -49,7 +49,7 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
             raise ArtifactError(
                 f"max_length {settings.max_length} exceeds the {manifest.max_length} this artifact was exported for"
             )
-        encoder = family.load_encoder(folder, settings.max_length or manifest.max_length, _path(settings.chat_template))
+        encoder = family.load_encoder(folder, settings.max_length or manifest.max_length, settings.chat_template)
         recognition = Recognition(family.name, manifest.family_reason or "recorded in the artifact")
         # a Hub id names the model; a local export is named by its folder, never the exporter's own path
         name = settings.served_model_name or (manifest.source.ref if manifest.source.revision else folder.name)
@@ -57,7 +57,7 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
     else:
         source = resolve_model(settings.model_path, settings.revision)
         family, recognition = detect_family(source.path)
-        encoder = family.load_encoder(source.path, settings.max_length, _path(settings.chat_template))
+        encoder = family.load_encoder(source.path, settings.max_length, settings.chat_template)
         name = settings.served_model_name or source.ref
         plans = plan_serving(family, _request(settings, encoder), machine, model_ref=str(source.path))
     log.info("model %s: family %s (%s), max_length %d", name, family.name, recognition.reason, encoder.max_length)
@@ -111,7 +111,3 @@ def _request(settings: EngineSettings, encoder: PairEncoder) -> Request:
         threads=settings.threads,
         tensorrt_ep=settings.onnxruntime_tensorrt_ep,
     )
-
-
-def _path(value: str | None) -> Path | None:
-    return None if value is None else Path(value)

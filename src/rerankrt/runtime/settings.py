@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -33,7 +34,7 @@ class EngineSettings(BaseModel):
         ge=4,
         description="tokens per pair, truncating the document first (default: the artifact's, or the family's)",
     )
-    chat_template: str | None = Field(
+    chat_template: Path | None = Field(
         None,
         description="Jinja prompt template for prompt-based rerankers, replacing the artifact's or the bundled one; "
         "variables: messages[0].content = query, messages[1].content = document, instruct (rendered sandboxed)",
