@@ -1,0 +1,162 @@
+"""Fetch the images and videos a request names by URL: http(s), data: URIs, and allowed local files; then decode them.
+
+Every refusal names the request field it came from: a size limit (bytes, pixels) raises `RequestTooLarge` (HTTP 413),
+anything else `InputError` (HTTP 400), including a timeout and an address the SSRF guard refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from PIL import Image
+
+from rerankrt.errors import InputError
+from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.server.media.decode import Video, decode_image, decode_video
+from rerankrt.server.media.transport import AddressRefused, guarded_client
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What a request may make the server fetch and decode."""
+
+    allowed_local_media_path: str | None = None  # a directory; None refuses local files
+    allowed_networks: tuple[str, ...] = ()  # non-public networks that may be fetched from, e.g. ("10.0.0.0/8",)
+    max_bytes: int = 32 * 1024 * 1024  # per item, as fetched (encoded)
+    max_image_pixels: int = 50_000_000  # width * height per image or video frame; below Pillow's own bomb limit
+    max_video_frames: int = 64
+    video_fps: float = 1.0  # frames sampled per second of video
+    fetch_timeout: float = 10.0  # seconds per http(s) item, connecting to the last byte
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """One image or video URL of a request, and the request field that holds it (for error messages)."""
+
+    kind: Literal["image", "video"]
+    url: str
+    field: str
+
+
+class MediaFetcher:
+    """Fetches and decodes the media of requests, concurrently, within `MediaLimits`; one HTTP client for all."""
+
+    def __init__(self, limits: MediaLimits, on_fetched: Callable[[str, int], None] | None = None):
+        self.limits = limits
+        self.on_fetched = on_fetched  # (kind, bytes) of each item read, e.g. for metrics
+        self._local_root = Path(limits.allowed_local_media_path).resolve() if limits.allowed_local_media_path else None
+        self._client = guarded_client(limits.allowed_networks, limits.max_redirects, limits.fetch_timeout)
+
+    async def __aenter__(self) -> MediaFetcher:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch_all(self, items: Sequence[MediaRef]) -> list[Image.Image | Video]:
+        """Fetches and decodes every item concurrently, in input order; the first failure cancels the rest."""
+        tasks = [asyncio.create_task(self.fetch(item)) for item in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def fetch(self, item: MediaRef) -> Image.Image | Video:
+        data = await self._read(item)
+        if self.on_fetched is not None:
+            self.on_fetched(item.kind, len(data))
+        decode = decode_image if item.kind == "image" else decode_video
+        return await asyncio.to_thread(decode, data, self.limits, item.field)
+
+    async def _read(self, item: MediaRef) -> bytes:
+        try:
+            scheme = urlsplit(item.url).scheme.lower()
+        except ValueError:
+            raise InputError(item.field, "not a valid URL") from None
+        if scheme in ("http", "https"):
+            return await self._download(item)
+        if scheme == "data":
+            return self._read_data_uri(item)
+        if scheme == "file" or (not scheme and item.url.startswith("/")):
+            return await asyncio.to_thread(self._read_local, item)
+        raise InputError(item.field, "must be an http(s) URL, a data: URI or an absolute file path")
+
+    async def _download(self, item: MediaRef) -> bytes:
+        timeout = self.limits.fetch_timeout
+        try:
+            return await asyncio.wait_for(self._stream(item), timeout)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise InputError(item.field, f"fetching the {item.kind} timed out after {timeout:g} s") from None
+        except AddressRefused as exc:
+            raise InputError(item.field, f"refused to fetch: {exc}") from None
+        except httpx.TooManyRedirects:
+            raise InputError(item.field, f"more than {self.limits.max_redirects} redirects") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise InputError(item.field, f"fetching the {item.kind} failed: {exc}") from None
+
+    async def _stream(self, item: MediaRef) -> bytes:
+        async with self._client.stream("GET", item.url) as response:
+            if response.status_code != 200:
+                raise InputError(item.field, f"fetching the {item.kind} failed: HTTP {response.status_code}")
+            check_content_type(item, response.headers.get("content-type"))
+            length = response.headers.get("content-length")
+            if length and length.isdigit():
+                self._check_size(item, int(length))
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                self._check_size(item, len(body))
+            return bytes(body)
+
+    def _read_data_uri(self, item: MediaRef) -> bytes:
+        header, comma, payload = item.url[len("data:") :].partition(",")
+        media_type, _, encoding = header.rpartition(";")
+        if not comma or encoding.lower() != "base64":
+            raise InputError(item.field, "a data: URI must be base64 (data:<type>;base64,<data>)")
+        check_content_type(item, media_type)
+        self._check_size(item, len(payload) * 3 // 4)
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            raise InputError(item.field, "the data: URI is not valid base64") from None
+
+    def _read_local(self, item: MediaRef) -> bytes:
+        if self._local_root is None:
+            raise InputError(item.field, "local files are not enabled on this server; send an http(s) or data: URL")
+        path = unquote(urlsplit(item.url).path) if item.url.lower().startswith("file:") else item.url
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self._local_root):
+            raise InputError(item.field, "the path is outside the directory allowed for local media")
+        try:
+            with resolved.open("rb") as file:
+                data = file.read(self.limits.max_bytes + 1)
+        except OSError as exc:
+            raise InputError(item.field, f"cannot read the file ({exc.strerror})") from None
+        self._check_size(item, len(data))
+        return data
+
+    def _check_size(self, item: MediaRef, size: int) -> None:
+        if size > self.limits.max_bytes:
+            raise RequestTooLarge(item.field, f"the {item.kind} is over the limit of {self.limits.max_bytes} bytes")
+
+
+def check_content_type(item: MediaRef, content_type: str | None) -> None:
+    """Refuses a declared type other than `<kind>/*`; an absent or octet-stream type is left to the decoder."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type and media_type != "application/octet-stream" and not media_type.startswith(f"{item.kind}/"):
+        raise InputError(item.field, f"expected {item.kind}/* content, got content type {media_type!r}")
