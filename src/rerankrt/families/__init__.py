@@ -10,12 +10,13 @@ from pathlib import Path
 
 from rerankrt.errors import UnsupportedModelError
 from rerankrt.families.base import Batch, Content, Family, Features, GraphRunner, PairEncoder, Recognition
+from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.decoder_yes_no import DecoderYesNoFamily
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
 from rerankrt.model_source import read_config
 
-FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily, Qwen3VLFamily)
+FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily, Qwen3VLFamily, BgeGemmaFamily)
 
 __all__ = [
     "FAMILIES",

@@ -1,0 +1,203 @@
+"""BAAI/bge-reranker-v2-gemma: a `GemmaForCausalLM` scored as the logit of `Yes` at the prompt's last token.
+
+FlagEmbedding's `FlagLLMReranker` (FlagEmbedding/inference/reranker/decoder_only/base.py, `compute_score`) is
+the reference. For FlagEmbedding's `max_length` M (512 by default) it builds each pair from token ids:
+
+    query   = tokens("A: " + query)[: M * 3 // 4]       (tokenized without special tokens)
+    passage = tokens("B: " + passage)[: M]
+    first   = [bos] + query                               (bos only when it exists and differs from pad)
+    second  = tokens("\\n") + passage, cut from its end so that len(first + second) <= M + len(sep) + len(prompt)
+    ids     = first + second + tokens("\\n") + tokens(PROMPT)
+
+pads the batch on the tokenizer's padding side (Gemma's: left), runs the causal LM and takes
+`logits[last real token, id("Yes")]`; `normalize=True` would apply a sigmoid (rerankrt's score does).
+
+(The model card's own snippet, `get_inputs` in research/llm_reranker/README.md, differs: it cuts
+`first + second` to max_length itself, before appending, and defaults to 1024. FlagEmbedding's library, which
+the card's "Using FlagEmbedding" section calls, is what this family reproduces.)
+
+rerankrt's `max_length` is the longest sequence the encoder makes (engines and chunking size by it), so for this
+family it is M + 2 * (len(sep) + len(prompt)): the prompt is appended after a cut that already left room for it.
+The default is FlagEmbedding's M = 512 plus that overhead; `--max-length N` means M = N - 2 * overhead.
+
+The score is h_last · W[Yes], so the LM head is folded away (`fold_head`): the Gemma body goes into
+`GemmaForSequenceClassification` (one label, pooling the last non-padding token, which is the prompt's last
+token under left or right padding) whose score row is W[Yes]. The graph never computes the vocabulary-wide
+projection. Gemma uses rotary positions only, so left padding (which shifts every position of a row by the
+same amount) does not change the scores.
+
+The prompt is fixed (the model was fine-tuned with it), so a request's `instruct` is refused rather than
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rerankrt.errors import InputError, UnsupportedModelError
+from rerankrt.families.base import (
+    Family,
+    Features,
+    PairEncoder,
+    load_fast_tokenizer,
+    named,
+    resolve_max_length,
+    save_tokenizer,
+)
+from rerankrt.families.yes_no import fold_head, head_row, pad_token_id, single_token_id
+
+ARCHITECTURE = "GemmaForCausalLM"
+NAME_PATTERN = r"bge-reranker-v2-gemma"
+YES = "Yes"
+QUERY_PREFIX, PASSAGE_PREFIX = "A: ", "B: "
+SEP = "\n"
+PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'."
+)
+FLAG_MAX_LENGTH = 512  # FlagLLMReranker's default max_length
+QUERY_SHARE = (3, 4)  # FlagLLMReranker's default query_max_length: max_length * 3 // 4
+MIN_FLAG_MAX_LENGTH = 8
+
+
+def yes_token_id(tokenizer, origin: str = "the tokenizer") -> int:
+    token = single_token_id(tokenizer, YES)
+    if token is None:
+        raise UnsupportedModelError(f"{origin}: {YES!r} is not a single token")
+    return token
+
+
+def prompt_overhead(tokenizer) -> int:
+    """Tokens a pair may hold past FlagEmbedding's max_length: the separator and prompt, counted twice."""
+    return 2 * (
+        len(tokenizer(SEP, add_special_tokens=False)["input_ids"])
+        + len(tokenizer(PROMPT, add_special_tokens=False)["input_ids"])
+    )
+
+
+class BgeGemmaPairEncoder(PairEncoder):
+    """FlagEmbedding's token-level prompt, cut exactly as FlagLLMReranker cuts it (see the module docstring)."""
+
+    input_names = ("input_ids", "attention_mask")
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.padding_side = "left" if tokenizer.padding_side == "left" else "right"  # as tokenizer.pad does
+        self.pad_values = {"input_ids": pad_token_id(tokenizer)}
+        self.sep = self._tokens(SEP)
+        self.prompt = self._tokens(PROMPT)
+        overhead = prompt_overhead(tokenizer)
+        self.flag_max_length = max_length - overhead
+        if self.flag_max_length < MIN_FLAG_MAX_LENGTH:
+            raise UnsupportedModelError(
+                f"max_length {max_length} leaves {self.flag_max_length} tokens for the query and passage: the fixed "
+                f"prompt takes {overhead} (FlagEmbedding's max_length is max_length - {overhead})"
+            )
+        self.max_length = max_length
+        self.query_max_length = self.flag_max_length * QUERY_SHARE[0] // QUERY_SHARE[1]
+        self.pair_limit = self.flag_max_length + len(self.sep) + len(self.prompt)
+        bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+        self.head = [bos] if bos is not None and bos != pad else []
+        self.cut_left = tokenizer.truncation_side == "left"
+
+    def _tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _cut(self, ids: list[int], keep: int) -> list[int]:
+        if len(ids) <= keep:
+            return ids
+        return ids[len(ids) - keep :] if self.cut_left else ids[:keep]
+
+    def encode(
+        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+    ) -> list[Features]:
+        if instruct is not None and instruct.strip():  # "" is no instruction, as for the other families
+            raise InputError(
+                "instruct",
+                "bge-reranker-v2-gemma scores with the fixed prompt it was fine-tuned with and takes no instruction",
+            )
+        if not documents:
+            return []
+        query_ids = self._tokens(QUERY_PREFIX + query)
+        if len(query_ids) > self.query_max_length:
+            if not truncate:
+                raise InputError(
+                    "query",
+                    f"the query is {len(query_ids)} tokens with its {QUERY_PREFIX!r} prefix, over the "
+                    f"{self.query_max_length} this model takes (3/4 of FlagEmbedding's max_length "
+                    f"{self.flag_max_length}); send truncate=true to cut it",
+                )
+            query_ids = self._cut(query_ids, self.query_max_length)
+        first = self.head + query_ids
+        encoded = self.tokenizer([PASSAGE_PREFIX + doc for doc in documents], add_special_tokens=False)["input_ids"]
+        pairs = []
+        for i, passage_ids in enumerate(encoded):
+            passage_ids = list(passage_ids)
+            if not truncate:
+                whole = len(first) + 2 * len(self.sep) + len(passage_ids) + len(self.prompt)
+                if whole > self.max_length:
+                    raise self.too_long(i, whole)
+                if len(passage_ids) > self.flag_max_length:
+                    raise InputError(
+                        f"documents[{i}]",
+                        f"the document is {len(passage_ids)} tokens with its {PASSAGE_PREFIX!r} prefix, over the "
+                        f"{self.flag_max_length} this model takes (FlagEmbedding's max_length); "
+                        "send truncate=true to cut it",
+                    )
+            second = self.sep + self._cut(passage_ids, self.flag_max_length)
+            second = self._cut(second, max(0, self.pair_limit - len(first)))
+            ids = np.asarray(first + second + self.sep + self.prompt, dtype=np.int64)
+            pairs.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        return pairs
+
+    def save(self, out_dir: Path) -> list[str]:
+        return save_tokenizer(self.tokenizer, out_dir)
+
+
+class BgeGemmaFamily(Family):
+    name = "bge-gemma-yes"
+    default_max_length = FLAG_MAX_LENGTH  # in FlagEmbedding's terms: the encoder adds twice the prompt's tokens
+    int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
+
+    @classmethod
+    def recognise(cls, config: dict, model_dir: Path) -> str | None:
+        if ARCHITECTURE not in (config.get("architectures") or []):
+            return None
+        name = named(model_dir, config, NAME_PATTERN)
+        if name is None:
+            return None
+        try:
+            yes_token_id(load_fast_tokenizer(model_dir))
+        except (OSError, ValueError, UnsupportedModelError):
+            return None
+        return f"{ARCHITECTURE} with a single-token {YES!r}, a bge-reranker-v2-gemma by name {name!r}"
+
+    @classmethod
+    def describe(cls) -> str:
+        return (
+            f"{cls.name}: BAAI/bge-reranker-v2-gemma ({ARCHITECTURE} named bge-reranker-v2-gemma, single token 'Yes')"
+        )
+
+    def load_encoder(
+        self, model_dir: Path, max_length: int | None = None, chat_template: Path | None = None
+    ) -> BgeGemmaPairEncoder:
+        if chat_template is not None:
+            raise UnsupportedModelError(f"{self.name}: the prompt is fixed and token-level; it takes no chat template")
+        tokenizer = load_fast_tokenizer(model_dir)
+        yes_token_id(tokenizer, str(model_dir))
+        default = self.default_max_length + prompt_overhead(tokenizer)
+        return BgeGemmaPairEncoder(tokenizer, resolve_max_length(model_dir, max_length, default))
+
+    def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = load_fast_tokenizer(model_dir)
+        yes = yes_token_id(tokenizer, str(model_dir))
+        causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
+        if getattr(causal_lm.config, "final_logit_softcapping", None):
+            raise UnsupportedModelError(f"{model_dir}: soft-capped logits cannot be folded to one row")
+        return fold_head(causal_lm, head_row(causal_lm, yes), pad_token_id(tokenizer))
