@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
 
 from fastapi import FastAPI
 
@@ -126,8 +127,10 @@ class Observe:
         )  # fmt: skip
 
 
-def install_middleware(app: FastAPI, settings: ServeSettings, metrics: Metrics, scheduler: Scheduler) -> None:
-    """Body limit inside, Observe outside (so it logs and counts the 413s too). Call after adding the routes."""
+def install_middleware(
+    app: FastAPI, settings: ServeSettings, metrics: Metrics, scheduler: Scheduler, routes: Iterable[str]
+) -> None:
+    """Body limit inside, Observe outside (so it logs and counts the 413s too); metrics are labelled by `routes`,
+    the paths the app serves (any other path counts as "unmatched")."""
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    routes = {route.path for route in app.routes}
-    app.add_middleware(Observe, settings=settings, metrics=metrics, scheduler=scheduler, routes=routes)
+    app.add_middleware(Observe, settings=settings, metrics=metrics, scheduler=scheduler, routes=set(routes))

@@ -1,9 +1,10 @@
-"""Request and response bodies of the HTTP API: SGLang's /v1/rerank, Cohere/Jina's /rerank, vLLM's /v1/score.
+"""What every API shape shares: content parts, the scoring options, usage, the error body, and OpenAPI examples.
 
 A query or document is a string, or (for multimodal rerankers) a list of content parts as SGLang and
 OpenAI write them: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}`,
 `{"type": "video_url", "video_url": {"url": ...}}`. The Cohere and vLLM shapes take the parts as vLLM does,
-wrapped in `{"content": [...]}`.
+wrapped in `{"content": [...]}`. Each API shape's own request and response bodies live in its adapter module
+(`sglang`, `cohere`, `vllm`).
 
 Unions are discriminated by callables whose tags hold a space: pydantic puts a union's tag in an error's
 location, and `errors.field_name` drops such elements, so an error names `documents[2][1].image_url.url`.
@@ -99,23 +100,6 @@ ContentPart = Annotated[
 Parts = Annotated[list[ContentPart], Field(min_length=1)]
 
 
-def _input_tag(value: Any) -> str:
-    """Which member of a query/document union `value` is for (a dict with "content" is a content object)."""
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, ContentDocument) or (isinstance(value, dict) and "content" in value):
-        return "a content object"
-    return "a text object" if isinstance(value, dict | TextDocument) else "something else"
-
-
-def _tagged(*members: tuple[Any, str], message: str) -> Any:
-    """A union of (type, tag) members picked by `_input_tag`, with one error, `message`, when none fits."""
-    union = functools.reduce(operator.or_, (Annotated[member, Tag(tag)] for member, tag in members))
-    return Annotated[union, Discriminator(_input_tag, custom_error_type="input_type", custom_error_message=message)]
-
-
 class TextDocument(BaseModel):
     text: StrictStr
 
@@ -127,29 +111,27 @@ class ContentDocument(BaseModel):
 
 
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
-Content = _tagged((StrictStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
-Query = _tagged((NonEmptyStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
 
 
-ScoreInput = _tagged(
-    (StrictStr, "a string"), (ContentDocument, "a content object"),
-    message='must be a string or {"content": [content parts]}',
-)  # fmt: skip
-ScoreInputs = _tagged(
-    (StrictStr, "a string"), (ContentDocument, "a content object"), (list[ScoreInput], "a list"),
-    message='must be a string, {"content": [content parts]} or a list of them',
-)  # fmt: skip
-CohereQuery = _tagged(
-    (NonEmptyStr, "a string"), (ContentDocument, "a content object"),
-    message='must be a string or {"content": [content parts]}',
-)  # fmt: skip
-CohereDocument = _tagged(
-    (StrictStr, "a string"), (TextDocument, "a text object"), (ContentDocument, "a content object"),
-    message='must be a string, {"text": ...} or {"content": [content parts]}',
-)  # fmt: skip
+def _input_tag(value: Any) -> str:
+    """Which member of a query/document union `value` is for (a dict with "content" is a content object)."""
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, ContentDocument) or (isinstance(value, dict) and "content" in value):
+        return "a content object"
+    return "a text object" if isinstance(value, dict | TextDocument) else "something else"
 
 
-# --- requests and responses ---------------------------------------------------------------------
+def tagged(*members: tuple[Any, str], message: str) -> Any:
+    """A union of (type, tag) members, tags "a string", "a list", "a content object" or "a text object", picked by
+    the value's shape, with one error, `message`, when none fits."""
+    union = functools.reduce(operator.or_, (Annotated[member, Tag(tag)] for member, tag in members))
+    return Annotated[union, Discriminator(_input_tag, custom_error_type="input_type", custom_error_message=message)]
+
+
+# --- what every API shape accepts and answers ---------------------------------------------------
 
 
 class ScoringOptions(BaseModel):
@@ -170,99 +152,9 @@ class ScoringOptions(BaseModel):
     )
 
 
-class RerankRequest(ScoringOptions):
-    """SGLang's /v1/rerank request, plus `raw_scores` and the ScoringOptions."""
-
-    query: Query = Field(description="the search query: a string, or content parts (multimodal rerankers)")
-    documents: list[Content] = Field(
-        min_length=1, description="documents to score against the query: strings, or lists of content parts"
-    )
-    top_n: StrictInt | None = Field(None, ge=1, description="return only the n best documents (default: all)")
-    return_documents: StrictBool = Field(True, description="include each document, as sent, in the response")
-    raw_scores: StrictBool = Field(False, description="return the raw relevance logit instead of sigmoid(logit)")
-
-    model_config = {"json_schema_extra": {"examples": [PANDA_EXAMPLE, MULTIMODAL_EXAMPLE, IMAGE_QUERY_EXAMPLE]}}
-
-
-class RerankResult(BaseModel):
-    score: float = Field(description="sigmoid(logit) in [0, 1], or the logit with raw_scores")
-    index: int = Field(description="position of the document in the request")
-    document: str | list[ContentPart] | None = Field(
-        None, description="the document as sent (text, or its content parts), when return_documents is true"
-    )
-
-
-class CohereRerankRequest(ScoringOptions):
-    """Cohere / Jina rerank request: documents are strings, {"text": ...} or vLLM's {"content": [parts]}."""
-
-    query: CohereQuery
-    documents: list[CohereDocument] = Field(min_length=1)
-    top_n: StrictInt | None = Field(None, ge=1)
-    return_documents: StrictBool = Field(True, description="include each document (Jina's default)")
-
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                PANDA_EXAMPLE,
-                {**MULTIMODAL_EXAMPLE, "documents": [{"content": d} if isinstance(d, list) else d
-                                                     for d in MULTIMODAL_EXAMPLE["documents"]]},
-            ]
-        }
-    }  # fmt: skip
-
-
-class CohereResult(BaseModel):
-    index: int
-    relevance_score: float
-    document: TextDocument | ContentDocument | None = None
-
-
 class Usage(BaseModel):
     prompt_tokens: int
     total_tokens: int
-
-
-class CohereRerankResponse(BaseModel):
-    id: str
-    model: str
-    results: list[CohereResult]
-    usage: Usage
-
-
-class ScoreRequest(ScoringOptions):
-    """vLLM's /v1/score: text_1 against each text_2 (or pairwise when both are lists of equal length).
-
-    As in vLLM, a single `{"content": [...]}` (not in a list) holds one input per part.
-    """
-
-    text_1: ScoreInputs
-    text_2: ScoreInputs
-
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {"text_1": "what is panda?", "text_2": PANDA_EXAMPLE["documents"]},
-                {"text_1": "a two-tone test pattern", "text_2": [
-                    "a photo of a panda", {"content": [{"type": "image_url", "image_url": {"url": TINY_PNG}}]},
-                ]},
-            ]
-        }
-    }  # fmt: skip
-
-
-class ScoreData(BaseModel):
-    index: int
-    object: Literal["score"] = "score"
-    score: float
-
-
-class ScoreResponse(BaseModel):
-    id: str
-    object: Literal["list"] = "list"
-    created: int
-    model: str
-    data: list[ScoreData]
-    usage: Usage
 
 
 class ErrorResponse(BaseModel):
@@ -273,16 +165,9 @@ class ErrorResponse(BaseModel):
     code: int
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: str = "model"
-    owned_by: str = "rerankrt"
-    family: str
-    backend: str
-    device: str
-    max_length: int
-
-
-class ModelList(BaseModel):
-    object: str = "list"
-    data: list[ModelCard]
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "invalid request; `param` names the field"},
+    413: {"model": ErrorResponse, "description": "too many documents, too large a body or media item"},
+    503: {"model": ErrorResponse, "description": "overloaded or timed out; retry after Retry-After"},
+}
+"""The error answers of a scoring route, for its OpenAPI entry."""

@@ -38,7 +38,7 @@ class ServeSettings(BaseSettings, EngineSettings):
     warmup: bool = Field(True, description="run one batch before reporting healthy")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")
-    # --- media of multimodal requests (image_url / video_url parts); see server/media.py
+    # --- media of multimodal requests (image_url / video_url parts); see server/media/
     allowed_local_media_path: str | None = Field(
         None,
         description="directory whose files requests may name as media (an absolute path or file:// URL); "

@@ -1,0 +1,148 @@
+"""The one path from an API adapter to the engine: size check, media, scoring, inside the request guard.
+
+An adapter names each query and document with its own request field (`content.Input`) and awaits `Scoring.score`
+(one query against its documents) or `Scoring.score_pairwise` (each query against its own document). Both check
+the number of documents before any media is fetched, fetch the request's media in one go, and hand the engine a
+`ScoreRequest` that carries the adapter's field names, so the engine's errors name what the client sent. The work
+runs under a guard that drops it (and the engine drops its queued pairs) when the client disconnects or the
+request times out. Sigmoid and ranking are the engine's (`Scores`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, TypeVar
+
+import numpy as np
+from fastapi import Depends, Request
+
+from rerankrt.errors import InputError
+from rerankrt.runtime import Reranker
+from rerankrt.runtime.engine import ScoreRequest, Scores
+from rerankrt.server.content import Input, resolve
+from rerankrt.server.errors import ClientDisconnected, RequestTimedOut
+from rerankrt.server.media import MediaFetcher
+from rerankrt.server.metrics import Metrics
+from rerankrt.server.schemas import ScoringOptions
+
+DISCONNECT_POLL_SECONDS = 0.25
+T = TypeVar("T")
+
+
+class Scoring:
+    """What every adapter calls; one per app, at `app.state.scoring`."""
+
+    def __init__(self, reranker: Reranker, request_timeout: float, metrics: Metrics):
+        self.reranker = reranker
+        self.request_timeout = request_timeout
+        self.metrics = metrics
+        self.media: MediaFetcher | None = None  # set while the app's lifespan runs
+
+    @property
+    def model_name(self) -> str:
+        return self.reranker.name
+
+    async def score(
+        self,
+        request: Request,
+        options: ScoringOptions,
+        query: Input,
+        documents: Sequence[Input],
+        documents_field: str = "documents",
+    ) -> Scores:
+        """`query` against each of `documents`; `documents_field` names the list in a too-many-documents 413."""
+        return await self.guarded(request, self._score(options, query, documents, documents_field))
+
+    async def score_pairwise(
+        self,
+        request: Request,
+        options: ScoringOptions,
+        queries: Sequence[Input],
+        documents: Sequence[Input],
+        documents_field: str = "documents",
+    ) -> Scores:
+        """Each query against its document: media fetched in one go, then one engine call per pair, concurrently."""
+        return await self.guarded(request, self._score_pairwise(options, queries, documents, documents_field))
+
+    async def guarded(self, request: Request, work: Awaitable[T]) -> T:
+        """`work` (fetching media, scoring), dropped when the client disconnects or the request times out."""
+        task = asyncio.ensure_future(work)
+        deadline = time.monotonic() + self.request_timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+                if done:
+                    return task.result()
+                if await request.is_disconnected():
+                    raise ClientDisconnected("the client closed the connection; its pairs were dropped")
+                if time.monotonic() > deadline:
+                    raise RequestTimedOut(f"no scores within {self.request_timeout:g} s; retry later")
+        finally:
+            if not task.done():  # the scheduler drops the pairs still queued before we answer
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _score(
+        self, options: ScoringOptions, query: Input, documents: Sequence[Input], documents_field: str
+    ) -> Scores:
+        self.reranker.check_size(len(documents), documents_field)  # before fetching anything
+        query_content, *contents = await self._resolve([query, *documents])
+        with _parts_named([query, *documents]):
+            return await self.reranker.ascore(_request(options, query, query_content, documents, contents))
+
+    async def _score_pairwise(
+        self, options: ScoringOptions, queries: Sequence[Input], documents: Sequence[Input], documents_field: str
+    ) -> Scores:
+        self.reranker.check_size(len(documents), documents_field)
+        contents = await self._resolve([*queries, *documents])
+        query_contents, document_contents = contents[: len(queries)], contents[len(queries) :]
+        pairs = zip(queries, query_contents, documents, document_contents, strict=True)
+        with _parts_named([*queries, *documents]):
+            results = await asyncio.gather(
+                *(self.reranker.ascore(_request(options, q, qc, [d], [dc])) for q, qc, d, dc in pairs)
+            )
+        return Scores(np.concatenate([r.logits for r in results]), sum(r.tokens for r in results))
+
+    async def _resolve(self, inputs: list[Input]) -> list:
+        return await resolve(inputs, self.reranker.family.multimodal, self.media, self.metrics)
+
+
+def _request(
+    options: ScoringOptions, query: Input, query_content, documents: Sequence[Input], contents: list
+) -> ScoreRequest:
+    """The engine's request, with the client's names for the query and each document."""
+    return ScoreRequest(
+        query=query_content,
+        documents=contents,
+        instruct=options.instruct,
+        truncate=options.truncate,
+        max_chunks_per_doc=options.max_chunks_per_doc,
+        query_field=query.field,
+        document_fields=[d.field for d in documents],
+    )
+
+
+@contextmanager
+def _parts_named(inputs: Sequence[Input]) -> Iterator[None]:
+    """An engine error on part k of an input (`field[k]…`) named by that part's own field where the input has one
+    (vLLM's single `{"content": [...]}`: input k is part k alone, `text_2.content[k]`, not `text_2.content[k][0]`)."""
+    try:
+        yield
+    except InputError as error:
+        for item in inputs:
+            if item.part_fields and error.field.startswith(f"{item.field}["):
+                index, _, rest = error.field[len(item.field) + 1 :].partition("]")
+                if index.isdigit() and int(index) < len(item.part_fields):
+                    raise type(error)(item.part_field(int(index)) + rest, error.message) from error
+        raise
+
+
+def get_scoring(request: Request) -> Scoring:
+    return request.app.state.scoring
+
+
+ScoringService = Annotated[Scoring, Depends(get_scoring)]
+"""A route parameter of this type receives the app's `Scoring`."""
