@@ -1,9 +1,9 @@
-"""Queries and documents as a request gives them -> what the family's encoder takes.
+"""Queries and documents as a request gives them -> what the model's encoder takes.
 
-A string stays a string. Content parts go to a multimodal family with their media fetched and decoded
+A string stays a string. Content parts go to a multimodal reranker with their media fetched and decoded
 (`image_url` -> `{"type": "image", "image": PIL image}`, `video_url` -> `{"type": "video", "video": frames,
 "fps": fps}`), every URL of the request in one concurrent `MediaFetcher.fetch_all`, each distinct URL once.
-A text-only family takes text parts joined by newlines into one string, and refuses media parts.
+A text-only reranker takes text parts joined by newlines into one string, and refuses media parts.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def text_only(item: Input) -> str:
         if not isinstance(part, TextPart):
             raise InputError(
                 item.part_field(k),
-                f"this model takes text only; {part.type} parts need a multimodal reranker (Qwen3-VL-Reranker)",
+                f"this model takes text only; {part.type} parts need a multimodal reranker",
             )
     return TEXT_SEPARATOR.join(part.text for part in item.value)
 

@@ -33,7 +33,7 @@ TINY_PNG = (
     "dgOYJjJ1oAAAAABJRU5ErkJggg=="
 )
 MULTIMODAL_EXAMPLE = {
-    "model": "Qwen/Qwen3-VL-Reranker-2B",
+    "model": "my-multimodal-reranker",
     "query": "A woman playing with her dog on a beach at sunset.",
     "documents": [
         "A woman shares a joyful moment with her golden retriever on a sun-drenched beach at sunset.",
@@ -139,7 +139,7 @@ class ScoringOptions(BaseModel):
 
     model: StrictStr | None = Field(None, description="accepted for compatibility; this server serves one model")
     instruct: StrictStr | None = Field(
-        None, description="task instruction for instruction-following rerankers (Qwen3); cross-encoders ignore it"
+        None, description="task instruction for instruction-following rerankers; other rerankers ignore it"
     )
     truncate: StrictBool = Field(
         True, description="cut over-long pairs to max_length; false makes an over-long pair a 400"
