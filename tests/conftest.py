@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 
-from tests import tiny_models  # noqa: E402
+from rerankrt.testing import tiny_models  # noqa: E402
 
 ARCHS = ("xlmr", "bert")  # cross-encoders
 QWEN_ARCHS = ("qwen3", "qwen3-untied")  # decoder yes/no rerankers, tied and untied LM head

@@ -11,8 +11,8 @@ from rerankrt.runtime import load_reranker
 from rerankrt.runtime.loader import select_backend
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.runtime.torch_backend import TorchBackend
+from rerankrt.testing.reference import cross_encoder_logits, random_documents, random_text
 from tests.conftest import ARCHS
-from tests.reference import cross_encoder_logits, random_documents, random_text
 
 
 def fresh_inputs(seed: int) -> tuple[str, list[str]]:

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from rerankrt.server.schemas import PANDA_EXAMPLE
-from tests import tiny_models
-from tests.reference import QWEN3_CHINESE_EXAMPLE, qwen3_card_scores
+from rerankrt.testing import tiny_models
+from rerankrt.testing.reference import QWEN3_CHINESE_EXAMPLE, qwen3_card_scores
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 SERVERS: dict[str, subprocess.Popen] = {}  # base URL -> process, while running_server holds it

@@ -12,8 +12,7 @@ from rerankrt.families import DecoderYesNoFamily, detect_family
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.server import create_app
-from tests.conftest import QWEN_ARCHS
-from tests.reference import (
+from rerankrt.testing.reference import (
     QWEN3_CHINESE_EXAMPLE,
     QWEN3_DEFAULT_INSTRUCTION,
     QWEN3_PREFIX,
@@ -23,6 +22,7 @@ from tests.reference import (
     random_documents,
     random_text,
 )
+from tests.conftest import QWEN_ARCHS
 
 CHINESE = QWEN3_CHINESE_EXAMPLE
 

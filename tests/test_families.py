@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from rerankrt.errors import UnsupportedModelError
 from rerankrt.families import CrossEncoderFamily, detect_family, get_family
-from tests import tiny_models
+from rerankrt.testing import tiny_models
 from tests.conftest import ARCHS
 
 

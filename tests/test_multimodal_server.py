@@ -1,6 +1,6 @@
 """Multimodal requests end to end: content parts, media from a local HTTP server, scores vs the official scoring.
 
-The reference (tests/reference_qwen3_vl.py) scores the same decoded images and video frames the server
+The reference (rerankrt.testing.reference_qwen3_vl) scores the same decoded images and video frames the server
 fetched; the server's scores must match it within 1e-3, on the ONNX artifact and on the torch backend.
 """
 
@@ -28,7 +28,7 @@ from rerankrt.runtime.chunking import chunk_documents
 from rerankrt.server import create_app
 from rerankrt.server.media import MediaLimits, decode_image, decode_video
 from rerankrt.server.settings import ServeSettings
-from tests.reference_qwen3_vl import OfficialScorer, messages
+from rerankrt.testing.reference_qwen3_vl import OfficialScorer, messages
 
 SCORE_TOLERANCE = 1e-3
 MAX_BYTES = 256 * 1024  # the test apps' media_max_bytes; big.png is over it

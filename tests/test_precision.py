@@ -16,7 +16,7 @@ from rerankrt.export import export_model
 from rerankrt.export.parity import FidelityThresholds, _tie_aware_agreement
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.loader import AUTO_ORDER, auto_order, onnxruntime_graph_role
-from tests.reference import random_documents
+from rerankrt.testing.reference import random_documents
 
 QUERY = "what is a panda bear"
 

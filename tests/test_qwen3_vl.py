@@ -1,6 +1,6 @@
 """Qwen3-VL yes/no reranker: detection, prompt, numpy preprocessing vs transformers, and two-graph parity.
 
-Parity is against the official scoring script's computation (tests/reference_qwen3_vl.py):
+Parity is against the official scoring script's computation (rerankrt.testing.reference_qwen3_vl):
 transformers' own forward on its own processor outputs, score = sigmoid((W[yes] - W[no]) · h_last).
 """
 
@@ -23,7 +23,7 @@ from rerankrt.families.qwen3_vl_geometry import (
     rotary_cos_sin,
 )
 from rerankrt.families.qwen3_vl_media import MediaConfig, preprocess_image, preprocess_video, smart_resize
-from tests.reference_qwen3_vl import OfficialScorer, messages
+from rerankrt.testing.reference_qwen3_vl import OfficialScorer, messages
 
 SCORE_TOLERANCE = 1e-3  # |Δ sigmoid score|, the acceptance bound
 LOGIT_TOLERANCE = 1e-4  # |Δ logit|, what fp32 graphs actually hold (~3e-6 measured)

@@ -21,8 +21,8 @@ from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtErro
 from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.tensorrt_backend import TensorRTBackend
+from rerankrt.testing.reference import random_documents, random_text
 from tests.conftest import QWEN_ARCHS
-from tests.reference import random_documents, random_text
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 GPU_REASON = (

@@ -1,9 +1,9 @@
 """Tiny random-weight cross-encoders of the real architectures, with offline-trained tokenizers.
 
 Nothing is downloaded: the tokenizers are trained here on a small corpus and
-the weights are random (seeded). Run as a script to write them for manual use:
+the weights are random (seeded). Run as a module to write them for manual use:
 
-    python tests/tiny_models.py /tmp/tiny   # -> /tmp/tiny/xlmr, /tmp/tiny/bert
+    python -m rerankrt.testing.tiny_models /tmp/tiny   # -> /tmp/tiny/xlmr, bert, qwen3, qwen3-untied
 """
 
 from __future__ import annotations
