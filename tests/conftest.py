@@ -1,4 +1,5 @@
-"""Session fixtures: tiny random-weight models built offline, and their exported artifacts."""
+"""Shared fixtures: tiny random-weight models built offline and their exported artifacts, the Qwen3-VL scorers,
+and a local media server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 
 from rerankrt.testing import tiny_models  # noqa: E402
+from tests.support import serve_media  # noqa: E402
 
 ARCHS = ("xlmr", "bert")  # cross-encoders
 QWEN_ARCHS = ("qwen3", "qwen3-untied")  # decoder yes/no rerankers, tied and untied LM head
@@ -51,6 +53,32 @@ def qwen3_vl_artifact(qwen3_vl_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "qwen3-vl"
     export_model(str(qwen3_vl_dir), out)
     return out
+
+
+@pytest.fixture(scope="module")
+def vl_official(qwen3_vl_dir):
+    """The tiny Qwen3-VL reranker scored as the official script does (transformers only)."""
+    from rerankrt.testing.reference_qwen3_vl import OfficialScorer
+
+    return OfficialScorer(qwen3_vl_dir)
+
+
+@pytest.fixture(scope="module")
+def vl_rerankers(qwen3_vl_dir, qwen3_vl_artifact):
+    """The tiny Qwen3-VL reranker on both CPU backends: its artifact on ONNX Runtime, its weights on torch."""
+    from rerankrt.runtime import load_reranker
+
+    return {
+        "onnxruntime": load_reranker(str(qwen3_vl_artifact), backend="onnxruntime", threads=1),
+        "torch": load_reranker(str(qwen3_vl_dir), backend="torch", threads=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def media_base(request):
+    """Base URL of a local HTTP server for the test module's MEDIA_FILES (routes: tests.support.MediaHandler)."""
+    with serve_media(request.module.MEDIA_FILES) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
