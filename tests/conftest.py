@@ -24,6 +24,17 @@ BUILDERS = {
 }
 
 
+# Tests that use these (directly or through another fixture) build or export models: the integration tier.
+INTEGRATION_FIXTURES = frozenset({"model_dirs", "artifact_dirs", "qwen3_vl_dir", "qwen3_vl_artifact"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")

@@ -17,6 +17,8 @@ from rerankrt.testing import tiny_models
 from rerankrt.testing.reference import QWEN3_CHINESE_EXAMPLE, qwen3_card_scores
 from tests.support import ENV, SERVERS, free_port, rerankrt, running_server
 
+pytestmark = pytest.mark.integration  # real processes, most of them exporting or serving
+
 
 def test_export_prints_progress_and_writes_an_artifact(model_dirs, tmp_path):
     result = rerankrt("export", model_dirs["bert"], "--out", tmp_path / "art", "--max-length", 256)

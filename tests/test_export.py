@@ -13,6 +13,8 @@ from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.testing import tiny_models
 from tests.conftest import ARCHS
 
+pytestmark = pytest.mark.integration  # every test exports or builds a model
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_artifact_holds_graph_tokenizer_parity_and_hashes(artifact_dirs, model_dirs, arch):

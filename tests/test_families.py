@@ -15,12 +15,14 @@ def test_one_label_sequence_classifiers_are_cross_encoders(model_dirs, arch):
     assert isinstance(detect_family(model_dirs[arch]), CrossEncoderFamily)
 
 
+@pytest.mark.integration  # builds a model
 def test_unsupported_architecture_is_named(tmp_path):
     model_dir = tiny_models.build_causal_lm(tmp_path / "gpt2")
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
         detect_family(model_dir)
 
 
+@pytest.mark.integration  # builds a model
 def test_two_label_classifier_is_refused_with_its_label_count(tmp_path):
     model_dir = tiny_models.build_xlmr(tmp_path / "two", num_labels=2)
     with pytest.raises(UnsupportedModelError, match="XLMRobertaForSequenceClassification with 2 labels"):
