@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny random-weight models built offline and their exported artifacts, the Qwen3-VL scorers,
-and a local media server."""
+"""Shared fixtures: the tiny models (without weights for the unit tier; built and exported for the integration
+tier), the Qwen3-VL scorers, a local media server; and the hook that marks the integration tier."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ BUILDERS = {
     "xlmr": tiny_models.build_xlmr,
     "bert": tiny_models.build_bert,
     "qwen3": tiny_models.build_qwen3,
-    "qwen3-untied": lambda out: tiny_models.build_qwen3(out, tied=False),
+    "qwen3-untied": lambda out, **kw: tiny_models.build_qwen3(out, tied=False, **kw),
 }
 
 
@@ -33,6 +33,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Each tiny model's folder without its weights (config.json, tokenizer, processor files), "qwen3-vl" included:
+    enough for family detection and the pair encoders, and no model is built (unit tier)."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    builders = {**BUILDERS, "qwen3-vl": tiny_models.build_qwen3_vl}
+    return {arch: builder(root / arch, weights=False) for arch, builder in builders.items()}
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
-"""Test helpers: a held backend and an in-process client, `rerankrt` as a subprocess, media files and their server."""
+"""Test helpers: a held backend and an in-process client, `rerankrt` as a subprocess, media files and their
+server, a hand-written artifact folder."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import av
@@ -199,3 +203,46 @@ def serve_media(files: dict[str, bytes], host: str = "127.0.0.1"):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- an artifact folder written by hand -------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_fake_artifact(folder: Path, precision: str = "fp32") -> Path:
+    """An artifact folder as `rerankrt export` lays it out, with made-up graph bytes: for manifest checks only.
+
+    A cross-encoder with model.onnx, tokenizer.json, a passed parity.json and every file hashed in
+    manifest.json; a precision other than fp32 adds its graph and a passed fidelity.json.
+    """
+    import transformers
+
+    folder.mkdir(parents=True)
+    graphs = {"scorer": "model.onnx"}
+    if precision != "fp32":
+        graphs[f"scorer.{precision}"] = f"model.{precision}.onnx"
+        (folder / "fidelity.json").write_text(json.dumps({"passed": True, "accepted": False}))
+    for file in graphs.values():
+        (folder / file).write_bytes(f"not really an ONNX graph: {file}".encode())
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "parity.json").write_text(json.dumps({"passed": True, "max_abs_diff": 1e-6}))
+    io_names = {"inputs": ["input_ids", "attention_mask"], "outputs": ["logits"]}
+    manifest = {
+        "format_version": 1,
+        "family": "cross-encoder",
+        "source": {"ref": "tiny-org/tiny-reranker", "architecture": "XLMRobertaForSequenceClassification"},
+        "max_length": 512,
+        "precision": precision,
+        "opset": 17,
+        "graphs": {role: {"file": file, **io_names} for role, file in graphs.items()},
+        "engines": [],
+        "encoder_files": ["tokenizer.json"],
+        "versions": {"transformers": transformers.__version__},
+        "files": {f.name: sha256(f) for f in sorted(folder.iterdir())},
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder

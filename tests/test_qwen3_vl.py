@@ -128,8 +128,8 @@ def test_scorer_graph_has_no_vocabulary_projection(qwen3_vl_artifact, qwen3_vl_d
     assert weights and not any(vocab in shape for shape in weights)
 
 
-def test_template_renders_the_official_layout(qwen3_vl_dir):
-    encoder = Qwen3VLFamily().load_encoder(qwen3_vl_dir)
+def test_template_renders_the_official_layout(tokenizer_dirs):
+    encoder = Qwen3VLFamily().load_encoder(tokenizer_dirs["qwen3-vl"])
     rng = np.random.default_rng(0)
     query = normalize_content([{"type": "text", "text": "q"}, {"type": "image", "image": image(rng, 64, 64)}], "query")
     text, query_spans, doc_spans = encoder.prompt.render(query, normalize_content("", "documents[0]"), None)
@@ -155,8 +155,8 @@ def test_parts_are_ordered_videos_images_texts():
         normalize_content([{"type": "audio"}], "query")
 
 
-def test_truncation_keeps_media_and_template(qwen3_vl_dir):
-    encoder = Qwen3VLFamily().load_encoder(qwen3_vl_dir, max_length=160)
+def test_truncation_keeps_media_and_template(tokenizer_dirs):
+    encoder = Qwen3VLFamily().load_encoder(tokenizer_dirs["qwen3-vl"], max_length=160)
     rng = np.random.default_rng(1)
     long_doc = [{"type": "image", "image": image(rng, 64, 96)}, {"type": "text", "text": "panda " * 400}]
     (pair,) = encoder.encode("what is panda?", [long_doc])
@@ -168,7 +168,7 @@ def test_truncation_keeps_media_and_template(qwen3_vl_dir):
         encoder.encode("q", [long_doc], truncate=False)
     with pytest.raises(InputError, match=r"documents\[0\]"):  # media alone over the limit
         big = [{"type": "image", "image": image(rng, 160, 160)}]
-        Qwen3VLFamily().load_encoder(qwen3_vl_dir, max_length=100).encode("q", [big])
+        Qwen3VLFamily().load_encoder(tokenizer_dirs["qwen3-vl"], max_length=100).encode("q", [big])
 
 
 def test_smart_resize_follows_the_reranker_bounds():
@@ -181,11 +181,11 @@ def test_smart_resize_follows_the_reranker_bounds():
         smart_resize(1, 500, 32, 4096, 10**6)
 
 
-def test_pixels_match_the_transformers_processor(qwen3_vl_dir):
+def test_pixels_match_the_transformers_processor(tokenizer_dirs):
     from transformers import Qwen2VLImageProcessor
 
-    processor = Qwen2VLImageProcessor.from_pretrained(qwen3_vl_dir)
-    config = MediaConfig.load(qwen3_vl_dir)
+    processor = Qwen2VLImageProcessor.from_pretrained(tokenizer_dirs["qwen3-vl"])
+    config = MediaConfig.load(tokenizer_dirs["qwen3-vl"])
     rng = np.random.default_rng(2)
     for height, width in [(64, 96), (300, 200), (20, 33)]:  # as is, downscaled, upscaled
         source = image(rng, height, width)
