@@ -15,7 +15,7 @@ SERVE_ARGS  ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: install test export serve bench clean-venv docker docker-cpu
+.PHONY: install test test-fast export serve bench clean-venv docker docker-cpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Everything: the unit tier and the integration tier (tests that export models or start servers).
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier only: under a minute on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 export: $(STAMP)
 	@test -n "$(MODEL)" || { echo "usage: make export MODEL=<hub id or local dir> [OUT=engines/<name>] [PRECISION=fp32|int8|bf16|fp16]" >&2; exit 2; }

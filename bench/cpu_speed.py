@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, best_of, folder_mb, machine, write_result  # noqa: E402
 from bench.load import server  # noqa: E402
-from tests.tiny_models import CORPUS, build_xlmr_tokenizer  # noqa: E402
+from rerankrt.testing.tiny_models import CORPUS, build_xlmr_tokenizer  # noqa: E402
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})
 SECTIONS = ("xlmr-base", "xlmr-large", "qwen3-0.6b", "minilm")
@@ -194,7 +194,7 @@ def qwen3_section(pairs: int, args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from bench.qwen3_reranker import build_model, card_scores, make_documents
-    from tests.tiny_models import build_qwen3_tokenizer
+    from rerankrt.testing.tiny_models import build_qwen3_tokenizer
 
     work = args.workdir / "qwen3-0.6b"
     model_dir = build_model(work / "model", layers=28)

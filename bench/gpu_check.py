@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import best_of, machine, write_result  # noqa: E402
-from tests.reference import QWEN3_PREFIX, QWEN3_SUFFIX  # noqa: E402
-from tests.tiny_models import CORPUS, build_qwen3_tokenizer, build_xlmr_tokenizer  # noqa: E402
+from rerankrt.testing.reference import QWEN3_PREFIX, QWEN3_SUFFIX  # noqa: E402
+from rerankrt.testing.tiny_models import CORPUS, build_qwen3_tokenizer, build_xlmr_tokenizer  # noqa: E402
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})
 

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, machine, write_result  # noqa: E402
-from tests.tiny_models import CORPUS, build_xlmr, build_xlmr_tokenizer  # noqa: E402
+from rerankrt.testing.tiny_models import CORPUS, build_xlmr, build_xlmr_tokenizer  # noqa: E402
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})
 CONFIGS = {

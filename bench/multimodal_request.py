@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_models, bench.common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.common
 
 from bench.common import machine, write_result  # noqa: E402
 from rerankrt.runtime import load_reranker  # noqa: E402
@@ -103,7 +103,7 @@ def artifact_dir(given: Path | None) -> Path:
     if given:
         return given
     from rerankrt.export import export_model
-    from tests.tiny_models import build_qwen3_vl
+    from rerankrt.testing.tiny_models import build_qwen3_vl
 
     root = Path(tempfile.mkdtemp(prefix="rerankrt-bench-vl-"))
     export_model(str(build_qwen3_vl(root / "model")), root / "artifact")

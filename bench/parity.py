@@ -10,16 +10,13 @@ prints the numbers behind it.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests import tiny_models  # noqa: E402
-from tests.reference import cross_encoder_logits, qwen3_card_scores, random_documents, random_text  # noqa: E402
+from rerankrt.testing import tiny_models
+from rerankrt.testing.reference import cross_encoder_logits, qwen3_card_scores, random_documents, random_text
 
 BUILDERS = {
     "xlmr": tiny_models.build_xlmr,

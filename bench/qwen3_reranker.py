@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import best_of, folder_mb, machine, write_result  # noqa: E402
-from tests.reference import qwen3_card_inputs  # noqa: E402
-from tests.tiny_models import CORPUS, build_qwen3_tokenizer  # noqa: E402
+from rerankrt.testing.reference import qwen3_card_inputs  # noqa: E402
+from rerankrt.testing.tiny_models import CORPUS, build_qwen3_tokenizer  # noqa: E402
 
 
 def build_model(out: Path, layers: int) -> Path:

@@ -51,8 +51,7 @@ def build_2b(out: Path) -> Path:
     """Qwen3-VL-2B geometry (vision 24 x 1024, text 28 x 2048, vocab 151936) with random bf16 weights."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tokenizer fixture lives in tests/
-    from tests.tiny_models import build_qwen3_vl
+    from rerankrt.testing.tiny_models import build_qwen3_vl
 
     build_qwen3_vl(out)  # tokenizer, processor and media files; the weights are replaced below
     tiny = json.loads((out / "config.json").read_text())

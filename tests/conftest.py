@@ -1,4 +1,5 @@
-"""Session fixtures: tiny random-weight models built offline, and their exported artifacts."""
+"""Shared fixtures: the tiny models (without weights for the unit tier; built and exported for the integration
+tier), the Qwen3-VL scorers, a local media server; and the hook that marks the integration tier."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 
-from tests import tiny_models  # noqa: E402
+from rerankrt.testing import tiny_models  # noqa: E402
+from tests.support import serve_media  # noqa: E402
 
 ARCHS = ("xlmr", "bert")  # cross-encoders
 QWEN_ARCHS = ("qwen3", "qwen3-untied")  # decoder yes/no rerankers, tied and untied LM head
@@ -18,8 +20,28 @@ BUILDERS = {
     "xlmr": tiny_models.build_xlmr,
     "bert": tiny_models.build_bert,
     "qwen3": tiny_models.build_qwen3,
-    "qwen3-untied": lambda out: tiny_models.build_qwen3(out, tied=False),
+    "qwen3-untied": lambda out, **kw: tiny_models.build_qwen3(out, tied=False, **kw),
 }
+
+
+# Tests that use these (directly or through another fixture) build or export models: the integration tier.
+INTEGRATION_FIXTURES = frozenset({"model_dirs", "artifact_dirs", "qwen3_vl_dir", "qwen3_vl_artifact"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Each tiny model's folder without its weights (config.json, tokenizer, processor files), "qwen3-vl" included:
+    enough for family detection and the pair encoders, and no model is built (unit tier)."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    builders = {**BUILDERS, "qwen3-vl": tiny_models.build_qwen3_vl}
+    return {arch: builder(root / arch, weights=False) for arch, builder in builders.items()}
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +73,32 @@ def qwen3_vl_artifact(qwen3_vl_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "qwen3-vl"
     export_model(str(qwen3_vl_dir), out)
     return out
+
+
+@pytest.fixture(scope="module")
+def vl_official(qwen3_vl_dir):
+    """The tiny Qwen3-VL reranker scored as the official script does (transformers only)."""
+    from rerankrt.testing.reference_qwen3_vl import OfficialScorer
+
+    return OfficialScorer(qwen3_vl_dir)
+
+
+@pytest.fixture(scope="module")
+def vl_rerankers(qwen3_vl_dir, qwen3_vl_artifact):
+    """The tiny Qwen3-VL reranker on both CPU backends: its artifact on ONNX Runtime, its weights on torch."""
+    from rerankrt.runtime import load_reranker
+
+    return {
+        "onnxruntime": load_reranker(str(qwen3_vl_artifact), backend="onnxruntime", threads=1),
+        "torch": load_reranker(str(qwen3_vl_dir), backend="torch", threads=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def media_base(request):
+    """Base URL of a local HTTP server for the test module's MEDIA_FILES (routes: tests.support.MediaHandler)."""
+    with serve_media(request.module.MEDIA_FILES) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

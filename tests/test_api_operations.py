@@ -11,7 +11,7 @@ from rerankrt.logs import JsonFormatter
 from rerankrt.runtime import load_reranker
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
-from tests.slow_server import HeldBackend, asgi_client
+from tests.support import HeldBackend, asgi_client
 
 QUERY = "what is panda?"
 DOCS = ["hi", "The giant panda is a bear species endemic to China.", "Paris is the capital of France."]

@@ -11,8 +11,8 @@ from rerankrt.runtime import load_reranker
 from rerankrt.runtime.loader import select_backend
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.runtime.torch_backend import TorchBackend
+from rerankrt.testing.reference import cross_encoder_logits, random_documents, random_text
 from tests.conftest import ARCHS
-from tests.reference import cross_encoder_logits, random_documents, random_text
 
 
 def fresh_inputs(seed: int) -> tuple[str, list[str]]:
@@ -56,9 +56,9 @@ def test_scores_do_not_depend_on_batch_company(artifact_dirs):
     np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
 
 
-def test_onnxruntime_on_a_plain_model_folder_asks_for_an_export(model_dirs):
+def test_onnxruntime_on_a_plain_model_folder_asks_for_an_export(tokenizer_dirs):
     with pytest.raises(BackendUnavailableError, match="rerankrt export"):
-        load_reranker(str(model_dirs["xlmr"]), backend="onnxruntime")
+        load_reranker(str(tokenizer_dirs["xlmr"]), backend="onnxruntime")
 
 
 def test_tensorrt_explicitly_requested_is_an_error_not_a_fallback(artifact_dirs):

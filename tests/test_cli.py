@@ -2,41 +2,22 @@
 
 import concurrent.futures
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
 
 from rerankrt.server.schemas import PANDA_EXAMPLE
-from tests import tiny_models
-from tests.reference import QWEN3_CHINESE_EXAMPLE, qwen3_card_scores
+from rerankrt.testing import tiny_models
+from rerankrt.testing.reference import QWEN3_CHINESE_EXAMPLE, qwen3_card_scores
+from tests.support import ENV, SERVERS, free_port, rerankrt, running_server
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-SERVERS: dict[str, subprocess.Popen] = {}  # base URL -> process, while running_server holds it
-
-
-def rerankrt(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "rerankrt.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = pytest.mark.integration  # real processes, most of them exporting or serving
 
 
 def test_export_prints_progress_and_writes_an_artifact(model_dirs, tmp_path):
@@ -81,38 +62,6 @@ def test_serve_refuses_a_tampered_artifact(artifact_dirs, tmp_path):
     result = rerankrt("serve", "--model-path", folder, "--port", free_port(), timeout=120)
     assert result.returncode == 2
     assert "model.onnx: sha256 does not match" in result.stderr
-
-
-@contextmanager
-def running_server(model_path, *flags):
-    """`rerankrt serve` in a subprocess on a free port; yields its base URL, then stops it with SIGTERM."""
-    port = free_port()
-    env = {**ENV, "RERANKRT_PORT": str(port)}  # configuration by environment variable
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rerankrt.cli", "serve", "--model-path", str(model_path), *flags],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not become healthy:\n{proc.communicate()[0]}")
-    SERVERS[base] = proc
-    try:
-        yield base
-    finally:
-        proc.terminate()
-        SERVERS.pop(base)
-        output = proc.communicate(timeout=30)[0]
-    # uvicorn finishes in-flight work, then re-raises SIGTERM (exit status -15)
-    assert "Application shutdown complete" in output
-    assert proc.returncode in (0, -15), output
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from rerankrt.families import DecoderYesNoFamily, detect_family
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.server import create_app
-from tests.conftest import QWEN_ARCHS
-from tests.reference import (
+from rerankrt.testing.reference import (
     QWEN3_CHINESE_EXAMPLE,
     QWEN3_DEFAULT_INSTRUCTION,
     QWEN3_PREFIX,
@@ -23,6 +22,7 @@ from tests.reference import (
     random_documents,
     random_text,
 )
+from tests.conftest import QWEN_ARCHS
 
 CHINESE = QWEN3_CHINESE_EXAMPLE
 
@@ -33,12 +33,12 @@ def card_ids(model_dir, query, docs, instruction=None, max_length=8192):
 
 
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
-def test_detected_as_decoder_yes_no(model_dirs, arch):
-    assert isinstance(detect_family(model_dirs[arch]), DecoderYesNoFamily)
+def test_detected_as_decoder_yes_no(tokenizer_dirs, arch):
+    assert isinstance(detect_family(tokenizer_dirs[arch]), DecoderYesNoFamily)
 
 
-def test_bundled_template_is_the_model_card_prompt(model_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"])
+def test_bundled_template_is_the_model_card_prompt(tokenizer_dirs):
+    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
     text, _, _ = encoder.template.render("what is panda?", "hi", None)
     body = f"<Instruct>: {QWEN3_DEFAULT_INSTRUCTION}\n<Query>: what is panda?\n<Document>: hi"
     assert text == QWEN3_PREFIX + body + QWEN3_SUFFIX
@@ -47,24 +47,26 @@ def test_bundled_template_is_the_model_card_prompt(model_dirs):
 
 
 @pytest.mark.parametrize("instruct", [None, "Given a question, find the passage that answers it"])
-def test_pairs_encode_to_the_model_card_tokens(model_dirs, instruct):
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"])
+def test_pairs_encode_to_the_model_card_tokens(tokenizer_dirs, instruct):
+    model_dir = tokenizer_dirs["qwen3"]
+    encoder = DecoderYesNoFamily().load_encoder(model_dir)
     docs = ["hi", "The giant panda is a bear species endemic to China.", "", "法国的首都是巴黎。"]
     pairs = encoder.encode("what is panda?", docs, instruct)
-    assert [p["input_ids"].tolist() for p in pairs] == card_ids(model_dirs["qwen3"], "what is panda?", docs, instruct)
+    assert [p["input_ids"].tolist() for p in pairs] == card_ids(model_dir, "what is panda?", docs, instruct)
     assert all(p["attention_mask"].tolist() == [1] * len(p["input_ids"]) for p in pairs)
 
 
-def test_long_document_is_cut_exactly_as_the_model_card_does(model_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"], max_length=120)
+def test_long_document_is_cut_exactly_as_the_model_card_does(tokenizer_dirs):
+    model_dir = tokenizer_dirs["qwen3"]
+    encoder = DecoderYesNoFamily().load_encoder(model_dir, max_length=120)
     docs = ["Paris is the capital of France. " * 60, "hi"]
     pairs = encoder.encode("what is panda?", docs)
     assert len(pairs[0]["input_ids"]) == 120
-    assert [p["input_ids"].tolist() for p in pairs] == card_ids(model_dirs["qwen3"], "what is panda?", docs, None, 120)
+    assert [p["input_ids"].tolist() for p in pairs] == card_ids(model_dir, "what is panda?", docs, None, 120)
 
 
-def test_long_query_is_cut_after_the_document_keeping_prefix_and_suffix(model_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"], max_length=120)
+def test_long_query_is_cut_after_the_document_keeping_prefix_and_suffix(tokenizer_dirs):
+    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], max_length=120)
     tokenizer = encoder.tokenizer
     prefix = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False)
     suffix = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False)
@@ -77,27 +79,27 @@ def test_long_query_is_cut_after_the_document_keeping_prefix_and_suffix(model_di
     assert "<Query>: what is the giant panda?" in text  # then the query's tail
 
 
-def test_prompt_past_the_model_limit_is_truncated_not_refused(model_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"])
+def test_prompt_past_the_model_limit_is_truncated_not_refused(tokenizer_dirs):
+    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
     assert encoder.max_length == 1024  # 8192 by default, capped by the tiny model's 1024 positions
     (pair,) = encoder.encode("panda", ["bears and pandas " * 3000])
     assert len(pair["input_ids"]) == 1024
 
 
-def test_an_instruction_that_leaves_no_room_is_a_client_error(model_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"], max_length=120)
+def test_an_instruction_that_leaves_no_room_is_a_client_error(tokenizer_dirs):
+    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], max_length=120)
     with pytest.raises(InputError) as info:
         encoder.encode("q", ["d"], instruct="be precise " * 200)
     assert info.value.field == "instruct"
 
 
-def test_sglang_style_template_from_a_file(model_dirs, tmp_path):
+def test_sglang_style_template_from_a_file(tokenizer_dirs, tmp_path):
     template = tmp_path / "t.jinja"
     template.write_text(
         "<|im_start|>user\n{{ instruct | default('Judge relevance') }}\nQ: {{ messages[0]['content'] }}\n"
         "D: {{ messages[1]['content'] }}<|im_end|>\n<|im_start|>assistant\n"
     )
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"], chat_template=template)
+    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], chat_template=template)
     (pair,) = encoder.encode("panda", ["bear"])
     assert encoder.tokenizer.decode(pair["input_ids"]).startswith(
         "<|im_start|>user\nJudge relevance\nQ: panda\nD: bear"
@@ -111,11 +113,11 @@ def test_sglang_style_template_from_a_file(model_dirs, tmp_path):
         "{{ messages[0]['content'] | upper }} {{ messages[1]['content'] }}",
     ],
 )
-def test_template_that_drops_or_changes_the_inputs_is_refused(model_dirs, tmp_path, source):
+def test_template_that_drops_or_changes_the_inputs_is_refused(tokenizer_dirs, tmp_path, source):
     template = tmp_path / "bad.jinja"
     template.write_text(source)
     with pytest.raises(UnsupportedModelError, match="bad.jinja"):
-        DecoderYesNoFamily().load_encoder(model_dirs["qwen3"], chat_template=template)
+        DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], chat_template=template)
 
 
 @pytest.mark.parametrize("arch", QWEN_ARCHS)

@@ -10,8 +10,10 @@ from rerankrt.export import export_model
 from rerankrt.export.parity import check_parity
 from rerankrt.families import CrossEncoderFamily
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from tests import tiny_models
+from rerankrt.testing import tiny_models
 from tests.conftest import ARCHS
+
+pytestmark = pytest.mark.integration  # every test exports or builds a model
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -6,23 +6,23 @@ from transformers import AutoTokenizer
 
 from rerankrt.errors import UnsupportedModelError
 from rerankrt.families import CrossEncoderFamily, detect_family, get_family
-from tests import tiny_models
+from rerankrt.testing import tiny_models
 from tests.conftest import ARCHS
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_one_label_sequence_classifiers_are_cross_encoders(model_dirs, arch):
-    assert isinstance(detect_family(model_dirs[arch]), CrossEncoderFamily)
+def test_one_label_sequence_classifiers_are_cross_encoders(tokenizer_dirs, arch):
+    assert isinstance(detect_family(tokenizer_dirs[arch]), CrossEncoderFamily)
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    model_dir = tiny_models.build_causal_lm(tmp_path / "gpt2")
+    model_dir = tiny_models.build_causal_lm(tmp_path / "gpt2", weights=False)
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
         detect_family(model_dir)
 
 
 def test_two_label_classifier_is_refused_with_its_label_count(tmp_path):
-    model_dir = tiny_models.build_xlmr(tmp_path / "two", num_labels=2)
+    model_dir = tiny_models.build_xlmr(tmp_path / "two", num_labels=2, weights=False)
     with pytest.raises(UnsupportedModelError, match="XLMRobertaForSequenceClassification with 2 labels"):
         detect_family(model_dir)
 
@@ -38,9 +38,9 @@ def test_unknown_family_name():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_short_pairs_encode_exactly_like_the_tokenizer(model_dirs, arch):
-    encoder = CrossEncoderFamily().load_encoder(model_dirs[arch])
-    tokenizer = AutoTokenizer.from_pretrained(model_dirs[arch])
+def test_short_pairs_encode_exactly_like_the_tokenizer(tokenizer_dirs, arch):
+    encoder = CrossEncoderFamily().load_encoder(tokenizer_dirs[arch])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dirs[arch])
     docs = ["hi", "The giant panda is a bear species endemic to China.", ""]
     pairs = encoder.encode("what is panda?", docs)
     expected = tokenizer(["what is panda?"] * 3, docs)
@@ -52,8 +52,8 @@ def test_short_pairs_encode_exactly_like_the_tokenizer(model_dirs, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_long_document_is_cut_and_query_kept(model_dirs, arch):
-    encoder = CrossEncoderFamily().load_encoder(model_dirs[arch], max_length=32)
+def test_long_document_is_cut_and_query_kept(tokenizer_dirs, arch):
+    encoder = CrossEncoderFamily().load_encoder(tokenizer_dirs[arch], max_length=32)
     tokenizer = encoder.tokenizer
     query = "what is panda?"
     (pair,) = encoder.encode(query, ["Paris is the capital of France. " * 40])
@@ -63,8 +63,8 @@ def test_long_document_is_cut_and_query_kept(model_dirs, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_over_long_query_is_truncated_not_an_error(model_dirs, arch):
-    encoder = CrossEncoderFamily().load_encoder(model_dirs[arch], max_length=32)
+def test_over_long_query_is_truncated_not_an_error(tokenizer_dirs, arch):
+    encoder = CrossEncoderFamily().load_encoder(tokenizer_dirs[arch], max_length=32)
     query = "The giant panda is a bear species endemic to China. " * 30
     pairs = encoder.encode(query, ["hi", "Paris is the capital of France. " * 40])
     sep = encoder.tokenizer.sep_token_id
@@ -76,15 +76,15 @@ def test_over_long_query_is_truncated_not_an_error(model_dirs, arch):
         assert len(ids) - query_end > 2  # the document still has tokens of its own
 
 
-def test_max_length_beyond_position_embeddings_is_refused(model_dirs):
+def test_max_length_beyond_position_embeddings_is_refused(tokenizer_dirs):
     # the tiny XLM-R has 514 positions, 2 of which RoBERTa reserves
-    CrossEncoderFamily().load_encoder(model_dirs["xlmr"], max_length=512)
+    CrossEncoderFamily().load_encoder(tokenizer_dirs["xlmr"], max_length=512)
     with pytest.raises(UnsupportedModelError, match="exceeds what the model takes \\(512"):
-        CrossEncoderFamily().load_encoder(model_dirs["xlmr"], max_length=513)
+        CrossEncoderFamily().load_encoder(tokenizer_dirs["xlmr"], max_length=513)
 
 
-def test_collate_pads_right_with_pad_id_and_zero_mask(model_dirs):
-    encoder = CrossEncoderFamily().load_encoder(model_dirs["bert"])
+def test_collate_pads_right_with_pad_id_and_zero_mask(tokenizer_dirs):
+    encoder = CrossEncoderFamily().load_encoder(tokenizer_dirs["bert"])
     pairs = encoder.encode("panda", ["hi", "a much longer document about pandas in China"])
     batch = encoder.collate(pairs)
     short, long = (len(p["input_ids"]) for p in pairs)
@@ -94,8 +94,8 @@ def test_collate_pads_right_with_pad_id_and_zero_mask(model_dirs):
     assert (batch["token_type_ids"][0, short:] == 0).all()
 
 
-def test_collate_left_padding(model_dirs):
-    encoder = CrossEncoderFamily().load_encoder(model_dirs["xlmr"])
+def test_collate_left_padding(tokenizer_dirs):
+    encoder = CrossEncoderFamily().load_encoder(tokenizer_dirs["xlmr"])
     encoder.padding_side = "left"
     pairs = encoder.encode("panda", ["hi", "a much longer document about pandas in China"])
     batch = encoder.collate(pairs)
@@ -104,8 +104,8 @@ def test_collate_left_padding(model_dirs):
     assert batch["input_ids"][0, long - short :].tolist() == pairs[0]["input_ids"].tolist()
 
 
-def test_encoder_save_lists_only_written_files(model_dirs, tmp_path):
-    encoder = CrossEncoderFamily().load_encoder(model_dirs["xlmr"])
+def test_encoder_save_lists_only_written_files(tokenizer_dirs, tmp_path):
+    encoder = CrossEncoderFamily().load_encoder(tokenizer_dirs["xlmr"])
     files = encoder.save(tmp_path)
     assert "tokenizer.json" in files
     assert all((tmp_path / f).is_file() for f in files)

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import ipaddress
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-import av
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
@@ -20,6 +15,7 @@ from PIL import Image, ImageFile
 from rerankrt.errors import InputError
 from rerankrt.runtime.service import RequestTooLarge
 from rerankrt.server.media import GuardedBackend, MediaFetcher, MediaLimits, MediaRef, Video
+from tests.support import image_bytes, mp4_bytes, serve_media
 
 FIELD = "documents[3].content[1].image_url.url"
 LOCAL = MediaLimits(allowed_networks=("127.0.0.1/32",))  # the test server; everything else is guarded as usual
@@ -27,105 +23,29 @@ SIZES = [(10, 20), (30, 15), (7, 7), (64, 33)]
 
 
 def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size, 128).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return image_bytes(Image.new(mode, size, 128))
 
 
 def rotated_jpeg() -> bytes:
     """40x20 pixels stored, with EXIF orientation 6: upright it is 20x40."""
     exif = Image.Exif()
     exif[0x0112] = 6
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 20), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
-    return buffer.getvalue()
+    return image_bytes(Image.new("RGB", (40, 20), (200, 10, 10)), "JPEG", exif=exif)
 
 
 def mp4(seconds: int = 3, fps: int = 10) -> bytes:
     """32x32 frames; frame i is gray level i * step, so a sampled frame tells its time."""
     step = 240 // (seconds * fps)
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        for i in range(seconds * fps):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * step, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return buffer.getvalue()
+    return mp4_bytes((np.full((32, 32, 3), i * step, np.uint8) for i in range(seconds * fps)), fps)
 
 
-FILES = {
+MEDIA_FILES = {  # served by the `media_base` fixture (conftest)
     **{f"{w}x{h}.png": png((w, h)) for w, h in SIZES},
     "rotated.jpg": rotated_jpeg(),
     "clip.mp4": mp4(),
     "bomb.png": png((5000, 5000), mode="L"),
     "notes.txt": b"not an image",
 }
-TYPES = {"png": "image/png", "jpg": "image/jpeg", "mp4": "video/mp4", "txt": "text/plain"}
-
-
-class MediaHandler(BaseHTTPRequestHandler):
-    """/files/<name>[?type=<content type>&delay=<s>], /redirect?to=<url>, /hops/<n>, /huge-length, /endless."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        query = {key: values[0] for key, values in parse_qs(url.query).items()}
-        time.sleep(float(query.get("delay", 0)))
-        with contextlib.suppress(ConnectionError):  # clients that stop reading early
-            if url.path.startswith("/files/") and url.path[7:] in FILES:
-                name = url.path[7:]
-                self.reply(200, FILES[name], query.get("type", TYPES[name.rsplit(".", 1)[1]]))
-            elif url.path == "/redirect":
-                self.reply(302, b"", "text/plain", Location=query["to"])
-            elif url.path.startswith("/hops/"):
-                hops = int(url.path[6:])
-                self.reply(302, b"", "text/plain", Location=f"/hops/{hops - 1}" if hops > 1 else "/files/10x20.png")
-            elif url.path == "/huge-length":
-                self.reply(200, b"\x89PNG", "image/png", **{"Content-Length": str(10**12)})
-            elif url.path == "/endless":
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                chunk = b"\0" * 65536
-                for _ in range(1024):  # 64 MiB at most, should the client not stop reading
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                self.wfile.write(b"0\r\n\r\n")
-            else:
-                self.reply(404, b"not found", "text/plain")
-
-    def reply(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        headers.setdefault("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@contextlib.contextmanager
-def serve(host: str):
-    server = ThreadingHTTPServer((host, 0), MediaHandler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture(scope="module")
-def base():
-    with serve("127.0.0.1") as url:
-        yield url
 
 
 def fetch(limits: MediaLimits, *refs: MediaRef) -> list:
@@ -152,31 +72,31 @@ def data_uri(data: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
-def test_concurrent_fetch_keeps_input_order(base):
+def test_concurrent_fetch_keeps_input_order(media_base):
     names = [f"{w}x{h}.png" for w, h in SIZES] * 2
     results = fetch(
-        LOCAL, *(image(f"{base}/files/{name}?delay=0.05", f"documents[{i}]") for i, name in enumerate(names))
+        LOCAL, *(image(f"{media_base}/{name}?delay=0.05", f"documents[{i}]") for i, name in enumerate(names))
     )
     assert [r.size for r in results] == SIZES * 2
     assert all(isinstance(r, Image.Image) and r.mode == "RGB" for r in results)
 
 
-def test_image_is_upright_rgb_and_octet_stream_is_sniffed(base):
+def test_image_is_upright_rgb_and_octet_stream_is_sniffed(media_base):
     upright, sniffed = fetch(
-        LOCAL, image(f"{base}/files/rotated.jpg"), image(f"{base}/files/7x7.png?type=application/octet-stream")
+        LOCAL, image(f"{media_base}/rotated.jpg"), image(f"{media_base}/7x7.png?type=application/octet-stream")
     )
     assert upright.size == (20, 40) and upright.mode == "RGB"
     assert sniffed.size == (7, 7)
 
 
-def test_video_frames_are_sampled_at_fps_then_spread_evenly(base):
-    (video,) = fetch(LOCAL, MediaRef("video", f"{base}/files/clip.mp4", FIELD))
+def test_video_frames_are_sampled_at_fps_then_spread_evenly(media_base):
+    (video,) = fetch(LOCAL, MediaRef("video", f"{media_base}/clip.mp4", FIELD))
     assert isinstance(video, Video) and video.frames.shape == (3, 32, 32, 3) and video.frames.dtype == np.uint8
     assert video.fps == pytest.approx(1.0)
     np.testing.assert_allclose(video.frames[:, 16, 16, 0], [0, 80, 160], atol=12)  # frames 0, 10, 20
 
     (spread,) = fetch(
-        MediaLimits(max_video_frames=2), MediaRef("video", data_uri(FILES["clip.mp4"], "video/mp4"), FIELD)
+        MediaLimits(max_video_frames=2), MediaRef("video", data_uri(MEDIA_FILES["clip.mp4"], "video/mp4"), FIELD)
     )
     assert spread.frames.shape == (2, 32, 32, 3) and spread.fps == pytest.approx(2 / 3)
     np.testing.assert_allclose(spread.frames[:, 16, 16, 0], [0, 160], atol=12)  # the first and the last of 0, 1, 2 s
@@ -191,24 +111,26 @@ def test_long_video_is_sampled_by_seeking():
 
 
 def test_data_uris():
-    (img,) = fetch(MediaLimits(), image(data_uri(FILES["30x15.png"], "image/png")))
+    (img,) = fetch(MediaLimits(), image(data_uri(MEDIA_FILES["30x15.png"], "image/png")))
     assert img.size == (30, 15)
     refused(MediaLimits(), image("data:image/png;base64,not base64!"), "not valid base64")
     refused(MediaLimits(), image("data:image/png,rawbytes"), "must be base64")
-    refused(MediaLimits(), image(data_uri(FILES["30x15.png"], "text/plain")), "content type 'text/plain'")
+    refused(MediaLimits(), image(data_uri(MEDIA_FILES["30x15.png"], "text/plain")), "content type 'text/plain'")
     ppm = io.BytesIO()
     Image.new("RGB", (4, 4)).save(ppm, format="PPM")  # a format Pillow reads but the fetcher does not accept
     refused(MediaLimits(), image(data_uri(ppm.getvalue(), "image/x-portable-pixmap")), "not a decodable image")
     playlist = b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://127.0.0.1/a.ts\n#EXT-X-ENDLIST\n"
     refused(MediaLimits(), MediaRef("video", data_uri(playlist, "video/mp2t"), FIELD), "not a decodable video")
-    refused(MediaLimits(max_bytes=100), image(data_uri(FILES["64x33.png"], "image/png")), "100 bytes", RequestTooLarge)
+    refused(
+        MediaLimits(max_bytes=100), image(data_uri(MEDIA_FILES["64x33.png"], "image/png")), "100 bytes", RequestTooLarge
+    )
 
 
 def test_local_files_only_inside_the_allowed_directory(tmp_path):
     media = tmp_path / "media"
     media.mkdir()
-    (media / "in.png").write_bytes(FILES["10x20.png"])
-    (tmp_path / "secret.png").write_bytes(FILES["7x7.png"])
+    (media / "in.png").write_bytes(MEDIA_FILES["10x20.png"])
+    (tmp_path / "secret.png").write_bytes(MEDIA_FILES["7x7.png"])
     (media / "escape.png").symlink_to(tmp_path / "secret.png")
     allowed = MediaLimits(allowed_local_media_path=str(media))
 
@@ -229,56 +151,56 @@ def test_unsupported_schemes_are_refused():
     refused(MediaLimits(), image("http://[bad"), "not a valid URL")
 
 
-def test_http_refusals_name_the_field(base):
-    refused(LOCAL, image(f"{base}/files/10x20.png?type=text/html"), "content type 'text/html'")
+def test_http_refusals_name_the_field(media_base):
+    refused(LOCAL, image(f"{media_base}/10x20.png?type=text/html"), "content type 'text/html'")
     refused(
         LOCAL,
-        MediaRef("video", f"{base}/files/10x20.png", FIELD),
+        MediaRef("video", f"{media_base}/10x20.png", FIELD),
         "expected video/\\* content, got content type 'image/png'",
     )
-    refused(LOCAL, image(f"{base}/files/notes.txt?type=image/png"), "not a decodable image")
-    refused(LOCAL, MediaRef("video", f"{base}/files/notes.txt?type=video/mp4", FIELD), "not a decodable video")
-    refused(LOCAL, image(f"{base}/files/missing.png"), "HTTP 404")
+    refused(LOCAL, image(f"{media_base}/notes.txt?type=image/png"), "not a decodable image")
+    refused(LOCAL, MediaRef("video", f"{media_base}/notes.txt?type=video/mp4", FIELD), "not a decodable video")
+    refused(LOCAL, image(f"{media_base}/missing.png"), "HTTP 404")
     refused(
         MediaLimits(allowed_networks=LOCAL.allowed_networks, fetch_timeout=0.3),
-        image(f"{base}/files/7x7.png?delay=1.5"),
+        image(f"{media_base}/7x7.png?delay=1.5"),
         "timed out after 0.3 s",
     )
 
 
-def test_byte_limit_from_content_length_and_while_streaming(base):
-    refused(LOCAL, image(f"{base}/huge-length"), "over the limit of", RequestTooLarge)
+def test_byte_limit_from_content_length_and_while_streaming(media_base):
+    refused(LOCAL, image(f"{media_base}/huge-length"), "over the limit of", RequestTooLarge)
     # No Content-Length and 64 MiB on offer: reading stops at the limit (reading it all would time out instead).
     limits = MediaLimits(allowed_networks=LOCAL.allowed_networks, max_bytes=1_000_000, fetch_timeout=30)
-    refused(limits, image(f"{base}/endless"), "over the limit of 1000000 bytes", RequestTooLarge)
+    refused(limits, image(f"{media_base}/endless"), "over the limit of 1000000 bytes", RequestTooLarge)
 
 
-def test_decompression_bomb_is_refused_before_decoding(base, monkeypatch):
+def test_decompression_bomb_is_refused_before_decoding(media_base, monkeypatch):
     def no_decoding(self):
         raise AssertionError("the image was decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     limits = MediaLimits(allowed_networks=LOCAL.allowed_networks, max_image_pixels=1_000_000)
-    refused(limits, image(f"{base}/files/bomb.png"), "5000x5000 is over the limit", RequestTooLarge)
-    refused(limits, image(data_uri(FILES["bomb.png"], "image/png")), "5000x5000", RequestTooLarge)
+    refused(limits, image(f"{media_base}/bomb.png"), "5000x5000 is over the limit", RequestTooLarge)
+    refused(limits, image(data_uri(MEDIA_FILES["bomb.png"], "image/png")), "5000x5000", RequestTooLarge)
 
 
-def test_redirects_are_followed_up_to_the_limit(base):
+def test_redirects_are_followed_up_to_the_limit(media_base):
     limits = MediaLimits(allowed_networks=LOCAL.allowed_networks, max_redirects=2)
-    assert fetch(limits, image(f"{base}/hops/2"))[0].size == (10, 20)
-    refused(limits, image(f"{base}/hops/3"), "more than 2 redirects")
+    assert fetch(limits, image(f"{media_base}/hops/2?to=/10x20.png"))[0].size == (10, 20)
+    refused(limits, image(f"{media_base}/hops/3?to=/10x20.png"), "more than 2 redirects")
 
 
-def test_private_addresses_are_refused_by_default(base):
-    port = urlsplit(base).port
-    refused(MediaLimits(), image(f"{base}/files/7x7.png"), "127.0.0.1, which is not a public address")
-    refused(MediaLimits(), image(f"http://localhost:{port}/files/7x7.png"), "localhost resolves to .*not a public")
+def test_private_addresses_are_refused_by_default(media_base):
+    port = urlsplit(media_base).port
+    refused(MediaLimits(), image(f"{media_base}/7x7.png"), "127.0.0.1, which is not a public address")
+    refused(MediaLimits(), image(f"http://localhost:{port}/7x7.png"), "localhost resolves to .*not a public")
 
 
-def test_a_redirect_into_a_disallowed_network_is_refused(base):
+def test_a_redirect_into_a_disallowed_network_is_refused(media_base):
     """127.0.0.1 is allowed, 127.0.0.2 (a second server, that answers when allowed) is not."""
-    with serve("127.0.0.2") as other:
-        hop = f"{base}/redirect?to={other}/files/7x7.png"
+    with serve_media(MEDIA_FILES, "127.0.0.2") as other:
+        hop = f"{media_base}/redirect?to={other}/7x7.png"
         refused(LOCAL, image(hop), "127.0.0.2, which is not a public address")
         both = MediaLimits(allowed_networks=("127.0.0.1/32", "127.0.0.2/32"))
         assert fetch(both, image(hop))[0].size == (7, 7)
@@ -311,8 +233,8 @@ def test_guard_allows_only_public_addresses(address, allowed):
     )
 
 
-def test_the_first_failure_cancels_the_rest(base):
-    refs = [image(f"{base}/files/7x7.png?delay=2", "documents[0]"), image("ftp://x/a.png", "documents[1]")]
+def test_the_first_failure_cancels_the_rest(media_base):
+    refs = [image(f"{media_base}/7x7.png?delay=2", "documents[0]"), image("ftp://x/a.png", "documents[1]")]
     with pytest.raises(InputError) as info:
         fetch(LOCAL, *refs)
     assert info.value.field == "documents[1]"

@@ -1,6 +1,6 @@
 """Multimodal requests end to end: content parts, media from a local HTTP server, scores vs the official scoring.
 
-The reference (tests/reference_qwen3_vl.py) scores the same decoded images and video frames the server
+The reference (rerankrt.testing.reference_qwen3_vl) scores the same decoded images and video frames the server
 fetched; the server's scores must match it within 1e-3, on the ONNX artifact and on the torch backend.
 """
 
@@ -8,117 +8,49 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-import av
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.chunking import chunk_documents
 from rerankrt.server import create_app
 from rerankrt.server.media import MediaLimits, decode_image, decode_video
 from rerankrt.server.settings import ServeSettings
-from tests.reference_qwen3_vl import OfficialScorer, messages
+from rerankrt.testing.reference_qwen3_vl import messages
+from tests.support import image_bytes, mp4_bytes, rerankrt, running_server
 
 SCORE_TOLERANCE = 1e-3
 MAX_BYTES = 256 * 1024  # the test apps' media_max_bytes; big.png is over it
 
 
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def mp4(seconds: int = 3, fps: int = 10) -> bytes:
-    """48x64 frames of a moving gradient."""
-    buffer = io.BytesIO()
+def mp4() -> bytes:
+    """3 s at 10 fps of 48x64 frames of a moving gradient."""
     ramp = np.linspace(0, 200, 64, dtype=np.float32)[None, :, None]
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(seconds * fps):
-            frame = np.broadcast_to(ramp + 2 * i, (48, 64, 3)).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
+    return mp4_bytes((np.broadcast_to(ramp + 2 * i, (48, 64, 3)).astype(np.uint8) for i in range(30)), 10)
 
 
 RNG = np.random.default_rng(3)
-FILES = {
-    "a.png": png(RNG.integers(0, 256, (64, 96, 3), dtype=np.uint8)),
-    "b.png": png(RNG.integers(0, 256, (300, 200, 3), dtype=np.uint8)),  # downscaled by the preprocessing
-    "c.jpg": jpeg(RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)),
-    "big.png": png(RNG.integers(0, 256, (400, 400, 3), dtype=np.uint8)),  # ~480 KB, over MAX_BYTES
+MEDIA_FILES = {  # served by the `media_base` fixture (conftest)
+    "a.png": image_bytes(RNG.integers(0, 256, (64, 96, 3), dtype=np.uint8)),
+    "b.png": image_bytes(RNG.integers(0, 256, (300, 200, 3), dtype=np.uint8)),  # downscaled by the preprocessing
+    "c.jpg": image_bytes(RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8), "JPEG", quality=90),
+    "big.png": image_bytes(RNG.integers(0, 256, (400, 400, 3), dtype=np.uint8)),  # ~480 KB, over MAX_BYTES
     "clip.mp4": mp4(),
 }
-TYPES = {"png": "image/png", "jpg": "image/jpeg", "mp4": "video/mp4"}
-
-
-class MediaHandler(BaseHTTPRequestHandler):
-    """/<name>[?delay=<s>] serves FILES[name]."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        time.sleep(float(parse_qs(url.query).get("delay", ["0"])[0]))
-        name = url.path.lstrip("/")
-        body, status = (FILES[name], 200) if name in FILES else (b"not found", 404)
-        with contextlib.suppress(ConnectionError):  # a client that gave up
-            self.send_response(status)
-            self.send_header("Content-Type", TYPES.get(name.rsplit(".", 1)[-1], "text/plain"))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-
-@pytest.fixture(scope="module")
-def media_base():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), MediaHandler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")
 def media_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("media")
-    (folder / "a.png").write_bytes(FILES["a.png"])
+    (folder / "a.png").write_bytes(MEDIA_FILES["a.png"])
     return folder
-
-
-@pytest.fixture(scope="module")
-def official(qwen3_vl_dir):
-    return OfficialScorer(qwen3_vl_dir)
-
-
-@pytest.fixture(scope="module")
-def rerankers(qwen3_vl_dir, qwen3_vl_artifact):
-    return {
-        "onnxruntime": load_reranker(str(qwen3_vl_artifact), backend="onnxruntime", threads=1),
-        "torch": load_reranker(str(qwen3_vl_dir), backend="torch", threads=1),
-    }
 
 
 def settings(**overrides) -> ServeSettings:
@@ -126,13 +58,13 @@ def settings(**overrides) -> ServeSettings:
 
 
 @pytest.fixture(scope="module")
-def clients(rerankers, media_dir):
+def clients(vl_rerankers, media_dir):
     """One app per backend, allowed to fetch from 127.0.0.0/8 and to read files in media_dir."""
     config = settings(
         media_allowed_networks=["127.0.0.0/8"], allowed_local_media_path=str(media_dir), media_max_bytes=MAX_BYTES
     )
     with contextlib.ExitStack() as stack:
-        yield {name: stack.enter_context(TestClient(create_app(r, config))) for name, r in rerankers.items()}
+        yield {name: stack.enter_context(TestClient(create_app(r, config))) for name, r in vl_rerankers.items()}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +92,7 @@ def fetched(url: str) -> bytes:
         return base64.b64decode(url.partition(",")[2])
     if url.startswith(("/", "file:")):
         return Path(urlsplit(url).path).read_bytes()
-    return FILES[urlsplit(url).path.lstrip("/")]
+    return MEDIA_FILES[urlsplit(url).path.lstrip("/")]
 
 
 def side(content) -> dict:
@@ -180,8 +112,8 @@ def side(content) -> dict:
     return out
 
 
-def reference(official, body) -> np.ndarray:
-    scores, _ = official.score(
+def reference(vl_official, body) -> np.ndarray:
+    scores, _ = vl_official.score(
         [messages(side(body["query"]), side(d), body.get("instruct")) for d in body["documents"]]
     )
     return scores
@@ -233,18 +165,18 @@ def rerank(client, body) -> httpx.Response:
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 @pytest.mark.parametrize("case", ["text-only", "image-documents", "image-query"])
-def test_sglang_examples_match_the_official_scoring(clients, official, media_base, backend, case):
+def test_sglang_examples_match_the_official_scoring(clients, vl_official, media_base, backend, case):
     body = requests(media_base)[case]
     response = rerank(clients[backend], body)
     assert response.status_code == 200, response.text
     results = response.json()
     scores = by_index(results)
-    np.testing.assert_allclose(scores, reference(official, body), atol=SCORE_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(scores, reference(vl_official, body), atol=SCORE_TOLERANCE, rtol=0)
     assert [r["score"] for r in results] == sorted(scores, reverse=True)
 
 
-def test_data_uri_local_file_and_video(client, official, media_base, media_dir):
-    uri = "data:image/png;base64," + base64.b64encode(FILES["b.png"]).decode()
+def test_data_uri_local_file_and_video(client, vl_official, media_base, media_dir):
+    uri = "data:image/png;base64," + base64.b64encode(MEDIA_FILES["b.png"]).decode()
     body = {
         "query": "a panda",
         "documents": [
@@ -257,7 +189,7 @@ def test_data_uri_local_file_and_video(client, official, media_base, media_dir):
     response = rerank(client, body)
     assert response.status_code == 200, response.text
     scores = by_index(response.json())
-    np.testing.assert_allclose(scores, reference(official, body), atol=SCORE_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(scores, reference(vl_official, body), atol=SCORE_TOLERANCE, rtol=0)
     assert scores[1] == pytest.approx(scores[3], abs=1e-6)  # the same file, named two ways
 
 
@@ -354,17 +286,17 @@ def test_query_parts_are_checked_too(client, media_base):
     refused(rerank(client, body), 400, "query[1].image_url.url", "HTTP 404")
 
 
-def test_default_settings_refuse_loopback_and_local_files(rerankers, media_base, media_dir):
-    with TestClient(create_app(rerankers["onnxruntime"], settings())) as strict:
+def test_default_settings_refuse_loopback_and_local_files(vl_rerankers, media_base, media_dir):
+    with TestClient(create_app(vl_rerankers["onnxruntime"], settings())) as strict:
         body = {"query": "q", "documents": ["d", [text("t"), image(f"{media_base}/a.png")]]}
         refused(rerank(strict, body), 400, "documents[1][1].image_url.url", "not a public address")
         local = {"query": "q", "documents": [[image(str(media_dir / "a.png"))]]}
         refused(rerank(strict, local), 400, "documents[0][0].image_url.url", "local files are not enabled")
 
 
-def test_media_fetch_counts_against_the_request_timeout(rerankers, media_base):
+def test_media_fetch_counts_against_the_request_timeout(vl_rerankers, media_base):
     config = settings(media_allowed_networks=["127.0.0.0/8"], request_timeout=0.5)
-    with TestClient(create_app(rerankers["onnxruntime"], config)) as slow:
+    with TestClient(create_app(vl_rerankers["onnxruntime"], config)) as slow:
         started = time.monotonic()
         response = rerank(slow, {"query": "q", "documents": [[image(f"{media_base}/a.png?delay=3")]]})
         assert response.status_code == 503 and "no scores within 0.5 s" in response.json()["message"]
@@ -389,13 +321,11 @@ def test_a_text_model_refuses_media_and_joins_text_parts(model_dirs, media_base)
 # --- the command line ---------------------------------------------------------------------------
 
 
-def test_export_and_serve_answer_an_image_request(qwen3_vl_dir, official, media_base, tmp_path):
-    from tests.test_cli import rerankrt, running_server
-
+def test_export_and_serve_answer_an_image_request(qwen3_vl_dir, vl_official, media_base, tmp_path):
     result = rerankrt("export", qwen3_vl_dir, "--out", tmp_path / "art")
     assert result.returncode == 0, result.stderr
     body = requests(media_base)["image-documents"]
     with running_server(tmp_path / "art", "--media-allowed-networks", "127.0.0.0/8", "--threads", "1") as base:
         response = httpx.post(f"{base}/v1/rerank", json=body, timeout=60)
     assert response.status_code == 200, response.text
-    np.testing.assert_allclose(by_index(response.json()), reference(official, body), atol=SCORE_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(by_index(response.json()), reference(vl_official, body), atol=SCORE_TOLERANCE, rtol=0)

@@ -16,7 +16,7 @@ from rerankrt.export import export_model
 from rerankrt.export.parity import FidelityThresholds, _tie_aware_agreement
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.loader import AUTO_ORDER, auto_order, onnxruntime_graph_role
-from tests.reference import random_documents
+from rerankrt.testing.reference import random_documents
 
 QUERY = "what is a panda bear"
 
@@ -159,11 +159,11 @@ def test_tie_aware_agreement_counts_only_real_disagreements():
     assert FidelityThresholds().max_swap_rate < 0.1
 
 
-def test_unknown_precision_and_multimodal_variants_are_refused_before_work(qwen3_vl_dir, model_dirs, tmp_path):
+def test_unknown_precision_and_multimodal_variants_are_refused_before_work(tokenizer_dirs, tmp_path):
     with pytest.raises(RerankrtError, match="precision 'int4'"):
-        export_model(str(model_dirs["xlmr"]), tmp_path / "x", precision="int4")
-    with pytest.raises(ExportError, match="fp32 only"):
-        export_model(str(qwen3_vl_dir), tmp_path / "vl", precision="int8")
+        export_model(str(tokenizer_dirs["xlmr"]), tmp_path / "x", precision="int4")
+    with pytest.raises(ExportError, match="fp32 only"):  # no weights in the folder: refused before reading them
+        export_model(str(tokenizer_dirs["qwen3-vl"]), tmp_path / "vl", precision="int8")
     assert not list(tmp_path.iterdir())
 
 

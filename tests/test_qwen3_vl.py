@@ -1,6 +1,6 @@
 """Qwen3-VL yes/no reranker: detection, prompt, numpy preprocessing vs transformers, and two-graph parity.
 
-Parity is against the official scoring script's computation (tests/reference_qwen3_vl.py):
+Parity is against the official scoring script's computation (rerankrt.testing.reference_qwen3_vl):
 transformers' own forward on its own processor outputs, score = sigmoid((W[yes] - W[no]) · h_last).
 """
 
@@ -23,42 +23,17 @@ from rerankrt.families.qwen3_vl_geometry import (
     rotary_cos_sin,
 )
 from rerankrt.families.qwen3_vl_media import MediaConfig, preprocess_image, preprocess_video, smart_resize
-from tests.reference_qwen3_vl import OfficialScorer, messages
+from rerankrt.testing.reference_qwen3_vl import messages
 
 SCORE_TOLERANCE = 1e-3  # |Δ sigmoid score|, the acceptance bound
 LOGIT_TOLERANCE = 1e-4  # |Δ logit|, what fp32 graphs actually hold (~3e-6 measured)
 
 
 @pytest.fixture(scope="module")
-def vl_dir(qwen3_vl_dir):
-    return qwen3_vl_dir  # session fixtures (conftest): built and exported once for this file and the server's
-
-
-@pytest.fixture(scope="module")
-def vl_artifact(qwen3_vl_artifact):
-    return qwen3_vl_artifact
-
-
-@pytest.fixture(scope="module")
-def official(vl_dir):
-    return OfficialScorer(vl_dir)
-
-
-@pytest.fixture(scope="module")
-def rerankers(vl_dir, vl_artifact):
-    from rerankrt.runtime import load_reranker
-
-    return {
-        "onnxruntime": load_reranker(str(vl_artifact), backend="onnxruntime", threads=1),
-        "torch": load_reranker(str(vl_dir), backend="torch", threads=1),
-    }
-
-
-@pytest.fixture(scope="module")
-def model(vl_dir):
+def model(qwen3_vl_dir):
     from transformers import Qwen3VLForConditionalGeneration
 
-    return Qwen3VLForConditionalGeneration.from_pretrained(vl_dir).eval()
+    return Qwen3VLForConditionalGeneration.from_pretrained(qwen3_vl_dir).eval()
 
 
 def image(rng, height, width):
@@ -114,47 +89,47 @@ CASES = cases()
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_scores_match_the_official_scoring(rerankers, official, backend, case):
+def test_scores_match_the_official_scoring(vl_rerankers, vl_official, backend, case):
     query, documents = CASES[case]
-    expected_scores, expected_logits = official.score([messages(as_side(query), as_side(d)) for d in documents])
-    logits = rerankers[backend].score(query, documents)
+    expected_scores, expected_logits = vl_official.score([messages(as_side(query), as_side(d)) for d in documents])
+    logits = vl_rerankers[backend].score(query, documents)
     scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
     assert np.abs(scores - expected_scores).max() <= SCORE_TOLERANCE
     assert np.abs(logits - expected_logits).max() <= LOGIT_TOLERANCE
 
 
-def test_token_ids_match_the_official_prompt(vl_dir, official):
-    encoder = Qwen3VLFamily().load_encoder(vl_dir)
+def test_token_ids_match_the_official_prompt(qwen3_vl_dir, vl_official):
+    encoder = Qwen3VLFamily().load_encoder(qwen3_vl_dir)
     for query, documents in CASES.values():
         pairs = encoder.encode(query, documents)
-        reference = official.inputs([messages(as_side(query), as_side(d)) for d in documents])
+        reference = vl_official.inputs([messages(as_side(query), as_side(d)) for d in documents])
         for pair, ids, mask in zip(pairs, reference["input_ids"], reference["attention_mask"], strict=True):
             assert pair["input_ids"].tolist() == ids[mask == 1].tolist()
 
 
-def test_detection_and_artifact(vl_dir, vl_artifact):
-    assert isinstance(detect_family(vl_dir), Qwen3VLFamily)
-    manifest = json.loads((vl_artifact / "manifest.json").read_text())
+def test_detection_and_artifact(qwen3_vl_dir, qwen3_vl_artifact):
+    assert isinstance(detect_family(qwen3_vl_dir), Qwen3VLFamily)
+    manifest = json.loads((qwen3_vl_artifact / "manifest.json").read_text())
     assert manifest["family"] == Qwen3VLFamily.name
     assert set(manifest["graphs"]) == {"vision", "scorer"}
     assert manifest["graphs"]["scorer"]["outputs"] == ["logits"]
     assert {"media_config.json", "reranker_template.jinja", "vision.onnx", "scorer.onnx"} <= set(manifest["files"])
-    parity = json.loads((vl_artifact / "parity.json").read_text())
+    parity = json.loads((qwen3_vl_artifact / "parity.json").read_text())
     assert parity["passed"] and parity["max_abs_diff"] <= LOGIT_TOLERANCE
 
 
-def test_scorer_graph_has_no_vocabulary_projection(vl_artifact, vl_dir):
+def test_scorer_graph_has_no_vocabulary_projection(qwen3_vl_artifact, qwen3_vl_dir):
     import onnx
 
-    vocab = json.loads((vl_dir / "config.json").read_text())["text_config"]["vocab_size"]
-    graph = onnx.load(str(vl_artifact / "scorer.onnx")).graph
+    vocab = json.loads((qwen3_vl_dir / "config.json").read_text())["text_config"]["vocab_size"]
+    graph = onnx.load(str(qwen3_vl_artifact / "scorer.onnx")).graph
     matmul_inputs = {i for n in graph.node if n.op_type in ("MatMul", "Gemm") for i in n.input}
     weights = [onnx.numpy_helper.to_array(i).shape for i in graph.initializer if i.name in matmul_inputs]
     assert weights and not any(vocab in shape for shape in weights)
 
 
-def test_template_renders_the_official_layout(vl_dir):
-    encoder = Qwen3VLFamily().load_encoder(vl_dir)
+def test_template_renders_the_official_layout(tokenizer_dirs):
+    encoder = Qwen3VLFamily().load_encoder(tokenizer_dirs["qwen3-vl"])
     rng = np.random.default_rng(0)
     query = normalize_content([{"type": "text", "text": "q"}, {"type": "image", "image": image(rng, 64, 64)}], "query")
     text, query_spans, doc_spans = encoder.prompt.render(query, normalize_content("", "documents[0]"), None)
@@ -180,8 +155,8 @@ def test_parts_are_ordered_videos_images_texts():
         normalize_content([{"type": "audio"}], "query")
 
 
-def test_truncation_keeps_media_and_template(vl_dir):
-    encoder = Qwen3VLFamily().load_encoder(vl_dir, max_length=160)
+def test_truncation_keeps_media_and_template(tokenizer_dirs):
+    encoder = Qwen3VLFamily().load_encoder(tokenizer_dirs["qwen3-vl"], max_length=160)
     rng = np.random.default_rng(1)
     long_doc = [{"type": "image", "image": image(rng, 64, 96)}, {"type": "text", "text": "panda " * 400}]
     (pair,) = encoder.encode("what is panda?", [long_doc])
@@ -193,7 +168,7 @@ def test_truncation_keeps_media_and_template(vl_dir):
         encoder.encode("q", [long_doc], truncate=False)
     with pytest.raises(InputError, match=r"documents\[0\]"):  # media alone over the limit
         big = [{"type": "image", "image": image(rng, 160, 160)}]
-        Qwen3VLFamily().load_encoder(vl_dir, max_length=100).encode("q", [big])
+        Qwen3VLFamily().load_encoder(tokenizer_dirs["qwen3-vl"], max_length=100).encode("q", [big])
 
 
 def test_smart_resize_follows_the_reranker_bounds():
@@ -206,11 +181,11 @@ def test_smart_resize_follows_the_reranker_bounds():
         smart_resize(1, 500, 32, 4096, 10**6)
 
 
-def test_pixels_match_the_transformers_processor(vl_dir):
+def test_pixels_match_the_transformers_processor(tokenizer_dirs):
     from transformers import Qwen2VLImageProcessor
 
-    processor = Qwen2VLImageProcessor.from_pretrained(vl_dir)
-    config = MediaConfig.load(vl_dir)
+    processor = Qwen2VLImageProcessor.from_pretrained(tokenizer_dirs["qwen3-vl"])
+    config = MediaConfig.load(tokenizer_dirs["qwen3-vl"])
     rng = np.random.default_rng(2)
     for height, width in [(64, 96), (300, 200), (20, 33)]:  # as is, downscaled, upscaled
         source = image(rng, height, width)
@@ -230,9 +205,9 @@ def test_pixels_match_the_transformers_processor(vl_dir):
     assert video.timestamps == (0.25, 1.0)  # frames at 0, 0.5, 1.0 s; the last one repeated
 
 
-def test_grid_inputs_match_the_vision_tower(model, vl_dir):
+def test_grid_inputs_match_the_vision_tower(model, qwen3_vl_dir):
     visual = model.model.visual
-    geometry = VisionGeometry.from_config(json.loads((vl_dir / "config.json").read_text())["vision_config"])
+    geometry = VisionGeometry.from_config(json.loads((qwen3_vl_dir / "config.json").read_text())["vision_config"])
     for h, w in [(4, 6), (10, 8), (22, 26)]:
         grid = torch.tensor([[1, h, w]])
         index, weight = position_embedding_lookup(h, w, geometry)

@@ -8,9 +8,9 @@ from rerankrt.runtime import load_reranker
 from rerankrt.server import create_app
 from rerankrt.server.schemas import PANDA_EXAMPLE
 from rerankrt.server.settings import ServeSettings
+from rerankrt.testing.reference import cross_encoder_logits, random_documents, random_text, sigmoid
 from tests.conftest import ARCHS
-from tests.reference import cross_encoder_logits, random_documents, random_text, sigmoid
-from tests.slow_server import HeldBackend, asgi_client
+from tests.support import HeldBackend, asgi_client
 
 PANDA = PANDA_EXAMPLE
 

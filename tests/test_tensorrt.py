@@ -21,8 +21,9 @@ from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtErro
 from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
 from rerankrt.runtime import load_reranker
 from rerankrt.runtime.tensorrt_backend import TensorRTBackend
+from rerankrt.testing.reference import random_documents, random_text
 from tests.conftest import QWEN_ARCHS
-from tests.reference import random_documents, random_text
+from tests.support import write_fake_artifact
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 GPU_REASON = (
@@ -89,8 +90,8 @@ def with_engine(folder, entry: Engine, content=b"serialized engine bytes"):
     (folder / MANIFEST_NAME).write_text(json.dumps(data))
 
 
-def test_manifest_lists_and_verifies_engines(artifact_dirs, tmp_path):
-    folder = shutil.copytree(artifact_dirs["xlmr"], tmp_path / "art")
+def test_manifest_lists_and_verifies_engines(tmp_path):
+    folder = write_fake_artifact(tmp_path / "art")
     entry = engine("fp16")
     with_engine(folder, entry)
     assert load_manifest(folder).engines == [entry]
@@ -99,8 +100,8 @@ def test_manifest_lists_and_verifies_engines(artifact_dirs, tmp_path):
         load_manifest(folder)
 
 
-def test_unlisted_engine_is_refused(artifact_dirs, tmp_path):
-    folder = shutil.copytree(artifact_dirs["xlmr"], tmp_path / "art")
+def test_unlisted_engine_is_refused(tmp_path):
+    folder = write_fake_artifact(tmp_path / "art")
     with_engine(folder, engine("fp16"))
     data = json.loads((folder / MANIFEST_NAME).read_text())
     del data["files"][data["engines"][0]["file"]]
@@ -110,10 +111,11 @@ def test_unlisted_engine_is_refused(artifact_dirs, tmp_path):
 
 
 @pytest.mark.skipif(not bool(GPU_REASON), reason="checks the message on machines without TensorRT or a GPU")
-def test_tensorrt_backend_says_why_it_cannot_run_here(artifact_dirs):
-    manifest = load_manifest(artifact_dirs["xlmr"])
+def test_tensorrt_backend_says_why_it_cannot_run_here(tmp_path):
+    folder = write_fake_artifact(tmp_path / "art")
+    manifest = load_manifest(folder)
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed|no CUDA device"):
-        TensorRTBackend(artifact_dirs["xlmr"], manifest, max_length=512)
+        TensorRTBackend(folder, manifest, max_length=512)
 
 
 def test_multimodal_artifacts_are_refused_with_the_reason_everywhere(qwen3_vl_artifact):

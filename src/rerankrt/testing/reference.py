@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from tests.tiny_models import CORPUS
+from rerankrt.testing.tiny_models import CORPUS
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})
 

@@ -1,9 +1,11 @@
 """Tiny random-weight cross-encoders of the real architectures, with offline-trained tokenizers.
 
 Nothing is downloaded: the tokenizers are trained here on a small corpus and
-the weights are random (seeded). Run as a script to write them for manual use:
+the weights are random (seeded). `weights=False` writes a folder without weights
+(config.json, tokenizer, processor files): enough for family detection and the
+pair encoders. Run as a module to write the models for manual use:
 
-    python tests/tiny_models.py /tmp/tiny   # -> /tmp/tiny/xlmr, /tmp/tiny/bert
+    python -m rerankrt.testing.tiny_models /tmp/tiny   # -> /tmp/tiny/xlmr, bert, qwen3, qwen3-untied
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ CORPUS = [
     "Numbers like 42, 3.14 and 2026 appear in text too.",
     "A long document keeps going with many words so that truncation has something to cut away.",
 ]
+
+
+def _save(model_class, config, out: Path, weights: bool) -> None:
+    """The random-weight model as `save_pretrained` writes it, or without weights only its config.json."""
+    if weights:
+        model_class(config).save_pretrained(out)
+    else:
+        config.architectures = [model_class.__name__]
+        config.save_pretrained(out)
 
 
 def _corpus(repeats: int = 20) -> list[str]:
@@ -129,7 +140,7 @@ def build_qwen3_tokenizer():
     return tokenizer
 
 
-def build_qwen3(out: Path, tied: bool = True, seed: int = 0, max_positions: int = 1024) -> Path:
+def build_qwen3(out: Path, tied: bool = True, seed: int = 0, max_positions: int = 1024, weights: bool = True) -> Path:
     """A two-layer Qwen3ForCausalLM with grouped-query attention, tied or untied LM head."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -141,12 +152,12 @@ def build_qwen3(out: Path, tied: bool = True, seed: int = 0, max_positions: int 
         pad_token_id=None, bos_token_id=None,
     )  # fmt: skip
     torch.manual_seed(seed)
-    Qwen3ForCausalLM(config).save_pretrained(out)
+    _save(Qwen3ForCausalLM, config, out, weights)
     tokenizer.save_pretrained(out)
     return Path(out)
 
 
-def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1) -> Path:
+def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1, weights: bool = True) -> Path:
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     tokenizer = build_xlmr_tokenizer()
@@ -165,12 +176,12 @@ def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1) -> Path:
         initializer_range=0.2,
     )
     torch.manual_seed(seed)
-    XLMRobertaForSequenceClassification(config).save_pretrained(out)
+    _save(XLMRobertaForSequenceClassification, config, out, weights)
     tokenizer.save_pretrained(out)
     return Path(out)
 
 
-def build_bert(out: Path, seed: int = 0) -> Path:
+def build_bert(out: Path, seed: int = 0, weights: bool = True) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
     tokenizer = build_bert_tokenizer()
@@ -187,7 +198,7 @@ def build_bert(out: Path, seed: int = 0) -> Path:
         initializer_range=0.2,
     )
     torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(out)
+    _save(BertForSequenceClassification, config, out, weights)
     tokenizer.save_pretrained(out)
     return Path(out)
 
@@ -205,7 +216,7 @@ QWEN_VL_CHAT_TEMPLATE = (
 )
 
 
-def build_qwen3_vl(out: Path, seed: int = 0) -> Path:
+def build_qwen3_vl(out: Path, seed: int = 0, weights: bool = True) -> Path:
     """A tiny Qwen3VLForConditionalGeneration: 3-block vision tower with two DeepStack mergers, 3 text layers.
 
     Real Qwen3-VL geometry (patch 16, spatial merge 2, temporal patch 2, interleaved 3-D mrope) at tiny
@@ -235,7 +246,7 @@ def build_qwen3_vl(out: Path, seed: int = 0) -> Path:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )  # fmt: skip
     torch.manual_seed(seed)
-    Qwen3VLForConditionalGeneration(config).save_pretrained(out)
+    _save(Qwen3VLForConditionalGeneration, config, out, weights)
     tokenizer.save_pretrained(out)
     Qwen2VLImageProcessor(
         patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
@@ -248,11 +259,11 @@ def build_qwen3_vl(out: Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def build_causal_lm(out: Path) -> Path:
+def build_causal_lm(out: Path, weights: bool = True) -> Path:
     """A model no family takes (GPT-2 LM head): for the 'unsupported architecture' error."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=32)).save_pretrained(out)
+    _save(GPT2LMHeadModel, GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=32), out, weights)
     return Path(out)
 
 
