@@ -86,11 +86,11 @@ def vl_official(qwen3_vl_dir):
 @pytest.fixture(scope="module")
 def vl_rerankers(qwen3_vl_dir, qwen3_vl_artifact):
     """The tiny Qwen3-VL reranker on both CPU backends: its artifact on ONNX Runtime, its weights on torch."""
-    from rerankrt.runtime import load_reranker
+    from rerankrt.runtime import Reranker
 
     return {
-        "onnxruntime": load_reranker(str(qwen3_vl_artifact), backend="onnxruntime", threads=1),
-        "torch": load_reranker(str(qwen3_vl_dir), backend="torch", threads=1),
+        "onnxruntime": Reranker.load(str(qwen3_vl_artifact), backend="onnxruntime", threads=1),
+        "torch": Reranker.load(str(qwen3_vl_dir), backend="torch", threads=1),
     }
 
 

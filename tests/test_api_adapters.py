@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from rerankrt.errors import InputError
 from rerankrt.families.base import Batch, Features, PairEncoder
 from rerankrt.precision import Precision
-from rerankrt.runtime import Reranker, sigmoid
+from rerankrt.runtime import sigmoid
 from rerankrt.runtime.loader import LoadedModel
 from rerankrt.runtime.plan import ServingPlan
 from rerankrt.server import create_app
@@ -130,11 +130,10 @@ class FakeFamily:
     multimodal: bool
 
 
-def make_reranker(config: ServeSettings, multimodal: bool = False, gate: threading.Event | None = None) -> Reranker:
+def make_model(multimodal: bool = False, gate: threading.Event | None = None) -> LoadedModel:
     family = FakeFamily("multimodal-fake" if multimodal else "text-fake", multimodal)
     plan = ServingPlan(backend="fake", device="cpu", precision=Precision.FP32)
-    model = LoadedModel(family, WordEncoder(), OverlapBackend(gate), plan, name="fake-reranker")
-    return Reranker(model, config)
+    return LoadedModel(family, WordEncoder(), OverlapBackend(gate), plan, name="fake-reranker")
 
 
 def settings(**overrides) -> ServeSettings:
@@ -145,14 +144,14 @@ def settings(**overrides) -> ServeSettings:
 @pytest.fixture(scope="module")
 def text_client():
     config = settings()
-    with TestClient(create_app(config, make_reranker(config))) as client:
+    with TestClient(create_app(config, make_model())) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def media_client():
     config = settings()
-    with TestClient(create_app(config, make_reranker(config, multimodal=True))) as client:
+    with TestClient(create_app(config, make_model(multimodal=True))) as client:
         yield client
 
 
@@ -410,7 +409,7 @@ def test_malformed_json_is_a_400_naming_the_body(text_client):
 
 def test_health_models_metrics_and_openapi():
     config = settings(warmup=True)
-    app = create_app(config, make_reranker(config))
+    app = create_app(config, make_model())
     assert app.state.reranker.name == "fake-reranker"
     before = TestClient(app).get("/health")  # no `with`: the lifespan (warm-up) has not run
     assert before.status_code == 503 and before.headers["retry-after"]
@@ -439,13 +438,13 @@ def test_health_models_metrics_and_openapi():
 def test_a_request_past_its_timeout_is_a_503_and_the_server_recovers():
     gate = threading.Event()
     config = settings(request_timeout=0.3, batch_wait_ms=0)
-    reranker = make_reranker(config, gate=gate)
-    with TestClient(create_app(config, reranker)) as client:
+    app = create_app(config, make_model(gate=gate))
+    with TestClient(app) as client:
         try:
             late = client.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS})
             assert late.status_code == 503 and late.headers["retry-after"]
             assert "no scores within 0.3 s" in late.json()["message"]
-            assert reranker.scheduler.queued_pairs == 0
+            assert app.state.scheduler.queued_pairs == 0
         finally:
             gate.set()
         assert client.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS}).status_code == 200

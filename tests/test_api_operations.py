@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rerankrt.logs import JsonFormatter
-from rerankrt.runtime import load_reranker
+from rerankrt.runtime import Reranker
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from tests.support import HeldBackend, asgi_client
@@ -23,12 +23,12 @@ def settings(**overrides) -> ServeSettings:
 
 @pytest.fixture(scope="module")
 def reranker(artifact_dirs):
-    return load_reranker(str(artifact_dirs["xlmr"]))
+    return Reranker.load(str(artifact_dirs["xlmr"]))
 
 
 @pytest.fixture(scope="module")
 def client(reranker):
-    with TestClient(create_app(reranker, settings(max_documents_per_request=5, max_request_bytes=4096))) as c:
+    with TestClient(create_app(settings(max_documents_per_request=5, max_request_bytes=4096), reranker.model)) as c:
         yield c
 
 
@@ -62,7 +62,7 @@ def test_oversized_chunked_body_is_a_413_too(client):
 
 
 def test_truncate_false_names_the_over_long_document(reranker):
-    app = create_app(reranker, settings())
+    app = create_app(settings(), reranker.model)
     with TestClient(app) as c:
         docs = ["short", "panda " * 2000]
         response = c.post("/v1/rerank", json={"query": QUERY, "documents": docs, "truncate": False})
@@ -78,7 +78,7 @@ def test_chunked_document_scores_as_its_best_chunk(reranker):
     pieces, owners = chunk_documents(reranker.encoder, QUERY, [long_doc, "hi"], None, max_chunks=4)
     assert owners == [0, 0, 0, 0, 1] and all(long_doc.find(p) >= 0 for p in pieces[:4])
     expected = reranker.score(QUERY, pieces)
-    with TestClient(create_app(reranker, settings())) as c:
+    with TestClient(create_app(settings(), reranker.model)) as c:
         body = {"query": QUERY, "documents": [long_doc, "hi"], "max_chunks_per_doc": 4, "raw_scores": True}
         got = {r["index"]: r["score"] for r in c.post("/v1/rerank", json=body).json()}
     assert got[0] == pytest.approx(float(expected[:4].max()), abs=1e-5)
@@ -138,7 +138,7 @@ def test_vllm_score_errors_name_the_field(client, body, param):
 
 
 def test_api_key(reranker):
-    app = create_app(reranker, settings(api_key="s3cret", public_metrics=False))
+    app = create_app(settings(api_key="s3cret", public_metrics=False), reranker.model)
     with TestClient(app) as c:
         missing = c.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -162,7 +162,7 @@ def test_request_ids(client):
 
 
 def test_metrics_content(reranker):
-    with TestClient(create_app(reranker, settings())) as c:
+    with TestClient(create_app(settings(), reranker.model)) as c:
         for _ in range(3):
             v1(c)
         c.post("/v1/rerank", json={"query": 1, "documents": DOCS})
@@ -188,10 +188,10 @@ def test_access_log_carries_request_fields_and_json_formats_them(client, caplog)
 
 
 def held_app(artifact_dirs, **overrides):
-    reranker = load_reranker(str(artifact_dirs["xlmr"]))
+    reranker = Reranker.load(str(artifact_dirs["xlmr"]))
     reranker.backend = held = HeldBackend(reranker.backend)
     # no padding cap: each request's documents form one batch, so batch counts below are exact
-    return create_app(reranker, settings(warmup=False, max_padding_ratio=1.0, **overrides)), held
+    return create_app(settings(warmup=False, max_padding_ratio=1.0, **overrides), reranker.model), held
 
 
 def test_flood_gets_503s_with_retry_after_then_recovers(artifact_dirs):
@@ -283,5 +283,5 @@ def test_disconnected_client_is_dropped_from_the_queue(artifact_dirs):
 
 def test_padding_cap_defaults_by_device_and_can_be_set(reranker):
     assert reranker.backend.device == "cpu"
-    assert create_app(reranker, settings()).state.scheduler.max_padding_ratio == 0.1
-    assert create_app(reranker, settings(max_padding_ratio=0.5)).state.scheduler.max_padding_ratio == 0.5
+    assert create_app(settings(), reranker.model).state.scheduler.max_padding_ratio == 0.1
+    assert create_app(settings(max_padding_ratio=0.5), reranker.model).state.scheduler.max_padding_ratio == 0.5

@@ -1,5 +1,6 @@
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +8,10 @@ import pytest
 import torch
 
 from rerankrt.errors import BackendUnavailableError
-from rerankrt.runtime import load_reranker
-from rerankrt.runtime.loader import select_backend
+from rerankrt.precision import Precision
+from rerankrt.runtime import Reranker, loader
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from rerankrt.runtime.plan import AUTO_ORDER, ServingPlan
 from rerankrt.runtime.torch_backend import TorchBackend
 from rerankrt.testing.reference import cross_encoder_logits, random_documents, random_text
 from tests.conftest import ARCHS
@@ -23,7 +25,7 @@ def fresh_inputs(seed: int) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_artifact_backends_equal_the_model_card_logits(artifact_dirs, model_dirs, arch, backend):
-    reranker = load_reranker(str(artifact_dirs[arch]), backend=backend, max_batch_size=8)
+    reranker = Reranker.load(str(artifact_dirs[arch]), backend=backend, max_batch_size=8)
     assert reranker.backend.name == backend
     for seed in (1, 2):
         query, docs = fresh_inputs(seed)
@@ -33,7 +35,7 @@ def test_artifact_backends_equal_the_model_card_logits(artifact_dirs, model_dirs
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_plain_model_folder_is_served_with_torch(model_dirs, arch):
-    reranker = load_reranker(str(model_dirs[arch]))
+    reranker = Reranker.load(str(model_dirs[arch]))
     assert reranker.backend.name == "torch"
     query, docs = fresh_inputs(3)
     np.testing.assert_allclose(
@@ -42,14 +44,14 @@ def test_plain_model_folder_is_served_with_torch(model_dirs, arch):
 
 
 def test_truncated_pairs_equal_the_reference_with_only_second_truncation(artifact_dirs, model_dirs):
-    reranker = load_reranker(str(artifact_dirs["xlmr"]), max_length=40)
+    reranker = Reranker.load(str(artifact_dirs["xlmr"]), max_length=40)
     docs = ["Paris is the capital of France. " * 30, "hi", "panda " * 100]
     expected = cross_encoder_logits(model_dirs["xlmr"], "what is panda?", docs, max_length=40)
     np.testing.assert_allclose(reranker.score("what is panda?", docs), expected, atol=1e-4, rtol=0)
 
 
 def test_scores_do_not_depend_on_batch_company(artifact_dirs):
-    reranker = load_reranker(str(artifact_dirs["bert"]), max_batch_size=16)
+    reranker = Reranker.load(str(artifact_dirs["bert"]), max_batch_size=16)
     query, docs = fresh_inputs(4)
     together = reranker.score(query, docs)
     alone = np.array([reranker.score(query, [doc])[0] for doc in docs])
@@ -58,12 +60,12 @@ def test_scores_do_not_depend_on_batch_company(artifact_dirs):
 
 def test_onnxruntime_on_a_plain_model_folder_asks_for_an_export(tokenizer_dirs):
     with pytest.raises(BackendUnavailableError, match="rerankrt export"):
-        load_reranker(str(tokenizer_dirs["xlmr"]), backend="onnxruntime")
+        Reranker.load(str(tokenizer_dirs["xlmr"]), backend="onnxruntime")
 
 
 def test_tensorrt_explicitly_requested_is_an_error_not_a_fallback(artifact_dirs):
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed|no CUDA|no TensorRT engine"):
-        load_reranker(str(artifact_dirs["xlmr"]), backend="tensorrt")
+        Reranker.load(str(artifact_dirs["xlmr"]), backend="tensorrt")
 
 
 def test_torch_backend_on_an_artifact_whose_weights_are_gone(artifact_dirs, model_dirs, tmp_path):
@@ -73,8 +75,8 @@ def test_torch_backend_on_an_artifact_whose_weights_are_gone(artifact_dirs, mode
     export_model(str(moved), tmp_path / "art")
     shutil.rmtree(moved)
     with pytest.raises(BackendUnavailableError, match="source weights"):
-        load_reranker(str(tmp_path / "art"), backend="torch")
-    assert load_reranker(str(tmp_path / "art")).backend.name == "onnxruntime"
+        Reranker.load(str(tmp_path / "art"), backend="torch")
+    assert Reranker.load(str(tmp_path / "art")).backend.name == "onnxruntime"
 
 
 class Named:
@@ -98,14 +100,21 @@ def cpu_only(name):
     return load
 
 
-def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(caplog):
+def select_backend(monkeypatch, choice, loaders):
+    """`open_first` over the auto order's plans (or the named backend's), each opened by `loaders[backend](device)`."""
+    monkeypatch.setattr(loader, "open_backend", lambda plan, family: loaders[plan.backend](plan.device))
+    plans = [ServingPlan(b, d, Precision.FP32) for b, d in AUTO_ORDER if choice in ("auto", b)]
+    return loader.open_first(plans, None, choice)[0]
+
+
+def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(monkeypatch, caplog):
     loaders = {
         "tensorrt": failing("no engine"),
         "onnxruntime": failing("graph is broken", RuntimeError),
         "torch": cpu_only("torch"),
     }
     with caplog.at_level(logging.INFO, logger="rerankrt"):
-        chosen = select_backend("auto", loaders)
+        chosen = select_backend(monkeypatch, "auto", loaders)
     assert (chosen.name, chosen.device) == ("torch", "cpu")
     tried = [line for line in caplog.text.splitlines() if "not used" in line]
     assert [line.split("backend ")[1].split(" not used")[0] for line in tried] == [
@@ -117,43 +126,44 @@ def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(caplog):
     assert "onnxruntime (cpu) not used: RuntimeError: graph is broken" in caplog.text
 
 
-def test_auto_prefers_tensorrt_when_it_loads():
+def test_auto_prefers_tensorrt_when_it_loads(monkeypatch):
     loaders = {name: (lambda device, n=name: Named(n, device)) for name in ("tensorrt", "onnxruntime", "torch")}
-    assert select_backend("auto", loaders).name == "tensorrt"
+    assert select_backend(monkeypatch, "auto", loaders).name == "tensorrt"
 
 
-def test_onnxruntime_on_cuda_comes_before_torch_on_cuda():
+def test_onnxruntime_on_cuda_comes_before_torch_on_cuda(monkeypatch):
     loaders = {
         "tensorrt": failing("no engine"),
         "onnxruntime": lambda d: Named("onnxruntime", d),
         "torch": cpu_only("t"),
     }
-    chosen = select_backend("auto", loaders)
+    chosen = select_backend(monkeypatch, "auto", loaders)
     assert (chosen.name, chosen.device) == ("onnxruntime", "cuda")
 
 
-def test_no_backend_at_all_lists_every_reason():
+def test_no_backend_at_all_lists_every_reason(monkeypatch):
     loaders = {name: failing(f"{name} reason") for name in ("tensorrt", "onnxruntime", "torch")}
     with pytest.raises(BackendUnavailableError, match=r"tensorrt \(cuda\): tensorrt reason; onnxruntime \(cuda\)"):
-        select_backend("auto", loaders)
+        select_backend(monkeypatch, "auto", loaders)
 
 
-def test_named_backend_falls_to_its_cpu_path_but_never_to_another_backend():
-    chosen = select_backend("torch", {"torch": cpu_only("torch")})
+def test_named_backend_falls_to_its_cpu_path_but_never_to_another_backend(monkeypatch):
+    chosen = select_backend(monkeypatch, "torch", {"torch": cpu_only("torch")})
     assert (chosen.name, chosen.device) == ("torch", "cpu")
     with pytest.raises(BackendUnavailableError, match="graph"):
-        select_backend("onnxruntime", {"onnxruntime": failing("graph"), "torch": cpu_only("torch")})
+        select_backend(monkeypatch, "onnxruntime", {"onnxruntime": failing("graph"), "torch": cpu_only("torch")})
     with pytest.raises(RuntimeError, match="broken"):  # a named backend's unexpected failure is not hidden
-        select_backend("onnxruntime", {"onnxruntime": failing("broken", RuntimeError)})
+        select_backend(monkeypatch, "onnxruntime", {"onnxruntime": failing("broken", RuntimeError)})
 
 
 def test_real_loaders_on_a_machine_without_gpu_log_each_step(artifact_dirs, caplog):
     with caplog.at_level(logging.INFO, logger="rerankrt"):
-        reranker = load_reranker(str(artifact_dirs["xlmr"]))
+        reranker = Reranker.load(str(artifact_dirs["xlmr"]))
     assert (reranker.backend.name, reranker.backend.device) == ("onnxruntime", "cpu")
     assert "tensorrt (cuda) not used" in caplog.text
-    assert "onnxruntime (cuda) not used: onnxruntime has no CUDA execution provider" in caplog.text
-    assert "torch (cuda) not used: torch sees no CUDA device" in caplog.text
+    assert "onnxruntime (cuda) not used: no CUDA device" in caplog.text
+    assert "torch (cuda) not used: no CUDA device" in caplog.text
+    assert "backend selected: onnxruntime on cpu, fp32, model.onnx" in caplog.text
 
 
 CUDA_REASON = "" if torch.cuda.is_available() else "needs a CUDA GPU"
@@ -162,10 +172,9 @@ CUDA_REASON = "" if torch.cuda.is_available() else "needs a CUDA GPU"
 @pytest.mark.skipif(bool(CUDA_REASON), reason=CUDA_REASON or "-")
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 def test_torch_on_cuda_runs_bf16_close_to_fp32(model_dirs, arch):
-    gpu = load_reranker(str(model_dirs[arch]), backend="torch")
+    gpu = Reranker.load(str(model_dirs[arch]), backend="torch")
     assert (gpu.backend.device, gpu.backend.dtype) == ("cuda", torch.bfloat16)
-    cpu = load_reranker(str(model_dirs[arch]), backend="torch")
-    cpu.backend = TorchBackend(cpu.family, model_dirs[arch], device="cpu")
+    cpu = Reranker(replace(gpu.model, backend=TorchBackend(gpu.family, model_dirs[arch], device="cpu")), gpu.settings)
     query, docs = fresh_inputs(8)
     assert np.abs(gpu.score(query, docs) - cpu.score(query, docs)).max() < 0.5  # bf16 bound, as for the casts
 
@@ -175,10 +184,10 @@ def test_torch_on_cuda_runs_bf16_close_to_fp32(model_dirs, arch):
     reason="needs onnxruntime-gpu and a CUDA GPU",
 )
 def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
-    gpu = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime")
+    gpu = Reranker.load(str(artifact_dirs["xlmr"]), backend="onnxruntime")
     assert gpu.backend.device == "cuda"
-    cpu = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime")
-    cpu.backend = OnnxRuntimeBackend(artifact_dirs["xlmr"] / "model.onnx", device="cpu")
+    on_cpu = OnnxRuntimeBackend(gpu.family, artifact_dirs["xlmr"], {"scorer": "model.onnx"}, device="cpu")
+    cpu = Reranker(replace(gpu.model, backend=on_cpu), gpu.settings)
     query, docs = fresh_inputs(9)
     np.testing.assert_allclose(gpu.score(query, docs), cpu.score(query, docs), atol=1e-4, rtol=0)
 
@@ -202,14 +211,14 @@ def test_onnxruntime_provider_lists():
 
 
 def test_threads_default_to_physical_cores_and_can_be_set(artifact_dirs):
-    from rerankrt.info import physical_cores
+    from rerankrt.runtime.machine import physical_cores
 
     hyperthreaded = "".join(
         f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n\n" for i in range(4)
     )  # 4 logical CPUs on 2 cores
     assert physical_cores(hyperthreaded) == 2
     assert physical_cores("") >= 1
-    chosen = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime")
-    assert chosen.backend.session.get_session_options().intra_op_num_threads == physical_cores()
-    pinned = load_reranker(str(artifact_dirs["xlmr"]), backend="onnxruntime", threads=1)
-    assert pinned.backend.session.get_session_options().intra_op_num_threads == 1
+    chosen = Reranker.load(str(artifact_dirs["xlmr"]), backend="onnxruntime")
+    assert chosen.backend.sessions["scorer"].session.get_session_options().intra_op_num_threads == physical_cores()
+    pinned = Reranker.load(str(artifact_dirs["xlmr"]), backend="onnxruntime", threads=1)
+    assert pinned.backend.sessions["scorer"].session.get_session_options().intra_op_num_threads == 1

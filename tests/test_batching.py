@@ -38,10 +38,10 @@ def test_padding_ratio_cap_keeps_dissimilar_lengths_apart():
 
 def test_in_process_scoring_batches_like_the_server_on_cpu(artifact_dirs):
     """Reranker.score caps padding as the server's scheduler does on CPU (0.1), and scores the same either way."""
-    from rerankrt.runtime import load_reranker
+    from rerankrt.runtime import Reranker
     from rerankrt.runtime.batching import default_padding_ratio
 
-    reranker = load_reranker(str(artifact_dirs["xlmr"]))
+    reranker = Reranker.load(str(artifact_dirs["xlmr"]))
     widths = []
     run = reranker.backend.run
     reranker.backend.run = lambda batch: widths.append(batch["input_ids"].shape) or run(batch)

@@ -9,9 +9,10 @@ from fastapi.testclient import TestClient
 from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.export import export_model
 from rerankrt.families import DecoderYesNoFamily, detect_family
-from rerankrt.runtime import load_reranker
+from rerankrt.runtime import Reranker
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.server import create_app
+from rerankrt.server.settings import ServeSettings
 from rerankrt.testing.reference import (
     QWEN3_CHINESE_EXAMPLE,
     QWEN3_DEFAULT_INSTRUCTION,
@@ -34,7 +35,7 @@ def card_ids(model_dir, query, docs, instruction=None, max_length=8192):
 
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_detected_as_decoder_yes_no(tokenizer_dirs, arch):
-    assert isinstance(detect_family(tokenizer_dirs[arch]), DecoderYesNoFamily)
+    assert isinstance(detect_family(tokenizer_dirs[arch])[0], DecoderYesNoFamily)
 
 
 def test_bundled_template_is_the_model_card_prompt(tokenizer_dirs):
@@ -142,7 +143,7 @@ def test_graph_has_no_vocabulary_sized_projection(artifact_dirs, model_dirs, arc
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch", "torch-plain"])
 def test_every_backend_equals_the_model_card(artifact_dirs, model_dirs, arch, backend):
     path = model_dirs[arch] if backend == "torch-plain" else artifact_dirs[arch]
-    reranker = load_reranker(str(path), backend=backend.removesuffix("-plain"), max_batch_size=4)
+    reranker = Reranker.load(str(path), backend=backend.removesuffix("-plain"), max_batch_size=4)
     rng = np.random.default_rng(7)
     for instruct in (None, "Find the passage that answers"):
         query, docs = random_text(rng, 2, 12), random_documents(rng, 9, max_words=80)
@@ -176,7 +177,7 @@ def test_left_and_right_padding_score_like_a_single_pair(artifact_dirs, model_di
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_chinese_example_through_the_api(artifact_dirs, model_dirs, backend):
     prob, logit = qwen3_card_scores(model_dirs["qwen3"], CHINESE["query"], CHINESE["documents"], CHINESE["instruct"])
-    with TestClient(create_app(load_reranker(str(artifact_dirs["qwen3"]), backend=backend))) as client:
+    with TestClient(create_app(ServeSettings(model_path=str(artifact_dirs["qwen3"]), backend=backend))) as client:
         results = client.post("/v1/rerank", json=CHINESE).json()
         raw = client.post("/v1/rerank", json={**CHINESE, "raw_scores": True, "top_n": 3}).json()
     best = np.argsort(-prob, kind="stable")[:2]
@@ -189,7 +190,7 @@ def test_chinese_example_through_the_api(artifact_dirs, model_dirs, backend):
 
 
 def test_over_long_instruction_is_a_400_naming_instruct(artifact_dirs, tmp_path):
-    with TestClient(create_app(load_reranker(str(artifact_dirs["qwen3"]), max_length=120))) as client:
+    with TestClient(create_app(ServeSettings(model_path=str(artifact_dirs["qwen3"]), max_length=120))) as client:
         response = client.post("/v1/rerank", json={**CHINESE, "instruct": "be precise " * 200})
     assert response.status_code == 400 and response.json()["param"] == "instruct"
 
@@ -200,11 +201,11 @@ def test_artifact_keeps_its_template_and_serve_can_override_it(model_dirs, tmp_p
     out = tmp_path / "art"
     export_model(str(model_dirs["qwen3"]), out, chat_template=template)
     assert (out / "reranker_template.jinja").read_text() == template.read_text()
-    exported = load_reranker(str(out)).encoder
+    exported = Reranker.load(str(out)).encoder
     assert exported.template.source == template.read_text()
     bundled = tmp_path / "card.jinja"
     bundled.write_text(DecoderYesNoFamily().load_encoder(model_dirs["qwen3"]).template.source)
-    assert load_reranker(str(out), chat_template=bundled).encoder.template.source.startswith("<|im_start|>system")
+    assert Reranker.load(str(out), chat_template=bundled).encoder.template.source.startswith("<|im_start|>system")
 
 
 def test_forcing_the_cross_encoder_family_on_a_causal_lm_fails_clearly(model_dirs, tmp_path):

@@ -12,7 +12,7 @@ from tests.conftest import ARCHS
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_one_label_sequence_classifiers_are_cross_encoders(tokenizer_dirs, arch):
-    assert isinstance(detect_family(tokenizer_dirs[arch]), CrossEncoderFamily)
+    assert isinstance(detect_family(tokenizer_dirs[arch])[0], CrossEncoderFamily)
 
 
 def test_unsupported_architecture_is_named(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rerankrt.runtime import load_reranker
+from rerankrt.runtime import Reranker
 from rerankrt.runtime.chunking import chunk_documents
 from rerankrt.server import create_app
 from rerankrt.server.media import MediaLimits, decode_image, decode_video
@@ -64,7 +64,7 @@ def clients(vl_rerankers, media_dir):
         media_allowed_networks=["127.0.0.0/8"], allowed_local_media_path=str(media_dir), media_max_bytes=MAX_BYTES
     )
     with contextlib.ExitStack() as stack:
-        yield {name: stack.enter_context(TestClient(create_app(r, config))) for name, r in vl_rerankers.items()}
+        yield {name: stack.enter_context(TestClient(create_app(config, r.model))) for name, r in vl_rerankers.items()}
 
 
 @pytest.fixture(scope="module")
@@ -229,10 +229,10 @@ def test_cohere_and_vllm_shapes_take_content_objects(client, media_base):
 
 
 def test_chunking_splits_text_documents_only(qwen3_vl_artifact, media_base):
-    reranker = load_reranker(str(qwen3_vl_artifact), backend="onnxruntime", threads=1, max_length=256)
+    reranker = Reranker.load(str(qwen3_vl_artifact), backend="onnxruntime", threads=1, max_length=256)
     long_text = "pandas eat bamboo and sleep a lot. " * 60
     body = {"query": "panda", "documents": [long_text, [image(f"{media_base}/a.png"), text(long_text)]]}
-    with TestClient(create_app(reranker, settings(media_allowed_networks=["127.0.0.0/8"]))) as short:
+    with TestClient(create_app(settings(media_allowed_networks=["127.0.0.0/8"]), reranker.model)) as short:
         chunked = rerank(short, {**body, "max_chunks_per_doc": 3, "raw_scores": True})
         assert chunked.status_code == 200, chunked.text
         whole = rerank(short, {**body, "raw_scores": True}).json()
@@ -287,7 +287,7 @@ def test_query_parts_are_checked_too(client, media_base):
 
 
 def test_default_settings_refuse_loopback_and_local_files(vl_rerankers, media_base, media_dir):
-    with TestClient(create_app(vl_rerankers["onnxruntime"], settings())) as strict:
+    with TestClient(create_app(settings(), vl_rerankers["onnxruntime"].model)) as strict:
         body = {"query": "q", "documents": ["d", [text("t"), image(f"{media_base}/a.png")]]}
         refused(rerank(strict, body), 400, "documents[1][1].image_url.url", "not a public address")
         local = {"query": "q", "documents": [[image(str(media_dir / "a.png"))]]}
@@ -296,7 +296,7 @@ def test_default_settings_refuse_loopback_and_local_files(vl_rerankers, media_ba
 
 def test_media_fetch_counts_against_the_request_timeout(vl_rerankers, media_base):
     config = settings(media_allowed_networks=["127.0.0.0/8"], request_timeout=0.5)
-    with TestClient(create_app(vl_rerankers["onnxruntime"], config)) as slow:
+    with TestClient(create_app(config, vl_rerankers["onnxruntime"].model)) as slow:
         started = time.monotonic()
         response = rerank(slow, {"query": "q", "documents": [[image(f"{media_base}/a.png?delay=3")]]})
         assert response.status_code == 503 and "no scores within 0.5 s" in response.json()["message"]
@@ -304,8 +304,8 @@ def test_media_fetch_counts_against_the_request_timeout(vl_rerankers, media_base
 
 
 def test_a_text_model_refuses_media_and_joins_text_parts(model_dirs, media_base):
-    reranker = load_reranker(str(model_dirs["xlmr"]), backend="torch", threads=1)
-    with TestClient(create_app(reranker, settings(media_allowed_networks=["127.0.0.0/8"]))) as text_client:
+    reranker = Reranker.load(str(model_dirs["xlmr"]), backend="torch", threads=1)
+    with TestClient(create_app(settings(media_allowed_networks=["127.0.0.0/8"]), reranker.model)) as text_client:
         body = {"query": "q", "documents": ["d", [text("a bear"), image(f"{media_base}/a.png")]]}
         refused(rerank(text_client, body), 400, "documents[1][1]", "this model takes text only")
         cohere = {"query": {"content": [image(f"{media_base}/a.png")]}, "documents": ["d"]}

@@ -14,8 +14,8 @@ from rerankrt.artifact import FIDELITY_NAME, MANIFEST_NAME, load_manifest, sha25
 from rerankrt.errors import ArtifactError, ExportError, RerankrtError
 from rerankrt.export import export_model
 from rerankrt.export.parity import FidelityThresholds, _tie_aware_agreement
-from rerankrt.runtime import load_reranker
-from rerankrt.runtime.loader import AUTO_ORDER, auto_order, onnxruntime_graph_role
+from rerankrt.runtime import Reranker
+from rerankrt.runtime.plan import AUTO_ORDER, auto_order
 from rerankrt.testing.reference import random_documents
 
 QUERY = "what is a panda bear"
@@ -32,7 +32,7 @@ def variants(model_dirs, tmp_path_factory) -> dict[str, object]:
 
 
 def fp32_scores(artifact_dirs, arch, docs):
-    return load_reranker(str(artifact_dirs[arch]), backend="onnxruntime").score(QUERY, docs)
+    return Reranker.load(str(artifact_dirs[arch]), backend="onnxruntime").score(QUERY, docs)
 
 
 @pytest.mark.parametrize("arch", ["xlmr", "bert", "qwen3"])
@@ -52,9 +52,9 @@ def test_int8_variant_is_quantized_checked_and_served_on_cpu(variants, artifact_
     tables = [i for i in graph.graph.initializer if i.name in lookups and len(i.dims) == 2]
     assert tables and all(i.data_type == onnx.TensorProto.FLOAT for i in tables)  # embedding lookups stay fp32
 
-    reranker = load_reranker(str(folder))
+    reranker = Reranker.load(str(folder))
     assert reranker.backend.name == "onnxruntime"
-    assert reranker.backend.graph_path.name == manifest.graphs["scorer.int8"].file
+    assert reranker.model.plan.graphs["scorer"] == manifest.graphs["scorer.int8"].file
     docs = random_documents(np.random.default_rng(3), 12)
     int8, fp32 = reranker.score(QUERY, docs), fp32_scores(artifact_dirs, arch, docs)
     assert not np.array_equal(int8, fp32)  # really another graph
@@ -65,38 +65,33 @@ def test_bf16_variant_is_served_by_torch_with_bf16_weights_on_cpu(variants, arti
     folder = variants["xlmr", "bf16"]
     manifest = load_manifest(folder)
     assert manifest.precision == "bf16" and set(manifest.graphs) == {"scorer"}  # no CPU graph: torch carries it
-    reranker = load_reranker(str(folder))
+    reranker = Reranker.load(str(folder))
     assert (reranker.backend.name, reranker.backend.dtype) == ("torch", torch.bfloat16)
     assert next(reranker.backend.scorer.parameters()).dtype == torch.bfloat16
     docs = random_documents(np.random.default_rng(4), 8)
     np.testing.assert_allclose(reranker.score(QUERY, docs), fp32_scores(artifact_dirs, "xlmr", docs), atol=0.05)
     # asked for by name, onnxruntime still runs (the fp32 graph: it has no bf16 CPU kernels)
-    assert load_reranker(str(folder), backend="onnxruntime").backend.graph_path.name == "model.onnx"
+    assert Reranker.load(str(folder), backend="onnxruntime").model.plan.graphs["scorer"] == "model.onnx"
 
 
 def test_fp16_variant_is_a_gpu_graph_and_cpu_runs_fp32(variants):
     folder = variants["xlmr", "fp16"]
     manifest = load_manifest(folder)
     assert manifest.precision == "fp16" and "scorer.fp16" in manifest.graphs
-    assert load_reranker(str(folder), backend="onnxruntime").backend.graph_path.name == "model.onnx"
-    assert onnxruntime_graph_role(manifest.graphs, "fp16", "cuda") == "scorer.fp16"
+    assert Reranker.load(str(folder), backend="onnxruntime").model.plan.graphs == {"scorer": "model.onnx"}
 
 
 def test_serving_precision_is_fp32_or_the_checked_variant(variants, model_dirs):
     folder = variants["xlmr", "int8"]
-    assert load_reranker(str(folder), precision="fp32").backend.graph_path.name == "model.onnx"
-    assert load_reranker(str(folder), precision="int8").backend.graph_path.name == "model.int8.onnx"
+    assert Reranker.load(str(folder), precision="fp32").model.plan.graphs["scorer"] == "model.onnx"
+    assert Reranker.load(str(folder), precision="int8").model.plan.graphs["scorer"] == "model.int8.onnx"
     with pytest.raises(ArtifactError, match="exported for int8.*--precision bf16"):
-        load_reranker(str(folder), precision="bf16")
+        Reranker.load(str(folder), precision="bf16")
     with pytest.raises(ArtifactError, match="needs an artifact"):
-        load_reranker(str(model_dirs["xlmr"]), precision="int8")
+        Reranker.load(str(model_dirs["xlmr"]), precision="int8")
 
 
-def test_graph_role_and_backend_order_follow_the_precision():
-    graphs = {"scorer", "scorer.int8", "scorer.fp16"}
-    assert onnxruntime_graph_role(graphs, "int8", "cpu") == "scorer.int8"
-    assert onnxruntime_graph_role(graphs, "int8", "cuda") == "scorer"
-    assert onnxruntime_graph_role({"scorer"}, "fp16", "cuda") == "scorer"
+def test_backend_order_follows_the_precision():  # which graph runs per device: tests/test_plan.py
     assert auto_order("fp32") == auto_order("int8") == AUTO_ORDER
     bf16 = auto_order("bf16")
     assert bf16[:3] == AUTO_ORDER[:3] and bf16[3:] == (("torch", "cpu"), ("onnxruntime", "cpu"))

@@ -15,14 +15,14 @@ from PIL import Image
 
 from rerankrt.errors import InputError
 from rerankrt.families import Qwen3VLFamily, detect_family
-from rerankrt.families.qwen3_vl import normalize_content
-from rerankrt.families.qwen3_vl_geometry import (
+from rerankrt.families.qwen3_vl.encoder import normalize_content
+from rerankrt.families.qwen3_vl.geometry import (
     VisionGeometry,
     position_embedding_lookup,
     rope_positions,
     rotary_cos_sin,
 )
-from rerankrt.families.qwen3_vl_media import MediaConfig, preprocess_image, preprocess_video, smart_resize
+from rerankrt.families.qwen3_vl.media import MediaConfig, preprocess_image, preprocess_video, smart_resize
 from rerankrt.testing.reference_qwen3_vl import messages
 
 SCORE_TOLERANCE = 1e-3  # |Δ sigmoid score|, the acceptance bound

@@ -54,7 +54,7 @@ def test_concurrent_requests_get_their_own_results_in_order():
             for j in range(40)]  # fmt: skip
 
     async def main():
-        return await asyncio.gather(*(scheduler.submit(job) for job in jobs))
+        return await asyncio.gather(*(scheduler.run_async(job) for job in jobs))
 
     results = asyncio.run(main())
     scheduler.close()
@@ -71,7 +71,7 @@ def test_batches_respect_size_and_token_budget():
     pairs.append(pair(250, seed=99))  # longer than the budget on its own
 
     async def main():
-        return await asyncio.gather(*(scheduler.submit(pairs[i : i + 7]) for i in range(0, len(pairs), 7)))
+        return await asyncio.gather(*(scheduler.run_async(pairs[i : i + 7]) for i in range(0, len(pairs), 7)))
 
     asyncio.run(main())
     scheduler.close()
@@ -87,9 +87,9 @@ def test_cancelled_request_never_reaches_the_backend():
     first, second = [pair(5, 1), pair(5, 2)], [pair(7, 3), pair(7, 4)]
 
     async def main():
-        running = asyncio.create_task(scheduler.submit(first))
+        running = asyncio.create_task(scheduler.run_async(first))
         await asyncio.to_thread(backend.entered.wait, 30)  # `first` is in the backend, held
-        waiting = asyncio.create_task(scheduler.submit(second))
+        waiting = asyncio.create_task(scheduler.run_async(second))
         await asyncio.sleep(0.05)
         assert scheduler.queued_pairs == 2
         waiting.cancel()
@@ -109,15 +109,15 @@ def test_full_queue_refuses_then_recovers():
     scheduler = Scheduler(backend.run, collate, max_batch_size=4, max_queued_pairs=10, batch_wait_ms=0)
 
     async def main():
-        held = asyncio.create_task(scheduler.submit([pair(3, i) for i in range(4)]))
+        held = asyncio.create_task(scheduler.run_async([pair(3, i) for i in range(4)]))
         await asyncio.to_thread(backend.entered.wait, 30)
-        queued = asyncio.create_task(scheduler.submit([pair(3, 10 + i) for i in range(8)]))
+        queued = asyncio.create_task(scheduler.run_async([pair(3, 10 + i) for i in range(8)]))
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded, match="8 pairs queued \\(limit 10\\)"):
-            await scheduler.submit([pair(3, 20 + i) for i in range(3)])
+            await scheduler.run_async([pair(3, 20 + i) for i in range(3)])
         backend.release.set()
         await asyncio.gather(held, queued)
-        return await scheduler.submit([pair(3, 30 + i) for i in range(10)])  # room again
+        return await scheduler.run_async([pair(3, 30 + i) for i in range(10)])  # room again
 
     assert len(asyncio.run(main())) == 10
     scheduler.close()
@@ -136,8 +136,8 @@ def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on():
 
     async def main():
         with pytest.raises(RuntimeError, match="device lost"):
-            await scheduler.submit([pair(4, 1)])
-        return await scheduler.submit([pair(4, 2)])
+            await scheduler.run_async([pair(4, 1)])
+        return await scheduler.run_async([pair(4, 2)])
 
     assert asyncio.run(main()).tolist() == [expected(pair(4, 2))]
     scheduler.close()
@@ -148,7 +148,7 @@ def test_close_finishes_queued_work():
     scheduler = Scheduler(backend.run, collate, max_batch_size=2, batch_wait_ms=20)
 
     async def main():
-        task = asyncio.create_task(scheduler.submit([pair(4, i) for i in range(6)]))
+        task = asyncio.create_task(scheduler.run_async([pair(4, i) for i in range(6)]))
         await asyncio.sleep(0)
         await asyncio.to_thread(scheduler.close)
         return await task

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rerankrt.runtime import load_reranker
+from rerankrt.runtime import Reranker
 from rerankrt.server import create_app
 from rerankrt.server.schemas import PANDA_EXAMPLE
 from rerankrt.server.settings import ServeSettings
@@ -17,7 +17,7 @@ PANDA = PANDA_EXAMPLE
 
 @pytest.fixture(scope="module")
 def client(artifact_dirs):
-    with TestClient(create_app(load_reranker(str(artifact_dirs["xlmr"])))) as test_client:
+    with TestClient(create_app(ServeSettings(model_path=str(artifact_dirs["xlmr"])))) as test_client:
         yield test_client
 
 
@@ -42,7 +42,7 @@ def test_scores_equal_sigmoid_of_the_model_card_logits(artifact_dirs, model_dirs
     rng = np.random.default_rng(11)
     query, docs = random_text(rng, 2, 10), random_documents(rng, 13)
     expected = sigmoid(cross_encoder_logits(model_dirs[arch], query, docs))
-    with TestClient(create_app(load_reranker(str(artifact_dirs[arch]), backend=backend))) as test_client:
+    with TestClient(create_app(ServeSettings(model_path=str(artifact_dirs[arch]), backend=backend))) as test_client:
         results = post(test_client, {"query": query, "documents": docs}).json()
     assert len(results) == len(docs)
     got = np.empty(len(docs))
@@ -138,9 +138,9 @@ def test_health_models_and_openapi(client, model_dirs):
 
 
 def test_inference_does_not_block_the_event_loop(artifact_dirs):
-    reranker = load_reranker(str(artifact_dirs["xlmr"]))
+    reranker = Reranker.load(str(artifact_dirs["xlmr"]))
     reranker.backend = held = HeldBackend(reranker.backend)
-    app = create_app(reranker, ServeSettings(model_path="-", warmup=False))
+    app = create_app(ServeSettings(model_path="-", warmup=False), reranker.model)
 
     async def scenario():
         async with asgi_client(app) as http:
@@ -156,6 +156,6 @@ def test_inference_does_not_block_the_event_loop(artifact_dirs):
 
 
 def test_health_is_503_until_warm(artifact_dirs):
-    app = create_app(load_reranker(str(artifact_dirs["xlmr"])))
+    app = create_app(ServeSettings(model_path=str(artifact_dirs["xlmr"])))
     response = TestClient(app).get("/health")  # no `with`: the lifespan (warm-up) has not run
     assert response.status_code == 503 and response.headers["retry-after"]

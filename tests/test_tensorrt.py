@@ -19,7 +19,9 @@ from rerankrt.artifact import MANIFEST_NAME, Engine, load_manifest, sha256_file
 from rerankrt.engines import engine_file_name, plan_profile, select_engine, split_rows
 from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtError
 from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
-from rerankrt.runtime import load_reranker
+from rerankrt.precision import Precision
+from rerankrt.runtime import Reranker
+from rerankrt.runtime.plan import ServingPlan
 from rerankrt.runtime.tensorrt_backend import TensorRTBackend
 from rerankrt.testing.reference import random_documents, random_text
 from tests.conftest import QWEN_ARCHS
@@ -113,20 +115,18 @@ def test_unlisted_engine_is_refused(tmp_path):
 @pytest.mark.skipif(not bool(GPU_REASON), reason="checks the message on machines without TensorRT or a GPU")
 def test_tensorrt_backend_says_why_it_cannot_run_here(tmp_path):
     folder = write_fake_artifact(tmp_path / "art")
-    manifest = load_manifest(folder)
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed|no CUDA device"):
-        TensorRTBackend(folder, manifest, max_length=512)
+        TensorRTBackend(ServingPlan("tensorrt", "cuda", Precision.FP16, folder=folder))
 
 
 def test_multimodal_artifacts_are_refused_with_the_reason_everywhere(qwen3_vl_artifact):
-    """Engines cover one-graph scorers: build-engine and the backend say so before touching TensorRT."""
+    """Engines cover one-graph scorers: build-engine and the plan say so before touching TensorRT."""
     from rerankrt.export.tensorrt import build_engine
 
-    manifest = load_manifest(qwen3_vl_artifact)
     with pytest.raises(RerankrtError, match="multimodal"):
         build_engine(qwen3_vl_artifact)
     with pytest.raises(BackendUnavailableError, match="multimodal"):
-        TensorRTBackend(qwen3_vl_artifact, manifest, max_length=manifest.max_length)
+        Reranker.load(str(qwen3_vl_artifact), backend="tensorrt")
     assert load_manifest(qwen3_vl_artifact).engines == []
 
 
@@ -150,7 +150,7 @@ def test_fp16_graph_keeps_norms_and_softmax_fp32_and_scores_close(artifact_dirs,
     assert {i.data_type for i in model.graph.initializer if len(i.dims) == 2} == {onnx.TensorProto.FLOAT16}
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [onnx.TensorProto.FLOAT]  # fp32 logits out
 
-    reranker = load_reranker(str(artifact_dirs[arch]))
+    reranker = Reranker.load(str(artifact_dirs[arch]))
     rng = np.random.default_rng(5)
     batch = reranker.encoder.collate(reranker.encoder.encode(random_text(rng, 2, 8), random_documents(rng, 12)))
     reference = scores(ort.InferenceSession(str(source)), batch)
@@ -171,7 +171,7 @@ def test_bf16_graph_retypes_every_half_tensor(artifact_dirs, tmp_path, arch):
     blocked = [n for n in model.graph.node if n.op_type in FP32_OPS]
     assert blocked  # still there, fed by casts back to fp32
     # ONNX Runtime has no CPU kernels for bf16: onnx's reference evaluator runs it instead
-    reranker = load_reranker(str(artifact_dirs[arch]))
+    reranker = Reranker.load(str(artifact_dirs[arch]))
     rng = np.random.default_rng(6)
     batch = reranker.encoder.collate(reranker.encoder.encode(random_text(rng, 2, 8), random_documents(rng, 6)))
     reference = scores(ort.InferenceSession(str(artifact_dirs[arch] / "model.onnx")), batch)
@@ -205,8 +205,8 @@ def test_engine_equals_torch_fp32(artifact_dirs, tmp_path, arch, precision, boun
     folder = shutil.copytree(artifact_dirs[arch], tmp_path / "art")
     built = build_engine(folder, precision=precision, max_batch=8)
     assert load_manifest(folder).engines == [built]
-    trt_reranker = load_reranker(str(folder), backend="tensorrt")
-    torch_reranker = load_reranker(str(folder), backend="torch")
+    trt_reranker = Reranker.load(str(folder), backend="tensorrt")
+    torch_reranker = Reranker.load(str(folder), backend="torch")
     torch_reranker.backend.scorer.float()  # the fp32 reference, on the GPU
     rng = np.random.default_rng(9)
     query, docs = random_text(rng, 2, 10), random_documents(rng, 21)  # 21 > max_batch 8: split

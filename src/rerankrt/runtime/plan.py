@@ -117,7 +117,9 @@ def plan_serving(
         if request.backend not in ("auto", backend):
             continue
         common = {"backend": backend, "device": device, "threads": threads, "folder": folder}
-        if device == "cuda" and not machine.cuda:
+        if backend == "tensorrt" and family.tensorrt_problem:
+            out.append(Skipped(backend, device, family.tensorrt_problem))
+        elif device == "cuda" and not machine.cuda:
             out.append(Skipped(backend, device, "no CUDA device"))
         elif backend == "torch":
             out.append(_torch_plan(common, precision, explicit, manifest, model_ref))
@@ -157,8 +159,6 @@ def _onnxruntime_plan(common: dict, precision: Precision, manifest: Manifest, ma
 
 
 def _tensorrt_plan(common, precision, explicit, family, manifest: Manifest, machine: Machine, max_length: int):
-    if family.tensorrt_problem:
-        return Skipped("tensorrt", "cuda", family.tensorrt_problem)
     if machine.tensorrt is None:
         return Skipped("tensorrt", "cuda", "TensorRT is not installed: pip install 'rerankrt[gpu]'")
     wanted = precision if explicit else None  # asked for: that engine; else the fastest there is

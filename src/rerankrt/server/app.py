@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from rerankrt import __version__
 from rerankrt.runtime import Reranker
+from rerankrt.runtime.loader import LoadedModel, load_model
 from rerankrt.server import cohere, operations, sglang, vllm
 from rerankrt.server.errors import install_error_handlers
 from rerankrt.server.media import MediaFetcher, MediaLimits
@@ -30,13 +31,11 @@ log = logging.getLogger(__name__)
 ROUTERS = (sglang.router, cohere.router, vllm.router, operations.router)
 
 
-def create_app(settings: ServeSettings, reranker: Reranker | None = None) -> FastAPI:
-    """An app serving `settings.model_path`, or `reranker` when one is given (already loaded)."""
+def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> FastAPI:
+    """An app serving `settings.model_path`, or `model` when one is given (already loaded), with the settings'
+    batching and limits."""
     metrics = Metrics()
-    if reranker is None:
-        reranker = Reranker.load(settings=settings, on_batch=metrics.observe_batch)
-    else:
-        reranker.scheduler.on_batch = metrics.observe_batch
+    reranker = Reranker(model or load_model(settings), settings, on_batch=metrics.observe_batch)
     scoring = Scoring(reranker, settings.request_timeout, metrics)
 
     @asynccontextmanager

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen3VLForConditionalGeneration
 
-from rerankrt.families.qwen3_vl_media import MediaConfig, smart_resize, video_frame_size
+from rerankrt.families.qwen3_vl.media import MediaConfig, smart_resize, video_frame_size
 
 SYSTEM = (
     "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "

@@ -140,8 +140,18 @@ def build_qwen3_tokenizer():
     return tokenizer
 
 
-def build_qwen3(out: Path, tied: bool = True, seed: int = 0, max_positions: int = 1024, weights: bool = True) -> Path:
-    """A two-layer Qwen3ForCausalLM with grouped-query attention, tied or untied LM head."""
+def model_card(out: Path, base_model: str) -> None:
+    """A README.md naming the checkpoint it derives from, as a fine-tune's card does (families recognise it)."""
+    name = base_model.split("/")[-1]
+    card = f"---\nbase_model: {base_model}\nlibrary_name: transformers\n---\n\n# tiny-{name}\n\nRandom weights.\n"
+    (Path(out) / "README.md").write_text(card)
+
+
+def build_qwen3(
+    out: Path, tied: bool = True, seed: int = 0, max_positions: int = 1024, weights: bool = True, named: bool = True
+) -> Path:
+    """A two-layer Qwen3ForCausalLM with grouped-query attention, tied or untied LM head; `named`: with a model
+    card naming Qwen/Qwen3-Reranker-0.6B, so the decoder yes/no family recognises it."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = build_qwen3_tokenizer()
@@ -154,6 +164,8 @@ def build_qwen3(out: Path, tied: bool = True, seed: int = 0, max_positions: int 
     torch.manual_seed(seed)
     _save(Qwen3ForCausalLM, config, out, weights)
     tokenizer.save_pretrained(out)
+    if named:
+        model_card(out, "Qwen/Qwen3-Reranker-0.6B")
     return Path(out)
 
 
@@ -256,6 +268,7 @@ def build_qwen3_vl(out: Path, seed: int = 0, weights: bool = True) -> Path:
     bounds = {"image_min_pixels": 64 * 64, "image_max_pixels": 160 * 160, "video_frame_min_pixels": 64 * 64,
               "video_frame_max_pixels": 96 * 96, "video_total_pixels": 4 * 96 * 96}  # fmt: skip
     (Path(out) / "media_config.json").write_text(json.dumps(bounds, indent=2))
+    model_card(out, "Qwen/Qwen3-VL-Reranker-2B")
     return Path(out)
 
 
