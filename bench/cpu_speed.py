@@ -93,13 +93,16 @@ def export(model_dir: Path, out: Path, precision: str, **options) -> tuple[Path,
 
 def rerankers(artifact: Path, model_dir: Path):
     """fp32 (onnxruntime), int8 (onnxruntime) from the int8 artifact; bf16 = torch with bf16 weights."""
-    from rerankrt.runtime import load_reranker
-    from rerankrt.runtime.reranker import Reranker
+    from dataclasses import replace
+
+    from rerankrt.precision import Precision
+    from rerankrt.runtime import Reranker
     from rerankrt.runtime.torch_backend import TorchBackend
 
-    fp32 = load_reranker(str(artifact), precision="fp32", backend="onnxruntime")
-    int8 = load_reranker(str(artifact), precision="int8")
-    bf16 = Reranker(fp32.family, fp32.encoder, TorchBackend(fp32.family, model_dir, dtype=torch.bfloat16), "bf16")
+    fp32 = Reranker.load(str(artifact), precision="fp32", backend="onnxruntime")
+    int8 = Reranker.load(str(artifact), precision="int8")
+    bf16_backend = TorchBackend(fp32.family, model_dir, precision=Precision.BF16)
+    bf16 = Reranker(replace(fp32.model, backend=bf16_backend, name="bf16"), fp32.settings)
     method = json.loads((artifact / "fidelity.json").read_text())["method"]
     return {
         "rerankrt fp32 (onnxruntime)": fp32,

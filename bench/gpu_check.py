@@ -114,9 +114,9 @@ def in_batches(score, batch_size: int):
 
 
 def ours(model_dir: Path, batch_size: int):
-    from rerankrt.runtime import load_reranker
+    from rerankrt.runtime import Reranker
 
-    reranker = load_reranker(str(model_dir), backend="torch", max_batch_size=batch_size)
+    reranker = Reranker.load(str(model_dir), backend="torch", max_batch_size=batch_size)
     assert reranker.backend.device == "cuda"
 
     def score(query, docs):

@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.common
 
 from bench.common import machine, write_result  # noqa: E402
-from rerankrt.runtime import load_reranker  # noqa: E402
+from rerankrt.runtime import Reranker  # noqa: E402
 from rerankrt.server import create_app  # noqa: E402
 from rerankrt.server.settings import ServeSettings  # noqa: E402
 
@@ -73,7 +73,7 @@ def fetch_one_at_a_time(fetcher) -> None:
 
 
 async def measure(reranker, base: str, mode: str) -> dict:
-    app = create_app(reranker, ServeSettings(model_path="-", media_allowed_networks=["127.0.0.0/8"]))
+    app = create_app(ServeSettings(model_path="-", media_allowed_networks=["127.0.0.0/8"]), reranker.model)
     body = {
         "query": "a colourful abstract picture",
         "documents": [[{"type": "image_url", "image_url": {"url": f"{base}{path}"}}] for path in PICTURES],
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--fetch", choices=["both", "concurrent", "sequential"], default="both")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     args = parser.parse_args()
-    reranker = load_reranker(str(artifact_dir(args.artifact)), backend="onnxruntime", threads=args.threads)
+    reranker = Reranker.load(str(artifact_dir(args.artifact)), backend="onnxruntime", threads=args.threads)
     server = ThreadingHTTPServer(("127.0.0.1", 0), DelayedImage)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"

@@ -28,7 +28,7 @@ BUILDERS = {
 
 def main() -> None:
     from rerankrt.export import export_model
-    from rerankrt.runtime import load_reranker
+    from rerankrt.runtime import Reranker
 
     root = Path(tempfile.mkdtemp(prefix="rerankrt-parity-"))
     for name, build in BUILDERS.items():
@@ -43,7 +43,7 @@ def main() -> None:
             if reference is None:
                 reference = cross_encoder_logits(model, query, docs)
             for label, path in (("onnxruntime", artifact), ("torch", artifact), ("torch, plain folder", model)):
-                reranker = load_reranker(str(path), backend=label.split(",")[0], max_batch_size=8)
+                reranker = Reranker.load(str(path), backend=label.split(",")[0], max_batch_size=8)
                 diff = float(np.abs(reranker.score(query, docs) - reference).max())
                 worst[label] = max(worst.get(label, 0.0), diff)
         exported = json.loads((artifact / "parity.json").read_text())["max_abs_diff"]

@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from rerankrt.export import export_model
-    from rerankrt.runtime import load_reranker
+    from rerankrt.runtime import Reranker
     from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -134,8 +135,8 @@ def main() -> None:
     export_model(str(model_dir), args.workdir / "artifact")
     exports = {"optimum_fold": {"seconds": time.perf_counter() - started, "mb": folder_mb(args.workdir / "artifact")}}
 
-    onnx_reranker = load_reranker(str(args.workdir / "artifact"), backend="onnxruntime", max_batch_size=args.batch_size)
-    torch_reranker = load_reranker(str(args.workdir / "artifact"), backend="torch", max_batch_size=args.batch_size)
+    onnx_reranker = Reranker.load(str(args.workdir / "artifact"), backend="onnxruntime", max_batch_size=args.batch_size)
+    torch_reranker = Reranker.load(str(args.workdir / "artifact"), backend="torch", max_batch_size=args.batch_size)
     card_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompt_tokens = [len(p["input_ids"]) for p in onnx_reranker.encoder.encode(query, docs)]
 
@@ -149,8 +150,8 @@ def main() -> None:
     if not args.skip_dynamo:
         seconds = export_dynamo(model_dir, args.workdir / "dynamo", yes, no)
         exports["torch_onnx_dynamo"] = {"seconds": seconds, "mb": folder_mb(args.workdir / "dynamo")}
-        dynamo = load_reranker(str(args.workdir / "artifact"), backend="onnxruntime", max_batch_size=args.batch_size)
-        dynamo.backend = OnnxRuntimeBackend(args.workdir / "dynamo" / "model.onnx")
+        graph = OnnxRuntimeBackend(onnx_reranker.family, args.workdir / "dynamo", {"scorer": "model.onnx"})
+        dynamo = Reranker(replace(onnx_reranker.model, backend=graph), onnx_reranker.settings)
         rows["rerankrt ONNX (dynamo wrapper)"] = lambda: dynamo.score(query, docs)
 
     reference = card_scores(card_model, model_dir, yes, no, query, docs, args.batch_size)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rerankrt.families.qwen3_vl_media import MediaConfig
+from rerankrt.families.qwen3_vl.media import MediaConfig
 
 
 def request(seed: int = 0):
@@ -80,19 +80,23 @@ def build_2b(out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    from rerankrt.runtime import load_reranker
-    from rerankrt.runtime.torch_backend import TorchBackend
+    from rerankrt.runtime import EngineSettings, Reranker
 
     torch.set_num_threads(2)
     if sys.argv[1] == "tiny":
         for path, backend in ((sys.argv[2], "onnxruntime"), (sys.argv[3], "torch")):
-            print(json.dumps({"model": "tiny", **timed(load_reranker(path, backend=backend, threads=2))}))
+            print(json.dumps({"model": "tiny", **timed(Reranker.load(path, backend=backend, threads=2))}))
     else:
-        from rerankrt.families import detect_family
-        from rerankrt.runtime.reranker import Reranker
+        from rerankrt.families import get_family
+        from rerankrt.precision import Precision
+        from rerankrt.runtime.loader import LoadedModel
+        from rerankrt.runtime.plan import ServingPlan
+        from rerankrt.runtime.torch_backend import TorchBackend
 
         folder = build_2b(Path(sys.argv[2]))
-        family = detect_family(folder)
-        backend = TorchBackend(family, folder, dtype=torch.bfloat16, threads=2)
-        reranker = Reranker(family, family.load_encoder(folder), backend, "qwen3-vl-2b-sized")
+        family = get_family("qwen3-vl-yes-no")  # a plain folder's bf16 weights: no export, no plan to choose
+        plan = ServingPlan("torch", "cpu", Precision.BF16, weights=str(folder), threads=2)
+        backend = TorchBackend.from_plan(plan, family)
+        model = LoadedModel(family, family.load_encoder(folder), backend, plan, "qwen3-vl-2b-sized")
+        reranker = Reranker(model, EngineSettings(model_path=str(folder)))
         print(json.dumps({"model": "qwen3-vl-2b-sized, random, bf16", **timed(reranker, repeats=1)}))
