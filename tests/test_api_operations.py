@@ -8,7 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rerankrt.logs import JsonFormatter
-from rerankrt.runtime import Reranker
+from rerankrt.runtime import EngineSettings, Reranker
+from rerankrt.runtime.loader import load_model
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from tests.support import HeldBackend, asgi_client
@@ -188,10 +189,10 @@ def test_access_log_carries_request_fields_and_json_formats_them(client, caplog)
 
 
 def held_app(artifact_dirs, **overrides):
-    reranker = Reranker.load(str(artifact_dirs["xlmr"]))
-    reranker.backend = held = HeldBackend(reranker.backend)
+    model = load_model(EngineSettings(model_path=str(artifact_dirs["xlmr"])))
+    model.backend = held = HeldBackend(model.backend)
     # no padding cap: each request's documents form one batch, so batch counts below are exact
-    return create_app(settings(warmup=False, max_padding_ratio=1.0, **overrides), reranker.model), held
+    return create_app(settings(warmup=False, max_padding_ratio=1.0, **overrides), model), held
 
 
 def test_flood_gets_503s_with_retry_after_then_recovers(artifact_dirs):

@@ -38,18 +38,19 @@ def test_padding_ratio_cap_keeps_dissimilar_lengths_apart():
 
 def test_in_process_scoring_batches_like_the_server_on_cpu(artifact_dirs):
     """Reranker.score caps padding as the server's scheduler does on CPU (0.1), and scores the same either way."""
-    from rerankrt.runtime import Reranker
+    from rerankrt.runtime import EngineSettings, Reranker
     from rerankrt.runtime.batching import default_padding_ratio
+    from rerankrt.runtime.loader import load_model
 
-    reranker = Reranker.load(str(artifact_dirs["xlmr"]))
+    settings = EngineSettings(model_path=str(artifact_dirs["xlmr"]))
+    model = load_model(settings)
     widths = []
-    run = reranker.backend.run
-    reranker.backend.run = lambda batch: widths.append(batch["input_ids"].shape) or run(batch)
+    run = model.backend.run
+    model.backend.run = lambda batch: widths.append(batch["input_ids"].shape) or run(batch)
     docs = ["panda " * n for n in (3, 80, 4, 120, 5, 60)]
-    capped = reranker.score("panda", docs)
+    capped = Reranker(model, settings).score("panda", docs)
     capped_batches, widths[:] = list(widths), []
-    reranker.max_padding_ratio = 1.0
-    uncapped = reranker.score("panda", docs)
+    uncapped = Reranker(model, settings.model_copy(update={"max_padding_ratio": 1.0})).score("panda", docs)
     assert default_padding_ratio("cpu") == 0.1 and default_padding_ratio("cuda") == 1.0
     assert len(capped_batches) > len(widths) == 1
     np.testing.assert_allclose(capped, uncapped, atol=1e-4)

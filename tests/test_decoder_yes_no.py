@@ -161,7 +161,7 @@ def test_left_and_right_padding_score_like_a_single_pair(artifact_dirs, model_di
     rng = np.random.default_rng(3)
     pairs = encoder.encode("what is panda?", random_documents(rng, 6, max_words=70))
     scorer = family.load_scorer(model_dirs["qwen3"])
-    onnx_backend = OnnxRuntimeBackend(artifact_dirs["qwen3"] / "model.onnx")
+    onnx_backend = OnnxRuntimeBackend(family, artifact_dirs["qwen3"], {"scorer": "model.onnx"})
 
     def torch_run(batch):
         with torch.no_grad():

@@ -9,6 +9,7 @@ from rerankrt.errors import ExportError, UnsupportedModelError
 from rerankrt.export import export_model
 from rerankrt.export.parity import check_parity
 from rerankrt.families import CrossEncoderFamily
+from rerankrt.families.base import ParityCheck, run_torch
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.testing import tiny_models
 from tests.conftest import ARCHS
@@ -77,7 +78,7 @@ def test_parity_check_catches_a_graph_that_computes_something_else(artifact_dirs
     scorer = family.load_scorer(model_dirs["xlmr"])
     with torch.no_grad():
         scorer.model.classifier.out_proj.bias += 0.01
-    backend = OnnxRuntimeBackend(artifact_dirs["xlmr"] / "model.onnx")
-    report = check_parity(encoder, scorer, backend.run, "onnxruntime")
+    backend = OnnxRuntimeBackend(family, artifact_dirs["xlmr"], {"scorer": "model.onnx"})
+    report = check_parity(encoder, ParityCheck(lambda batch: run_torch(scorer, batch), "torch"), backend.run, "ort")
     assert not report.passed
     assert np.isclose(report.max_abs_diff, 0.01, atol=1e-4)

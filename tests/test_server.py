@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rerankrt.runtime import Reranker
+from rerankrt.runtime import EngineSettings
+from rerankrt.runtime.loader import load_model
 from rerankrt.server import create_app
 from rerankrt.server.schemas import PANDA_EXAMPLE
 from rerankrt.server.settings import ServeSettings
@@ -127,10 +128,10 @@ def test_unknown_route_and_method_are_json_errors(client):
     assert response.status_code == 405 and response.json()["object"] == "error"
 
 
-def test_health_models_and_openapi(client, model_dirs):
+def test_health_models_and_openapi(client, artifact_dirs):
     assert client.get("/health").json() == {"status": "ok"}
     card = client.get("/v1/models").json()["data"][0]
-    assert card["id"] == str(model_dirs["xlmr"])  # the model the artifact was exported from
+    assert card["id"] == artifact_dirs["xlmr"].name  # a local export is named by its folder, not the exporter's path
     assert card["family"] == "cross-encoder" and card["backend"] == "onnxruntime" and card["max_length"] == 512
     spec = client.get("/openapi.json").json()
     assert "/v1/rerank" in spec["paths"]
@@ -138,9 +139,9 @@ def test_health_models_and_openapi(client, model_dirs):
 
 
 def test_inference_does_not_block_the_event_loop(artifact_dirs):
-    reranker = Reranker.load(str(artifact_dirs["xlmr"]))
-    reranker.backend = held = HeldBackend(reranker.backend)
-    app = create_app(ServeSettings(model_path="-", warmup=False), reranker.model)
+    model = load_model(EngineSettings(model_path=str(artifact_dirs["xlmr"])))
+    model.backend = held = HeldBackend(model.backend)
+    app = create_app(ServeSettings(model_path="-", warmup=False), model)
 
     async def scenario():
         async with asgi_client(app) as http:

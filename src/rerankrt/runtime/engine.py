@@ -166,9 +166,9 @@ class Reranker:
         pairs, owners = self._encoding.submit(self._encode, request).result()
         return self._collect(request, owners, pairs, self.scheduler.submit(pairs).result())
 
-    def score(self, query: Content, documents: Sequence[Content], **options) -> np.ndarray:
-        """The relevance logit of each document, in order; `options`: instruct, truncate, max_chunks_per_doc."""
-        return self.score_request(ScoreRequest(query, documents, **options)).logits
+    def score(self, query: Content, documents: Sequence[Content], instruct: str | None = None, **options) -> np.ndarray:
+        """The relevance logit of each document, in order; `options`: truncate, max_chunks_per_doc."""
+        return self.score_request(ScoreRequest(query, documents, instruct, **options)).logits
 
     def rerank(
         self,
