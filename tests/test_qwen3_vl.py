@@ -108,7 +108,7 @@ def test_token_ids_match_the_official_prompt(qwen3_vl_dir, vl_official):
 
 
 def test_detection_and_artifact(qwen3_vl_dir, qwen3_vl_artifact):
-    assert isinstance(detect_family(qwen3_vl_dir), Qwen3VLFamily)
+    assert isinstance(detect_family(qwen3_vl_dir)[0], Qwen3VLFamily)
     manifest = json.loads((qwen3_vl_artifact / "manifest.json").read_text())
     assert manifest["family"] == Qwen3VLFamily.name
     assert set(manifest["graphs"]) == {"vision", "scorer"}

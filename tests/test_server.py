@@ -156,6 +156,16 @@ def test_inference_does_not_block_the_event_loop(artifact_dirs):
     asyncio.run(scenario())
 
 
+def test_serving_never_writes_the_manifest(artifact_dirs):
+    """The manifest describes the files as exported: loading for another precision or serving leaves it as is."""
+    manifest = artifact_dirs["bert"] / "manifest.json"
+    before = manifest.read_bytes()
+    with TestClient(create_app(ServeSettings(model_path=str(artifact_dirs["bert"]), precision="fp32"))) as c:
+        assert post(c, PANDA).status_code == 200
+        assert c.get("/v1/models").json()["data"][0]["precision"] == "fp32"
+    assert manifest.read_bytes() == before
+
+
 def test_health_is_503_until_warm(artifact_dirs):
     app = create_app(ServeSettings(model_path=str(artifact_dirs["xlmr"])))
     response = TestClient(app).get("/health")  # no `with`: the lifespan (warm-up) has not run

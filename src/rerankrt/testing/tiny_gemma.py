@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from rerankrt.testing.tiny_models import CORPUS as BASE_CORPUS
+from rerankrt.testing.tiny_models import model_card
+
 BASE_MODEL = "BAAI/bge-reranker-v2-gemma"
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0-3
 SINGLE_TOKENS = ["Yes", "No", "yes", "no", "A", "B", ":", "\n"]
@@ -24,31 +27,11 @@ FLAG_PROMPT = (
     "providing a prediction of either 'Yes' or 'No'."
 )
 CORPUS = [
-    "what is panda?",
-    "hi",
-    "The giant panda (Ailuropoda melanoleuca), sometimes called a panda bear or simply panda, "
-    "is a bear species endemic to China.",
-    "Paris is the capital and largest city of France.",
-    "Berlin is the capital of Germany.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Rerankers score a query against each document and sort the documents by relevance.",
+    *BASE_CORPUS,
     "A long passage keeps going with many words so that truncation has something to cut away.",
-    "Numbers like 42, 3.14 and 2026 appear in text too.",
-    "法国首都是哪里？巴黎是法国的首都。",
-    "熊猫是一种生活在中国的熊。",
     "A: what is panda?\nB: hi\n" + FLAG_PROMPT,
     FLAG_PROMPT,
 ]
-CARD = f"""---
-base_model: {BASE_MODEL}
-library_name: transformers
-pipeline_tag: text-classification
----
-
-# tiny-bge-reranker-v2-gemma
-
-A tiny random-weight test model with the architecture and tokenizer conventions of {BASE_MODEL}.
-"""
 
 
 def build_gemma_tokenizer(vocab_size: int = 500):
@@ -101,7 +84,7 @@ def build_tiny_gemma(out: Path, seed: int = 0, named: bool = True, max_positions
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if named:
-        (out / "README.md").write_text(CARD)
+        model_card(out, BASE_MODEL)
     return out
 
 
@@ -121,7 +104,7 @@ def build_tiny_llama(out: Path, seed: int = 0, named: bool = False) -> Path:
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     if named:
-        (out / "README.md").write_text(CARD)
+        model_card(out, BASE_MODEL)
     return out
 
 
