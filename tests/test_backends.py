@@ -222,3 +222,14 @@ def test_threads_default_to_physical_cores_and_can_be_set(artifact_dirs):
     assert chosen.backend.sessions["scorer"].session.get_session_options().intra_op_num_threads == physical_cores()
     pinned = Reranker.load(str(artifact_dirs["xlmr"]), backend="onnxruntime", threads=1)
     assert pinned.backend.sessions["scorer"].session.get_session_options().intra_op_num_threads == 1
+
+
+def test_an_engine_never_closed_lets_the_process_exit_cleanly(model_dirs):
+    """Its threads stop at interpreter exit (torch used to abort the process: 'terminate called ...')."""
+    import subprocess
+    import sys
+
+    script = f"from rerankrt import Reranker; print(Reranker.load({str(model_dirs['xlmr'])!r}).score('q', ['a'])[0])"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "terminate called" not in result.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ class Reranker:
         # One encoding thread: a Hugging Face tokenizer is not safe to call from several threads at once
         # ("Already borrowed"), and its batch calls are parallel inside already. It overlaps with inference.
         self._encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-encode")
+        # threads stop at close, or at interpreter exit for an engine never closed (torch aborts the process
+        # when its inference thread is torn down mid-exit)
+        self._stop = weakref.finalize(self, _stop_threads, self._encoding, self.scheduler)
 
     @classmethod
     def load(
@@ -187,8 +191,7 @@ class Reranker:
 
     def close(self) -> None:
         """Finish what is queued, then stop the threads."""
-        self._encoding.shutdown(wait=True)
-        self.scheduler.close()
+        self._stop()
 
     def __enter__(self) -> Reranker:
         return self
@@ -219,6 +222,11 @@ class Reranker:
         per_document = np.full(len(request.documents), -np.inf, dtype=np.float32)
         np.maximum.at(per_document, owners, logits)
         return Scores(per_document, sum(len(p["input_ids"]) for p in pairs))
+
+
+def _stop_threads(encoding: ThreadPoolExecutor, scheduler: Scheduler) -> None:
+    encoding.shutdown(wait=True)
+    scheduler.close()
 
 
 def _renamed(error: InputError, request: ScoreRequest, owners: np.ndarray) -> InputError:
