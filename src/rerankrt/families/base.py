@@ -219,6 +219,13 @@ class Family(ABC):
 
         return run
 
+    def label_tokens(self, encoder: PairEncoder) -> tuple[int, int] | None:
+        """The (yes, no) token ids when the graph's logit is logit(yes) - logit(no) at the next-token position,
+        so a softmax over those two tokens is [sigmoid(logit), 1 - sigmoid(logit)]; None when the logit is anything
+        else (a classification head's, or one token's logit alone). SGLang's score API (`label_token_ids`) reads it.
+        """
+        return None
+
     @classmethod
     def precision_problem(cls, precision: Precision | str) -> str | None:
         """Why this family cannot make `precision`, or None when it can."""
