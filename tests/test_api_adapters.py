@@ -57,7 +57,20 @@ class WordTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False) -> dict:
         words = list(WORD.finditer(text))
         ids = [self.vocab.setdefault(w.group().lower(), len(self.vocab) + 10) for w in words]
+        if add_special_tokens:
+            return {"input_ids": [CLS, *ids, SEP], "offset_mapping": [(0, 0), *(w.span() for w in words), (0, 0)]}
         return {"input_ids": ids, "offset_mapping": [w.span() for w in words]}
+
+    def __len__(self) -> int:
+        return len(self.vocab) + 10
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        words = {i: w for w, i in self.vocab.items()} | {CLS: "[CLS]", SEP: "[SEP]", IMAGE: "[IMG]", VIDEO: "[VID]"}
+        return [words.get(i, "[UNK]") for i in ids]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        special = {CLS, SEP, IMAGE, VIDEO, 0}
+        return " ".join(self.convert_ids_to_tokens([i for i in ids if not (skip_special_tokens and i in special)]))
 
 
 class WordEncoder(PairEncoder):

@@ -126,7 +126,8 @@ class PairEncoder(ABC):
     def too_long(self, index: int, tokens: int) -> InputError:
         return InputError(
             f"documents[{index}]",
-            f"the pair is {tokens} tokens, over max_length {self.max_length}; send truncate=true to cut it",
+            f"the pair is {tokens} tokens, over max_length {self.max_length}. Please reduce the length of the "
+            "input, or send truncate=true to cut it",
         )
 
     @abstractmethod
