@@ -2,7 +2,8 @@
 
 `/rerank`: `query`, `texts`, `raw_scores` (the logit instead of sigmoid), `return_text`, `truncate` (null: this
 server's default, true) and `truncation_direction` (`Right` keeps a text's first tokens, `Left` its last); the
-answer is TEI's list `[{"index", "score", "text"?}]`, best first. `/predict` scores `[query, document]` pairs with
+answer is TEI's list `[{"index", "score", "text"?}]`, best first (`top_n`, which TEI does not define but LiteLLM's
+`huggingface/` provider sends, keeps the n best). `/predict` scores `[query, document]` pairs with
 a sequence-classification model: `inputs` is one pair or a list of pairs, answered `[{"score", "label"}]` per pair
 (`label` is `LABEL_0`, the one label of a one-logit head). Errors come in TEI's body, `{"error", "error_type"}`.
 """
@@ -13,7 +14,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field, StrictBool, StrictStr
+from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from rerankrt.server.content import Input
 from rerankrt.server.schemas import NonEmptyStr, ScoringOptions
@@ -44,6 +45,7 @@ class TEIRerankRequest(TruncationOptions):
     query: NonEmptyStr
     texts: list[StrictStr] = Field(min_length=1)
     return_text: StrictBool = Field(False, description="include each text in the results")
+    top_n: StrictInt | None = Field(None, ge=0, description="extension (LiteLLM sends it): the n best (0: all)")
 
     model_config = {"json_schema_extra": {"examples": [{"query": "what is panda?", "texts": ["hi", "a bear"]}]}}
 
@@ -60,7 +62,7 @@ async def rerank(body: TEIRerankRequest, request: Request, scoring: Scoring) -> 
         request, body.scoring_body(), Input(body.query, "query"), texts, "texts", truncation_side=body.side
     )
     ranks = []
-    for r in result.ranked(None, body.raw_scores):
+    for r in result.ranked(body.top_n, body.raw_scores):
         rank = {"index": r.index, "score": r.score}
         if body.return_text:
             rank["text"] = body.texts[r.index]

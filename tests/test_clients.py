@@ -1,0 +1,124 @@
+"""Real client libraries, unmodified, pointed at a server on 127.0.0.1 with the URL and option that the README's
+table gives: the Cohere SDK (v1 and v2 clients; in the dev extra) and LiteLLM's rerank providers (skipped when
+litellm is not installed; it is heavy). The clients only need HTTP, so the server is the in-memory engine of
+test_api_adapters in an in-process uvicorn (unit tier); test_served_clients.py runs the Cohere SDK against a
+served tiny model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from rerankrt.server import create_app
+from tests.support import free_port
+from tests.test_api_adapters import BEST_FIRST, DOCS, QUERY, make_model, settings
+
+cohere = pytest.importorskip("cohere")
+
+
+class Served:
+    """An in-process uvicorn serving the in-memory engine with the given ServeSettings overrides."""
+
+    def __init__(self, **options):
+        self.port = free_port()
+        config = uvicorn.Config(create_app(settings(**options), make_model()), host="127.0.0.1", port=self.port,
+                                log_level="warning")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                    return self.base
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("the in-process server did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def default_base():
+    with Served() as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def results_base():
+    with Served(rerank_convention="results") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def infinity_base():
+    with Served(rerank_convention="infinity") as base:
+        yield base
+
+
+# --- the Cohere SDK -----------------------------------------------------------------------------
+
+
+def test_cohere_v2_client(default_base):
+    client = cohere.ClientV2(api_key="unused", base_url=default_base)
+    response = client.rerank(model="any", query=QUERY, documents=DOCS, top_n=3, max_tokens_per_doc=64)
+    assert [r.index for r in response.results] == BEST_FIRST[:3]
+    assert response.results[0].relevance_score > response.results[1].relevance_score
+    assert response.meta.billed_units.search_units == 1
+
+
+def test_cohere_v1_client_with_the_results_convention(results_base):
+    client = cohere.Client(api_key="unused", base_url=results_base)
+    response = client.rerank(query=QUERY, documents=DOCS, top_n=2, return_documents=True)
+    assert [r.index for r in response.results] == BEST_FIRST[:2]
+    assert response.results[0].document.text == DOCS[1]
+    objects = [{"title": "hi", "text": "there"}, {"title": "panda bear", "text": "what is it"}]
+    fields = client.rerank(query=QUERY, documents=objects, rank_fields=["title", "text"], max_chunks_per_doc=2)
+    assert fields.results[0].index == 1
+
+
+def test_cohere_sdk_errors_are_its_bad_request_error(default_base):
+    client = cohere.ClientV2(api_key="unused", base_url=default_base)
+    with pytest.raises(cohere.errors.BadRequestError) as error:
+        client.rerank(model="any", query=QUERY, documents=DOCS, max_tokens_per_doc=0)
+    assert error.value.body["param"] == "max_tokens_per_doc"
+
+
+# --- LiteLLM's rerank providers -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def litellm():
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download of its price list
+    return pytest.importorskip("litellm")
+
+
+@pytest.mark.parametrize(
+    "provider, base, path",
+    [
+        ("cohere", "results_base", ""),
+        ("jina_ai", "results_base", ""),
+        ("hosted_vllm", "results_base", "/v1"),
+        ("hosted_vllm", "default_base", ""),
+        ("together_ai", "results_base", "/v1"),
+        ("huggingface", "default_base", ""),
+        ("infinity", "infinity_base", ""),
+    ],
+)
+def test_litellm_providers(litellm, request, provider, base, path):
+    api_base = request.getfixturevalue(base) + path
+    response = litellm.rerank(
+        model=f"{provider}/any-reranker", query=QUERY, documents=DOCS, top_n=2, api_base=api_base, api_key="unused"
+    )
+    assert [r["index"] for r in response.results] == BEST_FIRST[:2]
