@@ -351,3 +351,9 @@ def test_the_api_key_covers_every_api_path():
             assert client.post(path, json={}).status_code == 401, path
         assert client.get("/models").status_code == 401
         assert client.get("/ping").status_code == 200
+
+
+def test_the_results_paths_answer_errors_for_cohere_and_vllm_clients_alike(client):
+    body = client.post("/v2/rerank", json={"query": QUERY, "documents": [3]}).json()
+    assert body["message"] == body["error"]["message"] and body["error"]["param"] == "documents[0]"  # Cohere, vLLM
+    assert body["object"] == "error" and body["code"] == 400

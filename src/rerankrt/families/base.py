@@ -127,7 +127,7 @@ class PairEncoder(ABC):
         return InputError(
             f"documents[{index}]",
             f"the pair is {tokens} tokens, over max_length {self.max_length}. Please reduce the length of the "
-            "input, or send truncate=true to cut it",
+            "input. Or send truncate=true to cut it",
         )
 
     @abstractmethod

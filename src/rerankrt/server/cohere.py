@@ -43,7 +43,7 @@ from rerankrt.server.schemas import (
     tagged,
 )
 from rerankrt.server.scoring import Scoring, ScoringService
-from rerankrt.server.shapes import Peer, refuse, respond
+from rerankrt.server.shapes import Peer, refuse, respond, results_shape, shaped_route
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ async def rerank_v1(body: CohereRerankRequest, request: Request, scoring: Scorin
     return await rerank(body, request, scoring, api_version="1")
 
 
-router = APIRouter()
+router = APIRouter(route_class=shaped_route(results_shape))
 
 
 @router.post("/v2/rerank", responses=ERRORS, summary="Rerank (Cohere v2 / vLLM shape)")
@@ -185,9 +185,9 @@ async def rerank_v2(body: CohereRerankRequest, request: Request, scoring: Scorin
     return await rerank(body, request, scoring)
 
 
-PEER = Peer("results", CohereRerankRequest, rerank)
+PEER = Peer("results", CohereRerankRequest, rerank, results_shape)
 """/rerank, and /v1/rerank with --rerank-convention results (`shared.py` routes them)."""
-PEER_V1 = Peer("results-v1", CohereRerankRequest, rerank_v1)
+PEER_V1 = Peer("results-v1", CohereRerankRequest, rerank_v1, results_shape)
 
 
 def _listed(documents) -> list:

@@ -3,7 +3,8 @@ bodies read by hand where one path serves two peers.
 
 - Error bodies. `errors.py` turns every failure into rerankrt's (and SGLang's) body, `{"object": "error",
   "message", "type", "param", "code"}`. A peer whose clients read another body gets its own, rendered from that
-  one: vLLM's `{"error": {...}}`, TEI's `{"error", "error_type"}`, Infinity's FastAPI-style 422 `{"detail":
+  one: vLLM's `{"error": {...}}` (beside rerankrt's fields on the {results} paths, which Cohere's, Jina's and
+  vLLM's clients share), TEI's `{"error", "error_type"}`, Infinity's FastAPI-style 422 `{"detail":
   [...]}` for a client mistake (infinity_client parses only 200 and 422). `shaped_route(shape)` is the route class
   of an adapter's router; `error_in_shape` serves routes that pick their adapter from the body.
 - Unknown fields. Request models accept fields they do not define (a newer client's, another peer's) and
@@ -88,8 +89,17 @@ def standard_shape(status: int, error: dict, headers: dict) -> JSONResponse:
 
 def vllm_shape(status: int, error: dict, headers: dict) -> JSONResponse:
     """vLLM's ErrorResponse: the same fields, under "error"."""
-    inner = {key: error.get(key) for key in ("message", "type", "param", "code")}
-    return JSONResponse({"error": inner}, status_code=status, headers=headers)
+    return JSONResponse({"error": _inner(error)}, status_code=status, headers=headers)
+
+
+def results_shape(status: int, error: dict, headers: dict) -> JSONResponse:
+    """The {results} paths serve Cohere's, Jina's and vLLM's clients: rerankrt's body (Cohere's SDK reads
+    `message`) with vLLM's `error` object beside it."""
+    return JSONResponse({**error, "error": _inner(error)}, status_code=status, headers=headers)
+
+
+def _inner(error: dict) -> dict:
+    return {key: error.get(key) for key in ("message", "type", "param", "code")}
 
 
 TEI_ERROR_TYPES = {400: "Validation", 413: "Validation", 422: "Tokenizer", 429: "Overloaded", 503: "Overloaded"}

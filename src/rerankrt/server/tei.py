@@ -2,7 +2,8 @@
 
 `/rerank`: `query`, `texts`, `raw_scores` (the logit instead of sigmoid), `return_text`, `truncate` (null: this
 server's default, true) and `truncation_direction` (`Right` keeps a text's first tokens, `Left` its last); the
-answer is TEI's list `[{"index", "score", "text"?}]`, best first (`top_n`, which TEI does not define but LiteLLM's
+answer is TEI's list `[{"index", "score", "text"?}]`, best first, equal scores the later text first as TEI sorts
+them (`top_n`, which TEI does not define but LiteLLM's
 `huggingface/` provider sends, keeps the n best). `/predict` scores `[query, document]` pairs with
 a sequence-classification model: `inputs` is one pair or a list of pairs, answered `[{"score", "label"}]` per pair
 (`label` is `LABEL_0`, the one label of a one-logit head). Errors come in TEI's body, `{"error", "error_type"}`.
@@ -62,7 +63,8 @@ async def rerank(body: TEIRerankRequest, request: Request, scoring: Scoring) -> 
         request, body.scoring_body(), Input(body.query, "query"), texts, "texts", truncation_side=body.side
     )
     ranks = []
-    for r in result.ranked(body.top_n, body.raw_scores):
+    ties_last_first = sorted(result.ranked(None, body.raw_scores), key=lambda r: (-r.score, -r.index))  # as TEI
+    for r in ties_last_first[: body.top_n or None]:
         rank = {"index": r.index, "score": r.score}
         if body.return_text:
             rank["text"] = body.texts[r.index]
