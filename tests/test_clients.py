@@ -122,3 +122,50 @@ def test_litellm_providers(litellm, request, provider, base, path):
         model=f"{provider}/any-reranker", query=QUERY, documents=DOCS, top_n=2, api_base=api_base, api_key="unused"
     )
     assert [r["index"] for r in response.results] == BEST_FIRST[:2]
+
+
+# --- infinity_client (pins httpx < 0.28, so not in the dev extra; run when installed) -----------
+
+
+def test_infinity_client(infinity_base):
+    infinity_client = pytest.importorskip("infinity_client")
+    from infinity_client.api.default import models, rerank
+    from infinity_client.models import HTTPValidationError, RerankInput
+
+    client = infinity_client.Client(base_url=infinity_base)
+    result = rerank.sync(client=client, body=RerankInput(query=QUERY, documents=DOCS, return_documents=True, top_n=2))
+    assert [(r.index, r.document) for r in result.results] == [(i, DOCS[i]) for i in BEST_FIRST[:2]]
+    invalid = rerank.sync(client=client, body=RerankInput(query="", documents=DOCS))
+    assert isinstance(invalid, HTTPValidationError) and invalid.detail[0].loc == ["body", "query"]
+    assert models.sync(client=client).data[0].id == "fake-reranker"
+
+
+# --- clients too heavy to install: the requests they send and what they read, copied from their source -------
+
+
+def test_llama_index_tei_reranker_request(default_base):
+    """llama-index-postprocessor-tei-rerank 0.3.0, llama_index/postprocessor/tei_rerank/base.py
+    (TextEmbeddingInference._call_api and _postprocess_nodes): POST {base_url}/rerank {query, texts}, reads each
+    item's "score" and zips the list with the nodes in order of the response."""
+    scores = httpx.post(f"{default_base}/rerank", json={"query": QUERY, "texts": DOCS}).json()
+    assert len(scores) == len(DOCS) and all(isinstance(float(s["score"]), float) for s in scores)
+
+
+@pytest.mark.parametrize(
+    "source, path",
+    [
+        # langchain-community, libs/community/langchain_community/document_compressors/jina_rerank.py at
+        # langchain-ai/langchain@6f5573ad960f9a4b15db987ef32749a25e1d0a07: JINA_API_URL set to <base>/v1/rerank
+        ("langchain-community JinaRerank.rerank", "/v1/rerank"),
+        # llama-index-postprocessor-jinaai-rerank, llama_index/postprocessor/jinaai_rerank/base.py at
+        # run-llama/llama_index@bdc56a68298484274d07771bb14868fd48d307f8: base_url=<base>/v1, posts {base_url}/rerank
+        ("llama-index JinaRerank._postprocess_nodes", "/v1/rerank"),
+    ],
+)
+def test_jina_clients_request(results_base, source, path):
+    """Both post {query, documents, model, top_n}; `"results" not in resp` raises with resp["detail"]; each result's
+    "index" and "relevance_score" are read."""
+    body = {"query": QUERY, "documents": DOCS, "model": "jina-reranker-v1-base-en", "top_n": 3}
+    resp = httpx.post(f"{results_base}{path}", json=body, headers={"Authorization": "Bearer x"}).json()
+    assert "results" in resp, source
+    assert [(r["index"], type(r["relevance_score"])) for r in resp["results"]] == [(i, float) for i in BEST_FIRST[:3]]

@@ -57,10 +57,11 @@ router = APIRouter()
 
 @router.get("/models", summary="Models (Infinity shape)")
 async def models(request: Request) -> JSONResponse:
-    """The served model as Infinity lists it (`/v1/models` has the same model, OpenAI-style)."""
+    """The served model as Infinity lists it (`owned_by` is "infinity": infinity_client accepts no other value;
+    `/v1/models` lists the same model, OpenAI-style)."""
     reranker = request.app.state.reranker
     card = {
-        "id": reranker.name, "object": "model", "owned_by": "rerankrt", "created": int(time.time()),
+        "id": reranker.name, "object": "model", "owned_by": "infinity", "created": int(time.time()),
         "backend": reranker.backend.name, "capabilities": ["rerank"], "stats": {}, **reranker.describe(),
     }  # fmt: skip
     return JSONResponse({"data": [card], "object": "list"})
