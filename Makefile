@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 MODEL ?=
+# what `make serve` serves without MODEL: a small (22M parameters), widely used English cross-encoder
+DEFAULT_MODEL := cross-encoder/ms-marco-MiniLM-L-6-v2
 # engines/<last path component of MODEL>, e.g. engines/bge-reranker-v2-m3
 OUT   ?= engines/$(notdir $(patsubst %/,%,$(MODEL)))
 HOST  ?= 127.0.0.1
@@ -41,9 +43,14 @@ export: $(STAMP)
 	@test -n "$(MODEL)" || { echo "usage: make export MODEL=<hub id or local dir> [OUT=engines/<name>] [PRECISION=fp32|int8|bf16|fp16]" >&2; exit 2; }
 	$(BIN)/rerankrt export "$(MODEL)" --out "$(OUT)" --precision $(PRECISION) $(EXPORT_ARGS)
 
+# make serve [MODEL=<hub id or local dir>] [OUT=engines/<name>] [PORT=30000]; without MODEL, DEFAULT_MODEL
+serve: MODEL := $(or $(MODEL),$(DEFAULT_MODEL))
 serve: $(STAMP)
-	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<hub id or local dir> [OUT=engines/<name>] [PORT=30000]" >&2; exit 2; }
-	@test -f "$(OUT)/manifest.json" || $(MAKE) --no-print-directory export MODEL="$(MODEL)" OUT="$(OUT)"
+	@test -f "$(OUT)/manifest.json" || $(MAKE) --no-print-directory export MODEL="$(MODEL)" OUT="$(OUT)" || { \
+	  echo "make serve: could not export $(MODEL). If the Hugging Face Hub is unreachable from here, download the" >&2; \
+	  echo "  model folder where it is (huggingface-cli download $(MODEL) --local-dir DIR), copy DIR here and run" >&2; \
+	  echo "  HF_HUB_OFFLINE=1 make serve MODEL=DIR; or serve a tiny offline test model (docs/development.md)." >&2; \
+	  exit 1; }
 	$(BIN)/rerankrt serve --model-path "$(OUT)" --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 # CPU speed of the precision variants vs sentence-transformers / the model card, and fidelity on trained

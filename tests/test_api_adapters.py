@@ -57,7 +57,20 @@ class WordTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False) -> dict:
         words = list(WORD.finditer(text))
         ids = [self.vocab.setdefault(w.group().lower(), len(self.vocab) + 10) for w in words]
+        if add_special_tokens:
+            return {"input_ids": [CLS, *ids, SEP], "offset_mapping": [(0, 0), *(w.span() for w in words), (0, 0)]}
         return {"input_ids": ids, "offset_mapping": [w.span() for w in words]}
+
+    def __len__(self) -> int:
+        return len(self.vocab) + 10
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        words = {i: w for w, i in self.vocab.items()} | {CLS: "[CLS]", SEP: "[SEP]", IMAGE: "[IMG]", VIDEO: "[VID]"}
+        return [words.get(i, "[UNK]") for i in ids]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        special = {CLS, SEP, IMAGE, VIDEO, 0}
+        return " ".join(self.convert_ids_to_tokens([i for i in ids if not (skip_special_tokens and i in special)]))
 
 
 class WordEncoder(PairEncoder):
@@ -128,10 +141,16 @@ class OverlapBackend:
 class FakeFamily:
     name: str
     multimodal: bool
+    labels: tuple[int, int] | None = None  # a yes/no family's (yes, no) token ids
+
+    def label_tokens(self, encoder) -> tuple[int, int] | None:
+        return self.labels
 
 
-def make_model(multimodal: bool = False, gate: threading.Event | None = None) -> LoadedModel:
-    family = FakeFamily("multimodal-fake" if multimodal else "text-fake", multimodal)
+def make_model(
+    multimodal: bool = False, gate: threading.Event | None = None, labels: tuple[int, int] | None = None
+) -> LoadedModel:
+    family = FakeFamily("multimodal-fake" if multimodal else "text-fake", multimodal, labels)
     plan = ServingPlan(backend="fake", device="cpu", precision=Precision.FP32)
     return LoadedModel(family, WordEncoder(), OverlapBackend(gate), plan, name="fake-reranker")
 
@@ -186,6 +205,7 @@ def test_sglang_top_n_raw_scores_and_no_documents(text_client):
     assert text_client.post("/v1/rerank", json=body).json() == [{"score": 2.0, "index": 1}, {"score": 1.0, "index": 2}]
     everything = text_client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 50}).json()
     assert len(everything) == len(DOCS)
+    assert len(text_client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 0}).json()) == 4
 
 
 def test_instruct_and_chunking_reach_the_engine(text_client):
@@ -218,7 +238,8 @@ def test_cohere_shape(text_client, path):
     response = text_client.post(path, json={"query": QUERY, "documents": documents}, headers={"X-Request-ID": "c-1"})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"id", "model", "results", "usage"}
+    assert set(body) == {"id", "model", "results", "usage", "meta"}
+    assert body["meta"] == {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
     assert body["id"] == "c-1" and body["model"] == "fake-reranker"
     assert body["usage"] == {"prompt_tokens": TOKENS, "total_tokens": TOKENS}
     assert [r["index"] for r in body["results"]] == BEST_FIRST
@@ -275,10 +296,13 @@ def test_vllm_one_content_object_is_one_input_per_part(media_client):
 
 
 def refused(response, status: int, param: str) -> dict:
+    """The error body, rerankrt's (SGLang's) or vLLM's (the same fields under "error", on its score paths)."""
     assert response.status_code == status, response.text
-    error = response.json()
+    body = response.json()
+    error = body["error"] if isinstance(body.get("error"), dict) else body
     assert error["param"] == param, error
-    assert error["message"].startswith(f"{param}: ") and error["code"] == status and error["object"] == "error"
+    assert error["message"].startswith(f"{param}: ") and error["code"] == status
+    assert "error" in body or error["object"] == "error"
     return error
 
 
@@ -379,7 +403,7 @@ def test_media_errors_name_the_part(media_client, path, body, param):
         ("/v1/rerank", {"query": QUERY, "documents": ["ok", [{"type": "audio_url"}]]}, "documents[1][0]"),
         ("/v1/rerank", {"query": QUERY, "documents": [[{"type": "image_url", "image_url": {}}]]},
          "documents[0][0].image_url.url"),
-        ("/v1/rerank", {"query": QUERY, "documents": DOCS, "top_n": 0}, "top_n"),
+        ("/v1/rerank", {"query": QUERY, "documents": DOCS, "top_n": -1}, "top_n"),
         ("/v1/rerank", {"query": QUERY, "documents": DOCS, "truncate": "no"}, "truncate"),
         ("/v1/rerank", [QUERY], "body"),
         ("/rerank", {"query": QUERY, "documents": [{"txt": "x"}]}, "documents[0].text"),
@@ -432,7 +456,16 @@ def test_health_models_metrics_and_openapi():
     assert f"rerankrt_pairs_total {len(DOCS) + 2}.0" in metrics.text  # the hook sees the warm-up's 2 pairs too
     assert 'rerankrt_requests_total{route="/v1/rerank",status="200"} 1.0' in metrics.text
     assert 'rerankrt_requests_total{route="/v1/score",status="400"} 1.0' in metrics.text
-    assert list(spec["paths"]) == ["/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/health", "/v1/models"]
+    assert list(spec["paths"]) == [
+        "/v1/rerank", "/rerank", "/v1/score", "/score", "/invocations", "/v2/rerank", "/predict", "/tokenize",
+        "/detokenize", "/v1/tokenize", "/v1/detokenize", "/health", "/v1/models", "/models", "/ping",
+    ]  # fmt: skip
+    body = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"oneOf": [{"$ref": "#/components/schemas/ScoreRequest"},
+                              {"$ref": "#/components/schemas/SGLangScoreRequest"}]}  # fmt: skip
+    assert {"RerankRequest", "CohereRerankRequest", "TEIRerankRequest", "ContentDocument"} <= set(
+        spec["components"]["schemas"]
+    )
 
 
 def test_a_request_past_its_timeout_is_a_503_and_the_server_recovers():
@@ -443,7 +476,7 @@ def test_a_request_past_its_timeout_is_a_503_and_the_server_recovers():
         try:
             late = client.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS})
             assert late.status_code == 503 and late.headers["retry-after"]
-            assert "no scores within 0.3 s" in late.json()["message"]
+            assert "no scores within 0.3 s" in late.json()["error"]["message"]  # vLLM's error body
             assert app.state.scheduler.queued_pairs == 0
         finally:
             gate.set()

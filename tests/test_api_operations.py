@@ -94,7 +94,7 @@ def test_cohere_and_jina_shape(client):
     for path in ("/rerank", "/v2/rerank"):
         body = {"query": QUERY, "documents": [DOCS[0], {"text": DOCS[1]}, DOCS[2]], "top_n": 2}
         response = client.post(path, json=body).json()
-        assert set(response) == {"id", "model", "results", "usage"}
+        assert set(response) == {"id", "model", "results", "usage", "meta"}
         assert len(response["results"]) == 2 and response["usage"]["total_tokens"] > 0
         for r in response["results"]:
             assert r["relevance_score"] == pytest.approx(reference[r["index"]], abs=1e-6)
@@ -132,7 +132,7 @@ def test_vllm_score_shape(client):
 )
 def test_vllm_score_errors_name_the_field(client, body, param):
     response = client.post("/v1/score", json=body)
-    assert response.status_code == 400 and response.json()["param"].startswith(param)
+    assert response.status_code == 400 and response.json()["error"]["param"].startswith(param)  # vLLM's error body
 
 
 # --- auth, request ids, metrics, logs ------------------------------------------------------------

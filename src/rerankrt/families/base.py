@@ -126,7 +126,8 @@ class PairEncoder(ABC):
     def too_long(self, index: int, tokens: int) -> InputError:
         return InputError(
             f"documents[{index}]",
-            f"the pair is {tokens} tokens, over max_length {self.max_length}; send truncate=true to cut it",
+            f"the pair is {tokens} tokens, over max_length {self.max_length}. Please reduce the length of the "
+            "input. Or send truncate=true to cut it",
         )
 
     @abstractmethod
@@ -218,6 +219,13 @@ class Family(ABC):
             return logits.reshape(-1).astype(np.float32, copy=False)
 
         return run
+
+    def label_tokens(self, encoder: PairEncoder) -> tuple[int, int] | None:
+        """The (yes, no) token ids when the graph's logit is logit(yes) - logit(no) at the next-token position,
+        so a softmax over those two tokens is [sigmoid(logit), 1 - sigmoid(logit)]; None when the logit is anything
+        else (a classification head's, or one token's logit alone). SGLang's score API (`label_token_ids`) reads it.
+        """
+        return None
 
     @classmethod
     def precision_problem(cls, precision: Precision | str) -> str | None:

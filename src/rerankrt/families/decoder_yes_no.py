@@ -116,6 +116,10 @@ class DecoderYesNoFamily(Family):
         template.check("Query q", "Document d", ["Query q", "Document d"])
         return YesNoPairEncoder(tokenizer, template, resolve_max_length(model_dir, max_length, self.default_max_length))
 
+    def label_tokens(self, encoder: PairEncoder) -> tuple[int, int]:
+        """The graph's logit is logit(yes) - logit(no): the model card's softmax over these two tokens."""
+        return yes_no_ids(encoder.tokenizer)
+
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 

@@ -41,3 +41,50 @@ def _split(encoder: PairEncoder, document: str, budget: int, max_chunks: int) ->
         if end == len(offsets) or len(pieces) == max_chunks:
             break
     return pieces
+
+
+def cut_documents(
+    encoder: PairEncoder,
+    query: Content,
+    documents: Sequence[Content],
+    instruct: str | None,
+    *,
+    max_tokens_per_doc: int | None = None,
+    max_length: int | None = None,
+    side: str = "right",
+) -> tuple[list[Content], list[int]]:
+    """Text documents cut before encoding, at token boundaries of the encoder's tokenizer.
+
+    `max_tokens_per_doc` keeps a document's first N tokens (Cohere's and vLLM's field). `max_length` (vLLM's
+    `truncate_prompt_tokens`, at most the model's) and `side="left"` (TEI's `truncation_direction`) cut a
+    document that does not fit beside the query and the prompt template, keeping its first tokens (right) or its
+    last ones (left). Returns the documents and the indices of those given as content parts, which are not cut
+    (the caller decides whether that is an error).
+    """
+    limit = max_length or encoder.max_length
+    budget = None
+    if max_length is not None or side == "left":
+        budget = limit - len(encoder.encode(query, [""], instruct)[0]["input_ids"])
+    cut: list[Content] = []
+    whole: list[int] = []
+    for index, document in enumerate(documents):
+        if not isinstance(document, str):
+            whole.append(index)
+            cut.append(document)
+            continue
+        if max_tokens_per_doc is not None:
+            document = keep_tokens(encoder, document, max_tokens_per_doc, "right")
+        if budget is not None and budget >= 1:
+            document = keep_tokens(encoder, document, budget, side)
+        cut.append(document)
+    return cut, whole
+
+
+def keep_tokens(encoder: PairEncoder, document: str, tokens: int, side: str) -> str:
+    """`document`'s first (side right) or last (left) `tokens` tokens, cut at a token boundary."""
+    offsets = encoder.tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= tokens:
+        return document
+    if side == "left":
+        return document[offsets[len(offsets) - tokens][0] :]
+    return document[: offsets[tokens - 1][1]]

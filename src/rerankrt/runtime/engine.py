@@ -19,13 +19,14 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from rerankrt.errors import InputError
 from rerankrt.families import Content, Features
 from rerankrt.runtime.batching import default_padding_ratio
-from rerankrt.runtime.chunking import chunk_documents
+from rerankrt.runtime.chunking import chunk_documents, cut_documents, keep_tokens
 from rerankrt.runtime.loader import LoadedModel, load_model
 from rerankrt.runtime.scheduler import BatchStats, Scheduler
 from rerankrt.runtime.settings import EngineSettings
@@ -54,6 +55,9 @@ class ScoreRequest:
     max_chunks_per_doc: int | None = None
     query_field: str = "query"
     document_fields: Sequence[str] | None = None  # default: documents[i]
+    max_tokens_per_doc: int | None = None  # keep each text document's first N tokens
+    max_length: int | None = None  # cut pairs to this many tokens (at most the model's max_length)
+    truncation_side: Literal["right", "left"] = "right"  # which end of a text document truncation cuts
 
     def document_field(self, index: int) -> str:
         return self.document_fields[index] if self.document_fields is not None else f"documents[{index}]"
@@ -205,6 +209,21 @@ class Reranker:
         encoder = self.encoder
         documents, owners = list(request.documents), np.arange(len(request.documents))
         try:
+            if request.max_length is not None and request.max_length > encoder.max_length:
+                raise InputError(
+                    "max_length", f"{request.max_length} is over the model's max_length {encoder.max_length}"
+                )
+            if request.max_tokens_per_doc or request.max_length or request.truncation_side == "left":
+                documents, whole = cut_documents(
+                    encoder, request.query, documents, request.instruct,
+                    max_tokens_per_doc=request.max_tokens_per_doc, max_length=request.max_length,
+                    side=request.truncation_side,
+                )  # fmt: skip
+                if whole:
+                    raise InputError(
+                        f"documents[{whole[0]}]",
+                        "only text documents can be cut to a token count or from the left; this one is content parts",
+                    )
             if request.max_chunks_per_doc:
                 documents, owner_list = chunk_documents(
                     encoder, request.query, documents, request.instruct, request.max_chunks_per_doc
@@ -213,9 +232,33 @@ class Reranker:
             # chunks are cut to fit; re-tokenised in context one may run a token over, which truncation trims
             truncate = request.truncate or bool(request.max_chunks_per_doc)
             pairs = encoder.encode(request.query, documents, request.instruct, truncate=truncate)
+            if request.max_length is not None:
+                pairs = self._fit(request, documents, pairs, request.max_length)
         except InputError as exc:
             raise _renamed(exc, request, owners) from exc
         return pairs, owners
+
+    def _fit(self, request: ScoreRequest, documents: list, pairs: list[Features], limit: int) -> list[Features]:
+        """Pairs within `limit` tokens: a cut document re-tokenised beside the query may run a token or two over
+        (merges across the cut); it loses that many more tokens, or the query and template alone are too long."""
+        for _ in range(3):
+            over = [i for i, pair in enumerate(pairs) if len(pair["input_ids"]) > limit]
+            if not over:
+                return pairs
+            for i in over:
+                excess = len(pairs[i]["input_ids"]) - limit
+                document = documents[i]
+                keep = self._tokens(document) - excess
+                if keep < 1:
+                    raise InputError(
+                        "max_length", f"the query and the prompt alone are over {limit} tokens; select a larger one"
+                    )
+                documents[i] = keep_tokens(self.encoder, document, keep, request.truncation_side)
+                pairs[i] = self.encoder.encode(request.query, [documents[i]], request.instruct, truncate=True)[0]
+        return pairs
+
+    def _tokens(self, document: str) -> int:
+        return len(self.encoder.tokenizer(document, add_special_tokens=False)["input_ids"])
 
     @staticmethod
     def _collect(request: ScoreRequest, owners: np.ndarray, pairs: Sequence[Features], logits: np.ndarray) -> Scores:

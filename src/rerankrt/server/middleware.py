@@ -18,7 +18,9 @@ from rerankrt.server.settings import ServeSettings
 
 access_log = logging.getLogger("rerankrt.access")
 
-API_PREFIXES = ("/v1/", "/v2/", "/rerank")  # what --api-key protects (docs and OpenAPI stay public)
+API_PREFIXES = (  # what --api-key protects (docs, OpenAPI and SageMaker's /ping stay public)
+    "/v1/", "/v2/", "/rerank", "/score", "/invocations", "/tokenize", "/detokenize", "/predict", "/models",
+)  # fmt: skip
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 

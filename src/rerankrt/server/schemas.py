@@ -16,7 +16,7 @@ import functools
 import operator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag
 
 PANDA_EXAMPLE = {
     "model": "BAAI/bge-reranker-v2-m3",
@@ -135,7 +135,10 @@ def tagged(*members: tuple[Any, str], message: str) -> Any:
 
 
 class ScoringOptions(BaseModel):
-    """Fields every API shape accepts on top of its own."""
+    """Fields every API shape accepts on top of its own. Fields no model defines are accepted and listed in the
+    response (`shapes.respond`)."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: StrictStr | None = Field(None, description="accepted for compatibility; this server serves one model")
     instruct: StrictStr | None = Field(

@@ -52,9 +52,12 @@ class Scoring:
         query: Input,
         documents: Sequence[Input],
         documents_field: str = "documents",
+        **engine_options,
     ) -> Scores:
-        """`query` against each of `documents`; `documents_field` names the list in a too-many-documents 413."""
-        return await self.guarded(request, self._score(options, query, documents, documents_field))
+        """`query` against each of `documents`; `documents_field` names the list in a too-many-documents 413;
+        `engine_options` are further `ScoreRequest` fields (max_tokens_per_doc, max_length, truncation_side)."""
+        work = self._score(options, query, documents, documents_field, engine_options)
+        return await self.guarded(request, work)
 
     async def score_pairwise(
         self,
@@ -63,9 +66,11 @@ class Scoring:
         queries: Sequence[Input],
         documents: Sequence[Input],
         documents_field: str = "documents",
+        **engine_options,
     ) -> Scores:
         """Each query against its document: media fetched in one go, then one engine call per pair, concurrently."""
-        return await self.guarded(request, self._score_pairwise(options, queries, documents, documents_field))
+        work = self._score_pairwise(options, queries, documents, documents_field, engine_options)
+        return await self.guarded(request, work)
 
     async def guarded(self, request: Request, work: Awaitable[T]) -> T:
         """`work` (fetching media, scoring), dropped when the client disconnects or the request times out."""
@@ -86,15 +91,20 @@ class Scoring:
                 await asyncio.gather(task, return_exceptions=True)
 
     async def _score(
-        self, options: ScoringOptions, query: Input, documents: Sequence[Input], documents_field: str
+        self, options: ScoringOptions, query: Input, documents: Sequence[Input], documents_field: str, extra: dict
     ) -> Scores:
         self.reranker.check_size(len(documents), documents_field)  # before fetching anything
         query_content, *contents = await self._resolve([query, *documents])
         with _parts_named([query, *documents]):
-            return await self.reranker.ascore(_request(options, query, query_content, documents, contents))
+            return await self.reranker.ascore(_request(options, query, query_content, documents, contents, extra))
 
     async def _score_pairwise(
-        self, options: ScoringOptions, queries: Sequence[Input], documents: Sequence[Input], documents_field: str
+        self,
+        options: ScoringOptions,
+        queries: Sequence[Input],
+        documents: Sequence[Input],
+        documents_field: str,
+        extra: dict,
     ) -> Scores:
         self.reranker.check_size(len(documents), documents_field)
         contents = await self._resolve([*queries, *documents])
@@ -102,7 +112,7 @@ class Scoring:
         pairs = zip(queries, query_contents, documents, document_contents, strict=True)
         with _parts_named([*queries, *documents]):
             results = await asyncio.gather(
-                *(self.reranker.ascore(_request(options, q, qc, [d], [dc])) for q, qc, d, dc in pairs)
+                *(self.reranker.ascore(_request(options, q, qc, [d], [dc], extra)) for q, qc, d, dc in pairs)
             )
         return Scores(np.concatenate([r.logits for r in results]), sum(r.tokens for r in results))
 
@@ -111,7 +121,7 @@ class Scoring:
 
 
 def _request(
-    options: ScoringOptions, query: Input, query_content, documents: Sequence[Input], contents: list
+    options: ScoringOptions, query: Input, query_content, documents: Sequence[Input], contents: list, extra: dict
 ) -> ScoreRequest:
     """The engine's request, with the client's names for the query and each document."""
     return ScoreRequest(
@@ -122,6 +132,7 @@ def _request(
         max_chunks_per_doc=options.max_chunks_per_doc,
         query_field=query.field,
         document_fields=[d.field for d in documents],
+        **extra,
     )
 
 

@@ -1,17 +1,19 @@
 """SGLang's rerank API, `POST /v1/rerank`: a query, documents, and a JSON list of results, best first.
 
+The default answer of /v1/rerank (`--rerank-convention sglang`); `shared.py` holds the route.
+
 Fields named in errors: `query` (`query[k]` for a part), `documents[i]` (`documents[i][k]`), `documents` for the
 count.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from rerankrt.server.content import Input
 from rerankrt.server.schemas import (
-    ERRORS,
     IMAGE_QUERY_EXAMPLE,
     MULTIMODAL_EXAMPLE,
     PANDA_EXAMPLE,
@@ -21,7 +23,8 @@ from rerankrt.server.schemas import (
     ScoringOptions,
     tagged,
 )
-from rerankrt.server.scoring import ScoringService
+from rerankrt.server.scoring import Scoring
+from rerankrt.server.shapes import Peer, respond
 
 Content = tagged((StrictStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
 Query = tagged((NonEmptyStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
@@ -34,7 +37,7 @@ class RerankRequest(ScoringOptions):
     documents: list[Content] = Field(
         min_length=1, description="documents to score against the query: strings, or lists of content parts"
     )
-    top_n: StrictInt | None = Field(None, ge=1, description="return only the n best documents (default: all)")
+    top_n: StrictInt | None = Field(None, ge=0, description="return only the n best documents (default, or 0: all)")
     return_documents: StrictBool = Field(True, description="include each document, as sent, in the response")
     raw_scores: StrictBool = Field(False, description="return the raw relevance logit instead of sigmoid(logit)")
 
@@ -49,15 +52,16 @@ class RerankResult(BaseModel):
     )
 
 
-router = APIRouter()
-
-
-@router.post("/v1/rerank", response_model=list[RerankResult], response_model_exclude_none=True, responses=ERRORS)
-async def rerank(body: RerankRequest, request: Request, scoring: ScoringService) -> list[RerankResult]:
+async def rerank(body: RerankRequest, request: Request, scoring: Scoring) -> JSONResponse:
     """Score each document (text, or content parts) against the query; best first (SGLang-compatible)."""
     documents = [Input(d, f"documents[{i}]") for i, d in enumerate(body.documents)]
     result = await scoring.score(request, body, Input(body.query, "query"), documents)
-    return [
+    results = [
         RerankResult(score=r.score, index=r.index, document=body.documents[r.index] if body.return_documents else None)
         for r in result.ranked(body.top_n, body.raw_scores)
     ]
+    return respond([r.model_dump(exclude_none=True) for r in results], body)
+
+
+PEER = Peer("sglang", RerankRequest, rerank)
+"""/v1/rerank under the default convention (`shared.py` routes it)."""

@@ -1,23 +1,29 @@
-"""vLLM's score API, `POST /v1/score`: sigmoid scores of text_1 against each text_2, in input order.
+"""vLLM's score API, `POST /score` and `/v1/score`: sigmoid scores of one input against each other, in input order.
 
-text_1 and text_2 are each a string, a list, or (as in vLLM) a single `{"content": [...]}` that holds one input
-per part. One text_1 is scored against every text_2; two lists of equal length are scored pairwise. Fields named
-in errors: `text_1` / `text_1[i]` / `text_1[i].content[k]` / `text_1.content[k]`, the same for text_2, and
-`text_2` for the count.
+Every form vLLM takes: `text_1`/`text_2`, `queries`/`documents`, `queries`/`items`, `data_1`/`data_2`; each side
+is a string, a list, or (as in vLLM) a single `{"content": [...]}` that holds one input per part. One first input
+is scored against every second; two lists of equal length are scored pairwise. vLLM's options: `use_activation`
+(false: the logit), `truncate_prompt_tokens`, `request_id`, `priority` (0), `mm_processor_kwargs` (refused),
+`user`; errors come in vLLM's body, `{"error": {"message", "type", "param", "code"}}`. Fields named in errors:
+`text_1` / `text_1[i]` / `text_1[i].content[k]` / `text_1.content[k]`, the same for the other names, and the
+second field for the count.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, StrictStr
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from rerankrt.errors import InputError
+from rerankrt.server.cohere import engine_options, use_activation
 from rerankrt.server.content import Input
-from rerankrt.server.schemas import ERRORS, PANDA_EXAMPLE, TINY_PNG, ContentDocument, ScoringOptions, Usage, tagged
-from rerankrt.server.scoring import ScoringService
+from rerankrt.server.schemas import PANDA_EXAMPLE, TINY_PNG, ContentDocument, ScoringOptions, Usage, tagged
+from rerankrt.server.scoring import Scoring
+from rerankrt.server.shapes import Peer, respond, vllm_shape
 
 ScoreInput = tagged(
     (StrictStr, "a string"), (ContentDocument, "a content object"),
@@ -30,24 +36,53 @@ ScoreInputs = tagged(
 
 
 class ScoreRequest(ScoringOptions):
-    """vLLM's /v1/score: text_1 against each text_2 (or pairwise when both are lists of equal length).
+    """vLLM's score request in any of its forms: text_1/text_2, queries/documents, queries/items, data_1/data_2.
 
-    As in vLLM, a single `{"content": [...]}` (not in a list) holds one input per part.
+    The first input is scored against each of the second (or pairwise when both are lists of equal length). As in
+    vLLM, a single `{"content": [...]}` (not in a list) holds one input per part.
     """
 
-    text_1: ScoreInputs
-    text_2: ScoreInputs
+    text_1: ScoreInputs | None = None
+    text_2: ScoreInputs | None = None
+    queries: ScoreInputs | None = None
+    documents: ScoreInputs | None = None
+    items: ScoreInputs | None = None
+    data_1: ScoreInputs | None = None
+    data_2: ScoreInputs | None = None
+    use_activation: StrictBool | None = Field(None, description="false returns the logit (default true)")
+    activation: StrictBool | None = Field(None, description="deprecated: use_activation")
+    softmax: StrictBool | None = Field(None, description="deprecated: use_activation")
+    truncate_prompt_tokens: StrictInt | None = Field(None, ge=-1, description="-1: the model's max length; N: N tokens")
+    request_id: StrictStr | None = Field(None, description="the response's id")
+    priority: StrictInt = Field(0, description="only 0: requests are served in arrival order")
+    user: StrictStr | None = Field(None, description="an end-user id, logged")
+    mm_processor_kwargs: dict[str, Any] | None = Field(None, description="refused when not empty")
 
     model_config = {
         "json_schema_extra": {
             "examples": [
                 {"text_1": "what is panda?", "text_2": PANDA_EXAMPLE["documents"]},
+                {"queries": "what is panda?", "documents": PANDA_EXAMPLE["documents"]},
                 {"text_1": "a two-tone test pattern", "text_2": [
                     "a photo of a panda", {"content": [{"type": "image_url", "image_url": {"url": TINY_PNG}}]},
                 ]},
             ]
         }
     }  # fmt: skip
+
+    def pair_fields(self) -> tuple[str, str]:
+        """The two fields this request uses, by vLLM's forms in the order vLLM tries them."""
+        for first, second in FORMS:
+            if getattr(self, first) is not None and getattr(self, second) is not None:
+                return first, second
+        for first, second in FORMS:
+            if getattr(self, first) is not None or getattr(self, second) is not None:
+                raise InputError(second if getattr(self, first) is not None else first, "is required")
+        raise InputError("text_1", "is required (with text_2; or queries and documents, queries and items, data_1 "
+                         "and data_2)")  # fmt: skip
+
+
+FORMS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
 
 class ScoreData(BaseModel):
@@ -65,24 +100,33 @@ class ScoreResponse(BaseModel):
     usage: Usage
 
 
-router = APIRouter()
-
-
-@router.post("/v1/score", response_model=ScoreResponse, responses=ERRORS)
-async def score_pairs(body: ScoreRequest, request: Request, scoring: ScoringService) -> ScoreResponse:
-    """vLLM's score API: sigmoid scores of text_1 against each text_2, in input order."""
-    queries, documents = _pairs(body)
-    if all(q.value == queries[0].value for q in queries):
-        result = await scoring.score(request, body, queries[0], documents, documents_field="text_2")
-    else:  # pairwise with different queries
-        result = await scoring.score_pairwise(request, body, queries, documents, documents_field="text_2")
-    return ScoreResponse(
-        id=request.state.request_id,
+async def score(body: ScoreRequest, request: Request, scoring: Scoring) -> JSONResponse:
+    """vLLM's score API: scores of the first input against each of the second, in input order."""
+    first, second = body.pair_fields()
+    options = engine_options(body, scoring)
+    truncate = body.truncate or body.truncate_prompt_tokens is not None
+    scoring_body = body if truncate == body.truncate else body.model_copy(update={"truncate": truncate})
+    queries, documents = _pairs(body, first, second)
+    try:
+        if all(q.value == queries[0].value for q in queries):
+            result = await scoring.score(request, scoring_body, queries[0], documents, second, **options)
+        else:  # pairwise with different queries
+            result = await scoring.score_pairwise(request, scoring_body, queries, documents, second, **options)
+    except InputError as error:
+        raise InputError("truncate_prompt_tokens", error.message) if error.field == "max_length" else error from None
+    values = result.values(raw=not use_activation(body))
+    response = ScoreResponse(
+        id=body.request_id or request.state.request_id,
         created=int(time.time()),
         model=scoring.model_name,
-        data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(result.values())],
+        data=[ScoreData(index=i, score=float(v)) for i, v in enumerate(values)],
         usage=Usage(prompt_tokens=result.tokens, total_tokens=result.tokens),
     )
+    return respond(response.model_dump(), body)
+
+
+PEER = Peer("vllm-score", ScoreRequest, score, vllm_shape)
+"""/score, and /v1/score unless the body is SGLang's (`shared.py` routes them)."""
 
 
 def _inputs(value: str | ContentDocument | list, name: str) -> list[Input]:
@@ -98,12 +142,15 @@ def _inputs(value: str | ContentDocument | list, name: str) -> list[Input]:
     ]
 
 
-def _pairs(body: ScoreRequest) -> tuple[list[Input], list[Input]]:
-    first, second = _inputs(body.text_1, "text_1"), _inputs(body.text_2, "text_2")
+def _pairs(body: ScoreRequest, first_name: str, second_name: str) -> tuple[list[Input], list[Input]]:
+    first = _inputs(getattr(body, first_name), first_name)
+    second = _inputs(getattr(body, second_name), second_name)
     if not first or not second:
-        raise InputError("text_1" if not first else "text_2", "must not be empty")
+        raise InputError(first_name if not first else second_name, "must not be empty")
     if len(first) == 1:
         return first * len(second), second
     if len(first) != len(second):
-        raise InputError("text_2", f"{len(second)} texts for {len(first)} in text_1; give one text_1 or equal lists")
+        raise InputError(
+            second_name, f"{len(second)} inputs for {len(first)} in {first_name}; give one {first_name} or equal lists"
+        )
     return first, second

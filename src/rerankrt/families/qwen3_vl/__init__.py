@@ -72,6 +72,10 @@ class Qwen3VLFamily(Family):
             MediaConfig.load(model_dir),
         )
 
+    def label_tokens(self, encoder: PairEncoder) -> tuple[int, int]:
+        """The decoder's logit is logit(yes) - logit(no): the model card's softmax over these two tokens."""
+        return yes_no_ids(encoder.tokenizer)
+
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """The checkpoint's Qwen3VLForConditionalGeneration (fp32 unless asked), in eval mode."""
         from transformers import Qwen3VLForConditionalGeneration
