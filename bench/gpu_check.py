@@ -1,37 +1,68 @@
-"""One-call GPU check for a lent device (under 10 minutes): GPU tests, then torch CUDA bf16 vs the model cards.
+"""The one prepared GPU check: a lent GPU runs it from a fresh checkout in under 8 minutes, end to end.
 
-1. Runs the test suite's GPU tests that can run there (torch on CUDA; ONNX Runtime
-   CUDA and TensorRT engines where those are installed, else they skip with the reason).
-2. Times, on the same GPU and the same inputs, the model card's transformers code
-   (fp32, as written; and in bf16) against rerankrt's torch CUDA backend (bf16, SDPA)
-   for a bge-reranker-v2-m3-sized cross-encoder and a Qwen3-Reranker-0.6B-sized
-   yes/no reranker, random weights. Writes bench/results/gpu_check.json and prints a table.
+Needs only torch (with CUDA), transformers, tokenizers and numpy, as the lent machines' image has them: rerankrt
+is imported from src/ without installing it, and every part that needs more (pydantic for the engine, ONNX
+Runtime's CUDA provider, TensorRT) is skipped with its reason when that is missing. Each part is recorded in one
+JSON file and a table:
 
-    python bench/gpu_check.py            # on the device: HF_HUB_OFFLINE=1, nothing downloaded
+1. the machine: GPU, compute capability, memory, torch / transformers versions, TF32, ONNX Runtime providers,
+   TensorRT;
+2. the torch CUDA path against the model cards' transformers code on the same GPU and inputs: a
+   bge-reranker-v2-m3-sized cross-encoder and a Qwen3-Reranker-0.6B-sized yes/no reranker (random weights), the
+   card's code in fp32 and bf16, rerankrt's torch backend in fp32 and bf16: max |Δlogit| against the card in
+   fp32, pairs/s, and the ratio to the card in fp32;
+3. long positions: the Qwen3-sized model on documents past position 4096 (where half-precision positions break),
+   the same four rows;
+4. the fp16/bf16 ONNX graphs of tiny Qwen3 / XLM-R models on ONNX Runtime's CUDA provider at positions past
+   4096 against the fp32 graph, and TensorRT engines built from them, where the machine has those.
+
+    python bench/gpu_check.py                     # on the GPU: bench/results/gpu_check.{json,md}, and $OUT/ if set
+    python bench/gpu_check.py --quick             # fewer documents and repeats
+    python bench/gpu_check.py --device cpu --tiny # the script's own dry run on any machine (tiny models)
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import os
+import platform
 import shutil
-import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: every model is built here
 
-from bench.common import best_of, machine, write_result  # noqa: E402
-from rerankrt.testing.reference import QWEN3_PREFIX, QWEN3_SUFFIX  # noqa: E402
-from rerankrt.testing.tiny_models import CORPUS, build_qwen3_tokenizer, build_xlmr_tokenizer  # noqa: E402
+from rerankrt.testing.reference import QWEN3_DEFAULT_INSTRUCTION, QWEN3_PREFIX, QWEN3_SUFFIX  # noqa: E402
+from rerankrt.testing.tiny_models import (  # noqa: E402
+    CORPUS,
+    build_qwen3,
+    build_qwen3_tokenizer,
+    build_xlmr,
+    build_xlmr_tokenizer,
+    model_card,
+)
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})
+QUERY = "what is the giant panda?"
+LONG_TOKENS = 4300  # documents past position 4096
 
 
-def bge_m3_sized(out: Path) -> Path:
+# --- models (random weights, built on the machine: nothing travels) --------------------------------------------------
+
+
+def bge_m3_sized(out: Path, tiny: bool) -> Path:
+    if tiny:
+        return build_xlmr(out)
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     tokenizer = build_xlmr_tokenizer()
@@ -39,144 +70,412 @@ def bge_m3_sized(out: Path) -> Path:
         vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
         max_position_embeddings=8194, type_vocab_size=1, num_labels=1, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
+    torch.manual_seed(0)
     XLMRobertaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
 
-def qwen3_06b_sized(out: Path) -> Path:
+def qwen3_06b_sized(out: Path, tiny: bool) -> Path:
+    if tiny:
+        return build_qwen3(out, max_positions=8192)
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = build_qwen3_tokenizer()
     config = Qwen3Config(
         vocab_size=151669, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
         num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True,
+        rope_theta=1_000_000.0, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
+    torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    model_card(out, "Qwen/Qwen3-Reranker-0.6B")  # how the yes/no family recognises a fine-tune
     return out
 
 
-def documents(count: int, seed: int = 0) -> tuple[str, list[str]]:
+def documents(count: int, seed: int = 0, words: tuple[int, int] = (20, 160)) -> list[str]:
     rng = np.random.default_rng(seed)
-    docs = [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 120)))) for _ in range(count)]
-    return "what is the giant panda?", docs
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(*words)))) for _ in range(count)]
 
 
-def card_cross_encoder(model_dir: Path, dtype: torch.dtype):
-    """bge-reranker-v2-m3's model card: tokenizer pairs, padding, logits.view(-1)."""
+def long_documents(model_dir: Path, count: int, tokens: int) -> list[str]:
+    """Documents of about `tokens` tokens (measured with the model's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(count):
+        words = list(rng.choice(WORDS, size=tokens))
+        while len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) > tokens:
+            words = words[: int(len(words) * 0.95)]
+        out.append(" ".join(words))
+    return out
+
+
+# --- the model cards' code ------------------------------------------------------------------------------------------
+
+
+def card_cross_encoder(model_dir: Path, dtype: torch.dtype, device: str, batch_size: int):
+    """bge-reranker-v2-m3's model card: tokenizer pairs, padding, logits.view(-1) (fed batches of `batch_size`)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype).cuda().eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype).to(device).eval()
 
-    def score(query, docs):
-        with torch.no_grad():
-            inputs = tokenizer([[query, d] for d in docs], padding=True, truncation=True, return_tensors="pt",
-                               max_length=512).to("cuda")  # fmt: skip
-            out = model(**inputs).logits.view(-1).float().cpu().numpy()
-        torch.cuda.synchronize()
-        return out
+    def score(query: str, docs: list[str]) -> np.ndarray:
+        out = []
+        for i in range(0, len(docs), batch_size):
+            pairs = [[query, d] for d in docs[i : i + batch_size]]
+            with torch.no_grad():
+                inputs = tokenizer(pairs, padding=True, truncation=True, return_tensors="pt", max_length=512)
+                out.append(model(**inputs.to(device)).logits.view(-1).float().cpu().numpy())
+        return np.concatenate(out)
 
     return score
 
 
-def card_qwen3(model_dir: Path, dtype: torch.dtype):
-    """Qwen3-Reranker's model card: left padding, full LM logits, log_softmax over [no, yes]."""
+def card_qwen3(model_dir: Path, dtype: torch.dtype, device: str, batch_size: int):
+    """Qwen3-Reranker's model card: left padding, the LM's logits, log_softmax over [no, yes]; the logit returned is
+    log p(yes) - log p(no), the card's own numbers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
     prefix = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False)
     suffix = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False)
-    instruction = "Given a web search query, retrieve relevant passages that answer the query"
 
-    def score(query, docs):
-        bodies = [f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {d}" for d in docs]
-        enc = tokenizer(bodies, padding=False, truncation="longest_first", return_attention_mask=False,
-                        max_length=8192 - len(prefix) - len(suffix))  # fmt: skip
-        enc["input_ids"] = [prefix + ids + suffix for ids in enc["input_ids"]]
-        inputs = tokenizer.pad(enc, padding=True, return_tensors="pt").to("cuda")
-        with torch.no_grad():
-            last = model(**inputs).logits[:, -1, :]
-            out = torch.log_softmax(torch.stack([last[:, no], last[:, yes]], 1).float(), 1)[:, 1].exp().cpu().numpy()
-        torch.cuda.synchronize()
+    def score(query: str, docs: list[str]) -> np.ndarray:
+        out = []
+        for i in range(0, len(docs), batch_size):
+            body = f"<Instruct>: {QWEN3_DEFAULT_INSTRUCTION}\n<Query>: {query}\n<Document>: "
+            bodies = [body + d for d in docs[i : i + batch_size]]
+            enc = tokenizer(bodies, padding=False, truncation="longest_first", return_attention_mask=False,
+                            max_length=8192 - len(prefix) - len(suffix))  # fmt: skip
+            enc["input_ids"] = [prefix + ids + suffix for ids in enc["input_ids"]]
+            inputs = tokenizer.pad(enc, padding=True, return_tensors="pt").to(device)
+            with torch.no_grad():
+                last = model(**inputs).logits[:, -1, :]
+                log_p = torch.log_softmax(torch.stack([last[:, no], last[:, yes]], 1).float(), 1)
+            out.append((log_p[:, 1] - log_p[:, 0]).cpu().numpy())
+        return np.concatenate(out)
+
+    return score
+
+
+# --- rerankrt's torch backend -----------------------------------------------------------------------------------------
+
+
+def rerankrt_torch(model_dir: Path, precision: str, device: str, batch_size: int) -> tuple[Callable, str]:
+    """rerankrt's engine on the torch backend (scheduler, length-sorted token-budget batches); where the engine cannot
+    import (pydantic missing), the same torch scorer behind length-sorted batches of `batch_size`."""
+    try:
+        from rerankrt.runtime import Reranker
+    except ImportError as exc:
+        return _family_scorer(model_dir, precision, device, batch_size), f"family scorer ({exc.name} missing)"
+    # a plain model folder: torch on CUDA serves bf16 unless fp32 is asked for (on a CPU, fp32 only)
+    reranker = Reranker.load(
+        str(model_dir), backend="torch", precision="fp32" if precision == "fp32" else None, max_batch_size=batch_size
+    )
+    wanted = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    if (reranker.backend.device, reranker.backend.dtype) != (device, wanted):
+        reranker.close()
+        return _family_scorer(
+            model_dir, precision, device, batch_size
+        ), "family scorer (the engine serves no bf16 here)"
+    return (lambda query, docs: reranker.score(query, docs)), "Reranker (engine)"
+
+
+def _family_scorer(model_dir: Path, precision: str, device: str, batch_size: int) -> Callable:
+    from rerankrt.families import detect_family
+
+    family, _ = detect_family(model_dir)
+    encoder = family.load_encoder(model_dir)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    scorer = family.load_scorer(model_dir, dtype=dtype, device=device)
+
+    def score(query: str, docs: list[str]) -> np.ndarray:
+        pairs = encoder.encode(query, docs)
+        order = np.argsort([-len(p["input_ids"]) for p in pairs], kind="stable")
+        out = np.empty(len(pairs), dtype=np.float32)
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            batch = encoder.collate([pairs[r] for r in rows])
+            with torch.inference_mode():
+                logits = scorer(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()})
+            out[rows] = logits.float().cpu().numpy()
         return out
 
     return score
 
 
-def in_batches(score, batch_size: int):
-    return lambda query, docs: np.concatenate(
-        [score(query, docs[i : i + batch_size]) for i in range(0, len(docs), batch_size)]
+# --- the parts ------------------------------------------------------------------------------------------------------
+
+
+def synchronized(fn: Callable, device: str) -> Callable:
+    def run(*args):
+        out = fn(*args)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def timed(fn: Callable, repeats: int) -> tuple[np.ndarray, float]:
+    """Warm up once (its output kept), then the median of `repeats` runs."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return out, float(np.median(times))
+
+
+def free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def compare(model: str, model_dir: Path, card, docs: list[str], args, part: str) -> list[dict]:
+    """The four rows: card fp32 (the reference), card bf16, rerankrt fp32, rerankrt bf16."""
+    rows, reference, base = [], None, None  # from the first row, the card in fp32
+    candidates = [
+        ("model card", "fp32", lambda: (card(model_dir, torch.float32, args.device, args.batch_size), "transformers")),
+        ("model card", "bf16", lambda: (card(model_dir, torch.bfloat16, args.device, args.batch_size), "transformers")),
+        ("rerankrt torch", "fp32", lambda: rerankrt_torch(model_dir, "fp32", args.device, args.batch_size)),
+        ("rerankrt torch", "bf16", lambda: rerankrt_torch(model_dir, "bf16", args.device, args.batch_size)),
+    ]
+    for who, precision, make in candidates:
+        row = {"part": part, "model": model, "row": f"{who}, {precision}", "pairs": len(docs)}
+        try:
+            fn, how = make()
+            scores, seconds = timed(lambda fn=fn: synchronized(fn, args.device)(QUERY, docs), args.repeats)
+            if not rows:
+                reference, base = scores, len(docs) / seconds
+            row |= {"how": how, "pairs_per_s": len(docs) / seconds}
+            if reference is not None:
+                row |= {
+                    "vs_card_fp32": len(docs) / seconds / base,
+                    "max_abs_dlogit_vs_card_fp32": float(np.abs(scores - reference).max()),
+                }
+            del fn
+        except Exception as exc:  # one row's failure is recorded, the others still run
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        rows.append(row)
+        print(table_line(row), flush=True)
+        free()
+    return rows
+
+
+def half_graphs(args, work: Path) -> dict:
+    """fp16/bf16 graphs of tiny long-position models on ONNX Runtime CUDA (and TensorRT engines), where present."""
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+    except ImportError:
+        providers = []
+    try:
+        import tensorrt  # noqa: F401
+
+        have_tensorrt = True
+    except ImportError:
+        have_tensorrt = False
+    if "CUDAExecutionProvider" not in providers and not have_tensorrt:
+        return {"skipped": f"no GPU runtime for ONNX graphs here (onnxruntime providers {providers}; no TensorRT)"}
+    try:
+        from rerankrt.export import export_model
+        from rerankrt.export.precision import cast_graph
+    except ImportError as exc:
+        return {"skipped": f"rerankrt's exporter cannot import here ({exc})"}
+    result: dict = {"rows": []}
+    for arch, build in (("qwen3", lambda o: build_qwen3(o, max_positions=4608)),
+                        ("xlmr", lambda o: build_xlmr(o, max_positions=4610))):  # fmt: skip
+        artifact = work / f"graphs-{arch}"
+        export_model(str(build(work / f"tiny-{arch}")), artifact, force=True)
+        batch = _long_batch(arch, artifact)
+        reference = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, batch
+        )[0]
+        for precision in ("fp32", "fp16", "bf16"):
+            graph = artifact / "model.onnx"
+            if precision != "fp32":
+                graph = cast_graph(graph, artifact / f"model.{precision}.onnx", precision)
+            row = {"part": "graphs", "model": f"tiny {arch}, positions to {batch['input_ids'].shape[1] - 1}",
+                   "row": f"onnxruntime CUDA, {precision}"}  # fmt: skip
+            try:
+                session = ort.InferenceSession(str(graph), providers=["CUDAExecutionProvider"])
+                got = session.run(None, batch)[0]
+                row |= {"max_abs_dlogit_vs_fp32_cpu": float(np.abs(got - reference).max()),
+                        "provider": session.get_providers()[0]}  # fmt: skip
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            result["rows"].append(row)
+            print(table_line(row), flush=True)
+        if have_tensorrt:
+            result["rows"] += _engines(artifact, arch, batch, reference)
+    return result
+
+
+def _long_batch(arch: str, artifact: Path) -> dict[str, np.ndarray]:
+    vocab = json.loads((artifact / "config.json").read_text())["vocab_size"]
+    ids = np.random.default_rng(7).integers(5, vocab - 8, size=(2, 4160)).astype(np.int64)
+    mask = np.ones_like(ids)
+    pad = np.s_[1, :4128] if arch == "qwen3" else np.s_[1, 32:]
+    ids[pad], mask[pad] = (0 if arch == "qwen3" else 1), 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _engines(artifact: Path, arch: str, batch, reference) -> list[dict]:
+    from rerankrt.export.tensorrt import build_engine
+    from rerankrt.runtime.plan import ServingPlan
+    from rerankrt.runtime.tensorrt_backend import TensorRTBackend
+
+    rows = []
+    for precision in ("fp32", "fp16", "bf16"):
+        row = {"part": "graphs", "model": f"tiny {arch}", "row": f"TensorRT engine, {precision}"}
+        try:
+            engine = build_engine(artifact, precision=precision, max_batch=2, max_length=4608)
+            backend = TensorRTBackend(ServingPlan("tensorrt", "cuda", engine.precision, folder=artifact, engine=engine))
+            got = backend.run(batch)
+            row |= {"engine": engine.file, "max_abs_dlogit_vs_fp32_cpu": float(np.abs(got - reference).max())}
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+        print(table_line(row), flush=True)
+    return rows
+
+
+# --- report -----------------------------------------------------------------------------------------------------------
+
+HEADER = "| part | model | row | pairs/s | vs card fp32 | max abs Δlogit | note |\n|---|---|---|---|---|---|---|"
+
+
+def table_line(row: dict) -> str:
+    def num(key, fmt):
+        return format(row[key], fmt) if key in row else ""
+
+    delta = num("max_abs_dlogit_vs_card_fp32", ".2e") or num("max_abs_dlogit_vs_fp32_cpu", ".2e")
+    note = row.get("error", row.get("how", row.get("engine", "")))[:120]
+    return (
+        f"| {row['part']} | {row['model']} | {row['row']} | {num('pairs_per_s', '.1f')} | "
+        f"{num('vs_card_fp32', '.2f')} | {delta} | {note} |"
     )
 
 
-def ours(model_dir: Path, batch_size: int):
-    from rerankrt.runtime import Reranker
+def environment(device: str) -> dict:
+    import transformers
 
-    reranker = Reranker.load(str(model_dir), backend="torch", max_batch_size=batch_size)
-    assert reranker.backend.device == "cuda"
+    env = {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }  # fmt: skip
+    if device == "cuda":
+        properties = torch.cuda.get_device_properties(0)
+        env |= {
+            "gpu": properties.name, "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
+            "gpu_memory_gib": round(properties.total_memory / 2**30, 1), "torch_cuda": torch.version.cuda,
+        }  # fmt: skip
+    for module in ("onnxruntime", "tensorrt", "pydantic"):
+        try:
+            imported = __import__(module)
+            env[module] = getattr(imported, "__version__", "present")
+            if module == "onnxruntime":
+                env["onnxruntime_providers"] = imported.get_available_providers()
+        except ImportError:
+            env[module] = None
+    return env
 
-    def score(query, docs):
-        out = reranker.score(query, docs)
-        torch.cuda.synchronize()
-        return out
 
-    return score
+def write(report: dict, folders: list[Path]) -> list[Path]:
+    table = "\n".join([HEADER, *(table_line(r) for r in report["rows"])])
+    paths = []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "gpu_check.md").write_text(table + "\n")
+        paths.append(folder / "gpu_check.json")
+    return paths
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--docs", type=int, default=256, help="pairs per model (default 256)")
+    parser.add_argument("--long-docs", type=int, default=4, help=f"documents of ~{LONG_TOKENS} tokens (default 4)")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=420, help="skip the parts that would start after this")
+    parser.add_argument("--quick", action="store_true", help="64 pairs, 2 long documents, 1 repeat")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the script")
+    parser.add_argument("--tiny", action="store_true", help="tiny models (a dry run of the script)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-gpu-check"))
-    parser.add_argument("--skip-tests", action="store_true")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA device: run this on the lent GPU")
-
-    report: dict = {"machine": machine() | {"gpu": torch.cuda.get_device_name()}, "config": vars(args) | {}}
-    report["config"]["workdir"] = str(args.workdir)
-    if not args.skip_tests:
-        started = time.perf_counter()
-        tests = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_backends.py", "tests/test_tensorrt.py",
-             "-k", "cuda or engine or gpu"],
-            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-        )  # fmt: skip
-        seconds = time.perf_counter() - started
-        report["tests"] = {"returncode": tests.returncode, "tail": tests.stdout[-3000:], "seconds": seconds}
-        print(tests.stdout[-3000:], flush=True)
-
+    if args.quick:
+        args.docs, args.long_docs, args.repeats = 64, 2, 1
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device: run this on the lent GPU (or --device cpu --tiny for a dry run)")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (torch's default; said here for the record)
+    started = time.perf_counter()
+    report: dict = {"environment": environment(args.device), "config": {k: str(v) for k, v in vars(args).items()}}
+    print(json.dumps(report, indent=2), flush=True)
+    print(HEADER, flush=True)
     shutil.rmtree(args.workdir, ignore_errors=True)
-    query, docs = documents(args.docs)
-    rows = []
-    for name, build, card in (
-        ("bge-reranker-v2-m3 size", bge_m3_sized, card_cross_encoder),
-        ("Qwen3-Reranker-0.6B size", qwen3_06b_sized, card_qwen3),
-    ):
-        torch.manual_seed(0)
-        model_dir = build(args.workdir / name.split()[0])
-        candidates = {  # the card's code, fed batches of the same size as ours
-            "model card, fp32": in_batches(card(model_dir, torch.float32), args.batch_size),
-            "model card, bf16": in_batches(card(model_dir, torch.bfloat16), args.batch_size),
-            "rerankrt torch CUDA bf16": ours(model_dir, args.batch_size),
-        }
-        base = None
-        for label, fn in candidates.items():
-            seconds, _ = best_of(lambda fn=fn: fn(query, docs), args.repeats)
-            pairs_per_s = len(docs) / seconds
-            base = base or pairs_per_s
-            rows.append({"model": name, "row": label, "pairs_per_s": pairs_per_s, "vs_card_fp32": pairs_per_s / base})
-            print(f"| {name} | {label} | {pairs_per_s:.1f} | {pairs_per_s / base:.2f}x |", flush=True)
-            del fn
-        candidates.clear()
-        torch.cuda.empty_cache()
-    report["results"] = rows
-    print(f"written {write_result('gpu_check', report)}")
+    args.workdir.mkdir(parents=True)
+    rows: list[dict] = []
+    report["rows"], report["parts"] = rows, {}
+    # a GPU run's results go to bench/results (and $OUT, which a lent machine sends back); a dry run's to workdir
+    folders = [ROOT / "bench" / "results"] if args.device == "cuda" else [args.workdir]
+    folders += [Path(os.environ["OUT"])] if os.environ.get("OUT") else []
+
+    def part(name: str, fn: Callable[[], object]) -> None:
+        left = args.budget_s - (time.perf_counter() - started)
+        if left < 30:
+            report["parts"][name] = {"skipped": f"time budget spent ({args.budget_s:.0f} s)"}
+            return
+        part_started = time.perf_counter()
+        try:
+            outcome = fn()
+            report["parts"][name] = {"seconds": round(time.perf_counter() - part_started, 1)}
+            if isinstance(outcome, dict):
+                report["parts"][name] |= {k: v for k, v in outcome.items() if k != "rows"}
+                rows.extend(outcome.get("rows", []))
+        except Exception as exc:
+            report["parts"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
+        write(report, folders)  # what is done so far survives a timeout
+
+    short = documents(args.docs)
+    models = {}
+
+    def torch_path():
+        models["bge"] = bge_m3_sized(args.workdir / "bge-reranker-v2-m3-sized", args.tiny)
+        rows.extend(compare("bge-reranker-v2-m3 size", models["bge"], card_cross_encoder, short, args, "torch"))
+        models["qwen3"] = qwen3_06b_sized(args.workdir / "Qwen3-Reranker-0.6B", args.tiny)
+        rows.extend(compare("Qwen3-Reranker-0.6B size", models["qwen3"], card_qwen3, short, args, "torch"))
+
+    def long_positions():
+        docs = long_documents(models["qwen3"], args.long_docs, LONG_TOKENS)
+        saved = args.batch_size
+        args.batch_size = 2  # the card computes the LM's logits at every position: 2 x 4300 x 151669 floats
+        try:
+            rows.extend(compare(f"Qwen3-Reranker-0.6B size, ~{LONG_TOKENS} tokens", models["qwen3"], card_qwen3,
+                                docs, args, "long positions"))  # fmt: skip
+        finally:
+            args.batch_size = saved
+
+    part("torch CUDA vs model cards", torch_path)
+    part("long positions", long_positions)
+    part("half-precision graphs", lambda: half_graphs(args, args.workdir))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    for path in write(report, folders):
+        print(f"written {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ BUILDERS = {
 
 
 # Tests that use these (directly or through another fixture) build or export models: the integration tier.
-INTEGRATION_FIXTURES = frozenset({"model_dirs", "artifact_dirs", "qwen3_vl_dir", "qwen3_vl_artifact"})
+INTEGRATION_FIXTURES = frozenset(
+    {"model_dirs", "artifact_dirs", "qwen3_vl_dir", "qwen3_vl_artifact", "long_position_artifacts"}
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects

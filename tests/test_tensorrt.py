@@ -16,7 +16,17 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from rerankrt.artifact import MANIFEST_NAME, Engine, load_manifest, sha256_file
-from rerankrt.engines import engine_file_name, plan_profile, select_engine, split_rows
+from rerankrt.engines import (
+    ModelShape,
+    engine_file_name,
+    plan_engine_profile,
+    plan_profile,
+    precision_problem,
+    select_engine,
+    sequence_bytes,
+    split_rows,
+    timing_cache_name,
+)
 from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtError
 from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
 from rerankrt.precision import Precision
@@ -52,9 +62,11 @@ def test_profile_defaults_and_limits():
         plan_profile(64, 512, opt_length=0)
 
 
-def test_engine_names_carry_gpu_and_tensorrt_version():
-    assert engine_file_name("model.onnx", "9.0", "11.4.0.106") == "model.sm90.trt11.4.plan"
-    assert engine_file_name("model.fp16.onnx", "8.9", "10.13.0.35") == "model.fp16.sm89.trt10.13.plan"
+def test_engine_and_timing_cache_names_carry_gpu_and_full_tensorrt_version():
+    assert engine_file_name("model.onnx", "9.0", "11.4.0.106") == "model.sm90.trt11.4.0.106.plan"
+    assert engine_file_name("model.fp16.onnx", "8.9", "10.13.0.35") == "model.fp16.sm89.trt10.13.0.35.plan"
+    assert timing_cache_name("8.9", "10.13.0.35") == "tensorrt.sm89.trt10.13.0.35.timing-cache"
+    assert timing_cache_name("9.0", "10.13.0.35") != timing_cache_name("8.9", "10.13.0.35")
 
 
 def engine(precision, capability="9.0", version="11.4.0.106"):
@@ -66,13 +78,52 @@ def engine(precision, capability="9.0", version="11.4.0.106"):
     )  # fmt: skip
 
 
-def test_engine_choice_matches_gpu_and_tensorrt_minor_version():
-    engines = [engine("fp32"), engine("fp16"), engine("fp16", capability="8.0"), engine("bf16", version="10.13.0")]
-    assert select_engine(engines, "9.0", "11.4.1.2").precision == "fp16"  # fastest first; patch version free
+def test_engine_choice_matches_gpu_and_exact_tensorrt_version():
+    engines = [engine("fp32"), engine("fp16"), engine("fp16", capability="8.0"), engine("bf16", version="10.13.0.35")]
+    assert select_engine(engines, "9.0", "11.4.0.106").precision == "fp16"  # fastest first
     assert select_engine(engines, "9.0", "11.4.0.106", precision="fp32").precision == "fp32"
-    assert select_engine(engines, "9.0", "11.5.0") is None  # another minor version: rebuild
+    assert select_engine(engines, "9.0", "11.4.1.2") is None  # a patch release: engines do not load there, rebuild
+    assert select_engine(engines, "9.0", "11.5.0") is None
     assert select_engine(engines, "8.6", "11.4.0.106") is None  # another GPU: rebuild
     assert select_engine(engines, "9.0", "10.13.0.35").precision == "bf16"
+
+
+def test_bf16_needs_compute_capability_8():
+    assert "8.0" in precision_problem("bf16", "7.5") and "--precision fp16" in precision_problem("bf16", "7.5")
+    assert precision_problem("bf16", "8.0") is None and precision_problem("bf16", "12.0") is None
+    assert precision_problem("fp16", "7.5") is None and precision_problem("fp32", "7.0") is None
+
+
+QWEN3_06B = ModelShape(hidden=1024, heads=16, intermediate=3072)
+BGE_M3 = ModelShape(hidden=1024, heads=16, intermediate=4096)
+GIB = 1 << 30
+
+
+def test_profile_is_planned_from_gpu_memory_and_the_model():
+    # Qwen3-0.6B at its 8192 tokens: one sequence's unfused scores are 16 x 8192^2 x 12 bytes (~12 GiB), so the
+    # old default of 64 (~800 GiB) cannot build; an 80 GiB GPU gets 3, a 141 GiB one 5
+    assert sequence_bytes(QWEN3_06B, 8192, "fp16") > 12 * GIB
+    profile, why = plan_engine_profile(QWEN3_06B, 80 * GIB, int(1.2 * GIB), 8192, "fp16")
+    assert profile.max == (3, 8192) and profile.opt == (3, 256) and profile.min == (1, 1)
+    assert "max batch 3" in why and "16 heads" in why and "80 GiB" in why
+    assert plan_engine_profile(QWEN3_06B, 141 * GIB, int(1.2 * GIB), 8192, "bf16")[0].max == (5, 8192)
+    # a cross-encoder at 512 tokens fits many: capped at 64
+    profile, why = plan_engine_profile(BGE_M3, 24 * GIB, int(1.1 * GIB), 512, "fp16")
+    assert profile.max == (64, 512) and "capped at 64" in why
+    # fp32 activations are twice the size
+    assert sequence_bytes(BGE_M3, 512, "fp32") > sequence_bytes(BGE_M3, 512, "fp16")
+    # asked for: kept, with the estimate said
+    profile, why = plan_engine_profile(QWEN3_06B, 80 * GIB, GIB, 8192, "fp16", max_batch=16, opt_batch=4)
+    assert profile.max == (16, 8192) and profile.opt == (4, 256) and "as asked" in why and "3 would fit" in why
+    with pytest.raises(RerankrtError, match="one sequence of 8192 tokens does not fit.*--max-batch 1"):
+        plan_engine_profile(QWEN3_06B, 16 * GIB, GIB, 8192, "fp16")
+
+
+def test_model_shape_reads_config_json_and_nested_text_configs():
+    config = {"hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 3072}
+    assert ModelShape.from_config(config) == QWEN3_06B
+    assert ModelShape.from_config({"text_config": config, "vision_config": {"hidden_size": 32}}) == QWEN3_06B
+    assert ModelShape.from_config({"hidden_size": 32, "num_attention_heads": 4}).intermediate == 128
 
 
 def test_oversized_batches_are_split_not_refused():

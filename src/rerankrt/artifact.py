@@ -44,7 +44,7 @@ class Profile(BaseModel):
 
 
 class Engine(BaseModel):
-    file: str  # e.g. model.fp16.sm90.trt11.4.plan
+    file: str  # e.g. model.fp16.sm90.trt11.4.0.106.plan
     graph: str  # the ONNX file it was built from
     precision: Precision
     compute_capability: str  # "9.0"

@@ -113,7 +113,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, precision_flag: str = 
         choices=[p.value for p in ENGINE_PRECISIONS],
         help="engine precision (default fp16)",
     )
-    parser.add_argument("--max-batch", type=int, default=64, help="largest batch the engine takes (default 64)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        help="largest batch the engine takes (default: as many max-length sequences as fit half the GPU's memory "
+        "with attention unfused, at most 64; the build logs the estimate)",
+    )
     parser.add_argument("--engine-max-length", type=int, help="longest sequence (default: the artifact's max_length)")
     parser.add_argument("--opt-batch", type=int, help="batch size TensorRT tunes for (default min(max, 16))")
     parser.add_argument("--opt-length", type=int, help="sequence length TensorRT tunes for (default min(max, 256))")

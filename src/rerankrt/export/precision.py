@@ -2,9 +2,12 @@
 
 fp16/bf16 (for GPUs; TensorRT 11 networks are strongly typed, so the precision
 must be in the graph): onnxruntime's float16 converter with normalisation,
-softmax and the reductions and powers they are built from kept in fp32, and
-fp32 graph inputs and outputs. bf16 is the same graph with every fp16 tensor
-re-typed as bf16 (weights rounded from the fp32 originals to nearest even).
+softmax and the reductions and powers they are built from kept in fp32, the
+position arithmetic (rotary angles, found by what the nodes compute:
+`graph_passes`) kept in fp32, values passed between fp32 nodes never rounded
+through half precision, and fp32 graph inputs and outputs. bf16 is the same
+graph with every fp16 tensor re-typed as bf16 (weights rounded from the fp32
+originals to nearest even).
 
 int8 (for CPUs with AVX-512 VNNI / AVX2), two recipes (`quantize_int8`):
 dynamic quantization of the fused graph (fastest), or blockwise 8-bit weights
@@ -23,6 +26,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from rerankrt.export.graph_passes import (
+    drop_half_round_trips,
+    fp32_islands,
+    name_nodes,
+    outer_products_as_mul,
+    position_arithmetic,
+)
 
 # Ops whose arithmetic stays fp32: layer/RMS norms (fused or decomposed) and softmax.
 FP32_OPS = [
@@ -57,15 +68,35 @@ def cast_graph(source: Path, target: Path, precision: str) -> Path:
     with tempfile.NamedTemporaryFile(dir=source.parent, suffix=".onnx") as inferred:
         onnx.shape_inference.infer_shapes_path(str(source), inferred.name)
         model = onnx.load(inferred.name)
-    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS, disable_shape_infer=True)
+    if precision not in ONNX_TYPES:
+        raise ValueError(f"precision {precision!r}: expected fp16 or bf16")
+    keep = fp32_nodes(model)
+    original_casts = {n.name for n in model.graph.node if n.op_type == "Cast"}
+    model = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=FP32_OPS, node_block_list=sorted(keep), disable_shape_infer=True
+    )
+    drop_half_round_trips(model, original_casts)
     if precision == "bf16":  # weights straight from fp32 (no double rounding through fp16)
         _fp16_to_bf16(model, {i.name: i for i in onnx.load(str(source)).graph.initializer})
-    elif precision != "fp16":
-        raise ValueError(f"precision {precision!r}: expected fp16 or bf16")
     _sort_topologically(model.graph)  # the converter appends its casts; TensorRT's parser wants producers first
     large = model.ByteSize() > 1_900_000_000
     onnx.save(model, str(target), save_as_external_data=large, location=f"{target.name}.data" if large else None)
     return target
+
+
+def fp32_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes a cast keeps in fp32 besides FP32_OPS: the position arithmetic (rotary angles) and the
+    float nodes between two fp32 nodes. Names every node first; rewrites the angles' outer products as Mul."""
+    name_nodes(model.graph)
+    _sort_topologically(model.graph)  # the analyses walk producers before consumers
+    positions = position_arithmetic(model)
+    products = outer_products_as_mul(model, positions)
+    keep = fp32_islands(model, positions, FP32_OPS)
+    log.info(
+        "cast: %d position nodes (%d outer products as Mul) and %d nodes between fp32 ones kept fp32",
+        len(positions), products, len(keep - positions),
+    )  # fmt: skip
+    return keep
 
 
 def fp32_op_names(model: onnx.ModelProto) -> dict[str, str]:

@@ -1,8 +1,11 @@
 """TensorRT backend: the artifact's engine for this GPU and TensorRT version, run on a CUDA stream.
 
 Device memory and the stream come from torch (already a dependency), so no
-extra CUDA binding is needed. Inputs are bound as int64; a batch with more rows
-than the engine's profile allows is split into several executions.
+extra CUDA binding is needed. Each input is converted to the type the engine
+declares for it (`get_tensor_dtype`: int64 for graphs parsed by TensorRT >= 9,
+int32 for others); a batch with more rows than the engine's profile allows is
+split into several executions. Every TensorRT call that can fail is checked
+and the error names the step, the tensor and the engine.
 """
 
 from __future__ import annotations
@@ -18,6 +21,88 @@ from rerankrt.families import Batch
 from rerankrt.runtime.plan import ServingPlan
 
 log = logging.getLogger(__name__)
+
+# TensorRT DataType name -> torch dtype name
+TORCH_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
+
+
+class EngineError(RuntimeError):
+    """A TensorRT call failed while running an engine (a server fault: logged, never shown to a client)."""
+
+
+class EngineRunner:
+    """One deserialized engine and its execution context, every call checked. Device-agnostic (tensors on
+    `device`, executed on the stream handle given), so it runs against a stand-in TensorRT in the tests."""
+
+    def __init__(self, trt, torch, serialized: bytes, entry: Engine, device: str = "cuda"):
+        self.torch, self.entry, self.device = torch, entry, device
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(serialized)
+        if self.engine is None:
+            raise BackendUnavailableError(
+                f"TensorRT {trt.__version__} could not load {entry.file} (built with TensorRT {entry.tensorrt} for "
+                f"compute capability {entry.compute_capability}): rebuild it with `rerankrt build-engine ARTIFACT`, "
+                "or start `rerankrt serve` without --no-build-engine to rebuild it there"
+            )
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendUnavailableError(
+                f"TensorRT could not create an execution context for {entry.file} (out of GPU memory? the engine "
+                f"needs its profile's activations: max batch {entry.profile.max[0]} x {entry.profile.max[1]} tokens)"
+            )
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(outputs) != 1:
+            raise BackendUnavailableError(f"{entry.file} has outputs {outputs}; a scorer engine has one")
+        self.output = outputs[0]
+        self.dtypes = {name: self._torch_dtype(trt, name) for name in names}
+
+    def _torch_dtype(self, trt, name: str):
+        declared = self.engine.get_tensor_dtype(name)
+        kind = next((k for k in TORCH_DTYPES if getattr(trt.DataType, k, None) == declared), None)
+        if kind is None:
+            raise BackendUnavailableError(f"{self.entry.file}: tensor {name!r} has type {declared}, unsupported here")
+        return getattr(self.torch, TORCH_DTYPES[kind])
+
+    def execute(self, batch: Batch, rows: slice, stream_handle: int):
+        """Run rows `rows` of `batch`; return the output tensor on the device (valid once the stream is done)."""
+        torch = self.torch
+        missing = [name for name in self.inputs if name not in batch]
+        if missing:
+            raise EngineError(f"{self.entry.file} takes inputs {self.inputs}; the batch lacks {missing}")
+        tensors = {}
+        for name in self.inputs:
+            values = np.ascontiguousarray(batch[name][rows])
+            tensor = torch.from_numpy(values).to(self.device, dtype=self.dtypes[name], non_blocking=True)
+            tensors[name] = tensor
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise EngineError(
+                    f"TensorRT refused shape {tuple(tensor.shape)} for input {name!r} of {self.entry.file} "
+                    f"(set_input_shape; the profile takes {self.entry.profile.min} to {self.entry.profile.max})"
+                )
+            self._address(name, tensor)
+        shape = tuple(self.context.get_tensor_shape(self.output))
+        if any(d < 0 for d in shape):
+            raise EngineError(f"TensorRT could not infer the shape of output {self.output!r} of {self.entry.file}")
+        out = torch.empty(shape, dtype=self.dtypes[self.output], device=self.device)
+        self._address(self.output, out)
+        if not self.context.execute_async_v3(stream_handle):
+            raise EngineError(f"TensorRT execution of {self.entry.file} failed (execute_async_v3)")
+        self.bound = tensors  # kept alive until the stream has run
+        return out
+
+    def _address(self, name: str, tensor) -> None:
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise EngineError(f"TensorRT refused the address of {name!r} for {self.entry.file} (set_tensor_address)")
 
 
 class TensorRTBackend:
@@ -35,24 +120,11 @@ class TensorRTBackend:
         if not torch.cuda.is_available():
             raise BackendUnavailableError("no CUDA device for TensorRT")
         engine = plan.engine
-        folder = plan.folder
         self.torch = torch
         self.entry: Engine = engine
         self.max_rows = engine.profile.max[0]
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine((folder / engine.file).read_bytes())
-        if self.engine is None:
-            raise BackendUnavailableError(f"TensorRT could not load {engine.file}")
-        self.context = self.engine.create_execution_context()
+        self.runner = EngineRunner(trt, torch, (plan.folder / engine.file).read_bytes(), engine)
         self.stream = torch.cuda.Stream()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.output_dtype = {
-            trt.DataType.FLOAT: torch.float32,
-            trt.DataType.HALF: torch.float16,
-            trt.DataType.BF16: torch.bfloat16,
-        }[self.engine.get_tensor_dtype(self.output)]
         log.info("tensorrt engine %s (%s, profile %s)", engine.file, engine.precision, engine.profile.model_dump())
 
     def run(self, batch: Batch) -> np.ndarray:
@@ -60,18 +132,7 @@ class TensorRTBackend:
         return np.concatenate([self._execute(batch, part) for part in split_rows(rows, self.max_rows)])
 
     def _execute(self, batch: Batch, rows: slice) -> np.ndarray:
-        torch = self.torch
-        with torch.cuda.stream(self.stream):
-            tensors = {
-                name: torch.from_numpy(np.ascontiguousarray(batch[name][rows])).to("cuda", non_blocking=True)
-                for name in self.inputs
-            }
-            for name, tensor in tensors.items():
-                self.context.set_input_shape(name, tuple(tensor.shape))
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.output_dtype, device="cuda")
-            self.context.set_tensor_address(self.output, out.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError(f"TensorRT execution of {self.entry.file} failed")
+        with self.torch.cuda.stream(self.stream):
+            out = self.runner.execute(batch, rows, self.stream.cuda_stream)
         self.stream.synchronize()
         return out.float().reshape(-1).cpu().numpy()

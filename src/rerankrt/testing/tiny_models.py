@@ -169,7 +169,9 @@ def build_qwen3(
     return Path(out)
 
 
-def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1, weights: bool = True) -> Path:
+def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1, weights: bool = True, max_positions: int = 514) -> Path:
+    """A two-layer XLMRobertaForSequenceClassification; `max_positions` counts the padding offset (514 holds 512
+    tokens), as config.json's max_position_embeddings does."""
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     tokenizer = build_xlmr_tokenizer()
@@ -179,7 +181,7 @@ def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1, weights: bool = Tr
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=514,
+        max_position_embeddings=max_positions,
         type_vocab_size=1,
         num_labels=num_labels,
         pad_token_id=tokenizer.pad_token_id,
