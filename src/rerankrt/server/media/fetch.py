@@ -24,6 +24,7 @@ from PIL import Image
 
 from rerankrt.errors import InputError
 from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.server.media.budget import PixelBudget, PixelPool
 from rerankrt.server.media.decode import Video, decode_image, decode_video
 from rerankrt.server.media.transport import AddressRefused, guarded_client
 
@@ -42,6 +43,11 @@ class MediaLimits:
     video_fps: float = 1.0  # frames sampled per second of video
     fetch_timeout: float = 10.0  # seconds per http(s) item, connecting to the last byte
     max_redirects: int = 3
+    max_frame_pixels: int = 1024 * 1024  # video frames larger are scaled down while decoding (aspect kept)
+    max_parts: int = 64  # image and video parts per request
+    max_request_pixels: int = 128_000_000  # decoded pixels per request: images, and video frames after downscaling
+    max_process_pixels: int = 512_000_000  # decoded pixels held by all requests together
+    max_concurrent_fetches: int = 8  # items of one request fetched and decoded at once
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,11 @@ class MediaFetcher:
             else []
         )
         self._client = guarded_client(limits.allowed_networks, limits.max_redirects, limits.fetch_timeout)
+        self.pixels = PixelPool(limits.max_process_pixels)
+
+    def budget(self) -> PixelBudget:
+        """A request's pixel budget: pass it to `fetch_all`, release it (`with`) once the request is answered."""
+        return PixelBudget(self.pixels, self.limits.max_request_pixels)
 
     async def __aenter__(self) -> MediaFetcher:
         return self
@@ -78,9 +89,27 @@ class MediaFetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch_all(self, items: Sequence[MediaRef]) -> list[Image.Image | Video]:
-        """Fetches and decodes every item concurrently, in input order; the first failure cancels the rest."""
-        tasks = [asyncio.create_task(self.fetch(item)) for item in items]
+    async def fetch_all(
+        self, items: Sequence[MediaRef], budget: PixelBudget | None = None
+    ) -> list[Image.Image | Video]:
+        """Fetches and decodes every item, `max_concurrent_fetches` at a time (so one request cannot take the
+        connection pool), in input order; the first failure cancels the rest. Decoded pixels are reserved from
+        `budget` (held by the caller until it is done with the media), or from one released on return."""
+        if len(items) > self.limits.max_parts:
+            raise RequestTooLarge(
+                items[self.limits.max_parts].field,
+                f"more than {self.limits.max_parts} image and video URLs in one request",
+            )
+        if budget is None:
+            with self.budget() as own:
+                return await self.fetch_all(items, own)
+        slots = asyncio.Semaphore(self.limits.max_concurrent_fetches)
+
+        async def one(item: MediaRef) -> Image.Image | Video:
+            async with slots:
+                return await self.fetch(item, budget)
+
+        tasks = [asyncio.create_task(one(item)) for item in items]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -89,12 +118,15 @@ class MediaFetcher:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def fetch(self, item: MediaRef) -> Image.Image | Video:
+    async def fetch(self, item: MediaRef, budget: PixelBudget | None = None) -> Image.Image | Video:
+        if budget is None:
+            with self.budget() as own:
+                return await self.fetch(item, own)
         data = await self._read(item)
         if self.on_fetched is not None:
             self.on_fetched(item.kind, len(data))
         decode = decode_image if item.kind == "image" else decode_video
-        return await asyncio.to_thread(decode, data, self.limits, item.field)
+        return await asyncio.to_thread(decode, data, self.limits, item.field, budget.reserve)
 
     async def _read(self, item: MediaRef) -> bytes:
         try:
