@@ -98,6 +98,7 @@ def export_model(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
+        shutil.copy2(source.path / "config.json", staging / "config.json")  # serving pipelines may read it
         with step("loading the model and exporting its ONNX graphs"):
             torch_model = chosen.load_export_model(source.path)
             graphs = {}
@@ -148,7 +149,6 @@ def export_model(
 
         with step("writing tokenizer files"):
             encoder_files = encoder.save(staging)
-            shutil.copy2(source.path / "config.json", staging / "config.json")
 
         with step("writing manifest"):
             manifest = Manifest(
