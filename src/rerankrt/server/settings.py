@@ -32,6 +32,20 @@ class ServeSettings(BaseSettings, EngineSettings):
     request_timeout: float = Field(
         300.0, gt=0, description="seconds a request may wait for its scores before it is dropped (503)"
     )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="open HTTP connections at most; past it the connection that has waited longest for its client "
+        "(idle, or still sending a request) is closed, or the new one refused when all are being answered "
+        "(lowered to fit the open-file limit, which the server raises towards it)",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a request's headers may take to arrive (408 and closed beyond: slowloris)"
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds a request's body may take to arrive after its headers (closed beyond)"
+    )
+    keep_alive_timeout: int = Field(5, ge=1, description="seconds an idle keep-alive connection stays open")
     api_key: str | None = Field(None, description="require `Authorization: Bearer <key>` on the API (401 without it)")
     public_health: bool = Field(True, description="serve /health without the API key")
     public_metrics: bool = Field(True, description="serve /metrics without the API key")
