@@ -34,11 +34,42 @@ def tokenizer_model(folder: str):
     return LoadedModel(family, family.load_encoder(folder), ZeroBackend(), plan, name="tokenizer-only")
 
 
+def offline() -> None:
+    """No packet leaves this machine: host names other than localhost do not resolve, and connections go to
+    loopback addresses only (the fuzzer sends whatever URLs it makes up)."""
+    import ipaddress
+    import socket
+
+    import httpcore
+
+    resolve, connect = socket.getaddrinfo, httpcore.AnyIOBackend.connect_tcp
+
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        try:
+            ipaddress.ip_address(name.split("%")[0])
+        except ValueError:
+            if name != "localhost":
+                raise socket.gaierror(socket.EAI_NONAME, "offline: no name resolution") from None
+        return resolve(host, *args, **kwargs)
+
+    async def connect_tcp(self, host, port, *args, **kwargs):
+        if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            raise httpcore.ConnectError(f"offline: no connection to {host}")
+        return await connect(self, host, port, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    httpcore.AnyIOBackend.connect_tcp = connect_tcp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--multimodal", action="store_true")
     parser.add_argument("--tokenizer", help="a tokenizer folder (cross-encoder) to encode with")
+    parser.add_argument("--offline", action="store_true", help="resolve no names, connect to loopback only")
     args = parser.parse_args()
+    if args.offline:
+        offline()
     settings = ServeSettings(model_path="-")  # everything else from RERANKRT_* variables
     configure_logging(settings.log_level, settings.log_format)
     model = tokenizer_model(args.tokenizer) if args.tokenizer else make_model(multimodal=args.multimodal)

@@ -10,6 +10,7 @@ no full-resolution RGB frame and no second copy of the clip.
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from rerankrt.errors import InputError
+from rerankrt.errors import InputError, RerankrtError
 from rerankrt.runtime.engine import RequestTooLarge
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # Pillow plugins read (JPEG covers MPO); not EPS, which runs Ghostscript
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 VIDEO_FORMATS = "mov,mp4,matroska,webm,avi"  # ffmpeg demuxers; none that opens other URLs (HLS, concat)
+log = logging.getLogger(__name__)
 SEEK_GAP_S = 2.0  # seek rather than decode through when the next sampled frame is this far ahead
 
 Reserve = Callable[[str, int], None]  # (field, pixels) before decoding; raises when over a budget
@@ -59,7 +61,10 @@ def decode_image(data: bytes, limits: MediaLimits, field: str, reserve: Reserve 
         return ImageOps.exif_transpose(image).convert("RGB")
     except Image.DecompressionBombError:
         raise RequestTooLarge(field, "the image is over Pillow's decompression bomb limit") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except RerankrtError:  # our own refusals: a size limit, a budget
+        raise
+    except Exception as exc:  # noqa: BLE001 - a decoder fed hostile bytes may fail any way; it is the client's file
+        log.debug("image for %s not decodable: %r", field, exc)
         raise InputError(field, "not a decodable image") from None
 
 
@@ -112,7 +117,11 @@ def decode_video(data: bytes, limits: MediaLimits, field: str, reserve: Reserve 
                 check_pixels(field, frame.width, frame.height, limits)
                 frames[count] = frame.to_ndarray(format="rgb24", width=width, height=height)
                 count += 1
-    except av.FFmpegError:
+    except RerankrtError:  # our own refusals: a size limit, a budget, no video stream
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyAV fed hostile bytes fails in many ways (FFmpegError, but also
+        # UnicodeDecodeError on metadata, a stream without a codec context, ...); it is the client's file
+        log.debug("video for %s not decodable: %r", field, exc)
         raise InputError(field, "not a decodable video") from None
     if not count:
         raise InputError(field, "the video has no decodable frames")
