@@ -27,7 +27,7 @@ schemathesis = pytest.importorskip("schemathesis")
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning:PIL")]
 KEY = "fuzz-key"
-EXAMPLES = {True: 60, False: 10}  # per POST route, with the key and without it
+EXAMPLES = {True: 150, False: 15}  # per POST route, with the key and without it
 
 
 @pytest.fixture(scope="module")
