@@ -246,3 +246,64 @@ def write_fake_artifact(folder: Path, precision: str = "fp32") -> Path:
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
+
+
+# --- a server process over an in-memory model, under resource limits ----------------------------
+
+
+def address_space_limit(limit_bytes: int | None, open_files: int | None = None):
+    """A preexec_fn capping the child's address space (RLIMIT_AS) and open files: out of memory it gets
+    MemoryError or dies, and a test sees which."""
+    import resource
+
+    def apply():
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    return apply
+
+
+@contextlib.contextmanager
+def fake_server(*args: str, settings: dict | None = None, memory: int | None = None, open_files: int | None = None):
+    """`python -m tests.fake_server ARGS` on a free port with RERANKRT_* `settings`, optionally under an address
+    space cap (bytes) and an open-file limit; yields (base URL, process). The test must leave it running."""
+    port = free_port()
+    env = {**ENV, "RERANKRT_PORT": str(port), **{f"RERANKRT_{k.upper()}": str(v) for k, v in (settings or {}).items()}}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_server", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=address_space_limit(memory, open_files), cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"the server did not become healthy:\n{proc.communicate()[0]}")
+    try:
+        yield base, proc
+    finally:
+        alive = proc.poll() is None
+        proc.terminate()
+        try:
+            output = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
+        proc.output = output
+    assert alive, f"the server died during the test:\n{output[-3000:]}"
+
+
+def vm_size(pid: int) -> int:
+    """The process's address space now (bytes), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize")

@@ -136,9 +136,10 @@ def test_local_files_only_inside_the_allowed_directory(tmp_path):
 
     inside = fetch(allowed, image(str(media / "in.png")), image((media / "in.png").as_uri()))
     assert [i.size for i in inside] == [(10, 20), (10, 20)]
-    for url in (str(tmp_path / "secret.png"), f"{media}/../secret.png", str(media / "escape.png")):
+    for url in (str(tmp_path / "secret.png"), f"{media}/../secret.png"):
         refused(allowed, image(url), "outside the directory allowed")
-    refused(allowed, image((media / "escape.png").as_uri()), "outside the directory allowed")
+    for url in (str(media / "escape.png"), (media / "escape.png").as_uri()):
+        refused(allowed, image(url), "the file is a symbolic link; links are not followed")
     refused(allowed, image(str(media / "missing.png")), "cannot read the file")
     refused(allowed, image("in.png"), "absolute file path")  # relative
     refused(MediaLimits(), image(str(media / "in.png")), "local files are not enabled")
@@ -164,7 +165,7 @@ def test_http_refusals_name_the_field(media_base):
     refused(
         MediaLimits(allowed_networks=LOCAL.allowed_networks, fetch_timeout=0.3),
         image(f"{media_base}/7x7.png?delay=1.5"),
-        "timed out after 0.3 s",
+        r"no complete HTTP response \(refused, reset or over 0.3 s\)",
     )
 
 
@@ -193,15 +194,15 @@ def test_redirects_are_followed_up_to_the_limit(media_base):
 
 def test_private_addresses_are_refused_by_default(media_base):
     port = urlsplit(media_base).port
-    refused(MediaLimits(), image(f"{media_base}/7x7.png"), "127.0.0.1, which is not a public address")
-    refused(MediaLimits(), image(f"http://localhost:{port}/7x7.png"), "localhost resolves to .*not a public")
+    refused(MediaLimits(), image(f"{media_base}/7x7.png"), "127.0.0.1 does not resolve to an address this server")
+    refused(MediaLimits(), image(f"http://localhost:{port}/7x7.png"), "localhost does not resolve to an address")
 
 
 def test_a_redirect_into_a_disallowed_network_is_refused(media_base):
     """127.0.0.1 is allowed, 127.0.0.2 (a second server, that answers when allowed) is not."""
     with serve_media(MEDIA_FILES, "127.0.0.2") as other:
         hop = f"{media_base}/redirect?to={other}/7x7.png"
-        refused(LOCAL, image(hop), "127.0.0.2, which is not a public address")
+        refused(LOCAL, image(hop), "127.0.0.2 does not resolve to an address this server may fetch from")
         both = MediaLimits(allowed_networks=("127.0.0.1/32", "127.0.0.2/32"))
         assert fetch(both, image(hop))[0].size == (7, 7)
 

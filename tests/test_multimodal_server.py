@@ -289,7 +289,7 @@ def test_query_parts_are_checked_too(client, media_base):
 def test_default_settings_refuse_loopback_and_local_files(vl_rerankers, media_base, media_dir):
     with TestClient(create_app(settings(), vl_rerankers["onnxruntime"].model)) as strict:
         body = {"query": "q", "documents": ["d", [text("t"), image(f"{media_base}/a.png")]]}
-        refused(rerank(strict, body), 400, "documents[1][1].image_url.url", "not a public address")
+        refused(rerank(strict, body), 400, "documents[1][1].image_url.url", "does not resolve to an address")
         local = {"query": "q", "documents": [[image(str(media_dir / "a.png"))]]}
         refused(rerank(strict, local), 400, "documents[0][0].image_url.url", "local files are not enabled")
 

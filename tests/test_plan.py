@@ -40,7 +40,12 @@ def manifest(precision: str = "fp32", variants=(), engines=(), family: str = "cr
     return Manifest(
         format_version=FORMAT_VERSION,
         family=family,
-        source=SourceModel(ref="/exports/model", path="/nonexistent/model", architecture="XLMRobertaFor..."),
+        source=SourceModel(
+            ref="/exports/model",
+            path="/nonexistent/model",
+            architecture="XLMRobertaFor...",
+            files={"model.safetensors": "0" * 64},
+        ),  # fmt: skip
         max_length=512,
         precision=precision,
         opset=18,

@@ -3,6 +3,15 @@
 The library API is the scoring engine: `from rerankrt import Reranker` (see `rerankrt.runtime.engine`).
 """
 
+import os
+
+# No phoning home from a server. ONNX Runtime's own telemetry (a 1DS uploader that resolves its collector's host
+# and keeps a device id under ~/.cache/Microsoft) reads this variable once, when onnxruntime is imported:
+# `onnxruntime.disable_telemetry_events()` after the import does not stop it. Hugging Face Hub's likewise.
+# An explicit setting in the environment wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 __version__ = "0.1.0"
 __all__ = ["EngineSettings", "Ranked", "Reranker", "Scores", "ScoreRequest", "__version__"]
 

@@ -3,13 +3,22 @@
 `manifest.json` records what the folder holds and how it was made, including a
 sha256 for every file; `load_manifest` refuses a folder whose manifest, files,
 hashes, versions or parity check do not hold, naming the file at fault.
+
+Every name in a manifest is a relative path that stays inside the folder (no `..`, no absolute path, no link
+leading out), and every file in the folder that a loader could read is listed and hashed: an unlisted file is
+refused, since tokenizer and model loaders read whatever they find. The torch backend reads the source model's
+folder, so the export hashes those files too (`source.files`) and the runtime checks them before loading.
+The hashes detect a changed or corrupt artifact; they do not authenticate it (whoever can write the folder can
+rewrite the manifest), which is why nothing read from an artifact can run code (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ValidationError, field_validator
 
@@ -20,6 +29,13 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
 FIDELITY_NAME = "fidelity.json"  # the reduced-precision variant's report (artifacts exported with --precision)
+# Written into an artifact folder after export, by the engine builders, as caches: never listed, never read by a
+# loader of the model (TensorRT reads its timing cache while building; ONNX Runtime its engine cache).
+UNLISTED_FILES = frozenset({MANIFEST_NAME, "tensorrt.timing-cache"})
+UNLISTED_FOLDERS = frozenset({"onnxruntime-tensorrt-cache"})
+# Source-folder files that transformers' loaders do not read (other frameworks' weights, exports); `.bin` weights
+# are not read either when safetensors ones are there.
+FOREIGN_WEIGHTS = re.compile(r"\.(h5|msgpack|ot|onnx|onnx_data|gguf|tflite|mlmodel|engine|plan)$|^\.", re.IGNORECASE)
 
 
 class SourceModel(BaseModel):
@@ -27,6 +43,9 @@ class SourceModel(BaseModel):
     revision: str | None = None  # Hub commit hash
     path: str | None = None  # local folder the weights were read from (the torch backend can reuse it)
     architecture: str
+    # file name -> sha256 of what the torch backend reads from that folder (`source_files`); empty in artifacts
+    # from before these were recorded, which the torch backend then does not serve
+    files: dict[str, str] = {}
 
 
 class Graph(BaseModel):
@@ -75,6 +94,17 @@ class Manifest(BaseModel):
     files: dict[str, str]  # file name -> sha256
     created_at: str
 
+    def names(self) -> list[tuple[str, str]]:
+        """(where in the manifest, name) of every file name it holds."""
+        named = [(f"files[{n!r}]", n) for n in self.files] + [
+            (f"encoder_files[{i}]", n) for i, n in enumerate(self.encoder_files)
+        ]
+        named += [(f"graphs[{role!r}].file", g.file) for role, g in self.graphs.items()]
+        for i, engine in enumerate(self.engines):
+            named += [(f"engines[{i}].file", engine.file), (f"engines[{i}].graph", engine.graph)]
+        named += [(f"source.files[{n!r}]", n) for n in self.source.files]
+        return named
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -86,6 +116,62 @@ def sha256_file(path: Path) -> str:
 
 def hash_files(folder: Path, names: list[str]) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in sorted(set(names))}
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a file inside an artifact folder, or None: relative, `/`-separated, no `..`."""
+    if not name or "\x00" in name or "\\" in name:
+        return "is not a file name"
+    path = PurePosixPath(name)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in path.parts or "." in name.split("/") or "" in name.split("/"):
+        return "leaves the folder (.. or an empty or . component)"
+    return None
+
+
+def inside(folder: Path, name: str) -> bool:
+    """True when folder/name, links resolved, is still inside `folder`."""
+    return (folder / name).resolve().is_relative_to(folder.resolve())
+
+
+def folder_files(folder: Path) -> list[str]:
+    """Every file and link in `folder`, recursively (links to folders are not entered), as relative names."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        relative = Path(root).relative_to(folder)
+        if relative == Path("."):
+            dirs[:] = [d for d in dirs if d not in UNLISTED_FOLDERS]
+        found += [(relative / name).as_posix() for name in files]
+        found += [(relative / d).as_posix() for d in dirs if (Path(root) / d).is_symlink()]
+    return sorted(found)
+
+
+def source_files(folder: Path) -> list[str]:
+    """What loading a model (weights, config, tokenizer) from a Hugging Face model folder may read: its top-level
+    files, less other frameworks' weights, and less `.bin` weights when safetensors ones are there."""
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and not FOREIGN_WEIGHTS.search(p.name))
+    if any(n.endswith(".safetensors") for n in names):
+        names = [n for n in names if not (n.endswith(".bin") or n.endswith(".bin.index.json"))]
+    return names
+
+
+def check_source_files(folder: Path, expected: dict[str, str]) -> None:
+    """The source folder holds exactly the files the export hashed, unchanged; ArtifactError naming one that is not."""
+    found = set(source_files(folder))
+    if unlisted := sorted(found - set(expected)):
+        raise ArtifactError(
+            f"{folder / unlisted[0]}: not among the source files hashed at export; the torch backend reads it, so it "
+            "is refused (remove it, or re-export the model)"
+        )
+    for name, digest in expected.items():
+        file = folder / name
+        if name_problem(name) or not inside(folder, name):
+            raise ArtifactError(f"{folder}: the source file name {name!r} is not a file inside that folder")
+        if not file.is_file():
+            raise ArtifactError(f"{file}: hashed at export but missing")
+        if sha256_file(file) != digest:
+            raise ArtifactError(f"{file}: sha256 does not match the export's; the source weights changed")
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
@@ -116,14 +202,20 @@ def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
             "re-export the model with this version"
         )
     _check_versions(path, manifest)
+    _check_names(folder, path, manifest)
     listed = set(manifest.files)
-    for built in [*manifest.graphs.values(), *manifest.engines]:
-        if built.file not in listed:
-            raise ArtifactError(f"{path}: {built.file} is not listed with a hash")
+    for name in [
+        *(g.file for g in manifest.graphs.values()),
+        *(e.file for e in manifest.engines),
+        *manifest.encoder_files,
+    ]:
+        if name not in listed:
+            raise ArtifactError(f"{path}: {name} is not listed with a hash")
     if PARITY_NAME not in listed:
         raise ArtifactError(f"{path}: {PARITY_NAME} is not listed; the export was not verified")
     if manifest.precision != "fp32" and FIDELITY_NAME not in listed:
         raise ArtifactError(f"{path}: precision {manifest.precision} without {FIDELITY_NAME}: the variant is unchecked")
+    _check_unlisted(folder, manifest)
     for name, expected in manifest.files.items():
         file = folder / name
         if not file.is_file():
@@ -138,6 +230,25 @@ def load_manifest(folder: Path, verify_hashes: bool = True) -> Manifest:
         if not (fidelity.get("passed") or fidelity.get("accepted")):
             raise ArtifactError(f"{folder / FIDELITY_NAME}: the {manifest.precision} variant failed its fidelity check")
     return manifest
+
+
+def _check_names(folder: Path, path: Path, manifest: Manifest) -> None:
+    """Every name relative and inside the folder (then `_check_unlisted`: every file in the folder listed)."""
+    for where, name in manifest.names():
+        if problem := name_problem(name):
+            raise ArtifactError(f"{path}: {where} {name!r} {problem}; names must be relative, inside the folder")
+        if not where.startswith("source.") and (folder / name).exists() and not inside(folder, name):
+            raise ArtifactError(f"{path}: {where} {name!r} is a link leading out of the folder")
+
+
+def _check_unlisted(folder: Path, manifest: Manifest) -> None:
+    listed = set(manifest.files) | UNLISTED_FILES
+    for name in folder_files(folder):
+        if name not in listed:
+            raise ArtifactError(
+                f"{folder / name}: not listed in {MANIFEST_NAME}; loaders read what they find, so an unlisted "
+                "file is refused (remove it, or re-export)"
+            )
 
 
 def _check_versions(path: Path, manifest: Manifest) -> None:

@@ -176,10 +176,9 @@ def run_export(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, args.settings_class)
     configure_logging(settings.log_level, settings.log_format)
-    import uvicorn
-
     from rerankrt.artifact import is_artifact
     from rerankrt.server import create_app
+    from rerankrt.server.http import serve
 
     if settings.build_engine and settings.backend in ("auto", "tensorrt") and is_artifact(Path(settings.model_path)):
         from rerankrt.export.tensorrt import ensure_engine
@@ -187,14 +186,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ensure_engine(Path(settings.model_path), required=settings.backend == "tensorrt")
     app = create_app(settings)
     log.info("serving %s on http://%s:%d", app.state.reranker.name, settings.host, settings.port)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep our handlers (text or JSON); rerankrt.access logs each request
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.request_timeout),  # in-flight requests finish first
-    )
+    serve(app, settings)  # uvicorn within the settings' connection limits
     return 0
 
 

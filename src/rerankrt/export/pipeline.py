@@ -25,6 +25,7 @@ from rerankrt.artifact import (
     Manifest,
     SourceModel,
     hash_files,
+    source_files,
     write_manifest,
 )
 from rerankrt.errors import ExportError
@@ -159,6 +160,7 @@ def export_model(
                     revision=source.revision,
                     path=str(source.path),
                     architecture=", ".join(config.get("architectures") or []),
+                    files=hash_files(source.path, source_files(source.path)),  # what the torch backend reads
                 ),
                 max_length=encoder.max_length,
                 precision=precision,

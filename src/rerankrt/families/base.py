@@ -259,7 +259,7 @@ def load_fast_tokenizer(model_dir: Path):
     """The folder's Hugging Face tokenizer; encoders rely on a fast one (offsets, batch encoding)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # no code from the folder
     if not tokenizer.is_fast:
         raise UnsupportedModelError(f"{model_dir}: needs a fast (tokenizer.json) tokenizer")
     return tokenizer

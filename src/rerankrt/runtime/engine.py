@@ -2,7 +2,13 @@
 
 One engine serves the HTTP server (its async face, `ascore`), and the CLI, the benchmarks and Python users
 (its sync face, `score` / `rerank`), through the same encoding thread, the same cross-request scheduler and
-the same batching settings:
+the same batching settings.
+
+Budgets come before work: the number of documents, then the characters of each text (`max_text_chars`: cut, or
+413 without truncation), then the pairs a request makes (more than the queue can ever hold is a 413, not a 503
+to retry forever). A request is encoded in slices of a few documents, each its own job on the one encoding
+thread, so a huge request cannot hold the thread against small ones (their jobs run between its slices), and
+one whose client has gone stops at the next slice.
 
     from rerankrt import Reranker
 
@@ -16,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -33,6 +39,10 @@ from rerankrt.runtime.settings import EngineSettings
 
 WARM_UP = ("warm-up query", ["warm-up document", "a second warm-up document"])
 _ENCODER_FIELD = re.compile(r"^(?:documents\[(\d+)\]|(query))(.*)$", re.DOTALL)
+TEXT_CHARS_PER_TOKEN = 32  # the default max_text_chars is this many per token of max_length
+SLICE_DOCUMENTS = 16  # an encoding job holds at most this many documents...
+SLICE_CHARS = 256 * 1024  # ...and this many characters (at least one document)
+MEDIA_PART_CHARS = 4096  # what a media part counts for in a slice (preprocessing an image costs like text)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -162,17 +172,31 @@ class Reranker:
         if documents > limit:
             raise RequestTooLarge(field, f"{documents} documents, over the limit of {limit} per request")
 
+    @property
+    def max_text_chars(self) -> int:
+        return self.settings.max_text_chars or TEXT_CHARS_PER_TOKEN * self.encoder.max_length
+
     async def ascore(self, request: ScoreRequest) -> Scores:
-        """The async face: encode off the event loop, then await the scheduler; cancelling drops queued pairs."""
-        self.check_size(len(request.documents))
-        pairs, owners = await asyncio.get_running_loop().run_in_executor(self._encoding, self._encode, request)
-        return self._collect(request, owners, pairs, await self.scheduler.run_async(pairs))
+        """The async face: encode off the event loop, slice by slice, then await the scheduler; cancelling stops
+        the encoding at the next slice and drops queued pairs."""
+        request = self._bounded(request)
+        loop = asyncio.get_running_loop()
+        pairs: list[Features] = []
+        owners: list[np.ndarray] = []
+        for start, stop in self._slices(request):
+            slice_pairs, slice_owners = await loop.run_in_executor(self._encoding, self._encode, request, start, stop)
+            self._add(request, pairs, owners, slice_pairs, slice_owners)
+        return self._collect(request, _joined(owners), pairs, await self.scheduler.run_async(pairs))
 
     def score_request(self, request: ScoreRequest) -> Scores:
-        """The sync face of `ascore` (same encoding thread, same scheduler)."""
-        self.check_size(len(request.documents))
-        pairs, owners = self._encoding.submit(self._encode, request).result()
-        return self._collect(request, owners, pairs, self.scheduler.submit(pairs).result())
+        """The sync face of `ascore` (same encoding thread, same slices, same scheduler)."""
+        request = self._bounded(request)
+        pairs: list[Features] = []
+        owners: list[np.ndarray] = []
+        for start, stop in self._slices(request):
+            slice_pairs, slice_owners = self._encoding.submit(self._encode, request, start, stop).result()
+            self._add(request, pairs, owners, slice_pairs, slice_owners)
+        return self._collect(request, _joined(owners), pairs, self.scheduler.submit(pairs).result())
 
     def score(self, query: Content, documents: Sequence[Content], instruct: str | None = None, **options) -> np.ndarray:
         """The relevance logit of each document, in order; `options`: truncate, max_chunks_per_doc."""
@@ -205,9 +229,69 @@ class Reranker:
 
     # --- stages -----------------------------------------------------------------------------------
 
-    def _encode(self, request: ScoreRequest) -> tuple[list[Features], np.ndarray]:
+    def _bounded(self, request: ScoreRequest) -> ScoreRequest:
+        """The request within its budgets, checked before any work: documents, pairs, characters per text."""
+        self.check_size(len(request.documents))
+        if len(request.documents) > self.scheduler.max_queued_pairs:
+            raise self._never_fits(request, len(request.documents))
+        limit, cut = self.max_text_chars, request.truncate or bool(request.max_chunks_per_doc)
+
+        def fit(content: Content, field: str) -> Content:
+            if isinstance(content, str):
+                if len(content) <= limit:
+                    return content
+                if not cut:
+                    raise RequestTooLarge(
+                        field, f"{len(content)} characters, over the limit of {limit} per text; send truncate=true "
+                        "to cut it",
+                    )  # fmt: skip
+                return content[:limit]
+            parts = list(content)
+            for k, part in enumerate(parts):
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str) and len(part["text"]) > limit:
+                    parts[k] = {**part, "text": fit(part["text"], f"{field}[{k}]")}
+            return parts
+
+        return replace(
+            request,
+            query=fit(request.query, request.query_field),
+            documents=[fit(d, request.document_field(i)) for i, d in enumerate(request.documents)],
+            instruct=None if request.instruct is None else fit(request.instruct, "instruct"),
+        )
+
+    def _slices(self, request: ScoreRequest) -> Iterator[tuple[int, int]]:
+        """[start, stop) ranges of documents, each one encoding job: SLICE_DOCUMENTS and SLICE_CHARS at most."""
+        start, chars = 0, 0
+        for index, document in enumerate(request.documents):
+            size = len(document) if isinstance(document, str) else sum(
+                len(p["text"]) if isinstance(p, Mapping) and isinstance(p.get("text"), str) else MEDIA_PART_CHARS
+                for p in document
+            )  # fmt: skip
+            if index > start and (index - start >= SLICE_DOCUMENTS or chars + size > SLICE_CHARS):
+                yield start, index
+                start, chars = index, 0
+            chars += size
+        if start < len(request.documents):
+            yield start, len(request.documents)
+
+    def _add(self, request, pairs: list, owners: list, new_pairs: list, new_owners: np.ndarray) -> None:
+        pairs += new_pairs
+        owners.append(new_owners)
+        if len(pairs) > self.scheduler.max_queued_pairs:  # chunks: stop encoding as soon as it cannot fit
+            raise self._never_fits(request, len(pairs))
+
+    def _never_fits(self, request: ScoreRequest, pairs: int) -> RequestTooLarge:
+        field = re.sub(r"\[\d+\][^\[]*$", "", request.document_field(0)) or "documents"
+        return RequestTooLarge(
+            field,
+            f"{pairs}{'+' if pairs > len(request.documents) else ''} pairs (documents and their chunks), more than "
+            f"the {self.scheduler.max_queued_pairs} the queue can ever hold; send fewer documents or chunks",
+        )
+
+    def _encode(self, request: ScoreRequest, start: int, stop: int) -> tuple[list[Features], np.ndarray]:
+        """Documents [start, stop) of the request, encoded; returns the pairs and the document each came from."""
         encoder = self.encoder
-        documents, owners = list(request.documents), np.arange(len(request.documents))
+        documents, owners = list(request.documents[start:stop]), np.arange(start, stop)
         try:
             if request.max_length is not None and request.max_length > encoder.max_length:
                 raise InputError(
@@ -228,14 +312,14 @@ class Reranker:
                 documents, owner_list = chunk_documents(
                     encoder, request.query, documents, request.instruct, request.max_chunks_per_doc
                 )
-                owners = np.asarray(owner_list, dtype=np.int64)
+                owners = start + np.asarray(owner_list, dtype=np.int64)
             # chunks are cut to fit; re-tokenised in context one may run a token over, which truncation trims
             truncate = request.truncate or bool(request.max_chunks_per_doc)
             pairs = encoder.encode(request.query, documents, request.instruct, truncate=truncate)
             if request.max_length is not None:
                 pairs = self._fit(request, documents, pairs, request.max_length)
         except InputError as exc:
-            raise _renamed(exc, request, owners) from exc
+            raise _renamed(exc, request, owners) from exc  # owners: the request's own document indices
         return pairs, owners
 
     def _fit(self, request: ScoreRequest, documents: list, pairs: list[Features], limit: int) -> list[Features]:
@@ -272,8 +356,13 @@ def _stop_threads(encoding: ThreadPoolExecutor, scheduler: Scheduler) -> None:
     scheduler.close()
 
 
+def _joined(owners: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(owners) if owners else np.empty(0, dtype=np.int64)
+
+
 def _renamed(error: InputError, request: ScoreRequest, owners: np.ndarray) -> InputError:
-    """An encoder's error (fields `query…`, `documents[i]…`, `instruct`) in the client's own field names."""
+    """An encoder's error (fields `query…`, `documents[i]…`, `instruct`) in the client's own field names; the
+    encoder's document i is the request's document owners[i]."""
     match = _ENCODER_FIELD.match(error.field)
     if match is None:
         return error

@@ -58,7 +58,8 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
         source = resolve_model(settings.model_path, settings.revision)
         family, recognition = detect_family(source.path)
         encoder = family.load_encoder(source.path, settings.max_length, settings.chat_template)
-        name = settings.served_model_name or source.ref
+        # a Hub id names the model; a local folder by its last component, never the path on this machine
+        name = settings.served_model_name or (source.ref if source.revision else source.path.name)
         plans = plan_serving(family, _request(settings, encoder), machine, model_ref=str(source.path))
     log.info("model %s: family %s (%s), max_length %d", name, family.name, recognition.reason, encoder.max_length)
     backend, plan = open_first(plans, family, settings.backend)

@@ -60,7 +60,7 @@ class GraphSession:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailableError("onnxruntime is not installed: pip install rerankrt") from exc
-        ort.disable_telemetry_events()  # no usage telemetry from a server
+        ort.disable_telemetry_events()  # belt and braces: rerankrt/__init__ sets ORT_DISABLE_TELEMETRY before import
         self.graph_path = Path(graph_path)
         cache_dir = self.graph_path.parent / "onnxruntime-tensorrt-cache"
         providers = providers_for(device, ort.get_available_providers(), tensorrt_ep, cache_dir)

@@ -46,6 +46,7 @@ class ServingPlan:
     engine: Engine | None = None  # tensorrt
     weights: str | None = None  # torch: a folder or Hub id holding the original weights
     revision: str | None = None  # torch: the Hub revision of `weights`
+    weight_files: Mapping[str, str] | None = None  # torch from an artifact: the files `weights` must hold, hashed
     threads: int = 1  # intra-op threads on CPU
     tensorrt_ep: bool = False  # onnxruntime on CUDA behind ONNX Runtime's TensorRT provider
 
@@ -139,9 +140,14 @@ def _torch_plan(common: dict, precision: Precision, explicit: bool, manifest: Ma
     if manifest is None:
         return ServingPlan(**common, precision=dtype, weights=model_ref)
     source = manifest.source  # the original weights: the export's local folder, else the Hub revision
+    if not source.files:
+        return Skipped(
+            "torch", common["device"], "the artifact does not hash its source model's files, which the torch backend "
+            "would read; re-export it with this rerankrt (or serve the model folder itself)",
+        )  # fmt: skip
     weights = source.path if source.path and Path(source.path).is_dir() else source.ref
     revision = None if weights == source.path else source.revision
-    return ServingPlan(**common, precision=dtype, weights=weights, revision=revision)
+    return ServingPlan(**common, precision=dtype, weights=weights, revision=revision, weight_files=dict(source.files))
 
 
 def _onnxruntime_plan(common: dict, precision: Precision, manifest: Manifest, machine: Machine, tensorrt_ep: bool):

@@ -65,6 +65,16 @@ class EngineSettings(BaseModel):
         2.0, ge=0, description="how long the batcher waits for concurrent requests to join a batch"
     )
     max_queued_pairs: int = Field(
-        4096, ge=1, description="pairs waiting for inference at most; beyond, requests get 503 with Retry-After"
+        4096,
+        ge=1,
+        description="pairs waiting for inference at most; beyond, requests get 503 with Retry-After (a request "
+        "that alone holds more pairs, chunks included, gets 413: it could never fit)",
     )
     max_documents_per_request: int = Field(1000, ge=1, description="documents per request at most (413 beyond)")
+    max_text_chars: int | None = Field(
+        None,
+        ge=1,
+        description="characters per query, document, text part or instruct, checked before tokenizing: longer text "
+        "is cut to it (truncate=true, chunking included) or refused with 413 (truncate=false); bounds tokenizer "
+        "memory (default: 32 x max_length, more than max_length tokens of any real text)",
+    )

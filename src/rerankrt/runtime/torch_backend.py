@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rerankrt.artifact import check_source_files
 from rerankrt.errors import BackendUnavailableError, UnsupportedModelError
 from rerankrt.families import Batch, Family
 from rerankrt.model_source import resolve_model
@@ -41,6 +42,8 @@ class TorchBackend:
             weights = resolve_model(plan.weights, plan.revision).path
         except UnsupportedModelError as exc:
             raise BackendUnavailableError(f"torch backend needs the source weights: {exc}") from exc
+        if plan.weight_files is not None:  # serving an artifact: only the files its export hashed, unchanged
+            check_source_files(weights, dict(plan.weight_files))
         return cls(family, weights, plan.device, plan.precision, plan.threads)
 
     def run(self, batch: Batch) -> np.ndarray:

@@ -90,4 +90,9 @@ def media_limits(settings: ServeSettings) -> MediaLimits:
         video_fps=settings.media_video_fps,
         fetch_timeout=settings.media_fetch_timeout,
         max_redirects=settings.media_max_redirects,
+        max_frame_pixels=settings.media_max_frame_pixels,
+        max_parts=settings.media_max_parts_per_request,
+        max_request_pixels=settings.media_max_request_pixels,
+        max_process_pixels=settings.media_max_process_pixels,
+        max_concurrent_fetches=settings.media_max_concurrent_fetches,
     )

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from rerankrt.errors import InputError
 from rerankrt.families import Content
-from rerankrt.server.media import MediaFetcher, MediaRef, Video
+from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.server.media import MediaFetcher, MediaRef, PixelBudget, Video
 from rerankrt.server.metrics import Metrics
 from rerankrt.server.schemas import ContentPart, ImagePart, TextPart
 
@@ -57,21 +58,32 @@ def text_only(item: Input) -> str:
 
 
 async def resolve(
-    inputs: Sequence[Input], multimodal: bool, fetcher: MediaFetcher | None, metrics: Metrics | None = None
+    inputs: Sequence[Input],
+    multimodal: bool,
+    fetcher: MediaFetcher | None,
+    metrics: Metrics | None = None,
+    budget: PixelBudget | None = None,
 ) -> list[Content]:
-    """Each input as the encoder takes it, media fetched and decoded (concurrently, in one go)."""
+    """Each input as the encoder takes it, media fetched and decoded (concurrently, in one go), their decoded
+    pixels reserved from `budget` (the caller releases it once the request is answered)."""
     if not multimodal:
         return [text_only(item) for item in inputs]
     refs: dict[tuple[str, str], MediaRef] = {}  # each URL once; its first occurrence names it in errors
+    parts = 0
     for item in inputs:
         for ref in item.media():
+            parts += 1
+            if fetcher is not None and parts > fetcher.limits.max_parts:  # before fetching anything
+                raise RequestTooLarge(
+                    ref.field, f"more than {fetcher.limits.max_parts} image and video parts in one request"
+                )
             refs.setdefault((ref.kind, ref.url), ref)
     decoded: dict[tuple[str, str], object] = {}
     if refs:
         if fetcher is None:
             raise RuntimeError("the media fetcher is not running (the app's lifespan has not started)")
         started = time.perf_counter()
-        media = await fetcher.fetch_all(list(refs.values()))
+        media = await fetcher.fetch_all(list(refs.values()), budget)
         decoded = dict(zip(refs, media, strict=True))
         if metrics is not None:
             metrics.media_seconds.observe(time.perf_counter() - started)

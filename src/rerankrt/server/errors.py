@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rerankrt.errors import InputError, RerankrtError
 from rerankrt.runtime.engine import RequestTooLarge
 from rerankrt.runtime.scheduler import Overloaded
+from rerankrt.server.media import MediaBusy
 from rerankrt.server.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def on_overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return error_response(503, str(exc), headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.exception_handler(MediaBusy)
+    async def on_media_busy(request: Request, exc: MediaBusy) -> JSONResponse:
         return error_response(503, str(exc), headers={"Retry-After": RETRY_AFTER_SECONDS})
 
     @app.exception_handler(RequestTimedOut)

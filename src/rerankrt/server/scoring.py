@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, TypeVar
 
 import numpy as np
@@ -94,9 +94,10 @@ class Scoring:
         self, options: ScoringOptions, query: Input, documents: Sequence[Input], documents_field: str, extra: dict
     ) -> Scores:
         self.reranker.check_size(len(documents), documents_field)  # before fetching anything
-        query_content, *contents = await self._resolve([query, *documents])
-        with _parts_named([query, *documents]):
-            return await self.reranker.ascore(_request(options, query, query_content, documents, contents, extra))
+        with self._pixels() as budget:  # decoded media are held until the request is scored
+            query_content, *contents = await self._resolve([query, *documents], budget)
+            with _parts_named([query, *documents]):
+                return await self.reranker.ascore(_request(options, query, query_content, documents, contents, extra))
 
     async def _score_pairwise(
         self,
@@ -107,17 +108,22 @@ class Scoring:
         extra: dict,
     ) -> Scores:
         self.reranker.check_size(len(documents), documents_field)
-        contents = await self._resolve([*queries, *documents])
-        query_contents, document_contents = contents[: len(queries)], contents[len(queries) :]
-        pairs = zip(queries, query_contents, documents, document_contents, strict=True)
-        with _parts_named([*queries, *documents]):
-            results = await asyncio.gather(
-                *(self.reranker.ascore(_request(options, q, qc, [d], [dc], extra)) for q, qc, d, dc in pairs)
-            )
+        with self._pixels() as budget:
+            contents = await self._resolve([*queries, *documents], budget)
+            query_contents, document_contents = contents[: len(queries)], contents[len(queries) :]
+            pairs = zip(queries, query_contents, documents, document_contents, strict=True)
+            with _parts_named([*queries, *documents]):
+                results = await asyncio.gather(
+                    *(self.reranker.ascore(_request(options, q, qc, [d], [dc], extra)) for q, qc, d, dc in pairs)
+                )
         return Scores(np.concatenate([r.logits for r in results]), sum(r.tokens for r in results))
 
-    async def _resolve(self, inputs: list[Input]) -> list:
-        return await resolve(inputs, self.reranker.family.multimodal, self.media, self.metrics)
+    def _pixels(self):
+        """The request's budget of decoded pixels (nothing to budget for a text-only model)."""
+        return self.media.budget() if self.media is not None else nullcontext()
+
+    async def _resolve(self, inputs: list[Input], budget) -> list:
+        return await resolve(inputs, self.reranker.family.multimodal, self.media, self.metrics, budget)
 
 
 def _request(

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rerankrt.runtime.settings import EngineSettings
@@ -32,6 +32,20 @@ class ServeSettings(BaseSettings, EngineSettings):
     request_timeout: float = Field(
         300.0, gt=0, description="seconds a request may wait for its scores before it is dropped (503)"
     )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="open HTTP connections at most; past it the connection that has waited longest for its client "
+        "(idle, or still sending a request) is closed, or the new one refused when all are being answered "
+        "(lowered to fit the open-file limit, which the server raises towards it)",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a request's headers may take to arrive (408 and closed beyond: slowloris)"
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds a request's body may take to arrive after its headers (closed beyond)"
+    )
+    keep_alive_timeout: int = Field(5, ge=1, description="seconds an idle keep-alive connection stays open")
     api_key: str | None = Field(None, description="require `Authorization: Bearer <key>` on the API (401 without it)")
     public_health: bool = Field(True, description="serve /health without the API key")
     public_metrics: bool = Field(True, description="serve /metrics without the API key")
@@ -64,6 +78,35 @@ class ServeSettings(BaseSettings, EngineSettings):
     media_video_fps: float = Field(1.0, gt=0, description="frames sampled per second of video")
     media_fetch_timeout: float = Field(10.0, gt=0, description="seconds per http(s) media item, connect to last byte")
     media_max_redirects: int = Field(3, ge=0, description="redirects followed per media URL")
+    media_max_parts_per_request: int = Field(
+        64, ge=1, description="image and video parts per request, query and documents together (413 beyond)"
+    )
+    media_max_frame_pixels: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="video frames larger than this (width x height) are scaled down while decoding, aspect kept",
+    )
+    media_max_request_pixels: int = Field(
+        128_000_000,
+        ge=1,
+        description="decoded pixels per request (images, and video frames after scaling; 3 bytes each), reserved "
+        "from each item's header before decoding (413 beyond)",
+    )
+    media_max_process_pixels: int = Field(
+        512_000_000,
+        ge=1,
+        description="decoded pixels held by all requests together; a request that does not fit now gets 503 with "
+        "Retry-After",
+    )
+    media_max_concurrent_fetches: int = Field(
+        8, ge=1, description="media items one request fetches and decodes at once (the rest wait their turn)"
+    )
+
+    @model_validator(mode="after")
+    def _check_pixel_budgets(self):
+        if self.media_max_request_pixels > self.media_max_process_pixels:
+            raise ValueError("media_max_request_pixels is over media_max_process_pixels: no such request could run")
+        return self
 
     @field_validator("media_allowed_networks", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 (`decode`), each refusal naming the request field it came from.
 """
 
+from rerankrt.server.media.budget import MediaBusy, PixelBudget
 from rerankrt.server.media.decode import Video, decode_image, decode_video
 from rerankrt.server.media.fetch import MediaFetcher, MediaLimits, MediaRef
 from rerankrt.server.media.transport import AddressRefused, GuardedBackend
@@ -9,9 +10,11 @@ from rerankrt.server.media.transport import AddressRefused, GuardedBackend
 __all__ = [
     "AddressRefused",
     "GuardedBackend",
+    "MediaBusy",
     "MediaFetcher",
     "MediaLimits",
     "MediaRef",
+    "PixelBudget",
     "Video",
     "decode_image",
     "decode_video",

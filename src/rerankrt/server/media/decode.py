@@ -1,21 +1,26 @@
 """Decode fetched bytes: an image to upright RGB, a video to frames sampled at a fixed rate; sizes checked first.
 
 A size limit (pixels) raises `RequestTooLarge` (HTTP 413), anything undecodable `InputError` (HTTP 400), both naming
-the request field the item came from.
+the request field the item came from. Before decoding, the pixels the result will hold are reserved through
+`reserve(field, pixels)` (the request's and the process's budgets, `media.budget`). Video frames larger than
+`max_frame_pixels` are scaled down by the decoder itself (aspect kept) and written into one preallocated array:
+no full-resolution RGB frame and no second copy of the clip.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from rerankrt.errors import InputError
+from rerankrt.errors import InputError, RerankrtError
 from rerankrt.runtime.engine import RequestTooLarge
 
 if TYPE_CHECKING:
@@ -24,7 +29,14 @@ if TYPE_CHECKING:
 # Pillow plugins read (JPEG covers MPO); not EPS, which runs Ghostscript
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 VIDEO_FORMATS = "mov,mp4,matroska,webm,avi"  # ffmpeg demuxers; none that opens other URLs (HLS, concat)
+log = logging.getLogger(__name__)
 SEEK_GAP_S = 2.0  # seek rather than decode through when the next sampled frame is this far ahead
+
+Reserve = Callable[[str, int], None]  # (field, pixels) before decoding; raises when over a budget
+
+
+def _no_budget(field: str, pixels: int) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -40,15 +52,19 @@ def check_pixels(field: str, width: int, height: int, limits: MediaLimits) -> No
         raise RequestTooLarge(field, f"{width}x{height} is over the limit of {limits.max_image_pixels} pixels")
 
 
-def decode_image(data: bytes, limits: MediaLimits, field: str) -> Image.Image:
-    """Decodes to RGB, upright per its EXIF orientation; the size is checked from the header before decoding."""
+def decode_image(data: bytes, limits: MediaLimits, field: str, reserve: Reserve = _no_budget) -> Image.Image:
+    """Decodes to RGB, upright per its EXIF orientation; the size is checked and reserved from the header first."""
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         check_pixels(field, *image.size, limits)
+        reserve(field, image.size[0] * image.size[1])
         return ImageOps.exif_transpose(image).convert("RGB")
     except Image.DecompressionBombError:
         raise RequestTooLarge(field, "the image is over Pillow's decompression bomb limit") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except RerankrtError:  # our own refusals: a size limit, a budget
+        raise
+    except Exception as exc:  # noqa: BLE001 - a decoder fed hostile bytes may fail any way; it is the client's file
+        log.debug("image for %s not decodable: %r", field, exc)
         raise InputError(field, "not a decodable image") from None
 
 
@@ -61,8 +77,17 @@ def sample_times(duration: float | None, limits: MediaLimits) -> list[float]:
     return [float(i) / limits.video_fps for i in indices]
 
 
-def decode_video(data: bytes, limits: MediaLimits, field: str) -> Video:
-    """Decodes only the frames it samples, seeking ahead rather than decoding a long video through."""
+def frame_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) scaled down to at most `max_pixels` pixels, aspect kept, even sides; unchanged if within."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def decode_video(data: bytes, limits: MediaLimits, field: str, reserve: Reserve = _no_budget) -> Video:
+    """Decodes only the frames it samples, seeking ahead rather than decoding a long video through; frames are
+    scaled down to `max_frame_pixels` as they are converted, into one array reserved before the first frame."""
     try:
         options = {"format_whitelist": VIDEO_FORMATS, "protocol_whitelist": "none"}
         with av.open(io.BytesIO(data), container_options=options) as container:
@@ -74,9 +99,14 @@ def decode_video(data: bytes, limits: MediaLimits, field: str) -> Video:
             if duration is None and container.duration:
                 duration = container.duration / av.time_base
             start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-            frames: list[np.ndarray] = []
-            decoded, position = container.decode(stream), start
-            for time in (start + t for t in sample_times(duration, limits)):
+            times = sample_times(duration, limits)
+            width, height = frame_size(stream.codec_context.width, stream.codec_context.height, limits.max_frame_pixels)
+            if width < 1 or height < 1:
+                raise InputError(field, "the video has no frame size")
+            reserve(field, len(times) * width * height)
+            frames = np.empty((len(times), height, width, 3), dtype=np.uint8)
+            count, decoded, position = 0, container.decode(stream), start
+            for time in (start + t for t in times):
                 if time - position > SEEK_GAP_S:
                     container.seek(int(time / stream.time_base), stream=stream)
                     decoded = container.decode(stream)
@@ -85,11 +115,15 @@ def decode_video(data: bytes, limits: MediaLimits, field: str) -> Video:
                     break
                 position = frame.time
                 check_pixels(field, frame.width, frame.height, limits)
-                size = frames[0].shape[1::-1] if frames else (frame.width, frame.height)
-                frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
-    except av.FFmpegError:
+                frames[count] = frame.to_ndarray(format="rgb24", width=width, height=height)
+                count += 1
+    except RerankrtError:  # our own refusals: a size limit, a budget, no video stream
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyAV fed hostile bytes fails in many ways (FFmpegError, but also
+        # UnicodeDecodeError on metadata, a stream without a codec context, ...); it is the client's file
+        log.debug("video for %s not decodable: %r", field, exc)
         raise InputError(field, "not a decodable video") from None
-    if not frames:
+    if not count:
         raise InputError(field, "the video has no decodable frames")
-    fps = len(frames) / duration if duration else limits.video_fps
-    return Video(frames=np.stack(frames), fps=fps)
+    fps = count / duration if duration else limits.video_fps
+    return Video(frames=frames[:count], fps=fps)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
+import logging
+import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +24,11 @@ from PIL import Image
 
 from rerankrt.errors import InputError
 from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.server.media.budget import PixelBudget, PixelPool
 from rerankrt.server.media.decode import Video, decode_image, decode_video
 from rerankrt.server.media.transport import AddressRefused, guarded_client
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,11 @@ class MediaLimits:
     video_fps: float = 1.0  # frames sampled per second of video
     fetch_timeout: float = 10.0  # seconds per http(s) item, connecting to the last byte
     max_redirects: int = 3
+    max_frame_pixels: int = 1024 * 1024  # video frames larger are scaled down while decoding (aspect kept)
+    max_parts: int = 64  # image and video parts per request
+    max_request_pixels: int = 128_000_000  # decoded pixels per request: images, and video frames after downscaling
+    max_process_pixels: int = 512_000_000  # decoded pixels held by all requests together
+    max_concurrent_fetches: int = 8  # items of one request fetched and decoded at once
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,20 @@ class MediaFetcher:
     def __init__(self, limits: MediaLimits, on_fetched: Callable[[str, int], None] | None = None):
         self.limits = limits
         self.on_fetched = on_fetched  # (kind, bytes) of each item read, e.g. for metrics
-        self._local_root = Path(limits.allowed_local_media_path).resolve() if limits.allowed_local_media_path else None
+        root = limits.allowed_local_media_path
+        self._local_root = Path(root).resolve() if root else None
+        # requests may name files by the directory as configured or as resolved (its own links are the operator's)
+        self._local_roots = (
+            [[p for p in str(r).split("/") if p] for r in {os.path.abspath(root), str(self._local_root)}]
+            if root
+            else []
+        )
         self._client = guarded_client(limits.allowed_networks, limits.max_redirects, limits.fetch_timeout)
+        self.pixels = PixelPool(limits.max_process_pixels)
+
+    def budget(self) -> PixelBudget:
+        """A request's pixel budget: pass it to `fetch_all`, release it (`with`) once the request is answered."""
+        return PixelBudget(self.pixels, self.limits.max_request_pixels)
 
     async def __aenter__(self) -> MediaFetcher:
         return self
@@ -65,9 +89,27 @@ class MediaFetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch_all(self, items: Sequence[MediaRef]) -> list[Image.Image | Video]:
-        """Fetches and decodes every item concurrently, in input order; the first failure cancels the rest."""
-        tasks = [asyncio.create_task(self.fetch(item)) for item in items]
+    async def fetch_all(
+        self, items: Sequence[MediaRef], budget: PixelBudget | None = None
+    ) -> list[Image.Image | Video]:
+        """Fetches and decodes every item, `max_concurrent_fetches` at a time (so one request cannot take the
+        connection pool), in input order; the first failure cancels the rest. Decoded pixels are reserved from
+        `budget` (held by the caller until it is done with the media), or from one released on return."""
+        if len(items) > self.limits.max_parts:
+            raise RequestTooLarge(
+                items[self.limits.max_parts].field,
+                f"more than {self.limits.max_parts} image and video URLs in one request",
+            )
+        if budget is None:
+            with self.budget() as own:
+                return await self.fetch_all(items, own)
+        slots = asyncio.Semaphore(self.limits.max_concurrent_fetches)
+
+        async def one(item: MediaRef) -> Image.Image | Video:
+            async with slots:
+                return await self.fetch(item, budget)
+
+        tasks = [asyncio.create_task(one(item)) for item in items]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -76,12 +118,15 @@ class MediaFetcher:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def fetch(self, item: MediaRef) -> Image.Image | Video:
+    async def fetch(self, item: MediaRef, budget: PixelBudget | None = None) -> Image.Image | Video:
+        if budget is None:
+            with self.budget() as own:
+                return await self.fetch(item, own)
         data = await self._read(item)
         if self.on_fetched is not None:
             self.on_fetched(item.kind, len(data))
         decode = decode_image if item.kind == "image" else decode_video
-        return await asyncio.to_thread(decode, data, self.limits, item.field)
+        return await asyncio.to_thread(decode, data, self.limits, item.field, budget.reserve)
 
     async def _read(self, item: MediaRef) -> bytes:
         try:
@@ -98,16 +143,20 @@ class MediaFetcher:
 
     async def _download(self, item: MediaRef) -> bytes:
         timeout = self.limits.fetch_timeout
+        # One answer for a refused, reset, unreadable or slow connection (details only in the debug log), so
+        # requests cannot tell a closed port from a filtered one or a non-HTTP service.
+        failed = f"could not fetch the {item.kind}: no complete HTTP response (refused, reset or over {timeout:g} s)"
         try:
             return await asyncio.wait_for(self._stream(item), timeout)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise InputError(item.field, f"fetching the {item.kind} timed out after {timeout:g} s") from None
         except AddressRefused as exc:
             raise InputError(item.field, f"refused to fetch: {exc}") from None
         except httpx.TooManyRedirects:
             raise InputError(item.field, f"more than {self.limits.max_redirects} redirects") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise InputError(item.field, f"fetching the {item.kind} failed: {exc}") from None
+        except httpx.InvalidURL:
+            raise InputError(item.field, "not a valid URL") from None
+        except (asyncio.TimeoutError, httpx.HTTPError, OSError) as exc:
+            log.debug("fetching %s for %s failed: %r", item.kind, item.field, exc)
+            raise InputError(item.field, failed) from None
 
     async def _stream(self, item: MediaRef) -> bytes:
         async with self._client.stream("GET", item.url) as response:
@@ -139,20 +188,57 @@ class MediaFetcher:
         if self._local_root is None:
             raise InputError(item.field, "local files are not enabled on this server; send an http(s) or data: URL")
         path = unquote(urlsplit(item.url).path) if item.url.lower().startswith("file:") else item.url
-        resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self._local_root):
-            raise InputError(item.field, "the path is outside the directory allowed for local media")
+        parts = self._beneath_root(item, path)
         try:
-            with resolved.open("rb") as file:
-                data = file.read(self.limits.max_bytes + 1)
+            data = read_beneath(self._local_root, parts, self.limits.max_bytes + 1)
         except OSError as exc:
-            raise InputError(item.field, f"cannot read the file ({exc.strerror})") from None
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                raise InputError(item.field, "the file is a symbolic link; links are not followed") from None
+            if exc.errno == errno.ENOTDIR:
+                raise InputError(
+                    item.field, "a directory on the path is a link or a file; links are not followed"
+                ) from None
+            raise InputError(item.field, f"cannot read the file ({exc.strerror or exc})") from None
+        except ValueError:  # a NUL in the path
+            raise InputError(item.field, "not a valid file path") from None
         self._check_size(item, len(data))
         return data
+
+    def _beneath_root(self, item: MediaRef, path: str) -> list[str]:
+        """The path's components below the allowed directory (as configured or as resolved at start); no `..`."""
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if ".." in parts or not path.startswith("/"):
+            raise InputError(item.field, "the path is outside the directory allowed for local media")
+        for root in self._local_roots:
+            if parts[: len(root)] == root:
+                return parts[len(root) :]
+        raise InputError(item.field, "the path is outside the directory allowed for local media")
 
     def _check_size(self, item: MediaRef, size: int) -> None:
         if size > self.limits.max_bytes:
             raise RequestTooLarge(item.field, f"the {item.kind} is over the limit of {self.limits.max_bytes} bytes")
+
+
+def read_beneath(root: Path, parts: Sequence[str], limit: int) -> bytes:
+    """At most `limit` bytes of the regular file root/parts[0]/.../parts[-1], opened one component at a time
+    relative to the one before and never through a symbolic link (O_NOFOLLOW), so no link, swapped in at any
+    moment, can lead outside `root`. A FIFO or device is refused without blocking; OSError for any failure."""
+    if not parts:
+        raise IsADirectoryError(errno.EISDIR, "is a directory")
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        for name in parts[:-1]:
+            next_fd = os.open(name, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return file.read(limit)
 
 
 def check_content_type(item: MediaRef, content_type: str | None) -> None:

@@ -1,0 +1,237 @@
+"""Soak test for `rerankrt serve`: a fixed request rate at ~80% of measured capacity for a long time, watching the
+server process for leaks and drift: RSS, open file descriptors, threads, p50/p99 latency and errors per window.
+
+The server runs in a subprocess on 127.0.0.1 (the tiny test cross-encoder, exported here, unless --model-path
+names an artifact). First a closed loop of --concurrency clients measures capacity (requests/s); then an open
+loop sends requests at --load x capacity on a fixed schedule (a slow server cannot slow the offered load down)
+for --minutes, sampling every --window seconds. Each request is a query and --documents documents of mixed
+length; a tenth of them also carry hostile parts the budgets must refuse (an over-long text without truncation,
+too many documents), so the refusal paths soak too. JSON and a PNG go to bench/results/soak.{json,png}.
+
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python bench/soak.py                    # the full hour
+    .venv/bin/python bench/soak.py --minutes 10       # a shorter run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, machine, write_result  # noqa: E402
+from rerankrt.testing.tiny_models import CORPUS, build_xlmr  # noqa: E402
+
+WORDS = sorted({w for line in CORPUS for w in line.split()})
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def process_stats(pid: int) -> dict:
+    """RSS (MB), threads and open descriptors of a process, from /proc."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {
+        "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+        "threads": int(status["Threads"]),
+        "fds": len(list(Path(f"/proc/{pid}/fd").iterdir())),
+    }
+
+
+def body(rng: random.Random, documents: int) -> dict:
+    docs = [" ".join(rng.choices(WORDS, k=rng.randint(5, 80))) for _ in range(documents)]
+    request = {"query": " ".join(rng.choices(WORDS, k=rng.randint(2, 10))), "documents": docs}
+    if rng.random() < 0.05:  # hostile: over the text budget without truncation (413)
+        request.update(documents=["x" * 100_000], truncate=False)
+    elif rng.random() < 0.05:  # hostile: over the documents limit (413)
+        request["documents"] = ["d"] * 1001
+    return request
+
+
+async def one(client: httpx.AsyncClient, base: str, request: dict, latencies: list, errors: list) -> None:
+    started = time.perf_counter()
+    try:
+        response = await client.post(f"{base}/v1/rerank", json=request, timeout=30)
+        hostile = request.get("truncate") is False or len(request["documents"]) > 1000
+        ok = response.status_code == (413 if hostile else 200)
+        if not ok:
+            errors.append(f"HTTP {response.status_code}")
+    except httpx.HTTPError as exc:
+        errors.append(type(exc).__name__)
+        return
+    if ok and not (request.get("truncate") is False or len(request["documents"]) > 1000):
+        latencies.append(time.perf_counter() - started)
+
+
+async def capacity(base: str, seconds: float, concurrency: int, documents: int) -> float:
+    """Requests/s a closed loop of `concurrency` clients gets (ordinary requests only)."""
+    rng = random.Random(1)
+    done, deadline = 0, time.monotonic() + seconds
+
+    async def client_loop(client):
+        nonlocal done
+        while time.monotonic() < deadline:
+            request = {"query": "a query", "documents": body(rng, documents)["documents"][:documents]}
+            if len(request["documents"]) == documents:
+                await client.post(f"{base}/v1/rerank", json=request, timeout=30)
+                done += 1
+
+    async with httpx.AsyncClient() as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    return done / seconds
+
+
+async def soak(base: str, pid: int, rate: float, minutes: float, window: float, documents: int) -> list[dict]:
+    """Requests at `rate`/s on a fixed schedule; one sample per window."""
+    rng = random.Random(2)
+    samples, pending = [], set()
+    start = time.monotonic()
+    end = start + minutes * 60
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits) as client:
+        sent = 0
+        while time.monotonic() < end:
+            window_start, latencies, errors, offered = time.monotonic(), [], [], 0
+            while time.monotonic() < min(window_start + window, end):
+                due = start + sent / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                task = asyncio.ensure_future(one(client, base, body(rng, documents), latencies, errors))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                sent += 1
+                offered += 1
+            stats = process_stats(pid)
+            ordered = sorted(latencies)
+            sample = {
+                "t_s": round(time.monotonic() - start, 1),
+                "offered_rps": round(offered / window, 2),
+                "answered": len(latencies),
+                "errors": len(errors),
+                "error_kinds": sorted(set(errors)),
+                "p50_ms": round(1000 * statistics.median(ordered), 1) if ordered else None,
+                "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)
+                if ordered
+                else None,
+                **stats,
+            }
+            samples.append(sample)
+            print(
+                f"{sample['t_s']:7.0f} s  {sample['offered_rps']:5.1f} req/s  p50 {sample['p50_ms']} ms  "
+                f"p99 {sample['p99_ms']} ms  errors {sample['errors']}  rss {stats['rss_mb']:.0f} MB  "
+                f"fds {stats['fds']}  threads {stats['threads']}",
+                flush=True,
+            )
+        await asyncio.gather(*pending, return_exceptions=True)
+    return samples
+
+
+def plot(samples: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t_s"] / 60 for s in samples]
+    fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
+    axes[0].plot(t, [s["rss_mb"] for s in samples])
+    axes[0].set_ylabel("RSS (MB)")
+    axes[1].plot(t, [s["fds"] for s in samples], label="open fds")
+    axes[1].plot(t, [s["threads"] for s in samples], label="threads")
+    axes[1].legend()
+    axes[2].plot(t, [s["p50_ms"] for s in samples], label="p50")
+    axes[2].plot(t, [s["p99_ms"] for s in samples], label="p99")
+    axes[2].set_ylabel("latency (ms)")
+    axes[2].legend()
+    axes[3].plot(t, [s["errors"] for s in samples], label="errors per window")
+    axes[3].plot(t, [s["offered_rps"] for s in samples], label="offered req/s")
+    axes[3].set_xlabel("minutes")
+    axes[3].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", help="an artifact folder (default: the tiny cross-encoder, exported here)")
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--load", type=float, default=0.8, help="share of measured capacity to offer")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds per sample")
+    parser.add_argument("--documents", type=int, default=8, help="documents per request")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients while measuring capacity")
+    parser.add_argument("--threads", type=int, default=1, help="the server's --threads")
+    parser.add_argument("--port", type=int, default=30917)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="rerankrt-soak-") as tmp:
+        model_path = args.model_path
+        if model_path is None:
+            from rerankrt.export import export_model
+
+            source = build_xlmr(Path(tmp) / "model")
+            export_model(str(source), Path(tmp) / "tiny-xlmr")
+            model_path = str(Path(tmp) / "tiny-xlmr")
+        base = f"http://127.0.0.1:{args.port}"
+        command = [sys.executable, "-m", "rerankrt.cli", "serve", "--model-path", model_path, "--port",
+                   str(args.port), "--threads", str(args.threads), "--log-level", "warning"]  # fmt: skip
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.5)
+            rps = asyncio.run(capacity(base, 20, args.concurrency, args.documents))
+            rate = args.load * rps
+            print(f"capacity {rps:.1f} req/s; soaking at {rate:.1f} req/s for {args.minutes:g} min", flush=True)
+            samples = asyncio.run(soak(base, server.pid, rate, args.minutes, args.window, args.documents))
+        finally:
+            server.terminate()
+            stderr = server.communicate(timeout=60)[1]
+    first, last = samples[0], samples[-1]
+    summary = {
+        "capacity_rps": round(rps, 2),
+        "offered_rps": round(rate, 2),
+        "minutes": args.minutes,
+        "requests_answered": sum(s["answered"] for s in samples),
+        "errors": sum(s["errors"] for s in samples),
+        "rss_mb": {"first": first["rss_mb"], "last": last["rss_mb"], "max": max(s["rss_mb"] for s in samples)},
+        "fds": {"first": first["fds"], "last": last["fds"], "max": max(s["fds"] for s in samples)},
+        "threads": {"first": first["threads"], "last": last["threads"], "max": max(s["threads"] for s in samples)},
+        "p50_ms_median": statistics.median(s["p50_ms"] for s in samples if s["p50_ms"] is not None),
+        "p99_ms_max": max(s["p99_ms"] for s in samples if s["p99_ms"] is not None),
+    }
+    result = {
+        "machine": {**machine(), "cpu_model": cpu_model()},
+        "settings": vars(args),
+        "summary": summary,
+        "samples": samples,
+        "server_warnings": stderr.splitlines()[-20:],
+    }
+    path = write_result("soak", result)
+    title = f"rerankrt soak: {rate:.1f} req/s ({args.load:.0%} of capacity), {args.minutes:g} min, {cpu_model()}"
+    plot(samples, RESULTS / "soak.png", title)
+    print(f"{path}\n{summary}")
+
+
+if __name__ == "__main__":
+    main()
