@@ -89,7 +89,7 @@ def test_an_unlisted_file_is_refused(artifact, extra):
 
 
 def test_the_engine_builders_caches_are_not_listed(artifact):
-    (artifact / "tensorrt.timing-cache").write_bytes(b"cache")
+    (artifact / "tensorrt.sm90.trt11.4.0.106.timing-cache").write_bytes(b"cache")  # engines.timing_cache_name
     (artifact / "onnxruntime-tensorrt-cache").mkdir()
     (artifact / "onnxruntime-tensorrt-cache" / "engine.bin").write_bytes(b"cache")
     assert load_manifest(artifact).family == "cross-encoder"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from rerankrt.errors import InputError
 from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker, ScoreRequest
@@ -75,7 +76,7 @@ def test_a_huge_single_word_is_cut_before_the_tokenizer_sees_it(xlmr_encoder):
         del xlmr_encoder.encode
 
 
-def test_without_truncation_an_over_long_text_is_a_413_before_tokenizing(xlmr_encoder):
+def test_without_truncation_an_over_long_text_is_refused_before_tokenizing(xlmr_encoder):
     spy = Spy(xlmr_encoder)
     engine = reranker(xlmr_encoder, max_text_chars=1000)
     try:
@@ -84,7 +85,7 @@ def test_without_truncation_an_over_long_text_is_a_413_before_tokenizing(xlmr_en
             (ScoreRequest("q" * 1001, ["ok"], truncate=False), "query"),
             (ScoreRequest("q", ["ok"], instruct="i" * 1001, truncate=False), "instruct"),
         ]:
-            with pytest.raises(RequestTooLarge, match="1001 characters, over the limit of 1000") as info:
+            with pytest.raises(InputError, match="1001 characters, over the limit of 1000") as info:
                 engine.score_request(request)
             assert info.value.field == field
         assert spy.calls == []
@@ -102,7 +103,7 @@ def test_text_parts_are_cut_too():
     try:
         engine.score([{"type": "text", "text": "w " * 500}], [[{"type": "text", "text": "d " * 500}]])
         assert spy.longest <= 1  # the query and document are part lists; their texts were cut
-        with pytest.raises(RequestTooLarge) as info:
+        with pytest.raises(InputError) as info:
             engine.score("q", ["d", [{"type": "text", "text": "d " * 500}]], truncate=False)
         assert info.value.field == "documents[1][0]"
     finally:
@@ -124,7 +125,7 @@ def test_more_pairs_than_the_queue_holds_is_a_413_not_a_503():
         assert chunked.status_code == 413 and "retry-after" not in chunked.headers, chunked.text
         assert chunked.json()["param"] == "documents" and "the 50 the queue can ever hold" in chunked.json()["message"]
         many = client.post("/v1/score", json={"text_1": "q", "text_2": ["d"] * 51})
-        assert many.status_code == 413 and many.json()["param"] == "text_2"
+        assert many.status_code == 413 and many.json()["error"]["param"] == "text_2"  # vLLM's error body
         fits = client.post("/v1/rerank", json={"query": "q", "documents": [LONG] * 10, "max_chunks_per_doc": 5})
         assert fits.status_code == 200  # 10 documents x 3 chunks
 

@@ -31,7 +31,8 @@ PARITY_NAME = "parity.json"
 FIDELITY_NAME = "fidelity.json"  # the reduced-precision variant's report (artifacts exported with --precision)
 # Written into an artifact folder after export, by the engine builders, as caches: never listed, never read by a
 # loader of the model (TensorRT reads its timing cache while building; ONNX Runtime its engine cache).
-UNLISTED_FILES = frozenset({MANIFEST_NAME, "tensorrt.timing-cache"})
+UNLISTED_FILES = frozenset({MANIFEST_NAME})
+TIMING_CACHE = re.compile(r"^tensorrt\.[\w.]+\.timing-cache$")  # one per GPU and TensorRT version (engines.py)
 UNLISTED_FOLDERS = frozenset({"onnxruntime-tensorrt-cache"})
 # Source-folder files that transformers' loaders do not read (other frameworks' weights, exports); `.bin` weights
 # are not read either when safetensors ones are there.
@@ -244,7 +245,7 @@ def _check_names(folder: Path, path: Path, manifest: Manifest) -> None:
 def _check_unlisted(folder: Path, manifest: Manifest) -> None:
     listed = set(manifest.files) | UNLISTED_FILES
     for name in folder_files(folder):
-        if name not in listed:
+        if name not in listed and not TIMING_CACHE.match(name):
             raise ArtifactError(
                 f"{folder / name}: not listed in {MANIFEST_NAME}; loaders read what they find, so an unlisted "
                 "file is refused (remove it, or re-export)"

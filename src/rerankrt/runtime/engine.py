@@ -241,9 +241,9 @@ class Reranker:
                 if len(content) <= limit:
                     return content
                 if not cut:
-                    raise RequestTooLarge(
-                        field, f"{len(content)} characters, over the limit of {limit} per text; send truncate=true "
-                        "to cut it",
+                    raise InputError(  # over-long input without truncation: a 400, as for a pair over max_length
+                        field, f"{len(content)} characters, over the limit of {limit} per text. Please reduce the "
+                        "length of the input. Or send truncate=true to cut it",
                     )  # fmt: skip
                 return content[:limit]
             parts = list(content)
