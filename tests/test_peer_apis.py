@@ -300,6 +300,22 @@ def test_unknown_fields_are_accepted_and_listed_once(client, path, body):
     assert UNKNOWN_FIELDS_HEADER not in client.post(path, json=body).headers
 
 
+def test_hostile_unknown_field_names_cannot_break_the_response(client):
+    """Found by the fuzzer: a field named with control or non-ASCII characters made the header unsendable."""
+    body = {
+        "query": QUERY,
+        "texts": DOCS,
+        "a\x0cb": [True],
+        "x\ny": 1,
+        "\U00039d60": 2,
+        **{f"f{i}": i for i in range(30)},
+    }
+    response = client.post("/rerank", json=body)
+    assert response.status_code == 200
+    listed = response.headers[UNKNOWN_FIELDS_HEADER]
+    assert listed.isascii() and listed.isprintable() and listed.startswith("a%0Cb, f0, f1") and listed.endswith(", ...")
+
+
 # Every field each peer defines, with a value other than its default: a declared field (never listed as unknown),
 # answered 200 or a 400 that names it. Their effects are tested above.
 PEER_FIELDS = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import quote
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,10 +34,18 @@ from rerankrt.errors import InputError
 log = logging.getLogger(__name__)
 
 UNKNOWN_FIELDS_HEADER = "X-Rerankrt-Unknown-Fields"
+LISTED_FIELDS, LISTED_CHARS = 20, 64
 M = TypeVar("M", bound=BaseModel)
 
 ErrorShape = Callable[[int, dict, dict], JSONResponse]
 """(status, rerankrt's error body, headers) -> the peer's error response."""
+
+
+def listed_fields(names: list[str]) -> str:
+    """Field names as a header value: percent-encoded (a client's names may hold control or non-ASCII characters,
+    which no header can carry), at most LISTED_FIELDS of them, LISTED_CHARS characters each."""
+    shown = [quote(name[:LISTED_CHARS], safe="") for name in names[:LISTED_FIELDS]]
+    return ", ".join(shown) + (", ..." if len(names) > LISTED_FIELDS else "")
 
 
 def unknown_fields(body: BaseModel) -> list[str]:
@@ -48,7 +57,7 @@ def respond(content: Any, body: BaseModel | None = None, status: int = 200) -> J
     """`content` as JSON, with the request's unknown fields listed in a header and a debug log line."""
     response = JSONResponse(content, status_code=status)
     if body is not None and (unknown := unknown_fields(body)):
-        response.headers[UNKNOWN_FIELDS_HEADER] = ", ".join(unknown)
+        response.headers[UNKNOWN_FIELDS_HEADER] = listed_fields(unknown)
         log.debug("%s: fields not used by this API: %s", type(body).__name__, ", ".join(unknown))
     return response
 
