@@ -176,6 +176,10 @@ def run_export(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, args.settings_class)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.ray:
+        from rerankrt.server.ray_serve import serve_on_ray  # the one module that imports ray
+
+        return serve_on_ray(settings)
     import uvicorn
 
     from rerankrt.artifact import is_artifact
@@ -244,6 +248,9 @@ def settings_from_args(args: argparse.Namespace, settings_class: type[BaseSettin
         prefix = settings_class.model_config.get("env_prefix", "")
         problems = []
         for err in exc.errors():
+            if not err["loc"]:  # a check across fields names them in its message
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
             name = str(err["loc"][0])
             problems.append(f"--{name.replace('_', '-')} (env {prefix}{name.upper()}): {err['msg']}")
         raise RerankrtError("; ".join(problems)) from exc
