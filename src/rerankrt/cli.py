@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build-engine", help="build a TensorRT engine for this GPU into an artifact folder")
     build.add_argument("artifact", type=Path, metavar="ARTIFACT_DIR")
     add_engine_arguments(build)
+    build.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="only when the artifact has no engine for this GPU and TensorRT version, or it does not load (an init "
+        "step before serving: deploy/kubernetes/)",
+    )
     build.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     build.set_defaults(run=run_build_engine)
 
@@ -143,9 +149,12 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_build_engine(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    from rerankrt.export.tensorrt import build_engine
+    from rerankrt.export.tensorrt import build_engine, ensure_engine
 
-    build_engine(args.artifact, **engine_options(args))
+    if args.if_missing:
+        ensure_engine(args.artifact, args.engine_precision, required=True)
+    else:
+        build_engine(args.artifact, **engine_options(args))
     return 0
 
 
