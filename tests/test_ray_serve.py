@@ -328,3 +328,22 @@ def test_losing_a_replica_under_load(ray_cluster):
     assert new, f"no replacement replica answered: {summary}"
     assert len(replica_pids()) == 2, summary
     assert after >= 0.5 * before, summary
+
+
+def test_engine_check_runs_under_the_artifact_lock(tmp_path, monkeypatch):
+    import fcntl
+
+    import rerankrt.export.tensorrt as tensorrt
+    from rerankrt.server.ray_serve import LOCK_FILE, ensure_engine_once
+
+    calls = []
+
+    def fake_ensure_engine(artifact, required):
+        with open(artifact / LOCK_FILE) as other:  # another replica's attempt to take the lock fails meanwhile
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        calls.append((artifact, required))
+
+    monkeypatch.setattr(tensorrt, "ensure_engine", fake_ensure_engine)
+    ensure_engine_once(tmp_path, required=True)
+    assert calls == [(tmp_path, True)]

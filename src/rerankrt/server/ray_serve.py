@@ -20,6 +20,7 @@ ServeSettings fields).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -45,6 +46,7 @@ log = logging.getLogger("rerankrt")
 
 APP_NAME = "rerankrt"
 REPLICA_HEADER = b"x-rerankrt-replica"
+LOCK_FILE = ".build-engine.lock"
 PROXY_CALLBACK = "rerankrt.server.ray_serve:proxy_middlewares"
 HEALTH_SCORE_TIMEOUT_S = 10.0  # the health check's own pair through an idle engine
 HEALTH_CHECK_PERIOD_S = 5.0
@@ -66,9 +68,7 @@ class RerankrtReplica:
             from rerankrt.artifact import is_artifact
 
             if is_artifact(model_path):  # this replica's GPU (Ray sets CUDA_VISIBLE_DEVICES to it)
-                from rerankrt.export.tensorrt import ensure_engine
-
-                ensure_engine(model_path, required=self.settings.backend == "tensorrt")
+                ensure_engine_once(model_path, required=self.settings.backend == "tensorrt")
 
     def __serve_build_asgi_app__(self):
         from rerankrt.server.app import create_app
@@ -100,6 +100,21 @@ class RerankrtReplica:
             raise RuntimeError(
                 f"{scheduler.queued_pairs} pairs queued and no batch finished for {self.settings.request_timeout:g} s"
             )
+
+
+def ensure_engine_once(artifact: Path, required: bool) -> None:
+    """`ensure_engine` under an exclusive lock on the artifact folder: replicas starting together on GPUs of one type
+    build its engine once (the others wait, then find it). The same lock file as deploy/kubernetes/gpu.yaml's
+    `flock`; a read-only folder is checked without the lock (nothing can be built into it anyway)."""
+    from rerankrt.export.tensorrt import ensure_engine
+
+    try:
+        lock = open(artifact / LOCK_FILE, "a")  # held across the build
+    except OSError:
+        return ensure_engine(artifact, required=required)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_engine(artifact, required=required)
 
 
 class ReplicaHeader:
