@@ -7,7 +7,7 @@ keep `--concurrency` requests in flight. Models: the tiny test XLM-R and a bge-r
 random weights (bench/load.py). JSON to bench/results/ray_replicas.json.
 
     .venv/bin/pip install -e '.[ray]'
-    .venv/bin/python bench/ray_replicas.py                   # ~6 min on 2 cores
+    .venv/bin/python bench/ray_replicas.py                   # ~20 min on 2 cores (the base-sized model)
     .venv/bin/python bench/ray_replicas.py --models tiny
 """
 
