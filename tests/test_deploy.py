@@ -163,3 +163,19 @@ def test_rayservice_structure_and_pod_templates():
     cpus = float(workers["rayStartParams"]["num-cpus"])
     assert args["replica_cpus"] <= cpus
     assert args["autoscale_max_replicas"] <= workers["maxReplicas"] * gpus
+
+
+def test_the_engine_init_step_fails_loudly_without_tensorrt(tmp_path):
+    """gpu.yaml's init step: `build-engine --if-missing` on a machine that cannot build stops the pod (exit 2, the
+    reason), rather than letting the server start without the engine."""
+    from tests.support import rerankrt, write_fake_artifact
+
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here: the step would build")
+    except ImportError:
+        pass
+    result = rerankrt("build-engine", "--if-missing", write_fake_artifact(tmp_path / "artifact"))
+    assert result.returncode == 2
+    assert "TensorRT is not installed" in result.stderr
