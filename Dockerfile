@@ -24,9 +24,11 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # onnxruntime-gpu and the CPU onnxruntime share the `onnxruntime` module: keep only the GPU build.
 # (DL3013: ".[gpu]" is this project, whose pyproject.toml pins every dependency.)
+# EXTRAS=gpu,ray adds Ray Serve (`make docker-ray`: the image KubeRay runs, deploy/kuberay/).
+ARG EXTRAS=gpu
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir torch==2.13.0 \
-    && pip install --no-cache-dir ".[gpu]" \
+    && pip install --no-cache-dir ".[${EXTRAS}]" \
     && pip uninstall -y onnxruntime onnxruntime-gpu \
     && pip install --no-cache-dir --no-deps onnxruntime-gpu==1.31.1
 

@@ -17,7 +17,7 @@ SERVE_ARGS  ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: install test test-fast export serve bench clean-venv docker docker-cpu
+.PHONY: install test test-fast export serve bench clean-venv docker docker-cpu docker-ray
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,3 +67,7 @@ docker:
 
 docker-cpu:
 	docker build -f Dockerfile.cpu -t rerankrt:cpu .
+
+# the GPU image with Ray Serve, for KubeRay (deploy/kuberay/rayservice.yaml)
+docker-ray:
+	docker build -f Dockerfile --build-arg EXTRAS=gpu,ray -t rerankrt:gpu-ray .

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build-engine", help="build a TensorRT engine for this GPU into an artifact folder")
     build.add_argument("artifact", type=Path, metavar="ARTIFACT_DIR")
     add_engine_arguments(build)
+    build.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="only when the artifact has no engine for this GPU and TensorRT version, or it does not load (an init "
+        "step before serving: deploy/kubernetes/)",
+    )
     build.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     build.set_defaults(run=run_build_engine)
 
@@ -143,9 +149,12 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_build_engine(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    from rerankrt.export.tensorrt import build_engine
+    from rerankrt.export.tensorrt import build_engine, ensure_engine
 
-    build_engine(args.artifact, **engine_options(args))
+    if args.if_missing:
+        ensure_engine(args.artifact, args.engine_precision, required=True)
+    else:
+        build_engine(args.artifact, **engine_options(args))
     return 0
 
 
@@ -176,6 +185,10 @@ def run_export(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, args.settings_class)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.ray:
+        from rerankrt.server.ray_serve import serve_on_ray  # the one module that imports ray
+
+        return serve_on_ray(settings)
     from rerankrt.artifact import is_artifact
     from rerankrt.server import create_app
     from rerankrt.server.http import serve
@@ -236,6 +249,9 @@ def settings_from_args(args: argparse.Namespace, settings_class: type[BaseSettin
         prefix = settings_class.model_config.get("env_prefix", "")
         problems = []
         for err in exc.errors():
+            if not err["loc"]:  # a check across fields names them in its message
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
             name = str(err["loc"][0])
             problems.append(f"--{name.replace('_', '-')} (env {prefix}{name.upper()}): {err['msg']}")
         raise RerankrtError("; ".join(problems)) from exc

@@ -107,12 +107,18 @@ class Scheduler:
         self._queued = 0  # pairs of live (not cancelled) jobs in the queue
         self._lock = threading.Condition()
         self._closed = False
+        self.last_batch_at = time.monotonic()  # when the last forward pass ended (health checks read it)
         self._thread = threading.Thread(target=self._loop, name="rerankrt-inference", daemon=True)
         self._thread.start()
 
     @property
     def queued_pairs(self) -> int:
         return self._queued
+
+    @property
+    def alive(self) -> bool:
+        """The inference thread runs and the scheduler takes work."""
+        return self._thread.is_alive() and not self._closed
 
     def submit(self, pairs: Sequence[Features]) -> Future:
         """A future of the logits for `pairs`, in their order; cancelling it drops the pairs still queued.
@@ -200,6 +206,7 @@ class Scheduler:
                 job.resolve(exc)
             return
         seconds = time.perf_counter() - started
+        self.last_batch_at = time.monotonic()
         for pending, logit in zip(batch, logits, strict=True):
             job = pending.job
             job.logits[pending.index] = logit

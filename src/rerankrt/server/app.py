@@ -41,6 +41,8 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     batching and limits."""
     metrics = Metrics()
     reranker = Reranker(model or load_model(settings), settings, on_batch=metrics.observe_batch)
+    # read at each scrape, so an idle server reports 0 (an autoscaler on this gauge scales down)
+    metrics.queue_pairs.set_function(lambda: reranker.scheduler.queued_pairs)
     scoring = Scoring(reranker, settings.request_timeout, metrics)
 
     @asynccontextmanager

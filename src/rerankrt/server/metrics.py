@@ -23,7 +23,9 @@ class Metrics:
             "rerankrt_request_seconds", "HTTP request latency by route", ["route"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self.queue_pairs = Gauge("rerankrt_queue_pairs", "pairs waiting for inference", registry=self.registry)
+        self.queue_pairs = Gauge(
+            "rerankrt_queue_pairs", "pairs waiting for inference (the autoscaling signal)", registry=self.registry
+        )  # create_app points it at the scheduler
         self.batch_size = Histogram(
             "rerankrt_batch_pairs", "pairs per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
         )

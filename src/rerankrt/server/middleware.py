@@ -119,7 +119,6 @@ class Observe:
         route = scope["path"] if scope["path"] in self.routes else "unmatched"
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(seconds)
-        self.metrics.queue_pairs.set(self.scheduler.queued_pairs)
         access_log.info(
             "%s %s %d %.1f ms (request id %s)", scope["method"], scope["path"], status, seconds * 1000, request_id,
             extra={

@@ -59,6 +59,39 @@ class ServeSettings(BaseSettings, EngineSettings):
     warmup: bool = Field(True, description="run one batch before reporting healthy")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")
+    # --- Ray Serve (`--ray`; the `ray` extra): replicas of this server behind Ray Serve's HTTP proxy, see
+    # server/ray_serve.py and docs/deploy.md. --host/--port are then the proxy's.
+    ray: bool = Field(
+        False,
+        description="serve on Ray Serve: --replicas copies of this server (one engine and one scheduler each) behind "
+        "Ray's HTTP proxy on --host/--port, same routes (needs the `ray` extra)",
+    )
+    ray_address: str | None = Field(
+        None, description="with --ray: the Ray cluster to join (default: RAY_ADDRESS, else start a local one)"
+    )
+    replicas: int = Field(1, ge=1, description="with --ray: replicas when not autoscaling")
+    autoscale_min_replicas: int | None = Field(
+        None, ge=0, description="with --ray: autoscale between this and --autoscale-max-replicas (both needed)"
+    )
+    autoscale_max_replicas: int | None = Field(None, ge=1, description="with --ray: most replicas when autoscaling")
+    autoscale_target_ongoing_requests: float = Field(
+        4.0, gt=0, description="with --ray: requests in flight per replica the autoscaler aims for"
+    )
+    max_ongoing_requests: int = Field(
+        16,
+        ge=1,
+        description="with --ray: requests Ray sends one replica at once; with --max-documents-per-request it bounds "
+        "the pairs in the replica's queue (docs/deploy.md)",
+    )
+    max_queued_requests: int = Field(
+        64,
+        ge=1,
+        description="with --ray: requests each Ray proxy holds while every replica is at --max-ongoing-requests; "
+        "beyond, 503 with Retry-After",
+    )
+    replica_cpus: float = Field(1.0, ge=0, description="with --ray: CPUs Ray reserves per replica")
+    replica_gpus: float = Field(0.0, ge=0, description="with --ray: GPUs Ray reserves per replica (1 on a GPU node)")
+
     # --- media of multimodal requests (image_url / video_url parts); see server/media/
     allowed_local_media_path: str | None = Field(
         None,
@@ -126,6 +159,15 @@ class ServeSettings(BaseSettings, EngineSettings):
             except ValueError as exc:
                 raise ValueError(f"{network!r} is not a network in CIDR notation, e.g. 10.0.0.0/8 ({exc})") from None
         return value
+
+    @model_validator(mode="after")
+    def _check_autoscaling(self):
+        bounds = (self.autoscale_min_replicas, self.autoscale_max_replicas)
+        if (bounds[0] is None) != (bounds[1] is None):
+            raise ValueError("--autoscale-min-replicas and --autoscale-max-replicas go together")
+        if bounds[0] is not None and bounds[0] > bounds[1]:
+            raise ValueError(f"--autoscale-min-replicas {bounds[0]} is above --autoscale-max-replicas {bounds[1]}")
+        return self
 
     @field_validator("allowed_local_media_path")
     @classmethod

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import quote
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
