@@ -162,3 +162,9 @@ def test_a_real_export_hashes_its_source_and_torch_refuses_a_tampered_copy(artif
         weights.write(b"\x00\x01\x02\x03")
     with pytest.raises(ArtifactError, match="model.safetensors: sha256 does not match the export's"):
         Reranker.load(str(copy), backend="torch", threads=1)
+
+
+def test_the_engine_build_lock_is_not_a_listed_file(artifact):
+    """Replicas sharing an artifact folder build a GPU's engine once, under a lock file in it."""
+    (artifact / ".build-engine.lock").write_bytes(b"")
+    assert load_manifest(artifact).family == "cross-encoder"

@@ -31,7 +31,8 @@ PARITY_NAME = "parity.json"
 FIDELITY_NAME = "fidelity.json"  # the reduced-precision variant's report (artifacts exported with --precision)
 # Written into an artifact folder after export, by the engine builders, as caches: never listed, never read by a
 # loader of the model (TensorRT reads its timing cache while building; ONNX Runtime its engine cache).
-UNLISTED_FILES = frozenset({MANIFEST_NAME})
+BUILD_LOCK = ".build-engine.lock"  # replicas sharing the folder build a GPU's engine once under it (flock)
+UNLISTED_FILES = frozenset({MANIFEST_NAME, BUILD_LOCK})
 TIMING_CACHE = re.compile(r"^tensorrt\.[\w.]+\.timing-cache$")  # one per GPU and TensorRT version (engines.py)
 UNLISTED_FOLDERS = frozenset({"onnxruntime-tensorrt-cache"})
 # Source-folder files that transformers' loaders do not read (other frameworks' weights, exports); `.bin` weights

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from rerankrt.artifact import BUILD_LOCK
 from rerankrt.errors import RerankrtError
 
 try:
@@ -46,7 +47,7 @@ log = logging.getLogger("rerankrt")
 
 APP_NAME = "rerankrt"
 REPLICA_HEADER = b"x-rerankrt-replica"
-LOCK_FILE = ".build-engine.lock"
+LOCK_FILE = BUILD_LOCK
 PROXY_CALLBACK = "rerankrt.server.ray_serve:proxy_middlewares"
 HEALTH_SCORE_TIMEOUT_S = 10.0  # the health check's own pair through an idle engine
 HEALTH_CHECK_PERIOD_S = 5.0
