@@ -75,6 +75,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, base: str, seconds: float = 120) -> None:
+    """Until `base`/health answers 200; the test fails with the server's output if it exits or never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"the server did not become healthy:\n{proc.communicate()[0]}")
+
+
 @contextlib.contextmanager
 def running_server(model_path, *flags):
     """`rerankrt serve` in a subprocess on a free port; yields its base URL, then stops it with SIGTERM."""
@@ -85,16 +98,7 @@ def running_server(model_path, *flags):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not become healthy:\n{proc.communicate()[0]}")
+    wait_healthy(proc, base)
     SERVERS[base] = proc
     try:
         yield base
@@ -277,16 +281,7 @@ def fake_server(*args: str, settings: dict | None = None, memory: int | None = N
         preexec_fn=address_space_limit(memory, open_files), cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"the server did not become healthy:\n{proc.communicate()[0]}")
+    wait_healthy(proc, base)
     try:
         yield base, proc
     finally:
