@@ -5,8 +5,11 @@ import threading
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from rerankrt.runtime.scheduler import Overloaded, Scheduler
+from rerankrt.runtime.batching import plan_batches
+from rerankrt.runtime.scheduler import CANDIDATE_FACTOR, SCHEDULING, Overloaded, Scheduler
+from rerankrt.runtime.settings import EngineSettings
 
 
 def pair(length: int, seed: int) -> dict:
@@ -46,9 +49,12 @@ class Recorder:
         return logits
 
 
-def test_concurrent_requests_get_their_own_results_in_order():
+@pytest.mark.parametrize("scheduling", SCHEDULING)
+def test_concurrent_requests_get_their_own_results_in_order(scheduling):
     backend = Recorder()
-    scheduler = Scheduler(backend.run, collate, max_batch_size=8, max_batch_tokens=400, batch_wait_ms=5)
+    scheduler = Scheduler(
+        backend.run, collate, scheduling=scheduling, max_batch_size=8, max_batch_tokens=400, batch_wait_ms=5
+    )
     rng = np.random.default_rng(0)
     jobs = [[pair(int(n), seed=100 * j + i) for i, n in enumerate(rng.integers(1, 60, size=rng.integers(1, 12)))]
             for j in range(40)]  # fmt: skip
@@ -63,9 +69,12 @@ def test_concurrent_requests_get_their_own_results_in_order():
     assert len(backend.shapes) < sum(len(j) for j in jobs)  # pairs of different requests shared batches
 
 
-def test_batches_respect_size_and_token_budget():
+@pytest.mark.parametrize("scheduling", SCHEDULING)
+def test_batches_respect_size_and_token_budget(scheduling):
     backend = Recorder()
-    scheduler = Scheduler(backend.run, collate, max_batch_size=4, max_batch_tokens=100, batch_wait_ms=5)
+    scheduler = Scheduler(
+        backend.run, collate, scheduling=scheduling, max_batch_size=4, max_batch_tokens=100, batch_wait_ms=5
+    )
     rng = np.random.default_rng(1)
     pairs = [pair(int(n), seed=i) for i, n in enumerate(rng.integers(1, 50, size=60))]
     pairs.append(pair(250, seed=99))  # longer than the budget on its own
@@ -81,9 +90,10 @@ def test_batches_respect_size_and_token_budget():
     assert (1, 250) in backend.shapes
 
 
-def test_cancelled_request_never_reaches_the_backend():
+@pytest.mark.parametrize("scheduling", SCHEDULING)
+def test_cancelled_request_never_reaches_the_backend(scheduling):
     backend = Recorder(hold=True)
-    scheduler = Scheduler(backend.run, collate, max_batch_size=2, batch_wait_ms=0)
+    scheduler = Scheduler(backend.run, collate, scheduling=scheduling, max_batch_size=2, batch_wait_ms=0)
     first, second = [pair(5, 1), pair(5, 2)], [pair(7, 3), pair(7, 4)]
 
     async def main():
@@ -104,9 +114,12 @@ def test_cancelled_request_never_reaches_the_backend():
     assert sorted(backend.seen) == sorted(expected(p) for p in first)
 
 
-def test_full_queue_refuses_then_recovers():
+@pytest.mark.parametrize("scheduling", SCHEDULING)
+def test_full_queue_refuses_then_recovers(scheduling):
     backend = Recorder(hold=True)
-    scheduler = Scheduler(backend.run, collate, max_batch_size=4, max_queued_pairs=10, batch_wait_ms=0)
+    scheduler = Scheduler(
+        backend.run, collate, scheduling=scheduling, max_batch_size=4, max_queued_pairs=10, batch_wait_ms=0
+    )
 
     async def main():
         held = asyncio.create_task(scheduler.run_async([pair(3, i) for i in range(4)]))
@@ -123,7 +136,8 @@ def test_full_queue_refuses_then_recovers():
     scheduler.close()
 
 
-def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on():
+@pytest.mark.parametrize("scheduling", SCHEDULING)
+def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on(scheduling):
     calls = []
 
     def flaky(batch):
@@ -132,7 +146,7 @@ def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on():
             raise RuntimeError("device lost")
         return batch["input_ids"].sum(axis=1).astype(np.float32)
 
-    scheduler = Scheduler(flaky, collate, batch_wait_ms=0)
+    scheduler = Scheduler(flaky, collate, scheduling=scheduling, batch_wait_ms=0)
 
     async def main():
         with pytest.raises(RuntimeError, match="device lost"):
@@ -143,9 +157,10 @@ def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on():
     scheduler.close()
 
 
-def test_close_finishes_queued_work():
+@pytest.mark.parametrize("scheduling", SCHEDULING)
+def test_close_finishes_queued_work(scheduling):
     backend = Recorder()
-    scheduler = Scheduler(backend.run, collate, max_batch_size=2, batch_wait_ms=20)
+    scheduler = Scheduler(backend.run, collate, scheduling=scheduling, max_batch_size=2, batch_wait_ms=20)
 
     async def main():
         task = asyncio.create_task(scheduler.run_async([pair(4, i) for i in range(6)]))
@@ -154,3 +169,153 @@ def test_close_finishes_queued_work():
         return await task
 
     assert len(asyncio.run(main())) == 6
+
+
+# --- scheduling policies: a held backend sees the whole queue at once, so batches are deterministic ---------------
+
+
+def tagged(request: int, lengths) -> list[dict]:
+    """Pairs whose first token says which request and document they are (1000 * request + document + 1)."""
+    return [{"input_ids": np.full(n, 1000 * request + i + 1, dtype=np.int64)} for i, n in enumerate(lengths)]
+
+
+class BatchLog:
+    """Backend recording each batch as (request, document, length) rows; held until `release`."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int, int]]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def collate(self, pairs):
+        return {"rows": [(int(p["input_ids"][0]) - 1, len(p["input_ids"])) for p in pairs]}
+
+    def run(self, batch):
+        self.entered.set()
+        assert self.release.wait(30)
+        self.batches.append([(tag // 1000, tag % 1000, n) for tag, n in batch["rows"]])
+        return np.array([tag for tag, _ in batch["rows"]], dtype=np.float32)
+
+
+def replay(requests: list[list[int]], scheduling: str, **limits) -> list[list[tuple[int, int, int]]]:
+    """Queue `requests` (lists of pair lengths) behind a held batch, release, return the batches that followed."""
+    log = BatchLog()
+    scheduler = Scheduler(log.run, log.collate, batch_wait_ms=0, scheduling=scheduling, **limits)
+    blocker = scheduler.submit(tagged(999, [1]))
+    assert log.entered.wait(30)
+    futures = [scheduler.submit(tagged(r, lengths)) for r, lengths in enumerate(requests)]
+    log.release.set()
+    assert blocker.result(30).tolist() == [999000]
+    for r, (future, lengths) in enumerate(zip(futures, requests, strict=True)):
+        assert future.result(30).tolist() == [1000 * r + i for i in range(len(lengths))]
+    scheduler.close()
+    return log.batches[1:]
+
+
+def completions(batches, count: int) -> list[int]:
+    """The batch in which each request's last pair ran."""
+    last = {}
+    for b, batch in enumerate(batches):
+        for request, _, _ in batch:
+            last[request] = b
+    return [last[r] for r in range(count)]
+
+
+def test_oldest_first_draws_from_the_oldest_request_and_tops_up_from_the_next():
+    requests = [[10, 20, 30, 40, 50, 60], [15, 25], [35, 45, 55], [5]]
+    batches = replay(requests, "oldest-first", max_batch_size=4, max_batch_tokens=1000)
+    assert [sorted(batch) for batch in batches] == [
+        [(0, 2, 30), (0, 3, 40), (0, 4, 50), (0, 5, 60)],  # the oldest request fills the batch alone, longest first
+        [(0, 0, 10), (0, 1, 20), (1, 0, 15), (1, 1, 25)],  # its last two, topped up by the next request (enough)
+        [(2, 0, 35), (2, 1, 45), (2, 2, 55), (3, 0, 5)],
+    ]
+    assert completions(batches, 4) == [1, 1, 2, 2]
+
+
+def test_interleaved_is_unchanged_length_sorted_across_requests():
+    requests = [[10, 20, 30, 40, 50, 60], [15, 25], [35, 45, 55], [5]]
+    batches = replay(requests, "interleaved", max_batch_size=4, max_batch_tokens=1000)
+    assert [sorted(batch) for batch in batches] == [
+        [(0, 0, 10), (0, 1, 20), (1, 0, 15), (3, 0, 5)],  # the group holding the oldest pair (length 10)
+        [(0, 2, 30), (0, 3, 40), (1, 1, 25), (2, 0, 35)],
+        [(0, 4, 50), (0, 5, 60), (2, 1, 45), (2, 2, 55)],
+    ]
+    assert completions(batches, 4) == [2, 1, 2, 0]
+
+
+def reference_interleaved(requests, max_batch_size, max_batch_tokens, max_padding_ratio):
+    """The batches the interleaved policy forms, computed from the queue as the pre-oldest-first scheduler did."""
+    queue = [(r, i, n) for r, lengths in enumerate(requests) for i, n in enumerate(lengths)]
+    batches = []
+    while queue:
+        candidates = queue[: max_batch_size * CANDIDATE_FACTOR]
+        groups = plan_batches([n for _, _, n in candidates], max_batch_size, max_batch_tokens, max_padding_ratio)
+        chosen = next(group for group in groups if 0 in group)
+        batches.append(sorted(candidates[i] for i in chosen))
+        queue = [p for p in queue if p not in batches[-1]]
+    return batches
+
+
+def burst(seed: int, count: int = 12, docs: int = 10) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[int(n) for n in rng.integers(3, 50, size=docs)] for _ in range(count)]
+
+
+@pytest.mark.parametrize("padding", [0.2, 1.0])
+def test_interleaved_forms_the_same_batches_as_before(padding):
+    requests = burst(seed=3)
+    batches = replay(requests, "interleaved", max_batch_size=8, max_batch_tokens=300, max_padding_ratio=padding)
+    assert [sorted(batch) for batch in batches] == reference_interleaved(requests, 8, 300, padding)
+
+
+@pytest.mark.parametrize("padding", [0.2, 1.0])
+def test_oldest_first_keeps_the_limits_and_tops_up_only_a_batch_the_oldest_cannot_fill(padding):
+    requests = burst(seed=4)
+    batches = replay(requests, "oldest-first", max_batch_size=8, max_batch_tokens=300, max_padding_ratio=padding)
+    pending = {r: dict(enumerate(lengths)) for r, lengths in enumerate(requests)}
+    for batch in batches:
+        rows, width = len(batch), max(n for _, _, n in batch)
+        assert rows <= 8 and (rows * width <= 300 or rows == 1)
+        assert 1 - sum(n for _, _, n in batch) / (rows * width) <= padding + 1e-9
+        oldest = min(r for r in pending if pending[r])
+        own = [(r, i, n) for r, i, n in batch if r == oldest]
+        # its longest length-sorted group, as many pairs as the limits let that request alone put in a batch
+        group = plan_batches(list(pending[oldest].values()), 8, 300, padding)[0]
+        assert sorted(n for _, _, n in own) == sorted(list(pending[oldest].values())[i] for i in group)
+        if len(own) < len(batch):  # newer requests' pairs only in a batch the oldest could not fill
+            assert len(own) < 8
+        for r, i, _ in batch:
+            del pending[r][i]
+    assert not any(pending.values())
+
+
+def test_oldest_first_finishes_requests_in_arrival_order_where_interleaved_finishes_them_together():
+    requests = burst(seed=5, count=8, docs=8)
+    oldest_first = completions(replay(requests, "oldest-first", max_batch_size=8, max_batch_tokens=1000), 8)
+    interleaved = completions(replay(requests, "interleaved", max_batch_size=8, max_batch_tokens=1000), 8)
+    assert oldest_first == list(range(8))  # one request per batch: its 8 pairs fill it
+    assert interleaved == [5, 7, 7, 7, 7, 7, 7, 5]  # nearly all finish in the last batch
+
+
+def test_cancelled_oldest_request_is_skipped():
+    log = BatchLog()
+    scheduler = Scheduler(log.run, log.collate, max_batch_size=4, batch_wait_ms=0)
+    blocker = scheduler.submit(tagged(9, [3]))
+    assert log.entered.wait(30)
+    first, second = scheduler.submit(tagged(0, [5, 6, 7])), scheduler.submit(tagged(1, [4, 8]))
+    assert scheduler.queued_pairs == 5
+    first.cancel()
+    assert scheduler.queued_pairs == 2
+    log.release.set()
+    assert second.result(30).tolist() == [1000, 1001]
+    blocker.result(30)
+    scheduler.close()
+    assert [sorted(batch) for batch in log.batches[1:]] == [[(1, 0, 4), (1, 1, 8)]]
+
+
+def test_unknown_scheduling_is_refused():
+    with pytest.raises(ValueError, match="unknown scheduling 'fifo': expected one of oldest-first, interleaved"):
+        Scheduler(lambda batch: batch, collate, scheduling="fifo")
+    with pytest.raises(ValidationError, match="scheduling"):
+        EngineSettings(model_path="m", scheduling="fifo")
+    assert EngineSettings(model_path="m").scheduling == "oldest-first"

@@ -32,6 +32,34 @@ def plan_batches(
     return batches
 
 
+def top_up(
+    batch: Sequence[int],
+    lengths: Sequence[int],
+    max_batch_size: int,
+    max_batch_tokens: int,
+    max_padding_ratio: float = 1.0,
+) -> list[int]:
+    """Indices of `lengths` that join a batch of pairs of lengths `batch`, within the limits of `plan_batches`.
+
+    Pairs no longer than the batch's longest join first, longest first (as `plan_batches` groups them), then
+    pairs longer than it, shortest first, each while the batch stays within all limits.
+    """
+    rows, longest, real = len(batch), max(max(batch), 1), sum(batch)
+    below = sorted((i for i, n in enumerate(lengths) if n <= longest), key=lambda i: -lengths[i])
+    above = sorted((i for i, n in enumerate(lengths) if n > longest), key=lambda i: lengths[i])
+    joined: list[int] = []
+    for candidates in (below, above):
+        for i in candidates:
+            width = max(longest, int(lengths[i]))
+            if rows >= max_batch_size or (rows + 1) * width > max_batch_tokens:
+                break
+            if 1 - (real + lengths[i]) / ((rows + 1) * width) > max_padding_ratio:
+                break
+            joined.append(i)
+            rows, longest, real = rows + 1, width, real + int(lengths[i])
+    return joined
+
+
 def default_padding_ratio(device: str) -> float:
     """On CPU a padded position costs as much as a real one and big batches buy little (bench/load.py)."""
     return 0.1 if device == "cpu" else 1.0

@@ -113,6 +113,7 @@ class Reranker:
             batch_wait_ms=settings.batch_wait_ms,
             max_padding_ratio=padding,
             on_batch=on_batch,
+            scheduling=settings.scheduling,
         )
         # One encoding thread: a Hugging Face tokenizer is not safe to call from several threads at once
         # ("Already borrowed"), and its batch calls are parallel inside already. It overlaps with inference.

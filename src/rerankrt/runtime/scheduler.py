@@ -1,11 +1,20 @@
 """Dynamic batching across requests: one queue of encoded pairs, one inference thread per backend.
 
 Requests submit their encoded pairs and await the logits. The inference thread
-waits a short collection window, then forms a batch from the head of the
-queue: the oldest pending pair plus those of similar length among the next
-candidates, within `max_batch_size` pairs, `max_batch_tokens` padded tokens
-(rows x longest pair) and `max_padding_ratio` padded positions. So padding stays small, the oldest pair always makes
-progress, and results are scattered back to each request in its own order.
+waits a short collection window, then forms a batch within `max_batch_size`
+pairs, `max_batch_tokens` padded tokens (rows x longest pair) and
+`max_padding_ratio` padded positions, by one of two policies:
+
+- `oldest-first` (the default): the longest length-sorted group of the oldest
+  request's pending pairs, topped up, only when that group cannot fill the
+  batch, with newer requests' pairs that fit (those of the fewest next-oldest
+  requests that fill it). So under load requests finish in arrival order as far
+  as the limits allow, rather than all together at the end.
+- `interleaved`: the oldest pending pair plus those of similar length among the
+  next `max_batch_size * CANDIDATE_FACTOR` pending pairs of any request.
+
+Either way padding stays small, the oldest pair always makes progress, and
+results are scattered back to each request in its own order.
 
 The queue is bounded by pairs: a submission that would overflow it fails at
 once with `Overloaded` (the server answers 503 with Retry-After), so memory
@@ -28,11 +37,12 @@ import numpy as np
 
 from rerankrt.errors import RerankrtError
 from rerankrt.families import Batch, Features
-from rerankrt.runtime.batching import plan_batches
+from rerankrt.runtime.batching import plan_batches, top_up
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_FACTOR = 8  # a batch is chosen among the oldest max_batch_size * CANDIDATE_FACTOR pending pairs
+CANDIDATE_FACTOR = 8  # a batch is chosen among (tops up from) the oldest max_batch_size * CANDIDATE_FACTOR pairs
+SCHEDULING = ("oldest-first", "interleaved")
 
 
 class Overloaded(RerankrtError):
@@ -94,7 +104,10 @@ class Scheduler:
         batch_wait_ms: float = 2.0,
         max_padding_ratio: float = 1.0,
         on_batch: Callable[[BatchStats], None] | None = None,
+        scheduling: str = "oldest-first",
     ):
+        if scheduling not in SCHEDULING:
+            raise ValueError(f"unknown scheduling {scheduling!r}: expected one of {', '.join(SCHEDULING)}")
         self.run = run
         self.collate = collate
         self.max_batch_size = max_batch_size
@@ -103,6 +116,7 @@ class Scheduler:
         self.batch_wait = batch_wait_ms / 1000
         self.max_padding_ratio = max_padding_ratio
         self.on_batch = on_batch
+        self._choose = self._oldest_first if scheduling == "oldest-first" else self._interleaved
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # pairs of live (not cancelled) jobs in the queue
         self._lock = threading.Condition()
@@ -183,17 +197,46 @@ class Scheduler:
                 self._queue.popleft()
             if not self._queue:
                 return []
-            limit = self.max_batch_size * CANDIDATE_FACTOR
-            candidates = [p for p in self._queue if not p.job.cancelled][:limit]
-            groups = plan_batches(
-                [p.length for p in candidates], self.max_batch_size, self.max_batch_tokens, self.max_padding_ratio
-            )
-            chosen = next(group for group in groups if 0 in group)  # the group holding the oldest pair
-            taken = [candidates[i] for i in chosen]
+            taken = self._choose([p for p in self._queue if not p.job.cancelled])
             taken_ids = {id(p) for p in taken}
             self._queue = deque(p for p in self._queue if id(p) not in taken_ids and not p.job.cancelled)
             self._queued -= len(taken)
             return taken
+
+    def _interleaved(self, live: list[_Pending]) -> list[_Pending]:
+        """The group holding the oldest pair, length-sorted among the oldest candidates of any request."""
+        candidates = live[: self.max_batch_size * CANDIDATE_FACTOR]
+        groups = plan_batches(
+            [p.length for p in candidates], self.max_batch_size, self.max_batch_tokens, self.max_padding_ratio
+        )
+        chosen = next(group for group in groups if 0 in group)
+        return [candidates[i] for i in chosen]
+
+    def _oldest_first(self, live: list[_Pending]) -> list[_Pending]:
+        """The oldest request's longest group, topped up with the pairs of the fewest next-oldest requests."""
+        limits = (self.max_batch_size, self.max_batch_tokens, self.max_padding_ratio)
+        oldest = live[0].job
+        own = [p for p in live if p.job is oldest]
+        taken = [own[i] for i in plan_batches([p.length for p in own], *limits)[0]]
+        newer = [p for p in live if p.job is not oldest][: self.max_batch_size * CANDIDATE_FACTOR]
+        room = self.max_batch_size - len(taken)
+        if not room or not newer:
+            return taken
+        # queue order is request order: `ends[k]` closes the first k + 1 newer requests
+        ends = [i for i in range(1, len(newer) + 1) if i == len(newer) or newer[i].job is not newer[i - 1].job]
+        lengths = [p.length for p in taken]
+
+        def fill(end: int) -> list[int]:
+            return top_up(lengths, [p.length for p in newer[:end]], *limits)
+
+        joined = fill(ends[-1])
+        if len(joined) == room:  # bisect for the fewest requests that still fill it (`hi` always fills)
+            lo, hi = 0, len(ends) - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if len(fill(ends[mid])) == room else (mid + 1, hi)
+            joined = fill(ends[hi])
+        return taken + [newer[i] for i in joined]
 
     def _run(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()

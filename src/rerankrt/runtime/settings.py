@@ -61,6 +61,12 @@ class EngineSettings(BaseModel):
         description="share of padded positions a batch may hold (default: 0.1 on CPU, where padding costs as much "
         "as real tokens and batching saves little, 1.0 on a GPU)",
     )
+    scheduling: Literal["oldest-first", "interleaved"] = Field(
+        "oldest-first",
+        description="how batches are drawn from the queue: oldest-first finishes requests in arrival order (a batch "
+        "holds the oldest request's pairs, topped up with newer requests' only to fill it); interleaved takes pairs "
+        "of similar length from all queued requests, so under load they all finish together",
+    )
     batch_wait_ms: float = Field(
         2.0, ge=0, description="how long the batcher waits for concurrent requests to join a batch"
     )
