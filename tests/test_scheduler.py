@@ -297,6 +297,20 @@ def test_oldest_first_finishes_requests_in_arrival_order_where_interleaved_finis
     assert interleaved == [5, 7, 7, 7, 7, 7, 7, 5]  # nearly all finish in the last batch
 
 
+def test_oldest_first_tops_up_only_to_top_up_tokens():
+    requests = [[100, 90], [95, 85, 80], [98]]
+    full = replay(requests, "oldest-first", max_batch_size=8, max_batch_tokens=1000)
+    capped = replay(requests, "oldest-first", max_batch_size=8, max_batch_tokens=1000, top_up_tokens=400)
+    assert [sorted(batch) for batch in full] == [
+        [(0, 0, 100), (0, 1, 90), (1, 0, 95), (1, 1, 85), (1, 2, 80), (2, 0, 98)]
+    ]
+    assert [sorted(batch) for batch in capped] == [
+        [(0, 0, 100), (0, 1, 90), (1, 0, 95), (1, 1, 85)],  # 4 x 100 padded tokens: no more newer pairs
+        [(1, 2, 80), (2, 0, 98)],
+    ]
+    assert completions(capped, 3) == [0, 1, 1]
+
+
 def test_cancelled_oldest_request_is_skipped():
     log = BatchLog()
     scheduler = Scheduler(log.run, log.collate, max_batch_size=4, batch_wait_ms=0)

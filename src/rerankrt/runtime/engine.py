@@ -31,7 +31,7 @@ import numpy as np
 
 from rerankrt.errors import InputError
 from rerankrt.families import Content, Features
-from rerankrt.runtime.batching import default_padding_ratio
+from rerankrt.runtime.batching import default_padding_ratio, default_top_up_tokens
 from rerankrt.runtime.chunking import chunk_documents, cut_documents, keep_tokens
 from rerankrt.runtime.loader import LoadedModel, load_model
 from rerankrt.runtime.scheduler import BatchStats, Scheduler
@@ -114,6 +114,7 @@ class Reranker:
             max_padding_ratio=padding,
             on_batch=on_batch,
             scheduling=settings.scheduling,
+            top_up_tokens=settings.top_up_tokens or default_top_up_tokens(model.backend.device),
         )
         # One encoding thread: a Hugging Face tokenizer is not safe to call from several threads at once
         # ("Already borrowed"), and its batch calls are parallel inside already. It overlaps with inference.

@@ -8,7 +8,9 @@ pairs, `max_batch_tokens` padded tokens (rows x longest pair) and
 - `oldest-first` (the default): the longest length-sorted group of the oldest
   request's pending pairs, topped up, only when that group cannot fill the
   batch, with newer requests' pairs that fit (those of the fewest next-oldest
-  requests that fill it). So under load requests finish in arrival order as far
+  requests that fill it), up to `top_up_tokens` padded tokens (on CPU a pass
+  costs what its tokens cost whatever the batch, so a full batch buys nothing
+  there and topping up would only delay the oldest request). So under load requests finish in arrival order as far
   as the limits allow, rather than all together at the end.
 - `interleaved`: the oldest pending pair plus those of similar length among the
   next `max_batch_size * CANDIDATE_FACTOR` pending pairs of any request.
@@ -105,6 +107,7 @@ class Scheduler:
         max_padding_ratio: float = 1.0,
         on_batch: Callable[[BatchStats], None] | None = None,
         scheduling: str = "oldest-first",
+        top_up_tokens: int | None = None,
     ):
         if scheduling not in SCHEDULING:
             raise ValueError(f"unknown scheduling {scheduling!r}: expected one of {', '.join(SCHEDULING)}")
@@ -116,6 +119,7 @@ class Scheduler:
         self.batch_wait = batch_wait_ms / 1000
         self.max_padding_ratio = max_padding_ratio
         self.on_batch = on_batch
+        self.top_up_tokens = top_up_tokens or max_batch_tokens
         self._choose = self._oldest_first if scheduling == "oldest-first" else self._interleaved
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # pairs of live (not cancelled) jobs in the queue
@@ -220,8 +224,11 @@ class Scheduler:
         taken = [own[i] for i in plan_batches([p.length for p in own], *limits)[0]]
         newer = [p for p in live if p.job is not oldest][: self.max_batch_size * CANDIDATE_FACTOR]
         room = self.max_batch_size - len(taken)
-        if not room or not newer:
+        padded = len(taken) * max(p.length for p in taken)
+        if not room or not newer or padded >= self.top_up_tokens:
             return taken
+        # newer pairs join only up to `top_up_tokens` padded tokens: beyond, they delay the oldest request
+        limits = (self.max_batch_size, min(self.max_batch_tokens, self.top_up_tokens), self.max_padding_ratio)
         # queue order is request order: `ends[k]` closes the first k + 1 newer requests
         ends = [i for i in range(1, len(newer) + 1) if i == len(newer) or newer[i].job is not newer[i - 1].job]
         lengths = [p.length for p in taken]
@@ -230,12 +237,12 @@ class Scheduler:
             return top_up(lengths, [p.length for p in newer[:end]], *limits)
 
         joined = fill(ends[-1])
-        if len(joined) == room:  # bisect for the fewest requests that still fill it (`hi` always fills)
-            lo, hi = 0, len(ends) - 1
-            while lo < hi:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if len(fill(ends[mid])) == room else (mid + 1, hi)
-            joined = fill(ends[hi])
+        # bisect for the fewest requests that still add as many pairs (`hi` always does)
+        lo, hi = 0, len(ends) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if len(fill(ends[mid])) == len(joined) else (mid + 1, hi)
+        joined = fill(ends[hi])
         return taken + [newer[i] for i in joined]
 
     def _run(self, batch: list[_Pending]) -> None:

@@ -67,6 +67,13 @@ class EngineSettings(BaseModel):
         "holds the oldest request's pairs, topped up with newer requests' only to fill it); interleaved takes pairs "
         "of similar length from all queued requests, so under load they all finish together",
     )
+    top_up_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="oldest-first: newer requests' pairs join the oldest request's batch only up to this many padded "
+        "tokens (default: 1024 on CPU, where a full batch is no faster per token and topping up only delays the "
+        "oldest request; max_batch_tokens on a GPU)",
+    )
     batch_wait_ms: float = Field(
         2.0, ge=0, description="how long the batcher waits for concurrent requests to join a batch"
     )
