@@ -60,10 +60,12 @@ def make_documents(tokenizer, count: int, tokens: int, seed: int = 0) -> list[st
     return docs
 
 
-def card_scores(model, model_dir: Path, yes: int, no: int, query: str, docs: list[str], batch_size: int):
+def card_scores(
+    model, model_dir: Path, yes: int, no: int, query: str, docs: list[str], batch_size: int, instruction=None
+):
     scores = []
     for start in range(0, len(docs), batch_size):
-        inputs = qwen3_card_inputs(model_dir, query, docs[start : start + batch_size])
+        inputs = qwen3_card_inputs(model_dir, query, docs[start : start + batch_size], instruction)
         with torch.no_grad():
             last = model(**inputs).logits[:, -1, :]
             pair = torch.stack([last[:, no], last[:, yes]], dim=1)
