@@ -8,12 +8,15 @@ import shutil
 import numpy as np
 import pytest
 
+from rerankrt.artifact import Graph
 from rerankrt.families import DecoderYesNoFamily
 from rerankrt.families.prefix_reuse import CONTINUATION, PREFIX, PREFIX_LENGTH
+from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker
 from rerankrt.runtime.engine import ScoreRequest
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.testing.reference import qwen3_card_scores, random_documents, random_text
+from tests import test_plan
 from tests.conftest import QWEN_ARCHS
 
 BACKENDS = ("onnxruntime", "torch")
@@ -173,3 +176,25 @@ def test_prefix_ends_before_the_document_and_is_the_same_for_every_document(toke
     prefixes = {pair["input_ids"][:length].tobytes() for pair in pairs}
     assert len(prefixes) == 1
     assert encoder.tokenizer.decode(pairs[0]["input_ids"][:length]).rstrip().endswith("<Document>:")
+
+
+@pytest.mark.parametrize(
+    ("precision", "reuse", "expected"),
+    [
+        (None, True, {"scorer"}),  # the int8 artifact's own precision: the int8 scorer alone
+        (Precision.FP32, True, {"scorer", PREFIX, CONTINUATION}),
+        (Precision.FP32, False, {"scorer"}),
+    ],
+)
+def test_plan_loads_the_prefix_graphs_beside_the_fp32_scorer_only(precision, reuse, expected):
+    graphs = {
+        role: Graph(file=f"{role}.onnx", inputs=["input_ids"], outputs=["logits"])
+        for role in ("scorer", "scorer.int8", PREFIX, CONTINUATION)
+    }
+    manifest = test_plan.manifest(precision="int8", family="decoder-yes-no").model_copy(update={"graphs": graphs})
+    plan = test_plan.first(manifest, test_plan.CPU, backend="onnxruntime", precision=precision, prefix_reuse=reuse)
+    if precision is None:
+        assert plan.precision == Precision.INT8 and set(plan.graphs) == {"scorer"}
+        assert plan.graphs["scorer"] == "scorer.int8.onnx"
+    else:
+        assert plan.precision == Precision.FP32 and set(plan.graphs) == expected
