@@ -111,6 +111,9 @@ class PairEncoder(ABC):
     input_names: tuple[str, ...]
     pad_values: Mapping[str, int]
     padding_side: Literal["left", "right"] = "right"
+    prefix_reuse: bool = False
+    """True when `encode` marks where each pair's shared prompt ends (`prefix_length`, see families.prefix_reuse);
+    the engine sets it False when prefix reuse is turned off (EngineSettings.prefix_reuse)."""
     max_length: int
     tokenizer: Any  # the Hugging Face fast tokenizer behind the encoding
 
@@ -165,6 +168,9 @@ class Family(ABC):
     """Why TensorRT engines cannot serve this family, or None when they can."""
     int8_keep_float: ClassVar[tuple[str, ...]] = ()
     """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
+    prefix_reuse_roles: ClassVar[tuple[str, ...]] = ()
+    """Graph roles that only serve prefix reuse (fp32 only): the serving plan leaves them out when prefix reuse is
+    off or a reduced-precision scorer variant is served, and `serving_pipeline` then runs the scorer alone."""
 
     @classmethod
     @abstractmethod

@@ -9,24 +9,38 @@ graph never computes the vocabulary-wide projection.
 
 The prompt is the model card's, rendered from a sandboxed Jinja template
 (`templates/qwen3_reranker.jinja`, or `--chat-template`; see `families.yes_no`).
+
+Besides the plain scorer graph (model.onnx), an artifact holds the prefix and continuation graphs of exact
+prefix reuse (`families.prefix_reuse`): the prompt before the document runs once per distinct prompt and query,
+each document continues from its keys and values. The encoder marks where each pair splits (`prefix_length`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rerankrt.errors import InputError
+from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
+    SCORER,
+    Batch,
+    ClassifierLogitScorer,
     Family,
     Features,
+    GraphRunner,
+    GraphSpec,
+    OptimumGraph,
     PairEncoder,
+    ParityCheck,
     load_fast_tokenizer,
     named,
+    random_text,
     resolve_max_length,
+    run_torch,
     save_tokenizer,
 )
 from rerankrt.families.yes_no import (
@@ -50,6 +64,7 @@ class YesNoPairEncoder(PairEncoder):
     """Prompt per pair, tokenized as a whole; over-long prompts lose document tokens first, then query tokens."""
 
     padding_side = "left"  # as the model card; the graph pools the last real token either way
+    prefix_reuse = True
     input_names = ("input_ids", "attention_mask")
 
     def __init__(self, tokenizer, template: PromptTemplate, max_length: int):
@@ -67,7 +82,7 @@ class YesNoPairEncoder(PairEncoder):
         )
         pairs = []
         for i, (_, query_spans, doc_spans) in enumerate(rendered):
-            ids = encoded["input_ids"][i]
+            ids, offsets = encoded["input_ids"][i], encoded["offset_mapping"][i]
             if len(ids) > self.max_length:
                 if not truncate:
                     raise self.too_long(i, len(ids))
@@ -78,9 +93,16 @@ class YesNoPairEncoder(PairEncoder):
                         "instruct", f"the prompt without query and document is over max_length {self.max_length}"
                     )
                 ids = [token for t, token in enumerate(ids) if t not in dropped]
+                offsets = [span for t, span in enumerate(offsets) if t not in dropped]
             ids = np.asarray(ids, dtype=np.int64)
-            pairs.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            pair = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            if self.prefix_reuse:
+                prefix_reuse.mark_prefix(pair, offsets, doc_spans[0][0] if doc_spans else None)
+            pairs.append(pair)
         return pairs
+
+    def collate(self, pairs: Sequence[Features]) -> Batch:
+        return prefix_reuse.collate_prefix_lengths(super().collate(pairs), pairs)
 
     def save(self, out_dir: Path) -> list[str]:
         (Path(out_dir) / TEMPLATE_FILE).write_text(self.template.source)
@@ -91,6 +113,7 @@ class DecoderYesNoFamily(Family):
     name = "decoder-yes-no"
     default_max_length = 8192
     int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
+    prefix_reuse_roles = prefix_reuse.ROLES
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
@@ -128,3 +151,39 @@ class DecoderYesNoFamily(Family):
         causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
         row = head_row(causal_lm, yes) - head_row(causal_lm, no)
         return fold_head(causal_lm, row, pad_token_id(tokenizer))
+
+    def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
+        """The plain scorer (optimum's export of the folded classifier), then the prefix and continuation graphs."""
+        return [OptimumGraph(SCORER, export_model), *prefix_reuse.graph_specs(export_model)]
+
+    def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
+        return prefix_reuse.PrefixReuseScorer(export_model)
+
+    def parity_check(self, export_model: torch.nn.Module, model_dir: Path, encoder: PairEncoder) -> ParityCheck:
+        """The graphs, with prefix reuse as served, against the folded classifier on whole rows."""
+        whole = ClassifierLogitScorer(export_model).eval()
+        return ParityCheck(
+            lambda batch: run_torch(whole, {k: v for k, v in batch.items() if k != prefix_reuse.PREFIX_LENGTH}),
+            "transformers Qwen3ForSequenceClassification (folded yes - no head), whole pairs, fp32, cpu",
+            samples=parity_samples(encoder),
+        )
+
+    def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
+        return prefix_reuse.graph_pipeline(graphs)
+
+
+def parity_samples(encoder: PairEncoder, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """Queries with documents of mixed lengths (some truncated), one with a single document, one with documents
+    that are prefixes of each other and an empty one: in batches of 8, rows of two queries share a batch."""
+    rng = np.random.default_rng(seed)
+    tokenizer = encoder.tokenizer
+    longest = min(int(encoder.max_length * 1.25), 640)
+
+    def text(lo: int, hi: int) -> str:
+        return random_text(tokenizer, rng, int(rng.integers(lo, hi)))
+
+    base = text(20, 40)
+    samples = [(text(2, 25), [text(1, longest) for _ in range(6)]) for _ in range(3)]
+    samples.insert(1, (text(2, 25), [text(1, 60)]))
+    samples.append((text(2, 25), [base[: len(base) // 3], base, "", base[: len(base) // 2]]))
+    return samples

@@ -61,6 +61,7 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
         # a Hub id names the model; a local folder by its last component, never the path on this machine
         name = settings.served_model_name or (source.ref if source.revision else source.path.name)
         plans = plan_serving(family, _request(settings, encoder), machine, model_ref=str(source.path))
+    encoder.prefix_reuse = encoder.prefix_reuse and settings.prefix_reuse
     log.info("model %s: family %s (%s), max_length %d", name, family.name, recognition.reason, encoder.max_length)
     backend, plan = open_first(plans, family, settings.backend)
     return LoadedModel(family, encoder, backend, plan, name, recognition)
@@ -111,4 +112,5 @@ def _request(settings: EngineSettings, encoder: PairEncoder) -> Request:
         max_length=encoder.max_length,
         threads=settings.threads,
         tensorrt_ep=settings.onnxruntime_tensorrt_ep,
+        prefix_reuse=settings.prefix_reuse,
     )

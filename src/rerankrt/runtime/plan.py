@@ -9,7 +9,7 @@ Nothing here loads a model or imports a backend library: planning is testable on
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rerankrt.artifact import Engine, Manifest
@@ -71,6 +71,7 @@ class Request:
     max_length: int = 512  # what the encoder makes: engines must take it
     threads: int | None = None
     tensorrt_ep: bool = False
+    prefix_reuse: bool = True  # load the family's prefix-reuse graphs (fp32 only)
 
 
 def auto_order(precision: Precision) -> tuple[tuple[str, str], ...]:
@@ -127,7 +128,12 @@ def plan_serving(
         elif manifest is None:
             out.append(Skipped(backend, device, f"{model_ref} is a plain model folder; run `rerankrt export` first"))
         elif backend == "onnxruntime":
-            out.append(_onnxruntime_plan(common, precision, manifest, machine, request.tensorrt_ep))
+            plan = _onnxruntime_plan(common, precision, manifest, machine, request.tensorrt_ep)
+            # the family's prefix-reuse graphs are fp32: served beside the fp32 scorer only, and when asked for
+            if isinstance(plan, ServingPlan) and (not request.prefix_reuse or plan.precision != Precision.FP32):
+                graphs = {role: file for role, file in plan.graphs.items() if role not in family.prefix_reuse_roles}
+                plan = replace(plan, graphs=graphs)
+            out.append(plan)
         else:
             out.append(_tensorrt_plan(common, precision, explicit, family, manifest, machine, request.max_length))
     return out

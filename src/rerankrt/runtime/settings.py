@@ -50,6 +50,11 @@ class EngineSettings(BaseModel):
         description="on a GPU, run the ONNX Runtime backend through ONNX Runtime's TensorRT execution provider "
         "(engines cached beside the artifact) ahead of its CUDA provider",
     )
+    prefix_reuse: bool = Field(
+        True,
+        description="decoder rerankers (Qwen3-Reranker): run the prompt that pairs share (instruction, query) once and "
+        "each document after it, exact; --no-prefix-reuse runs every pair whole (for comparison)",
+    )
     max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"
