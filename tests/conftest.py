@@ -87,11 +87,13 @@ def vl_official(qwen3_vl_dir):
 
 @pytest.fixture(scope="module")
 def vl_rerankers(qwen3_vl_dir, qwen3_vl_artifact):
-    """The tiny Qwen3-VL reranker on both CPU backends: its artifact on ONNX Runtime, its weights on torch."""
+    """The tiny Qwen3-VL reranker on every CPU backend: its artifact on ONNX Runtime and OpenVINO, its weights on
+    torch."""
     from rerankrt.runtime import Reranker
 
     return {
         "onnxruntime": Reranker.load(str(qwen3_vl_artifact), backend="onnxruntime", threads=1),
+        "openvino": Reranker.load(str(qwen3_vl_artifact), backend="openvino", threads=1),
         "torch": Reranker.load(str(qwen3_vl_dir), backend="torch", threads=1),
     }
 

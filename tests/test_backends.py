@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from rerankrt.artifact import load_manifest
 from rerankrt.errors import BackendUnavailableError
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker, loader
@@ -23,7 +24,7 @@ def fresh_inputs(seed: int) -> tuple[str, list[str]]:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 def test_artifact_backends_equal_the_model_card_logits(artifact_dirs, model_dirs, arch, backend):
     reranker = Reranker.load(str(artifact_dirs[arch]), backend=backend, max_batch_size=8)
     assert reranker.backend.name == backend
@@ -76,7 +77,7 @@ def test_torch_backend_on_an_artifact_whose_weights_are_gone(artifact_dirs, mode
     shutil.rmtree(moved)
     with pytest.raises(BackendUnavailableError, match="source weights"):
         Reranker.load(str(tmp_path / "art"), backend="torch")
-    assert Reranker.load(str(tmp_path / "art")).backend.name == "onnxruntime"
+    assert Reranker.load(str(tmp_path / "art")).backend.name == "openvino"
 
 
 class Named:
@@ -159,11 +160,11 @@ def test_named_backend_falls_to_its_cpu_path_but_never_to_another_backend(monkey
 def test_real_loaders_on_a_machine_without_gpu_log_each_step(artifact_dirs, caplog):
     with caplog.at_level(logging.INFO, logger="rerankrt"):
         reranker = Reranker.load(str(artifact_dirs["xlmr"]))
-    assert (reranker.backend.name, reranker.backend.device) == ("onnxruntime", "cpu")
+    assert (reranker.backend.name, reranker.backend.device) == ("openvino", "cpu")
     assert "tensorrt (cuda) not used" in caplog.text
     assert "onnxruntime (cuda) not used: no CUDA device" in caplog.text
     assert "torch (cuda) not used: no CUDA device" in caplog.text
-    assert "backend selected: onnxruntime on cpu, fp32, model.onnx" in caplog.text
+    assert "backend selected: openvino on cpu, fp32, model.onnx" in caplog.text
 
 
 CUDA_REASON = "" if torch.cuda.is_available() else "needs a CUDA GPU"
@@ -190,6 +191,37 @@ def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
     cpu = Reranker(replace(gpu.model, backend=on_cpu), gpu.settings)
     query, docs = fresh_inputs(9)
     np.testing.assert_allclose(gpu.score(query, docs), cpu.score(query, docs), atol=1e-4, rtol=0)
+
+
+def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_dirs):
+    import openvino
+
+    reranker = Reranker.load(str(artifact_dirs["xlmr"]), backend="openvino", threads=1)
+    compiled = reranker.backend.sessions["scorer"].compiled
+    # explicit: OpenVINO's own default on a CPU with BF16 (AVX512-BF16, AMX) is bf16
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1 and compiled.get_property("NUM_STREAMS") == 1
+    assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+    assert reranker.model.plan.describe() == "openvino on cpu, fp32, model.onnx"
+
+
+@pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
+def test_openvino_bf16_hint_passes_the_fidelity_gate(artifact_dirs, model_dirs, arch):
+    import openvino
+
+    from rerankrt.export.parity import check_fidelity
+    from rerankrt.families import get_family
+    from rerankrt.runtime.machine import Machine
+    from rerankrt.runtime.openvino_backend import OpenVinoBackend
+
+    family = get_family(load_manifest(artifact_dirs[arch]).family)
+    backend = OpenVinoBackend(family, artifact_dirs[arch], {"scorer": "model.onnx"}, 2, Precision.BF16)
+    encoder = family.load_encoder(artifact_dirs[arch])
+    report = check_fidelity(encoder, family.load_scorer(model_dirs[arch]), backend.run, "openvino bf16", "bf16")
+    assert report.passed, report.failures
+    if Machine.detect().cpu_bf16:  # really computed in bf16 (fp32 matches within 1e-4)
+        assert backend.sessions["scorer"].compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+        assert report.max_logit_diff > 1e-4
 
 
 def test_onnxruntime_provider_lists():

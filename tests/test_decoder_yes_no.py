@@ -11,6 +11,7 @@ from rerankrt.export import export_model
 from rerankrt.families import DecoderYesNoFamily, detect_family
 from rerankrt.runtime import Reranker
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from rerankrt.runtime.openvino_backend import OpenVinoBackend
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from rerankrt.testing.reference import (
@@ -140,7 +141,7 @@ def test_graph_has_no_vocabulary_sized_projection(artifact_dirs, model_dirs, arc
 
 
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "torch-plain"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch", "torch-plain"])
 def test_every_backend_equals_the_model_card(artifact_dirs, model_dirs, arch, backend):
     path = model_dirs[arch] if backend == "torch-plain" else artifact_dirs[arch]
     reranker = Reranker.load(str(path), backend=backend.removesuffix("-plain"), max_batch_size=4)
@@ -162,12 +163,13 @@ def test_left_and_right_padding_score_like_a_single_pair(artifact_dirs, model_di
     pairs = encoder.encode("what is panda?", random_documents(rng, 6, max_words=70))
     scorer = family.load_scorer(model_dirs["qwen3"])
     onnx_backend = OnnxRuntimeBackend(family, artifact_dirs["qwen3"], {"scorer": "model.onnx"})
+    openvino_backend = OpenVinoBackend(family, artifact_dirs["qwen3"], {"scorer": "model.onnx"})
 
     def torch_run(batch):
         with torch.no_grad():
             return scorer(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
 
-    for run in (torch_run, onnx_backend.run):
+    for run in (torch_run, onnx_backend.run, openvino_backend.run):
         single = np.array([run(encoder.collate([pair]))[0] for pair in pairs])
         batch = encoder.collate(pairs)
         assert (batch["attention_mask"] == 0).any()  # there is padding

@@ -9,9 +9,11 @@ from rerankrt.errors import ArtifactError
 from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime.machine import Machine
-from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
+from rerankrt.runtime.plan import BACKEND_CHOICES, OPENVINO_INT8_PROBLEM, Request, ServingPlan, Skipped, plan_serving
 
-CPU = Machine(physical_cores=2)
+CPU = Machine(physical_cores=2)  # without OpenVINO
+OPENVINO_BF16 = Machine(physical_cores=2, openvino="2026.4.1", cpu_bf16=True)  # e.g. Xeon with AMX, Zen 4
+OPENVINO_NO_BF16 = Machine(physical_cores=2, openvino="2026.4.1", cpu_bf16=False)  # e.g. AVX2 only
 GPU = Machine(
     physical_cores=8,
     cuda=True,
@@ -33,8 +35,11 @@ def engine(precision: str, capability: str = "9.0", version: str = "11.4.0.106")
     )
 
 
-def manifest(precision: str = "fp32", variants=(), engines=(), family: str = "cross-encoder") -> Manifest:
-    graphs = {"scorer": Graph(file="model.onnx", inputs=["input_ids"], outputs=["logits"])}
+def manifest(
+    precision: str = "fp32", variants=(), engines=(), family: str = "cross-encoder", roles=("scorer",)
+) -> Manifest:
+    graphs = {role: Graph(file=f"{role}.onnx" if role != "scorer" else "model.onnx", inputs=["x"], outputs=["y"])
+              for role in roles}  # fmt: skip
     for variant in variants:
         graphs[f"scorer.{variant}"] = Graph(file=f"model.{variant}.onnx", inputs=["input_ids"], outputs=["logits"])
     return Manifest(
@@ -123,3 +128,64 @@ def test_plain_model_folders_plan_torch_only():
     assert [(p.backend, p.device, p.weights) for p in served] == [("torch", "cpu", "/models/x")]
     with pytest.raises(ArtifactError, match="needs an artifact"):
         plan_serving(get_family("cross-encoder"), Request(precision=Precision.INT8), CPU, model_ref="/models/x")
+
+
+def cpu_plans(m: Manifest, machine: Machine, **request) -> list[tuple]:
+    """(backend, precision, graphs) of the CPU candidates in order; a Skipped one as (backend, 'skipped', reason)."""
+    out = []
+    for p in plans(m, machine, **request):
+        if p.device != "cpu":
+            continue
+        out.append((p.backend, "skipped", p.reason) if isinstance(p, Skipped) else (p.backend, p.precision, p.graphs))
+    return out
+
+
+def test_openvino_serves_fp32_first_on_cpu_and_never_with_the_bf16_hint():
+    fp32 = {"scorer": "model.onnx"}
+    for machine in (OPENVINO_BF16, OPENVINO_NO_BF16):
+        assert cpu_plans(manifest(), machine)[:2] == [("openvino", "fp32", fp32), ("onnxruntime", "fp32", fp32)]
+        # fp32 asked on a bf16 artifact: fp32, even where the CPU computes bf16
+        assert cpu_plans(manifest("bf16"), machine, precision=Precision.FP32)[0] == ("openvino", "fp32", fp32)
+        # an fp16 (GPU) artifact on a CPU: the fp32 graph in fp32, as ONNX Runtime does
+        assert cpu_plans(manifest("fp16", ["fp16"]), machine)[0] == ("openvino", "fp32", fp32)
+
+
+def test_bf16_artifacts_get_the_bf16_hint_only_where_the_cpu_computes_bf16():
+    on_bf16 = cpu_plans(manifest("bf16"), OPENVINO_BF16)
+    assert [(b, p) for b, p, _ in on_bf16] == [("openvino", "bf16"), ("torch", "bf16"), ("onnxruntime", "fp32")]
+    assert on_bf16[0][2] == {"scorer": "model.onnx"}  # the fp32 graph, computed in bf16 by the hint
+    # without BF16 instructions bf16 is emulated: OpenVINO serves the fp32 graph in fp32, ahead of torch's bf16
+    on_avx2 = cpu_plans(manifest("bf16"), OPENVINO_NO_BF16)
+    assert [(b, p) for b, p, _ in on_avx2] == [("openvino", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")]
+
+
+def test_int8_is_left_to_onnxruntime_with_the_reason():
+    candidates = cpu_plans(manifest("int8", ["int8"]), OPENVINO_BF16)
+    assert candidates[0] == ("openvino", "skipped", OPENVINO_INT8_PROBLEM)
+    assert candidates[1] == ("onnxruntime", "int8", {"scorer": "model.int8.onnx"})
+    assert cpu_plans(manifest("int8", ["int8"]), OPENVINO_BF16, precision=Precision.FP32)[0][:2] == ("openvino", "fp32")
+
+
+def test_openvino_missing_is_skipped_with_the_install_command():
+    candidates = cpu_plans(manifest(), CPU)
+    assert candidates[0] == ("openvino", "skipped", "openvino is not installed: pip install openvino")
+    assert candidates[1][:2] == ("onnxruntime", "fp32")
+    only = plans(manifest(), GPU, backend="openvino")  # a GPU machine without it: the one CPU candidate, skipped
+    assert [(p.backend, p.device, type(p)) for p in only] == [("openvino", "cpu", Skipped)]
+
+
+def test_openvino_gets_every_graph_of_a_multi_graph_artifact():
+    m = manifest(family="qwen3-vl-yes-no", roles=("vision", "scorer"))
+    assert first(m, OPENVINO_BF16).graphs == {"vision": "vision.onnx", "scorer": "model.onnx"}
+    assert first(m, OPENVINO_BF16, backend="openvino").backend == "openvino"
+
+
+def test_backend_choices_are_the_same_everywhere():
+    from typing import get_args
+
+    from rerankrt.cli import build_parser
+    from rerankrt.runtime.settings import EngineSettings
+
+    assert get_args(EngineSettings.model_fields["backend"].annotation) == BACKEND_CHOICES
+    rerank = build_parser()._subparsers._group_actions[0].choices["rerank"]
+    assert next(a for a in rerank._actions if a.dest == "backend").choices == BACKEND_CHOICES

@@ -15,6 +15,7 @@ from rerankrt.errors import ArtifactError, ExportError, RerankrtError
 from rerankrt.export import export_model
 from rerankrt.export.parity import FidelityThresholds, _tie_aware_agreement
 from rerankrt.runtime import Reranker
+from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import AUTO_ORDER, auto_order
 from rerankrt.testing.reference import random_documents
 
@@ -61,11 +62,23 @@ def test_int8_variant_is_quantized_checked_and_served_on_cpu(variants, artifact_
     assert np.abs(torch.sigmoid(torch.from_numpy(int8)) - torch.sigmoid(torch.from_numpy(fp32))).max() < 0.1
 
 
-def test_bf16_variant_is_served_by_torch_with_bf16_weights_on_cpu(variants, artifact_dirs):
+def test_bf16_variant_is_served_by_openvino_or_torch_with_bf16_weights_on_cpu(variants, artifact_dirs):
     folder = variants["xlmr", "bf16"]
     manifest = load_manifest(folder)
-    assert manifest.precision == "bf16" and set(manifest.graphs) == {"scorer"}  # no CPU graph: torch carries it
-    reranker = Reranker.load(str(folder))
+    assert manifest.precision == "bf16" and set(manifest.graphs) == {"scorer"}  # no CPU graph of its own
+    report = json.loads((folder / FIDELITY_NAME).read_text())
+    chosen = Reranker.load(str(folder))
+    assert chosen.backend.name == "openvino"
+    if Machine.detect().cpu_bf16:  # OpenVINO's bf16 hint serves it, so the export gate checked it too
+        assert chosen.model.plan.precision == "bf16" and report["method"] == "torch, openvino bf16 hint"
+        assert [p["candidate"] for p in report["paths_checked"]] == [
+            "torch, bf16, cpu",
+            "openvino bf16 hint on model.onnx, cpu",
+        ]
+        assert all(p["passed"] for p in report["paths_checked"])
+    else:  # bf16 would be emulated: OpenVINO computes the fp32 graph in fp32, the gate checked torch's bf16
+        assert chosen.model.plan.precision == "fp32" and report["method"] == "torch"
+    reranker = Reranker.load(str(folder), backend="torch")
     assert (reranker.backend.name, reranker.backend.dtype) == ("torch", torch.bfloat16)
     assert next(reranker.backend.scorer.parameters()).dtype == torch.bfloat16
     docs = random_documents(np.random.default_rng(4), 8)
@@ -94,7 +107,7 @@ def test_serving_precision_is_fp32_or_the_checked_variant(variants, model_dirs):
 def test_backend_order_follows_the_precision():  # which graph runs per device: tests/test_plan.py
     assert auto_order("fp32") == auto_order("int8") == AUTO_ORDER
     bf16 = auto_order("bf16")
-    assert bf16[:3] == AUTO_ORDER[:3] and bf16[3:] == (("torch", "cpu"), ("onnxruntime", "cpu"))
+    assert bf16[:3] == AUTO_ORDER[:3] and bf16[3:] == (("openvino", "cpu"), ("torch", "cpu"), ("onnxruntime", "cpu"))
 
 
 def corrupting_quantizer(source, target, model_type=None, keep_float=(), method="dynamic"):
@@ -171,6 +184,10 @@ def test_info_reports_the_variant_its_fidelity_and_the_cpu_knobs(variants):
     defaults = info["serving_defaults"]
     assert defaults["threads"] == physical_cores() == defaults["onnxruntime_session"]["intra_op_num_threads"]
     assert defaults["onnxruntime_session"]["inter_op_num_threads"] == 1 and "mkldnn_bf16" in defaults["torch"]
+    openvino = defaults["openvino_compile"]
+    assert openvino["fp32"]["INFERENCE_PRECISION_HINT"] == "f32" and openvino["fp32"]["NUM_STREAMS"] == "1"
+    assert openvino["bf16"]["INFERENCE_PRECISION_HINT"] == ("bf16" if Machine.detect().cpu_bf16 else "f32")
+    assert info["packages"]["openvino"]
 
 
 def test_external_data_files_are_found_by_either_naming(tmp_path):

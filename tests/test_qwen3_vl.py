@@ -87,7 +87,7 @@ def cases():
 CASES = cases()
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_scores_match_the_official_scoring(vl_rerankers, vl_official, backend, case):
     query, documents = CASES[case]

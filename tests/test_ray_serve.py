@@ -245,7 +245,7 @@ def test_ray_serves_the_same_api_as_the_plain_server(ray_cluster):
         tei = client.post(f"{base}/rerank", json={"query": "panda?", "texts": ["a bear", "a car"]}).json()
         assert len(tei) == 2
         models = client.get(f"{base}/v1/models").json()
-        assert models["data"][0]["id"] == "xlmr" and models["data"][0]["backend"] == "onnxruntime"
+        assert models["data"][0]["id"] == "xlmr" and models["data"][0]["backend"] == "openvino"
         metrics = client.get(f"{base}/metrics").text
         assert "rerankrt_queue_pairs" in metrics
         bad = client.post(f"{base}/v1/rerank", json={"query": "panda?"})

@@ -38,7 +38,7 @@ def test_sglang_example_request(client):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 def test_scores_equal_sigmoid_of_the_model_card_logits(artifact_dirs, model_dirs, arch, backend):
     rng = np.random.default_rng(11)
     query, docs = random_text(rng, 2, 10), random_documents(rng, 13)
@@ -132,7 +132,7 @@ def test_health_models_and_openapi(client, artifact_dirs):
     assert client.get("/health").json() == {"status": "ok"}
     card = client.get("/v1/models").json()["data"][0]
     assert card["id"] == artifact_dirs["xlmr"].name  # a local export is named by its folder, not the exporter's path
-    assert card["family"] == "cross-encoder" and card["backend"] == "onnxruntime" and card["max_length"] == 512
+    assert card["family"] == "cross-encoder" and card["backend"] == "openvino" and card["max_length"] == 512
     spec = client.get("/openapi.json").json()
     assert "/v1/rerank" in spec["paths"]
     assert client.get("/docs").status_code == 200

@@ -18,6 +18,7 @@ from rerankrt.errors import RerankrtError
 from rerankrt.families import family_names
 from rerankrt.logs import configure_logging
 from rerankrt.precision import ENGINE_PRECISIONS, PRECISIONS, Precision
+from rerankrt.runtime.plan import BACKEND_CHOICES
 
 log = logging.getLogger("rerankrt")
 
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rerank = commands.add_parser("rerank", help="score documents against a query once and print JSON")
     rerank.add_argument("--model-path", required=True, help="artifact folder, model folder or Hub id")
-    rerank.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    rerank.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     rerank.add_argument("--precision", choices=PRECISIONS, help="fp32, or the artifact's variant (its default)")
     rerank.add_argument("--query", required=True)
     rerank.add_argument("documents", nargs="+", metavar="DOCUMENT")

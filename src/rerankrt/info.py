@@ -12,7 +12,17 @@ from pathlib import Path
 from rerankrt.runtime.machine import cpu_flags, physical_cores
 
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
-PACKAGES = ("rerankrt", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+PACKAGES = (
+    "rerankrt",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "tensorrt",
+)
 
 
 def collect(artifact: Path | None = None) -> dict:
@@ -69,12 +79,17 @@ def serving_defaults() -> dict:
     """The CPU knobs `rerankrt serve` uses unless told otherwise (--threads), and what torch can do with bf16."""
     import torch
 
+    from rerankrt.precision import Precision
+    from rerankrt.runtime.machine import BF16_FLAGS
     from rerankrt.runtime.onnxruntime_backend import SESSION_SETTINGS
+    from rerankrt.runtime.openvino_backend import compile_config
 
     threads = physical_cores()
+    bf16 = Precision.BF16 if BF16_FLAGS & cpu_flags() else Precision.FP32
     return {
         "threads": threads,
         "onnxruntime_session": {**SESSION_SETTINGS, "intra_op_num_threads": threads},
+        "openvino_compile": {"fp32": compile_config(threads, Precision.FP32), "bf16": compile_config(threads, bf16)},
         "torch": {
             "num_threads": threads,
             "mkldnn": torch.backends.mkldnn.is_available(),

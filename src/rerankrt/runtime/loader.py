@@ -100,6 +100,10 @@ def open_backend(plan: ServingPlan, family: Family) -> Backend:
         from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend.from_plan(plan, family)
+    if plan.backend == "openvino":
+        from rerankrt.runtime.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend.from_plan(plan, family)
     from rerankrt.runtime.torch_backend import TorchBackend
 
     return TorchBackend.from_plan(plan, family)

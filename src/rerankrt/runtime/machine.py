@@ -1,13 +1,17 @@
-"""What this machine offers for inference: CPU cores and features, CUDA, TensorRT, ONNX Runtime providers.
+"""What this machine offers for inference: CPU cores and features, CUDA, TensorRT, ONNX Runtime providers, OpenVINO.
 
 `Machine.detect()` looks once; serving plans take a `Machine` so that planning can be tested for any machine.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # CPU instructions that compute bf16 natively
 
 
 def cpu_flags() -> set[str]:
@@ -53,6 +57,8 @@ class Machine:
     compute_capability: str | None = None  # "9.0" when cuda
     tensorrt: str | None = None  # full TensorRT version when it imports
     onnxruntime_providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
+    openvino: str | None = None  # OpenVINO's version when it is installed
+    cpu_bf16: bool = False  # the CPU computes bf16 natively (BF16_FLAGS)
 
     @classmethod
     def detect(cls) -> Machine:
@@ -66,7 +72,25 @@ class Machine:
             providers = tuple(onnxruntime.get_available_providers())
         except ImportError:
             providers = ()
-        return cls(physical_cores(), cuda, capability, _tensorrt_version() if cuda else None, providers)
+        return cls(
+            physical_cores(),
+            cuda,
+            capability,
+            _tensorrt_version() if cuda else None,
+            providers,
+            openvino_version(),
+            bool(BF16_FLAGS & cpu_flags()),
+        )
+
+
+def openvino_version() -> str | None:
+    """OpenVINO's version when it is installed, found without importing it (the import loads its plugins)."""
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _tensorrt_version() -> str | None:

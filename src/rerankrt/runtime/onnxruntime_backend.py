@@ -11,6 +11,7 @@ import numpy as np
 
 from rerankrt.errors import BackendUnavailableError
 from rerankrt.families import Family
+from rerankrt.runtime.backend import GraphBackend
 from rerankrt.runtime.plan import ServingPlan
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class GraphSession:
         return self.session.run(list(outputs) if outputs else None, dict(feeds))
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(GraphBackend):
     """An artifact's graphs in ONNX Runtime sessions, run in the order the family declares."""
 
     name = "onnxruntime"
@@ -92,12 +93,8 @@ class OnnxRuntimeBackend:
         tensorrt_ep: bool = False,
     ):
         """`graphs`: role -> file in `folder`, for every role the family's pipeline runs."""
-        self.sessions = {
-            role: GraphSession(Path(folder) / file, device, threads, tensorrt_ep) for role, file in graphs.items()
-        }
-        self.device = device
+        super().__init__(family, folder, graphs, device, lambda path: GraphSession(path, device, threads, tensorrt_ep))
         self.provider = next(iter(self.sessions.values())).provider
-        self.run = family.serving_pipeline(Path(folder), self.sessions)
 
     @classmethod
     def from_plan(cls, plan: ServingPlan, family: Family) -> OnnxRuntimeBackend:

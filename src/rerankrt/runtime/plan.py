@@ -20,29 +20,35 @@ from rerankrt.families.base import SCORER
 from rerankrt.precision import ENGINE_PRECISIONS, Precision
 from rerankrt.runtime.machine import Machine
 
-BACKENDS = ("tensorrt", "onnxruntime", "torch")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino", "torch")
 BACKEND_CHOICES = ("auto", *BACKENDS)
-# `auto`: every GPU path first, then the CPU ones
+# `auto`: every GPU path first, then the CPU ones (OpenVINO runs the same fp32 graph faster than ONNX Runtime)
 AUTO_ORDER = (
     ("tensorrt", "cuda"),
     ("onnxruntime", "cuda"),
     ("torch", "cuda"),
+    ("openvino", "cpu"),
     ("onnxruntime", "cpu"),
     ("torch", "cpu"),
 )
 # the graph variant ONNX Runtime runs per device, when the artifact was exported for it
 ONNXRUNTIME_VARIANT = {"cpu": Precision.INT8, "cuda": Precision.FP16}
+OPENVINO_INT8_PROBLEM = (
+    "the int8 graph is made for ONNX Runtime (the dynamic recipe's fused contrib operators, such as QAttention, "
+    "do not convert to OpenVINO) and its fidelity gate checked ONNX Runtime's run of it; ONNX Runtime serves int8 "
+    "(--precision fp32 lets OpenVINO serve the fp32 graph)"
+)
 
 
 @dataclass(frozen=True)
 class ServingPlan:
     """Everything a backend needs to know to load."""
 
-    backend: str  # tensorrt | onnxruntime | torch
+    backend: str  # tensorrt | onnxruntime | openvino | torch
     device: str  # cpu | cuda
     precision: Precision  # what computes
     folder: Path | None = None  # the artifact folder (None for a plain model)
-    graphs: Mapping[str, str] = field(default_factory=dict)  # onnxruntime: role -> file
+    graphs: Mapping[str, str] = field(default_factory=dict)  # onnxruntime, openvino: role -> file
     engine: Engine | None = None  # tensorrt
     weights: str | None = None  # torch: a folder or Hub id holding the original weights
     revision: str | None = None  # torch: the Hub revision of `weights`
@@ -75,10 +81,11 @@ class Request:
 
 
 def auto_order(precision: Precision) -> tuple[tuple[str, str], ...]:
-    """AUTO_ORDER, with torch ahead of ONNX Runtime on CPU for bf16 (the torch backend carries bf16 there)."""
+    """AUTO_ORDER, with torch ahead of ONNX Runtime on CPU for bf16 (ONNX Runtime has no bf16 CPU kernels: it would
+    serve the fp32 graph); OpenVINO stays first (bf16 through its precision hint, where the CPU computes bf16)."""
     if precision != Precision.BF16:
         return AUTO_ORDER
-    cpu = [("torch", "cpu"), ("onnxruntime", "cpu")]
+    cpu = [("openvino", "cpu"), ("torch", "cpu"), ("onnxruntime", "cpu")]
     return tuple(c for c in AUTO_ORDER if c not in cpu) + tuple(cpu)
 
 
@@ -129,11 +136,12 @@ def plan_serving(
             out.append(Skipped(backend, device, f"{model_ref} is a plain model folder; run `rerankrt export` first"))
         elif backend == "onnxruntime":
             plan = _onnxruntime_plan(common, precision, manifest, machine, request.tensorrt_ep)
-            # the family's prefix-reuse graphs are fp32: served beside the fp32 scorer only, and when asked for
-            if isinstance(plan, ServingPlan) and (not request.prefix_reuse or plan.precision != Precision.FP32):
-                graphs = {role: file for role, file in plan.graphs.items() if role not in family.prefix_reuse_roles}
-                plan = replace(plan, graphs=graphs)
-            out.append(plan)
+            # the family's prefix-reuse graphs are fp32: beside the fp32 scorer only
+            fp32 = isinstance(plan, ServingPlan) and plan.precision == Precision.FP32
+            out.append(_prefix_reuse_graphs(plan, family, request.prefix_reuse and fp32))
+        elif backend == "openvino":
+            plan = _openvino_plan(common, precision, manifest, machine)  # fp32 graphs (bf16 is a compile hint)
+            out.append(_prefix_reuse_graphs(plan, family, request.prefix_reuse))
         else:
             out.append(_tensorrt_plan(common, precision, explicit, family, manifest, machine, request.max_length))
     return out
@@ -162,12 +170,37 @@ def _onnxruntime_plan(common: dict, precision: Precision, manifest: Manifest, ma
         return Skipped("onnxruntime", device, "onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
     if tensorrt_ep and device == "cuda" and "TensorrtExecutionProvider" not in machine.onnxruntime_providers:
         return Skipped("onnxruntime", device, "onnxruntime has no TensorRT execution provider in this build")
-    graphs = {role: graph.file for role, graph in manifest.graphs.items() if "." not in role}
+    graphs = fp32_graphs(manifest)
     variant = ONNXRUNTIME_VARIANT[device]
     runs = Precision.FP32
     if precision == variant and f"{SCORER}.{variant}" in manifest.graphs:
         graphs[SCORER], runs = manifest.graphs[f"{SCORER}.{variant}"].file, variant
     return ServingPlan(**common, precision=runs, graphs=graphs, tensorrt_ep=tensorrt_ep and device == "cuda")
+
+
+def _prefix_reuse_graphs(plan: ServingPlan | Skipped, family: Family, keep: bool) -> ServingPlan | Skipped:
+    """`plan` without the family's prefix-reuse graphs unless `keep`."""
+    if keep or isinstance(plan, Skipped):
+        return plan
+    return replace(
+        plan, graphs={role: file for role, file in plan.graphs.items() if role not in family.prefix_reuse_roles}
+    )
+
+
+def fp32_graphs(manifest: Manifest) -> dict[str, str]:
+    """role -> file of every fp32 graph (variants are named `role.<precision>`)."""
+    return {role: graph.file for role, graph in manifest.graphs.items() if "." not in role}
+
+
+def _openvino_plan(common: dict, precision: Precision, manifest: Manifest, machine: Machine):
+    """The fp32 graphs, computed in bf16 (OpenVINO's precision hint) for a bf16 artifact on a CPU with BF16, in fp32
+    otherwise: without BF16 instructions bf16 is emulated, slower than fp32 (OPENVINO_BF16 in docs/precision.md)."""
+    if machine.openvino is None:
+        return Skipped("openvino", "cpu", "openvino is not installed: pip install openvino")
+    if precision == Precision.INT8:
+        return Skipped("openvino", "cpu", OPENVINO_INT8_PROBLEM)
+    runs = Precision.BF16 if precision == Precision.BF16 and machine.cpu_bf16 else Precision.FP32
+    return ServingPlan(**common, precision=runs, graphs=fp32_graphs(manifest))
 
 
 def _tensorrt_plan(common, precision, explicit, family, manifest: Manifest, machine: Machine, max_length: int):

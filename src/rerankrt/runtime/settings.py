@@ -21,9 +21,10 @@ class EngineSettings(BaseModel):
         description="artifact folder written by `rerankrt export` (served with ONNX Runtime), "
         "or a model folder / Hub id (served with torch, no export)"
     )
-    backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = Field(
+    backend: Literal["auto", "tensorrt", "onnxruntime", "openvino", "torch"] = Field(
         "auto",
-        description="inference backend; auto tries tensorrt, onnxruntime, torch in that order",
+        description="inference backend (runtime.plan.BACKEND_CHOICES); auto tries the GPU paths (tensorrt, "
+        "onnxruntime, torch), then the CPU ones (openvino, onnxruntime, torch; torch before onnxruntime for bf16)",
     )
     served_model_name: str | None = Field(
         None, description="name reported by /v1/models and in responses (default: the artifact folder's name)"
@@ -43,7 +44,9 @@ class EngineSettings(BaseModel):
         None, description="fp32, or the variant the artifact was exported with (default: that variant)"
     )
     threads: int | None = Field(
-        None, ge=1, description="intra-op threads for ONNX Runtime and torch on CPU (default: the physical cores)"
+        None,
+        ge=1,
+        description="intra-op threads for ONNX Runtime, OpenVINO and torch on CPU (default: the physical cores)",
     )
     onnxruntime_tensorrt_ep: bool = Field(
         False,

@@ -1,0 +1,88 @@
+"""OpenVINO backend for CPUs: the artifact's own ONNX graphs, read by OpenVINO's ONNX frontend (no other format).
+
+Each graph is compiled for one request at a time on `plan.threads` threads, with dynamic shapes (any batch and
+length). The precision hint is always set: OpenVINO computes bf16 by default on CPUs with BF16 instructions, which
+would silently turn an fp32 plan into a bf16 one. Nothing is cached or written beside the artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rerankrt.errors import BackendUnavailableError
+from rerankrt.families import Family
+from rerankrt.precision import Precision
+from rerankrt.runtime.backend import GraphBackend
+from rerankrt.runtime.plan import ServingPlan
+
+log = logging.getLogger(__name__)
+
+# the plan's precision -> OpenVINO's INFERENCE_PRECISION_HINT
+PRECISION_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16"}
+
+
+def compile_config(threads: int, precision: Precision) -> dict[str, str]:
+    """The CPU plugin settings every rerankrt graph is compiled with (latency: one batch at a time)."""
+    if precision not in PRECISION_HINTS:
+        raise BackendUnavailableError(f"the openvino backend computes fp32 or bf16, not {precision}")
+    return {
+        "INFERENCE_NUM_THREADS": str(threads),
+        "NUM_STREAMS": "1",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+    }
+
+
+class OpenVinoGraph:
+    """One ONNX graph compiled by OpenVINO for the CPU: what `Family.serving_pipeline` runs (a `GraphRunner`)."""
+
+    def __init__(self, core, graph_path: Path, config: Mapping[str, str]):
+        self.graph_path = Path(graph_path)
+        model = core.read_model(str(self.graph_path))  # external data files are read from beside the graph
+        self.compiled = core.compile_model(model, "CPU", dict(config))
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # an infer request runs one inference at a time
+        log.debug("openvino compiled %s with %s", graph_path, config)
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        with self._lock:
+            results = self._request.infer({name: feeds[name] for name in self.input_names}, share_outputs=False)
+            values = list(results.to_tuple())
+        if not outputs:
+            return values
+        return [values[self.output_names.index(name)] for name in outputs]
+
+
+class OpenVinoBackend(GraphBackend):
+    """An artifact's graphs compiled by OpenVINO for the CPU, run in the order the family declares."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        family: Family,
+        folder: Path,
+        graphs: Mapping[str, str],
+        threads: int = 1,
+        precision: Precision = Precision.FP32,
+    ):
+        """`graphs`: role -> file in `folder`; `precision`: fp32, or bf16 (the hint, on a CPU with BF16)."""
+        try:
+            import openvino
+        except ImportError as exc:
+            raise BackendUnavailableError("openvino is not installed: pip install rerankrt") from exc
+        core = openvino.Core()
+        config = compile_config(threads, Precision(precision))
+        self.precision = Precision(precision)
+        super().__init__(family, folder, graphs, "cpu", lambda path: OpenVinoGraph(core, path, config))
+
+    @classmethod
+    def from_plan(cls, plan: ServingPlan, family: Family) -> OpenVinoBackend:
+        return cls(family, plan.folder, plan.graphs, plan.threads, plan.precision)
