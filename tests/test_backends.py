@@ -112,6 +112,7 @@ def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(monkeypatch, caplog)
     loaders = {
         "tensorrt": failing("no engine"),
         "onnxruntime": failing("graph is broken", RuntimeError),
+        "openvino": failing("openvino is not installed"),
         "torch": cpu_only("torch"),
     }
     with caplog.at_level(logging.INFO, logger="rerankrt"):
@@ -122,6 +123,7 @@ def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(monkeypatch, caplog)
         "tensorrt (cuda)",
         "onnxruntime (cuda)",
         "torch (cuda)",
+        "openvino (cpu)",
         "onnxruntime (cpu)",
     ]
     assert "onnxruntime (cpu) not used: RuntimeError: graph is broken" in caplog.text
@@ -143,7 +145,7 @@ def test_onnxruntime_on_cuda_comes_before_torch_on_cuda(monkeypatch):
 
 
 def test_no_backend_at_all_lists_every_reason(monkeypatch):
-    loaders = {name: failing(f"{name} reason") for name in ("tensorrt", "onnxruntime", "torch")}
+    loaders = {name: failing(f"{name} reason") for name in ("tensorrt", "onnxruntime", "openvino", "torch")}
     with pytest.raises(BackendUnavailableError, match=r"tensorrt \(cuda\): tensorrt reason; onnxruntime \(cuda\)"):
         select_backend(monkeypatch, "auto", loaders)
 
