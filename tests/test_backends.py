@@ -196,8 +196,9 @@ def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
 
 
 def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_dirs):
-    import openvino
+    from rerankrt.runtime.openvino_backend import import_openvino
 
+    openvino = import_openvino()
     reranker = Reranker.load(str(artifact_dirs["xlmr"]), backend="openvino", threads=1)
     compiled = reranker.backend.sessions["scorer"].compiled
     # explicit: OpenVINO's own default on a CPU with BF16 (AVX512-BF16, AMX) is bf16
@@ -209,12 +210,12 @@ def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_d
 
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 def test_openvino_bf16_hint_passes_the_fidelity_gate(artifact_dirs, model_dirs, arch):
-    import openvino
-
     from rerankrt.export.parity import check_fidelity
     from rerankrt.families import get_family
     from rerankrt.runtime.machine import Machine
-    from rerankrt.runtime.openvino_backend import OpenVinoBackend
+    from rerankrt.runtime.openvino_backend import OpenVinoBackend, import_openvino
+
+    openvino = import_openvino()
 
     family = get_family(load_manifest(artifact_dirs[arch]).family)
     backend = OpenVinoBackend(family, artifact_dirs[arch], {"scorer": "model.onnx"}, 2, Precision.BF16)
