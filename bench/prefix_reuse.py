@@ -124,12 +124,13 @@ def main() -> None:
             log(f"{label}: skipped ({skipped[label]})")
             continue
         for name, (instruction, query, docs, reference) in workloads.items():
-            if "prefix_share" not in results[name]:
-                pairs = reranker.encoder.encode(query, docs, instruction)
+            pairs = reranker.encoder.encode(query, docs, instruction)
+            if results[name].get("prefix_share") is None and "prefix_length" in pairs[0]:  # a row with reuse on
                 prompt = float(np.mean([len(p["input_ids"]) for p in pairs]))
-                shared = int(min(p["prefix_length"][0] for p in pairs)) if "prefix_length" in pairs[0] else None
-                results[name].update(prompt_tokens_mean=prompt, shared_prefix_tokens=shared,
-                                     prefix_share=None if shared is None else shared / prompt)  # fmt: skip
+                shared = int(min(p["prefix_length"][0] for p in pairs))
+                results[name].update(
+                    prompt_tokens_mean=prompt, shared_prefix_tokens=shared, prefix_share=shared / prompt
+                )
 
             def run(docs, reranker=reranker, instruction=instruction, query=query):
                 return reranker.score(query, docs, instruction)
