@@ -166,7 +166,7 @@ class FidelityReport:
     seed: int
     thresholds: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
-    method: str = ""  # how the variant was made (int8: dynamic | blockwise)
+    method: str = ""  # how the variant was made (int8: dynamic | blockwise | mixed)
 
     def to_dict(self) -> dict:
         return asdict(self)

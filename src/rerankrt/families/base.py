@@ -165,6 +165,9 @@ class Family(ABC):
     """Why TensorRT engines cannot serve this family, or None when they can."""
     int8_keep_float: ClassVar[tuple[str, ...]] = ()
     """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
+    int8_sensitive: ClassVar[tuple[str, ...]] = ()
+    """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
+    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
 
     @classmethod
     @abstractmethod
