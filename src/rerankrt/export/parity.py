@@ -166,7 +166,7 @@ class FidelityReport:
     seed: int
     thresholds: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
-    method: str = ""  # how the variant was made (int8: dynamic | blockwise; bf16: the CPU paths checked)
+    method: str = ""  # how the variant was made (int8: dynamic | blockwise | mixed; bf16: the CPU paths checked)
     paths_checked: list[dict] = field(default_factory=list)  # bf16: each CPU path that may serve it, its outcome
 
     def to_dict(self) -> dict:

@@ -9,10 +9,12 @@ through half precision, and fp32 graph inputs and outputs. bf16 is the same
 graph with every fp16 tensor re-typed as bf16 (weights rounded from the fp32
 originals to nearest even).
 
-int8 (for CPUs with AVX-512 VNNI / AVX2), two recipes (`quantize_int8`):
-dynamic quantization of the fused graph (fastest), or blockwise 8-bit weights
-(MatMulNBits; closer to fp32). Embedding lookups, products of two activations
-and the layers named in `keep_float` stay fp32.
+int8 (for CPUs with AVX-512 VNNI / AVX2), three recipes (`quantize_int8`):
+dynamic quantization of the fused graph (fastest), blockwise 8-bit weights
+(MatMulNBits; closer to fp32), or blockwise with the family's most sensitive
+products also kept fp32 (mixed; docs/precision.md has the sensitivity pass that
+chose them). Embedding lookups, products of two activations and the layers
+named in `keep_float` stay fp32.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ ONNX_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 # config.json model_type -> onnxruntime transformer optimizer model type (architectures it can fuse)
 FUSABLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
 QUANTIZED_OPS = ["MatMul", "Attention"]  # not Gather: embedding lookups cost no arithmetic
-INT8_METHODS = ("dynamic", "blockwise")  # fastest first: the export keeps the first that passes the fidelity gate
+INT8_METHODS = ("dynamic", "blockwise", "mixed")  # fastest first: the export keeps the first passing the gate
 INT8_BLOCK = 32
 
 log = logging.getLogger(__name__)
@@ -152,17 +154,27 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
 
 
 def quantize_int8(
-    source: Path, target: Path, model_type: str | None = None, keep_float: Sequence[str] = (), method: str = "dynamic"
+    source: Path,
+    target: Path,
+    model_type: str | None = None,
+    keep_float: Sequence[str] = (),
+    method: str = "dynamic",
+    sensitive: Sequence[str] = (),
 ) -> Path:
-    """Write `source` with int8 weight matrix products as `target`; `keep_float`: regexes of MatMul names to skip.
+    """Write `source` with int8 weight matrix products as `target`; `keep_float`: regexes of node names to skip.
 
     dynamic: the graph fused first (when `model_type`, config.json's, is one onnxruntime's optimizer knows), weights
     per output channel, activations per tensor at run time (MatMulInteger): the fastest on VNNI/AVX2 CPUs.
     blockwise: weights in blocks of INT8_BLOCK input rows with a scale each, activations quantized per block at run
     time (MatMulNBits, 8 bits, int8 compute): slower, markedly closer to fp32 on sensitive models.
+    mixed: blockwise, with the products named by `sensitive` (regexes) also kept fp32.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if method not in INT8_METHODS:
+        raise ValueError(f"int8 method {method!r}: expected one of {', '.join(INT8_METHODS)}")
+    if method == "mixed":
+        keep_float = (*keep_float, *sensitive)
     large = bool(external_data_files(source))
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as tmp:
         graph = _fuse(source, Path(tmp) / "fused.onnx", model_type, large) if method == "dynamic" else source
@@ -179,7 +191,7 @@ def quantize_int8(
                 use_external_data_format=large,
                 extra_options={"DefaultTensorType": TensorProto.FLOAT},  # fused ops carry no type for the quantizer
             )
-        elif method == "blockwise":
+        else:  # blockwise, mixed
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
             quantizer = MatMulNBitsQuantizer(
@@ -192,8 +204,6 @@ def quantize_int8(
             )
             quantizer.process()
             quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
-        else:
-            raise ValueError(f"int8 method {method!r}: expected one of {', '.join(INT8_METHODS)}")
     return target
 
 
@@ -203,15 +213,17 @@ def external_data_files(graph: Path) -> list[Path]:
 
 
 def _int8_exclusions(graph: onnx.GraphProto, keep_float: Sequence[str]) -> tuple[list[str], int]:
-    """MatMuls to keep fp32: those of two activations (attention scores, rotary tables: int8 there costs accuracy
-    for little speed) and those named in `keep_float`. Also the number of weight products left to quantize."""
+    """Nodes to keep fp32: MatMuls of two activations (attention scores, rotary tables: int8 there costs accuracy
+    for little speed) and the weight products (MatMul, Gemm, fused Attention) named in `keep_float`. Also the
+    number of weight products left to quantize."""
     weights = {init.name for init in graph.initializer}
     excluded, quantized = [], 0
     for node in graph.node:
-        if node.op_type != "MatMul":
+        if node.op_type not in ("MatMul", "Gemm", "Attention"):
             continue
         if node.input[1] not in weights or any(re.search(pattern, node.name) for pattern in keep_float):
-            excluded.append(node.name)
+            # the quantizer rewrites a Gemm as a MatMul named <name>_MatMul before it quantizes
+            excluded.extend([node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name])
         else:
             quantized += 1
     return excluded, quantized

@@ -1,7 +1,8 @@
 """Reduced-precision variants of an exported scorer, each proven by a fidelity report before it ships.
 
 - int8: the fp32 graph quantized by onnxruntime for CPUs: dynamically (fastest)
-  or, when that misses the fidelity thresholds, blockwise (closer to fp32).
+  or, when that misses the fidelity thresholds, blockwise (closer to fp32), then
+  blockwise with the family's sensitive products in fp32 (mixed).
 - fp16: the fp32 graph cast to fp16 with norms and softmax in fp32 (GPUs).
 - bf16: no graph of its own. onnxruntime has no bf16 CPU kernels, so on CPU the
   torch backend (weights in bf16, AVX512-BF16/AMX through oneDNN) and, on a CPU
@@ -85,7 +86,7 @@ def _candidates(precision, family, reference, model_type, folder, fp32_graph):
         def build(method=method):
             from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            graph = _build_graph(precision, method, folder, fp32_graph, model_type, family.int8_keep_float)
+            graph = _build_graph(precision, method, folder, fp32_graph, model_type, family)
             return graph, OnnxRuntimeBackend(family, folder, {SCORER: graph.files[0]}).run
 
         yield method, build, f"onnxruntime {precision} graph ({method}), cpu"
@@ -136,10 +137,10 @@ def _check_every_path(encoder, reference, paths: Mapping, method: str, precision
     return kept
 
 
-def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, model_type, keep_float) -> ExportedGraph:
+def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, model_type, family) -> ExportedGraph:
     source, target = folder / fp32_graph.files[0], folder / f"model.{precision}.onnx"
     if precision == Precision.INT8:
-        quantize_int8(source, target, model_type, keep_float, method)
+        quantize_int8(source, target, model_type, family.int8_keep_float, method, family.int8_sensitive)
     else:
         cast_graph(source, target, precision)
     return describe_graph(folder, [target.name, *(p.name for p in external_data_files(target))])

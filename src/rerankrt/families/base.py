@@ -171,6 +171,9 @@ class Family(ABC):
     prefix_reuse_roles: ClassVar[tuple[str, ...]] = ()
     """Graph roles that only serve prefix reuse (fp32 only): the serving plan leaves them out when prefix reuse is
     off or a reduced-precision scorer variant is served, and `serving_pipeline` then runs the scorer alone."""
+    int8_sensitive: ClassVar[tuple[str, ...]] = ()
+    """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
+    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
 
     @classmethod
     @abstractmethod

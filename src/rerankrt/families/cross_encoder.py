@@ -91,6 +91,7 @@ class CrossEncoderFamily(Family):
     name = "cross-encoder"
     default_max_length = 512
     int8_keep_float = (r"(^|/)classifier/",)  # the one-logit head: tiny, and it sets the scale
+    int8_sensitive = (r"/intermediate/dense/",)  # BERT/XLM-R FFN up-projection: its int8 error ranks worst
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
