@@ -48,7 +48,7 @@ def session(path: Path, threads: int = 2):
 
 def recipes(family) -> dict[str, tuple[str, tuple[str, ...]]]:
     """name -> (quantize_int8 method, keep_float regexes)."""
-    from rerankrt.export.precision import INT8_METHODS
+    from rerankrt.precision import INT8_METHODS
 
     out = {method: (method, family.int8_keep_float) for method in INT8_METHODS}
     out |= {name: ("blockwise", (*family.int8_keep_float, group)) for name, group in SENSITIVITY_GROUPS.items()}
@@ -125,8 +125,9 @@ def minilm(work: Path, repeats: int) -> dict:
 def xlmr_base(work: Path, repeats: int) -> dict:
     from bench.cpu_speed import XLMR_SHAPES, build_xlmr_model, text_of_tokens
     from rerankrt.export import export_model
-    from rerankrt.export.precision import INT8_METHODS, quantize_int8
+    from rerankrt.export.precision import quantize_int8
     from rerankrt.families import get_family
+    from rerankrt.precision import INT8_METHODS
     from rerankrt.testing.tiny_models import build_xlmr_tokenizer
 
     family = get_family("cross-encoder")

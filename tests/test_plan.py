@@ -9,7 +9,7 @@ from rerankrt.errors import ArtifactError
 from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime.machine import Machine
-from rerankrt.runtime.plan import BACKEND_CHOICES, OPENVINO_INT8_PROBLEM, Request, ServingPlan, Skipped, plan_serving
+from rerankrt.runtime.plan import BACKEND_CHOICES, Request, ServingPlan, Skipped, plan_serving
 
 CPU = Machine(physical_cores=2)  # without OpenVINO
 OPENVINO_BF16 = Machine(physical_cores=2, openvino="2026.4.1", cpu_bf16=True)  # e.g. Xeon with AMX, Zen 4
@@ -159,10 +159,13 @@ def test_bf16_artifacts_get_the_bf16_hint_only_where_the_cpu_computes_bf16():
     assert [(b, p) for b, p, _ in on_avx2] == [("openvino", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")]
 
 
-def test_int8_is_left_to_onnxruntime_with_the_reason():
+def test_int8_artifacts_offer_their_int8_graph_to_openvino_then_onnxruntime():
+    # OpenVINO loads the blockwise/mixed graphs; the dynamic one fails to load there and ONNX Runtime serves it
     candidates = cpu_plans(manifest("int8", ["int8"]), OPENVINO_BF16)
-    assert candidates[0] == ("openvino", "skipped", OPENVINO_INT8_PROBLEM)
-    assert candidates[1] == ("onnxruntime", "int8", {"scorer": "model.int8.onnx"})
+    assert candidates[:2] == [
+        ("openvino", "int8", {"scorer": "model.int8.onnx"}),
+        ("onnxruntime", "int8", {"scorer": "model.int8.onnx"}),
+    ]
     assert cpu_plans(manifest("int8", ["int8"]), OPENVINO_BF16, precision=Precision.FP32)[0][:2] == ("openvino", "fp32")
 
 

@@ -17,7 +17,7 @@ from rerankrt import __version__
 from rerankrt.errors import RerankrtError
 from rerankrt.families import family_names
 from rerankrt.logs import configure_logging
-from rerankrt.precision import ENGINE_PRECISIONS, PRECISIONS, Precision
+from rerankrt.precision import ENGINE_PRECISIONS, INT8_METHODS, PRECISIONS, Precision
 from rerankrt.runtime.plan import BACKEND_CHOICES
 
 log = logging.getLogger("rerankrt")
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--accept-fidelity-loss", action="store_true", help="export a --precision variant even if it misses them"
+    )
+    export.add_argument(
+        "--int8-method",
+        choices=INT8_METHODS,
+        help="with --precision int8: try this recipe only (default: dynamic, blockwise, mixed in turn until one passes "
+        "the fidelity gate; docs/precision.md)",
     )
     export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     export.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (GPU, `gpu` extra)")
@@ -175,6 +181,7 @@ def run_export(args: argparse.Namespace) -> int:
         force=args.force,
         precision=args.precision,
         accept_fidelity_loss=args.accept_fidelity_loss,
+        int8_method=args.int8_method,
     )
     if args.tensorrt:
         from rerankrt.export.tensorrt import build_engine

@@ -23,3 +23,5 @@ class Precision(str, Enum):
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
 ENGINE_PRECISIONS: tuple[Precision, ...] = (Precision.FP16, Precision.BF16, Precision.FP32)
 """TensorRT engine precisions, fastest first (int8 is a CPU graph)."""
+INT8_METHODS: tuple[str, ...] = ("dynamic", "blockwise", "mixed")
+"""int8 recipes (export/precision.py), fastest first: the export keeps the first that passes the fidelity gate."""

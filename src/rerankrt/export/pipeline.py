@@ -71,6 +71,7 @@ def export_model(
     tolerance: float = FP32_TOLERANCE,
     precision: Precision | str = Precision.FP32,
     accept_fidelity_loss: bool = False,
+    int8_method: str | None = None,
 ) -> Manifest:
     """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest.
 
@@ -140,6 +141,7 @@ def export_model(
                     staging,
                     graphs[SCORER],
                     accept_fidelity_loss,
+                    int8_method=int8_method,
                 )
                 (staging / FIDELITY_NAME).write_text(_json(fidelity.to_dict()))
                 variant_files.append(FIDELITY_NAME)

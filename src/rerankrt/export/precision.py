@@ -36,6 +36,7 @@ from rerankrt.export.graph_passes import (
     outer_products_as_mul,
     position_arithmetic,
 )
+from rerankrt.precision import INT8_METHODS
 
 # Ops whose arithmetic stays fp32: layer/RMS norms (fused or decomposed) and softmax.
 FP32_OPS = [
@@ -55,7 +56,6 @@ ONNX_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 # config.json model_type -> onnxruntime transformer optimizer model type (architectures it can fuse)
 FUSABLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
 QUANTIZED_OPS = ["MatMul", "Attention"]  # not Gather: embedding lookups cost no arithmetic
-INT8_METHODS = ("dynamic", "blockwise", "mixed")  # fastest first: the export keeps the first passing the gate
 INT8_BLOCK = 32
 
 log = logging.getLogger(__name__)

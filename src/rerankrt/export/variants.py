@@ -23,10 +23,10 @@ import torch
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import ExportedGraph, describe_graph
 from rerankrt.export.parity import FIDELITY_THRESHOLDS, FidelityReport, FidelityThresholds, check_fidelity
-from rerankrt.export.precision import INT8_METHODS, cast_graph, external_data_files, quantize_int8
+from rerankrt.export.precision import cast_graph, external_data_files, quantize_int8
 from rerankrt.families import Family, PairEncoder
 from rerankrt.families.base import SCORER, run_torch
-from rerankrt.precision import Precision
+from rerankrt.precision import INT8_METHODS, Precision
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,25 @@ def build_variant(
     fp32_graph: ExportedGraph,
     accept_fidelity_loss: bool = False,
     thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
+    int8_method: str | None = None,
 ) -> tuple[ExportedGraph | None, FidelityReport]:
     """Build the `precision` variant in `folder` and check it against the fp32 torch scorer.
 
     Raises ExportError when it misses a threshold, unless `accept_fidelity_loss` (then the report says so).
+    `int8_method`: that int8 recipe only (default: each of INT8_METHODS until one passes).
     """
+    if int8_method is not None and int8_method not in INT8_METHODS:
+        raise ExportError(f"int8 method {int8_method!r}: choose one of {', '.join(INT8_METHODS)}")
     if precision not in (p.value for p in Precision) or precision == Precision.FP32:
         raise ExportError(f"precision {precision!r}: choose one of int8, bf16, fp16")
     precision = Precision(precision)
     reference = family.wrap_scorer(torch_model).eval()
     graph = None
-    for method, candidate, name in _candidates(precision, family, reference, model_type, folder, fp32_graph):
+    candidates = _candidates(precision, family, reference, model_type, folder, fp32_graph, int8_method)
+    for method, candidate in candidates:
         for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
             (folder / file).unlink()
-        graph, run = candidate()
-        paths = run if isinstance(run, Mapping) else {name: run}  # bf16: every CPU path that may serve it
+        graph, paths = candidate()  # every CPU path that may serve it: all must pass
         report = _check_every_path(encoder, reference, paths, method, precision, thresholds)
         if report.passed:
             return graph, report
@@ -71,25 +75,50 @@ def build_variant(
     return graph, report
 
 
-def _candidates(precision, family, reference, model_type, folder, fp32_graph):
-    """(method, build -> (graph or None, runner), name) for each way to make `precision`, fastest first.
-
-    bf16's runner is {name: runner} of every CPU path that may serve it here: all of them must pass."""
+def _candidates(precision, family, reference, model_type, folder, fp32_graph, int8_method: str | None = None):
+    """(method, build -> (graph or None, {name: runner})) for each way to make `precision`, fastest first
+    (int8: only `int8_method` when given); the runners are every CPU path that may serve it here."""
     if precision == Precision.BF16:
         problem = bf16_hint_problem()
         method = "torch" if problem else "torch, openvino bf16 hint"
-        yield method, lambda: (None, _bf16_paths(family, reference, folder, fp32_graph, problem)), "bf16"
+        yield method, lambda: (None, _bf16_paths(family, reference, folder, fp32_graph, problem))
         return
-    methods = INT8_METHODS if precision == Precision.INT8 else ("cast",)
+    methods = (int8_method or INT8_METHODS) if precision == Precision.INT8 else ("cast",)
+    methods = (methods,) if isinstance(methods, str) else methods
     for method in methods:
 
         def build(method=method):
             from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             graph = _build_graph(precision, method, folder, fp32_graph, model_type, family)
-            return graph, OnnxRuntimeBackend(family, folder, {SCORER: graph.files[0]}).run
+            paths = {
+                f"onnxruntime {precision} graph ({method}), cpu": OnnxRuntimeBackend(
+                    family, folder, {SCORER: graph.files[0]}
+                ).run
+            }
+            if precision == Precision.INT8:  # OpenVINO serves the int8 graphs it can read: check its run too
+                paths.update(_openvino_int8_path(family, folder, graph, method))
+            return graph, paths
 
-        yield method, build, f"onnxruntime {precision} graph ({method}), cpu"
+        yield method, build
+
+
+def _openvino_int8_path(family, folder: Path, graph: ExportedGraph, method: str) -> dict:
+    """{name: runner} of OpenVINO's run of the int8 graph, or {} where OpenVINO is missing or cannot read it (the
+    dynamic recipe's fused ONNX Runtime operators: then ONNX Runtime alone serves it, as the plan falls back)."""
+    from rerankrt.errors import BackendUnavailableError
+    from rerankrt.runtime.machine import openvino_version, physical_cores
+
+    if openvino_version() is None:
+        return {}
+    from rerankrt.runtime.openvino_backend import OpenVinoBackend
+
+    try:
+        backend = OpenVinoBackend(family, folder, {SCORER: graph.files[0]}, physical_cores(), Precision.INT8)
+    except BackendUnavailableError as exc:
+        log.info("int8 (%s): not checked on OpenVINO, which will not serve it: %s", method, exc)
+        return {}
+    return {f"openvino int8 graph ({method}), cpu": backend.run}
 
 
 def bf16_hint_problem() -> str | None:

@@ -25,7 +25,8 @@ from rerankrt.runtime.plan import ServingPlan
 log = logging.getLogger(__name__)
 
 # the plan's precision -> OpenVINO's INFERENCE_PRECISION_HINT
-PRECISION_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16"}
+# (int8 graphs carry int8 weights; what is not int8 in them computes in f32)
+PRECISION_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
 
 
 def import_openvino():
@@ -61,8 +62,11 @@ class OpenVinoGraph:
 
     def __init__(self, core, graph_path: Path, config: Mapping[str, str]):
         self.graph_path = Path(graph_path)
-        model = core.read_model(str(self.graph_path))  # external data files are read from beside the graph
-        self.compiled = core.compile_model(model, "CPU", dict(config))
+        try:  # external data files are read from beside the graph
+            self.compiled = core.compile_model(core.read_model(str(self.graph_path)), "CPU", dict(config))
+        except RuntimeError as exc:  # e.g. ONNX Runtime's own fused operators (the dynamic int8 recipe)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendUnavailableError(f"openvino cannot load {self.graph_path.name}: {first}") from exc
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()

@@ -33,11 +33,6 @@ AUTO_ORDER = (
 )
 # the graph variant ONNX Runtime runs per device, when the artifact was exported for it
 ONNXRUNTIME_VARIANT = {"cpu": Precision.INT8, "cuda": Precision.FP16}
-OPENVINO_INT8_PROBLEM = (
-    "the int8 graph is made for ONNX Runtime: the dynamic recipe's fused operators (QAttention, ...) do not convert "
-    "to OpenVINO, and the fidelity gate checked ONNX Runtime's run of either recipe; ONNX Runtime serves int8 "
-    "(--precision fp32 lets OpenVINO serve the fp32 graph)"
-)
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,8 @@ def plan_serving(
             out.append(_prefix_reuse_graphs(plan, family, request.prefix_reuse and fp32))
         elif backend == "openvino":
             plan = _openvino_plan(common, precision, manifest, machine)  # fp32 graphs (bf16 is a compile hint)
-            out.append(_prefix_reuse_graphs(plan, family, request.prefix_reuse))
+            fp32 = isinstance(plan, ServingPlan) and plan.precision != Precision.INT8
+            out.append(_prefix_reuse_graphs(plan, family, request.prefix_reuse and fp32))
         else:
             out.append(_tensorrt_plan(common, precision, explicit, family, manifest, machine, request.max_length))
     return out
@@ -194,13 +190,19 @@ def fp32_graphs(manifest: Manifest) -> dict[str, str]:
 
 def _openvino_plan(common: dict, precision: Precision, manifest: Manifest, machine: Machine):
     """The fp32 graphs, computed in bf16 (OpenVINO's precision hint) for a bf16 artifact on a CPU with BF16, in fp32
-    otherwise: without BF16 instructions bf16 is emulated, slower than fp32 (OPENVINO_BF16 in docs/precision.md)."""
+    otherwise: without BF16 instructions bf16 is emulated, slower than fp32 (OPENVINO_BF16 in docs/precision.md).
+    An int8 artifact: its int8 graph, which OpenVINO reads when its recipe uses standard operators (blockwise,
+    mixed; the export gate then checked OpenVINO's run too); the dynamic recipe's fused ONNX Runtime operators fail
+    to load, and ONNX Runtime serves it."""
     if machine.openvino is None:
         return Skipped("openvino", "cpu", "openvino is not installed: pip install openvino")
-    if precision == Precision.INT8:
-        return Skipped("openvino", "cpu", OPENVINO_INT8_PROBLEM)
+    graphs = fp32_graphs(manifest)
+    if precision == Precision.INT8 and f"{SCORER}.int8" in manifest.graphs:
+        return ServingPlan(
+            **common, precision=Precision.INT8, graphs={**graphs, SCORER: manifest.graphs[f"{SCORER}.int8"].file}
+        )
     runs = Precision.BF16 if precision == Precision.BF16 and machine.cpu_bf16 else Precision.FP32
-    return ServingPlan(**common, precision=runs, graphs=fp32_graphs(manifest))
+    return ServingPlan(**common, precision=runs, graphs=graphs)
 
 
 def _tensorrt_plan(common, precision, explicit, family, manifest: Manifest, machine: Machine, max_length: int):
