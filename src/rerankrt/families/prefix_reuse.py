@@ -182,6 +182,7 @@ unless `present`."""
 
 @dataclass
 class _Plan:
+    rows: list[np.ndarray]  # each row's tokens, padding dropped
     plain: np.ndarray  # rows run whole
     reuse: np.ndarray  # rows run after their prefix
     prefixes: list[np.ndarray]  # distinct prefix ids, in first-seen order
@@ -210,9 +211,9 @@ class PrefixReuse:
     def __call__(self, batch: Batch) -> np.ndarray:
         plan = self._plan(batch)
         logits = np.empty(len(batch["input_ids"]), dtype=np.float32)
-        if len(plan.plain):
-            rows = _rows(batch, plan.plain)
-            logits[plan.plain] = self._fresh(rows["input_ids"], rows["attention_mask"], present=False)[0]
+        if len(plan.plain):  # left-padded again: the decoder reads the last position (batches may pad right)
+            input_ids, mask = _left_pad([plan.rows[r] for r in plan.plain])
+            logits[plan.plain] = self._fresh(input_ids, mask, present=False)[0]
         if len(plan.reuse):
             pasts = self._pasts(plan.prefixes)
             feeds, keys, values = _continuation_inputs(plan, pasts)
@@ -247,7 +248,7 @@ class PrefixReuse:
             reuse.append(r)
             prefix_of.append(order[key])
             suffixes.append(rows[r][lengths[r] :])
-        return _Plan(np.asarray(plain, dtype=np.int64), np.asarray(reuse, dtype=np.int64), prefixes,
+        return _Plan(rows, np.asarray(plain, dtype=np.int64), np.asarray(reuse, dtype=np.int64), prefixes,
                      np.asarray(prefix_of, dtype=np.int64), suffixes)  # fmt: skip
 
     def _pasts(self, prefixes: list[np.ndarray]) -> list[tuple]:
@@ -286,14 +287,6 @@ def _left_pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         input_ids[row, width - len(s) :] = s
         mask[row, width - len(s) :] = 1
     return input_ids, mask
-
-
-def _rows(batch: Batch, rows: np.ndarray) -> Batch:
-    """The rows' inputs, columns that are padding in every one of them dropped."""
-    mask = batch["attention_mask"][rows]
-    used = np.flatnonzero(mask.any(axis=0))
-    columns = slice(used[0], used[-1] + 1) if len(used) else slice(0, 1)
-    return {name: values[rows][:, columns] for name, values in batch.items() if name != PREFIX_LENGTH}
 
 
 def _continuation_inputs(plan: _Plan, pasts: list[tuple]) -> tuple[Batch, object, object]:
