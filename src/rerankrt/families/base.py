@@ -170,6 +170,8 @@ class Family(ABC):
     """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
     prefix_reuse_roles: ClassVar[tuple[str, ...]] = ()
     """Graph roles that serve prefix reuse (fp32 only) and score every row themselves: see `serving_roles`."""
+    retired_roles: ClassVar[tuple[str, ...]] = ()
+    """Graph roles of older artifacts that this rerankrt no longer runs: never loaded."""
 
     @classmethod
     @abstractmethod
@@ -211,6 +213,7 @@ class Family(ABC):
         prefix-reuse graphs there, those instead of the scorer graph (one copy of the weights); otherwise all but
         them (`serving_pipeline` then runs the scorer alone)."""
         reuse = set(self.prefix_reuse_roles)
+        roles = [role for role in roles if role not in self.retired_roles]
         if prefix_reuse and reuse and reuse <= set(roles):
             return [role for role in roles if role != SCORER]
         return [role for role in roles if role not in reuse]
