@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -75,7 +74,9 @@ def main() -> None:
 def print_load_rss(artifact: str, backend: str, reuse: str) -> None:
     with Reranker.load(artifact, backend=backend, threads=1, prefix_reuse=reuse == "True") as reranker:
         reranker.score("a query about something", ["a document", "another document", "a third one"])
-    print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the parent's (the export's) peak
+    peak = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+    print(f"{int(peak.split()[1]) / 1024:.0f}")
 
 
 def present_cost(artifact: Path, backend: str, args) -> None:
