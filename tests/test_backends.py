@@ -112,6 +112,7 @@ def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(monkeypatch, caplog)
     loaders = {
         "tensorrt": failing("no engine"),
         "onnxruntime": failing("graph is broken", RuntimeError),
+        "openvino": failing("openvino is not installed"),
         "torch": cpu_only("torch"),
     }
     with caplog.at_level(logging.INFO, logger="rerankrt"):
@@ -122,6 +123,7 @@ def test_auto_goes_gpu_first_then_cpu_past_any_load_failure(monkeypatch, caplog)
         "tensorrt (cuda)",
         "onnxruntime (cuda)",
         "torch (cuda)",
+        "openvino (cpu)",
         "onnxruntime (cpu)",
     ]
     assert "onnxruntime (cpu) not used: RuntimeError: graph is broken" in caplog.text
@@ -143,7 +145,7 @@ def test_onnxruntime_on_cuda_comes_before_torch_on_cuda(monkeypatch):
 
 
 def test_no_backend_at_all_lists_every_reason(monkeypatch):
-    loaders = {name: failing(f"{name} reason") for name in ("tensorrt", "onnxruntime", "torch")}
+    loaders = {name: failing(f"{name} reason") for name in ("tensorrt", "onnxruntime", "openvino", "torch")}
     with pytest.raises(BackendUnavailableError, match=r"tensorrt \(cuda\): tensorrt reason; onnxruntime \(cuda\)"):
         select_backend(monkeypatch, "auto", loaders)
 
@@ -194,8 +196,9 @@ def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
 
 
 def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_dirs):
-    import openvino
+    from rerankrt.runtime.openvino_backend import import_openvino
 
+    openvino = import_openvino()
     reranker = Reranker.load(str(artifact_dirs["xlmr"]), backend="openvino", threads=1)
     compiled = reranker.backend.sessions["scorer"].compiled
     # explicit: OpenVINO's own default on a CPU with BF16 (AVX512-BF16, AMX) is bf16
@@ -207,12 +210,12 @@ def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_d
 
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 def test_openvino_bf16_hint_passes_the_fidelity_gate(artifact_dirs, model_dirs, arch):
-    import openvino
-
     from rerankrt.export.parity import check_fidelity
     from rerankrt.families import get_family
     from rerankrt.runtime.machine import Machine
-    from rerankrt.runtime.openvino_backend import OpenVinoBackend
+    from rerankrt.runtime.openvino_backend import OpenVinoBackend, import_openvino
+
+    openvino = import_openvino()
 
     family = get_family(load_manifest(artifact_dirs[arch]).family)
     backend = OpenVinoBackend(family, artifact_dirs[arch], {"scorer": "model.onnx"}, 2, Precision.BF16)

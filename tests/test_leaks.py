@@ -43,6 +43,41 @@ def test_onnxruntime_telemetry_is_off(tmp_path):
     assert not written, f"telemetry state written under $HOME: {written}"
 
 
+def test_openvino_writes_nothing_under_home_or_beside_the_graph(tmp_path):
+    """No telemetry (`import openvino` alone sends an event and writes ~/intel/openvino_ga_cid), model cache or
+    compiled blob: the artifact folder holds only listed files (artifact.py)."""
+    home, folder = tmp_path / "home", tmp_path / "artifact"
+    home.mkdir()
+    folder.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper
+        from rerankrt.runtime.openvino_backend import OpenVinoGraph, compile_config, import_openvino
+        from rerankrt.precision import Precision
+
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {str(folder / "g.onnx")!r})
+        core = import_openvino().Core()
+        runner = OpenVinoGraph(core, {str(folder / "g.onnx")!r}, compile_config(1, Precision.FP32))
+        print(runner.run({{"x": np.array([-1.0, 2.0, 3.0], np.float32)}}, ["y"])[0])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "HOME": str(home)}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "[0. 2. 3.]" in result.stdout  # any length: dynamic shapes
+    assert not list(home.rglob("*")), [str(p) for p in home.rglob("*")]
+    assert [p.name for p in folder.iterdir()] == ["g.onnx"]
+
+
 def test_a_plain_model_folder_is_named_by_its_folder_not_its_path(tokenizer_dirs, monkeypatch):
     monkeypatch.setattr(loader, "open_first", lambda plans, family, choice="auto": (None, plans[0]))
     model = loader.load_model(EngineSettings(model_path=str(tokenizer_dirs["xlmr"]), backend="torch"))

@@ -2,12 +2,14 @@
 
 Each graph is compiled for one request at a time on `plan.threads` threads, with dynamic shapes (any batch and
 length). The precision hint is always set: OpenVINO computes bf16 by default on CPUs with BF16 instructions, which
-would silently turn an fp32 plan into a bf16 one. Nothing is cached or written beside the artifact.
+would silently turn an fp32 plan into a bf16 one. Nothing is cached or written beside the artifact, and OpenVINO's
+telemetry is kept off (`import_openvino`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,22 @@ log = logging.getLogger(__name__)
 
 # the plan's precision -> OpenVINO's INFERENCE_PRECISION_HINT
 PRECISION_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16"}
+
+
+def import_openvino():
+    """The openvino module, imported without its telemetry.
+
+    `import openvino` sends a Google Analytics event ("general_import") and writes a client id under ~/intel unless
+    the `openvino_telemetry` package is missing, in which case OpenVINO uses its own no-op stub: so it is made
+    missing for this process (a server does not phone home; rerankrt/__init__ does the same for ONNX Runtime).
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # None in sys.modules: `import` raises ImportError
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailableError("openvino is not installed: pip install rerankrt") from exc
+    return openvino
 
 
 def compile_config(threads: int, precision: Precision) -> dict[str, str]:
@@ -74,11 +92,7 @@ class OpenVinoBackend(GraphBackend):
         precision: Precision = Precision.FP32,
     ):
         """`graphs`: role -> file in `folder`; `precision`: fp32, or bf16 (the hint, on a CPU with BF16)."""
-        try:
-            import openvino
-        except ImportError as exc:
-            raise BackendUnavailableError("openvino is not installed: pip install rerankrt") from exc
-        core = openvino.Core()
+        core = import_openvino().Core()
         config = compile_config(threads, Precision(precision))
         self.precision = Precision(precision)
         super().__init__(family, folder, graphs, "cpu", lambda path: OpenVinoGraph(core, path, config))

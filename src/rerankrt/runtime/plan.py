@@ -34,8 +34,8 @@ AUTO_ORDER = (
 # the graph variant ONNX Runtime runs per device, when the artifact was exported for it
 ONNXRUNTIME_VARIANT = {"cpu": Precision.INT8, "cuda": Precision.FP16}
 OPENVINO_INT8_PROBLEM = (
-    "the int8 graph is made for ONNX Runtime (the dynamic recipe's fused contrib operators, such as QAttention, "
-    "do not convert to OpenVINO) and its fidelity gate checked ONNX Runtime's run of it; ONNX Runtime serves int8 "
+    "the int8 graph is made for ONNX Runtime: the dynamic recipe's fused operators (QAttention, ...) do not convert "
+    "to OpenVINO, and the fidelity gate checked ONNX Runtime's run of either recipe; ONNX Runtime serves int8 "
     "(--precision fp32 lets OpenVINO serve the fp32 graph)"
 )
 
