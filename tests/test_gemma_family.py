@@ -175,7 +175,7 @@ def test_padded_batches_equal_the_reference(artifact, gemma_dir, reference):
     batch = encoder.collate(encoder.encode(query, docs))
     assert (batch["attention_mask"] == 0).any()
     session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    graph = session.run(None, dict(batch))[0].reshape(-1)
+    graph = session.run(None, {name: batch[name] for name in ("input_ids", "attention_mask")})[0].reshape(-1)
     scorer = family.load_scorer(gemma_dir)
     expected = reference.score(query, docs, max_length=encoder.flag_max_length, batch_size=3)
     np.testing.assert_allclose(graph, expected, atol=1e-4, rtol=0)
@@ -200,6 +200,34 @@ def test_served_logits_equal_flagembeddings(artifact, gemma_dir, reference, back
             assert [r.index for r in ranked] == np.argsort(-expected, kind="stable").tolist()
             assert [r.score for r in ranked] == pytest.approx(sorted(expected, reverse=True), abs=1e-4)
     print(f"{backend}: max |Δlogit| vs FlagEmbedding {worst:.2e}")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
+def test_prefix_reuse_equals_flagembeddings(artifact, gemma_dir, reference, backend):
+    """The query part ([bos] "A: {query}" "\\n") once per request, each passage after it, through the one decoder
+    graph (or module): FlagEmbedding's logits within 1e-4, for one passage, empty ones, and truncated ones."""
+    from rerankrt.families.prefix_reuse import DECODER
+
+    rng = np.random.default_rng(8)
+    path = gemma_dir if backend == "torch" else artifact
+    with Reranker.load(str(path), backend=backend, threads=1) as reranker:
+        reuse = reranker.backend.scorer.reuse if backend == "torch" else reranker.backend.run
+        if backend != "torch":
+            assert set(reranker.backend.sessions) == {DECODER}
+        continued = []
+        decoder = reuse.decoder
+        reuse.decoder = lambda feeds, k, v, present: (
+            continued.append(feeds["past_mask"].any()) or decoder(feeds, k, v, present)
+        )
+        for docs in (
+            [random_text(rng, 0, int(rng.choice([20, 150, 700]))) for _ in range(6)],
+            [random_text(rng, 3, 40)],
+            ["", random_text(rng, 1, 5), ""],
+        ):
+            query = random_text(rng, 20, 30)  # over MIN_PREFIX_TOKENS with "A: " and bos
+            np.testing.assert_allclose(reranker.score(query, docs), reference.score(query, docs, batch_size=3),
+                                       atol=1e-4, rtol=0)  # fmt: skip
+        assert any(continued), "no passage continued from its query's keys and values"
 
 
 # --- (e) refusals -------------------------------------------------------------------------------

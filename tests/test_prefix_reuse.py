@@ -1,5 +1,6 @@
 """Exact prefix reuse (families.prefix_reuse) for Qwen3-Reranker: the shared prompt once, each document after it,
-equal to the model card's code on ONNX Runtime and torch, through the engine; the switch; older artifacts."""
+all through the one decoder graph (one copy of the weights), equal to the model card's code on ONNX Runtime,
+OpenVINO and torch, through the engine; the switch; older artifacts; the plan."""
 
 import asyncio
 import json
@@ -7,10 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from rerankrt.artifact import Graph
+from rerankrt.artifact import Graph, load_manifest
 from rerankrt.families import DecoderYesNoFamily
-from rerankrt.families.prefix_reuse import CONTINUATION, PREFIX, PREFIX_LENGTH
+from rerankrt.families.prefix_reuse import DECODER, PREFIX_LENGTH, DecoderModule, past_geometry
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker
 from rerankrt.runtime.engine import ScoreRequest
@@ -19,34 +21,36 @@ from rerankrt.testing.reference import qwen3_card_scores, random_documents, rand
 from tests import test_plan
 from tests.conftest import QWEN_ARCHS
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "openvino", "torch")
+PREFIX, CONTINUATION, PLAIN = "prefix", "continuation", "plain"
 
 
 def _load(artifact_dirs, model_dirs, arch, backend, **options):
-    path = artifact_dirs[arch] if backend == "onnxruntime" else model_dirs[arch]
+    path = model_dirs[arch] if backend == "torch" else artifact_dirs[arch]
     return Reranker.load(str(path), backend=backend, threads=1, **options)
 
 
-def _count_calls(reranker) -> dict[str, int]:
-    """Calls per graph role (ONNX Runtime) or per module (torch), counted from now on."""
-    calls = {PREFIX: 0, CONTINUATION: 0, "plain": 0}
-
-    def counted(name, run):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return run(*args, **kwargs)
-
-        return wrapper
-
+def _reuse(reranker):
+    """The reranker's `PrefixReuse` (the graph backends' pipeline, or the torch scorer's)."""
     backend = reranker.backend
-    if backend.name == "onnxruntime":
-        for role, session in backend.sessions.items():
-            session.run = counted("plain" if role == "scorer" else role, session.run)
-    else:
-        reuse = backend.scorer.reuse
-        reuse.plain = counted("plain", reuse.plain)
-        reuse.prefix = counted(PREFIX, reuse.prefix)
-        reuse.continuation = counted(CONTINUATION, reuse.continuation)
+    return backend.scorer.reuse if backend.name == "torch" else backend.run
+
+
+def _count_calls(reranker) -> dict[str, int]:
+    """Decoder calls (each one graph run, or one module call on torch) from now on, by kind: prefixes (present
+    keys/values wanted), continuations (a real past), rows run whole (the masked dummy past)."""
+    calls = {PREFIX: 0, CONTINUATION: 0, PLAIN: 0}
+    reuse = _reuse(reranker)
+    decoder = reuse.decoder
+
+    def counted(feeds, keys, values, present):
+        kind = PREFIX if present else CONTINUATION if feeds["past_mask"].any() else PLAIN
+        calls[kind] += 1
+        return decoder(feeds, keys, values, present)
+
+    reuse.decoder = counted
+    if reranker.backend.name != "torch":
+        assert set(reranker.backend.sessions) == {DECODER}  # one graph, one copy of the weights
     return calls
 
 
@@ -72,7 +76,7 @@ def test_prefix_reuse_equals_the_model_card(artifact_dirs, model_dirs, arch, bac
         if max_length not in rerankers:
             rerankers[max_length] = _load(artifact_dirs, model_dirs, arch, backend, max_length=max_length)
         reranker = rerankers[max_length]
-        reranker.model.backend.scorer.reuse.cache.clear() if backend == "torch" else None
+        _reuse(reranker).cache.clear()
         calls = _count_calls(reranker)
         _, logit = qwen3_card_scores(model_dirs[arch], query, docs, instruct, max_length)
         np.testing.assert_allclose(reranker.score(query, docs, instruct), logit, atol=1e-4, rtol=0)
@@ -84,8 +88,9 @@ def test_prefix_reuse_equals_the_model_card(artifact_dirs, model_dirs, arch, bac
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_requests_with_different_prefixes_in_one_batch(artifact_dirs, model_dirs, backend):
-    """Rows of three requests (one of them a single document) in one batch, left-padded: each continues from its
-    own prefix, a lone row runs whole, and a prefix seen before is taken from the cache."""
+    """Rows of three requests (one of them a single document) in one batch, left-padded: the two prefixes run in
+    one call, each row continues from its own, a lone row runs whole, and a prefix seen before is taken from the
+    cache."""
     rng = np.random.default_rng(5)
     family = DecoderYesNoFamily()
     encoder = family.load_encoder(model_dirs["qwen3"])
@@ -102,10 +107,11 @@ def test_requests_with_different_prefixes_in_one_batch(artifact_dirs, model_dirs
     reranker = _load(artifact_dirs, model_dirs, "qwen3", backend)
     calls = _count_calls(reranker)
     np.testing.assert_allclose(reranker.backend.run(batch), expected, atol=1e-4, rtol=0)
-    assert calls == {PREFIX: 2, CONTINUATION: 1, "plain": 1}
+    assert calls == {PREFIX: 1, CONTINUATION: 1, PLAIN: 1}
+    assert len(_reuse(reranker).cache) == 2
     again = encoder.collate(pairs[:1] + pairs[4:5])  # one row each of requests 0 and 1: only the first is cached
     np.testing.assert_allclose(reranker.backend.run(again), expected[np.argsort(order)][[0, 4]], atol=1e-4, rtol=0)
-    assert calls == {PREFIX: 2, CONTINUATION: 2, "plain": 2}
+    assert calls == {PREFIX: 1, CONTINUATION: 2, PLAIN: 2}
     reranker.close()
 
 
@@ -135,24 +141,24 @@ def test_switch_off_runs_every_pair_whole_with_the_same_scores(artifact_dirs, mo
     on = _load(artifact_dirs, model_dirs, "qwen3", backend)
     off = _load(artifact_dirs, model_dirs, "qwen3", backend, prefix_reuse=False)
     assert not off.encoder.prefix_reuse and PREFIX_LENGTH not in off.encoder.encode(query, docs)[0]
-    if backend == "onnxruntime":
-        assert set(on.model.plan.graphs) == {"scorer", PREFIX, CONTINUATION}
-        assert set(off.model.plan.graphs) == {"scorer"}  # the prefix graphs are not even loaded
-    calls = _count_calls(off)
+    if backend != "torch":
+        assert on.model.plan.graphs == {DECODER: "decoder.onnx"}  # one graph for every row
+        assert off.model.plan.graphs == {"scorer": "model.onnx"}  # the decoder graph is not even loaded
+        assert set(off.backend.sessions) == {"scorer"}
+    calls = _count_calls(on)
     np.testing.assert_allclose(off.score(query, docs), on.score(query, docs), atol=1e-4, rtol=0)
-    assert calls[PREFIX] == calls[CONTINUATION] == 0
+    assert calls[PREFIX] == 1 and calls[CONTINUATION] >= 1  # the prompt once, whatever batches the engine makes
     on.close()
     off.close()
 
 
-def test_an_artifact_without_the_prefix_graphs_still_serves(artifact_dirs, model_dirs, tmp_path):
+def test_an_artifact_without_the_decoder_graph_still_serves(artifact_dirs, model_dirs, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(artifact_dirs["qwen3"], old)
     manifest = json.loads((old / "manifest.json").read_text())
-    for role in (PREFIX, CONTINUATION):
-        file = manifest["graphs"].pop(role)["file"]
-        manifest["files"].pop(file)
-        (old / file).unlink()
+    file = manifest["graphs"].pop(DECODER)["file"]
+    manifest["files"].pop(file)
+    (old / file).unlink()
     (old / "manifest.json").write_text(json.dumps(manifest))
     rng = np.random.default_rng(4)
     query, docs = random_text(rng, 2, 8), random_documents(rng, 5, max_words=50)
@@ -178,23 +184,90 @@ def test_prefix_ends_before_the_document_and_is_the_same_for_every_document(toke
     assert encoder.tokenizer.decode(pairs[0]["input_ids"][:length]).rstrip().endswith("<Document>:")
 
 
+def test_the_masked_dummy_past_gets_exactly_zero_weight(model_dirs):
+    """Rows without a past see a one-position past that is masked out: whatever it holds, the logits and present
+    keys/values of the real tokens are bit-identical (every real query also sees its own key, so the masked one
+    weighs exactly 0)."""
+    module = DecoderModule(DecoderYesNoFamily().load_export_model(model_dirs["qwen3"])).eval()
+    layers, heads, head_dim = past_geometry(module.body.config)
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    shape = (layers, 2, heads, 1, head_dim)
+    with torch.inference_mode():
+        zero = module(ids, mask, positions, torch.zeros(2, 1, dtype=torch.long), torch.zeros(shape), torch.zeros(shape))
+        noise = module(ids, mask, positions, torch.zeros(2, 1, dtype=torch.long), 1e3 * torch.randn(shape),
+                       1e3 * torch.randn(shape))  # fmt: skip
+    assert torch.equal(zero[0], noise[0])
+    real = mask.bool()  # padded positions see nothing real, so they average every key: masked anyway
+    for a, b in zip(zero[1:], noise[1:], strict=True):
+        assert torch.equal(a.permute(1, 3, 0, 2, 4)[real], b.permute(1, 3, 0, 2, 4)[real])
+
+
+def test_export_verifies_both_serving_sets(artifact_dirs):
+    manifest = load_manifest(artifact_dirs["qwen3"])
+    assert {role: g.file for role, g in manifest.graphs.items()} == {"scorer": "model.onnx", DECODER: "decoder.onnx"}
+    parity = json.loads((artifact_dirs["qwen3"] / "parity.json").read_text())
+    assert parity["passed"] and "(model.onnx)" in parity["candidate"] and "(decoder.onnx)" in parity["candidate"]
+
+
+def test_openvino_bf16_hint_with_prefix_reuse_passes_the_fidelity_gate(artifact_dirs, model_dirs):
+    from rerankrt.export.parity import check_fidelity
+    from rerankrt.runtime.machine import Machine
+    from rerankrt.runtime.openvino_backend import OpenVinoBackend, import_openvino
+
+    openvino = import_openvino()  # without its telemetry
+
+    family = DecoderYesNoFamily()
+    backend = OpenVinoBackend(family, artifact_dirs["qwen3"], {DECODER: "decoder.onnx"}, 2, Precision.BF16)
+    encoder = family.load_encoder(artifact_dirs["qwen3"])
+    calls = {"continuation": 0}
+    decoder = backend.run.decoder
+
+    def counted(feeds, keys, values, present):
+        calls["continuation"] += bool(feeds["past_mask"].any())
+        return decoder(feeds, keys, values, present)
+
+    backend.run.decoder = counted
+    report = check_fidelity(encoder, family.load_scorer(model_dirs["qwen3"]), backend.run, "openvino bf16", "bf16")
+    assert report.passed, report.failures
+    assert calls["continuation"] > 0  # the documents continued from their prefixes
+    if Machine.detect().cpu_bf16:  # really computed in bf16 (fp32 matches within 1e-4)
+        assert backend.sessions[DECODER].compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+
+
+FILES = {"scorer": "model.onnx", "scorer.int8": "model.int8.onnx", DECODER: "decoder.onnx"}
+
+
 @pytest.mark.parametrize(
-    ("precision", "reuse", "expected"),
+    ("machine", "artifact", "precision", "reuse", "expected"),
     [
-        (None, True, {"scorer"}),  # the int8 artifact's own precision: the int8 scorer alone
-        (Precision.FP32, True, {"scorer", PREFIX, CONTINUATION}),
-        (Precision.FP32, False, {"scorer"}),
+        # ONNX Runtime: the decoder graph only where its scorer would be the fp32 graph
+        (test_plan.CPU, "int8", None, True, ("int8", {"scorer": "model.int8.onnx"})),
+        (test_plan.CPU, "int8", Precision.FP32, True, ("fp32", {DECODER: "decoder.onnx"})),
+        (test_plan.CPU, "int8", Precision.FP32, False, ("fp32", {"scorer": "model.onnx"})),
+        (test_plan.CPU, "bf16", None, True, ("fp32", {DECODER: "decoder.onnx"})),  # ONNX Runtime runs fp32 graphs
+        # OpenVINO always runs fp32 graphs (bf16 is a compile hint): the decoder graph for bf16 too
+        (test_plan.OPENVINO_BF16, "bf16", None, True, ("bf16", {DECODER: "decoder.onnx"})),
+        (test_plan.OPENVINO_BF16, "bf16", None, False, ("bf16", {"scorer": "model.onnx"})),
+        (test_plan.OPENVINO_NO_BF16, "fp32", None, True, ("fp32", {DECODER: "decoder.onnx"})),
     ],
 )
-def test_plan_loads_the_prefix_graphs_beside_the_fp32_scorer_only(precision, reuse, expected):
-    graphs = {
-        role: Graph(file=f"{role}.onnx", inputs=["input_ids"], outputs=["logits"])
-        for role in ("scorer", "scorer.int8", PREFIX, CONTINUATION)
-    }
-    manifest = test_plan.manifest(precision="int8", family="decoder-yes-no").model_copy(update={"graphs": graphs})
-    plan = test_plan.first(manifest, test_plan.CPU, backend="onnxruntime", precision=precision, prefix_reuse=reuse)
-    if precision is None:
-        assert plan.precision == Precision.INT8 and set(plan.graphs) == {"scorer"}
-        assert plan.graphs["scorer"] == "scorer.int8.onnx"
-    else:
-        assert plan.precision == Precision.FP32 and set(plan.graphs) == expected
+def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_without(
+    machine, artifact, precision, reuse, expected
+):
+    roles = [role for role in FILES if artifact == "int8" or role != "scorer.int8"]
+    graphs = {role: Graph(file=FILES[role], inputs=["input_ids"], outputs=["logits"]) for role in roles}
+    manifest = test_plan.manifest(precision=artifact, family="decoder-yes-no").model_copy(update={"graphs": graphs})
+    backend = "openvino" if machine.openvino else "onnxruntime"
+    plan = test_plan.first(manifest, machine, backend=backend, precision=precision, prefix_reuse=reuse)
+    assert (plan.precision.value, dict(plan.graphs)) == expected
+
+
+@pytest.mark.parametrize("roles", [("scorer",), ("scorer", "prefix", "continuation")])  # the earlier design's
+def test_plan_without_the_decoder_graph_serves_the_scorer_alone_with_reuse_on(roles):
+    manifest = test_plan.manifest(family="decoder-yes-no", roles=roles)
+    assert test_plan.first(manifest, test_plan.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
+    assert test_plan.first(manifest, test_plan.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}

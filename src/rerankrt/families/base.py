@@ -169,8 +169,9 @@ class Family(ABC):
     int8_keep_float: ClassVar[tuple[str, ...]] = ()
     """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
     prefix_reuse_roles: ClassVar[tuple[str, ...]] = ()
-    """Graph roles that only serve prefix reuse (fp32 only): the serving plan leaves them out when prefix reuse is
-    off or a reduced-precision scorer variant is served, and `serving_pipeline` then runs the scorer alone."""
+    """Graph roles that serve prefix reuse (fp32 only) and score every row themselves: see `serving_roles`."""
+    retired_roles: ClassVar[tuple[str, ...]] = ()
+    """Graph roles of older artifacts that this rerankrt no longer runs: never loaded."""
     int8_sensitive: ClassVar[tuple[str, ...]] = ()
     """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
     rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
@@ -209,6 +210,16 @@ class Family(ABC):
     @abstractmethod
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """The torch model the graphs are exported from (fp32 unless asked), in eval mode."""
+
+    def serving_roles(self, roles: Sequence[str], prefix_reuse: bool) -> list[str]:
+        """Which of an artifact's fp32 graph `roles` one serving loads: with `prefix_reuse` and the family's
+        prefix-reuse graphs there, those instead of the scorer graph (one copy of the weights); otherwise all but
+        them (`serving_pipeline` then runs the scorer alone)."""
+        reuse = set(self.prefix_reuse_roles)
+        roles = [role for role in roles if role not in self.retired_roles]
+        if prefix_reuse and reuse and reuse <= set(roles):
+            return [role for role in roles if role != SCORER]
+        return [role for role in roles if role not in reuse]
 
     def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
         """The ONNX graphs of an artifact; by default one: optimum's export of a one-logit classifier."""

@@ -28,24 +28,37 @@ same amount) does not change the scores.
 
 The prompt is fixed (the model was fine-tuned with it), so a request's `instruct` is refused rather than
 silently ignored.
+
+Prefix reuse (`families.prefix_reuse`, as for Qwen3-Reranker): every pair of a request starts with the same
+`first + sep` ([bos] "A: {query}" "\n"), so it runs once per request and each passage continues from its keys and
+values, in the decoder graph (decoder.onnx) that then serves every row; model.onnx stays for --no-prefix-reuse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rerankrt.errors import InputError, UnsupportedModelError
+from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
+    SCORER,
+    Batch,
+    ClassifierLogitScorer,
     Family,
     Features,
+    GraphRunner,
+    GraphSpec,
+    OptimumGraph,
     PairEncoder,
+    ParityCheck,
     load_fast_tokenizer,
     named,
     resolve_max_length,
+    run_torch,
     save_tokenizer,
 )
 from rerankrt.families.yes_no import fold_head, head_row, pad_token_id, single_token_id
@@ -83,6 +96,7 @@ class BgeGemmaPairEncoder(PairEncoder):
     """FlagEmbedding's token-level prompt, cut exactly as FlagLLMReranker cuts it (see the module docstring)."""
 
     input_names = ("input_ids", "attention_mask")
+    prefix_reuse = True
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
@@ -151,8 +165,15 @@ class BgeGemmaPairEncoder(PairEncoder):
             second = self.sep + self._cut(passage_ids, self.flag_max_length)
             second = self._cut(second, max(0, self.pair_limit - len(first)))
             ids = np.asarray(first + second + self.sep + self.prompt, dtype=np.int64)
-            pairs.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            pair = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            if self.prefix_reuse:  # the query part: the same tokens for every passage (rows group by their ids)
+                split = min(len(first) + len(self.sep), len(ids) - 1)
+                pair[prefix_reuse.PREFIX_LENGTH] = np.asarray([split], dtype=np.int64)
+            pairs.append(pair)
         return pairs
+
+    def collate(self, pairs: Sequence[Features]) -> Batch:
+        return prefix_reuse.collate_prefix_lengths(super().collate(pairs), pairs)
 
     def save(self, out_dir: Path) -> list[str]:
         return save_tokenizer(self.tokenizer, out_dir)
@@ -162,6 +183,7 @@ class BgeGemmaFamily(Family):
     name = "bge-gemma-yes"
     default_max_length = FLAG_MAX_LENGTH  # in FlagEmbedding's terms: the encoder adds twice the prompt's tokens
     int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
+    prefix_reuse_roles = prefix_reuse.ROLES
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
@@ -201,3 +223,21 @@ class BgeGemmaFamily(Family):
         if getattr(causal_lm.config, "final_logit_softcapping", None):
             raise UnsupportedModelError(f"{model_dir}: soft-capped logits cannot be folded to one row")
         return fold_head(causal_lm, head_row(causal_lm, yes), pad_token_id(tokenizer))
+
+    def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
+        """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
+        return [OptimumGraph(SCORER, export_model), *prefix_reuse.graph_specs(export_model)]
+
+    def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
+        return prefix_reuse.PrefixReuseScorer(export_model)
+
+    def parity_check(self, export_model: torch.nn.Module, model_dir: Path, encoder: PairEncoder) -> ParityCheck:
+        """The graphs, with prefix reuse as served, against the folded classifier on whole rows."""
+        whole = ClassifierLogitScorer(export_model).eval()
+        return ParityCheck(
+            lambda batch: run_torch(whole, {k: v for k, v in batch.items() if k != prefix_reuse.PREFIX_LENGTH}),
+            "transformers GemmaForSequenceClassification (folded Yes head), whole pairs, fp32, cpu",
+        )
+
+    def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
+        return prefix_reuse.graph_pipeline(folder, graphs)

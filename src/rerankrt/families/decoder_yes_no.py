@@ -10,9 +10,10 @@ graph never computes the vocabulary-wide projection.
 The prompt is the model card's, rendered from a sandboxed Jinja template
 (`templates/qwen3_reranker.jinja`, or `--chat-template`; see `families.yes_no`).
 
-Besides the plain scorer graph (model.onnx), an artifact holds the prefix and continuation graphs of exact
-prefix reuse (`families.prefix_reuse`): the prompt before the document runs once per distinct prompt and query,
-each document continues from its keys and values. The encoder marks where each pair splits (`prefix_length`).
+Besides the plain scorer graph (model.onnx), an artifact holds the decoder graph of exact prefix reuse
+(decoder.onnx, `families.prefix_reuse`): the prompt before the document runs once per distinct prompt and query,
+each document continues from its keys and values. With prefix reuse on, that one graph serves every row (the
+weights are loaded once); off, model.onnx alone. The encoder marks where each pair splits (`prefix_length`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class DecoderYesNoFamily(Family):
     default_max_length = 8192
     int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
     prefix_reuse_roles = prefix_reuse.ROLES
+    retired_roles = prefix_reuse.RETIRED_ROLES
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
@@ -153,7 +155,7 @@ class DecoderYesNoFamily(Family):
         return fold_head(causal_lm, row, pad_token_id(tokenizer))
 
     def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
-        """The plain scorer (optimum's export of the folded classifier), then the prefix and continuation graphs."""
+        """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
         return [OptimumGraph(SCORER, export_model), *prefix_reuse.graph_specs(export_model)]
 
     def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
@@ -169,7 +171,7 @@ class DecoderYesNoFamily(Family):
         )
 
     def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
-        return prefix_reuse.graph_pipeline(graphs)
+        return prefix_reuse.graph_pipeline(folder, graphs)
 
 
 def parity_samples(encoder: PairEncoder, seed: int = 0) -> list[tuple[str, list[str]]]:

@@ -2,7 +2,7 @@
 
 Every pair of a request starts with the same prompt (system line, instruction, query, up to the document). In a
 causal decoder the keys and values of those tokens do not depend on what follows, so they are computed once and
-each document continues from them. Nothing is approximated: the split only moves work between two graphs.
+each document continues from them. Nothing is approximated: the split only moves work between calls.
 
 Where a pair splits. The encoder marks each pair with `prefix_length` (a per-pair feature, [batch] after
 collate): its tokens before the first token that touches the document text, at most all but its last token. It is
@@ -11,42 +11,47 @@ slices, and of other requests with the same prompt and query share it exactly; t
 so a pair whose query was cut simply has another prefix. Rows are grouped by their prefix token ids, not by the
 request they came from: the scheduler may batch rows of several requests.
 
-Two graphs beside the plain scorer (one graph with optional past inputs would need zero-length tensors, which not
-every runtime takes):
+One graph, `decoder` (decoder.onnx), does every call, so with prefix reuse on a backend holds the weights once:
 
-- `prefix`: `input_ids` [1, past] -> `past_keys`, `past_values` [layers, 1, kv_heads, past, head_dim], keys
-  already rotated (rotary embedding is applied before caching, at positions 0..past-1).
-- `continuation`: `input_ids` [batch, sequence] (each row's tokens after its prefix, left-padded),
-  `attention_mask` [batch, sequence], `position_ids` [batch, sequence] (prefix length + 0, 1, ...),
-  `past_mask` [batch, past] and `past_keys`, `past_values` [layers, batch, kv_heads, past, head_dim] (each
-  row's prefix, left-padded to the longest in the batch) -> `logits` [batch]: the trimmed yes - no head on the
-  last position, which is every row's last real token.
+    input_ids, attention_mask, position_ids [batch, sequence]   the new tokens, left-padded, explicit positions
+    past_mask [batch, past]                                      which past positions are real
+    past_keys, past_values [layers, batch, kv_heads, past, head_dim]
+    -> logits [batch]                    the folded yes - no head at the last position (every row's last token)
+       present_keys, present_values      [layers, batch, kv_heads, sequence, head_dim]: the new tokens' own
+                                         keys/values, rotary already applied (positions as given)
 
-A query sees every real past key and the real suffix keys up to itself; padded keys get the dtype's most negative
-value (finite, so padded rows stay finite). `PrefixReuse` plans a batch: rows whose prefix is shorter than
-`MIN_PREFIX_TOKENS`, or that are alone with their prefix in the batch and not cached, run through the plain
-scorer graph; the others run the prefix graph once per distinct prefix (kept in a small LRU cache, so the
-batches a request is split into, and the next request with the same prompt, compute it once) and the
-continuation graph once for all of them. The torch scorer runs the same modules the graphs are exported from.
+A query sees every real past key and the real new keys up to itself; padded keys get the dtype's most negative
+value (finite, so padded rows stay finite). A call without a past (a prefix, or a row run whole) feeds a
+one-position dummy past that is masked out: every real query also sees its own key, so the dummy's attention
+weight is exactly zero, and no zero-length tensor is ever needed (not every runtime takes them).
+
+`PrefixReuse` plans a batch: rows whose prefix is shorter than `MIN_PREFIX_TOKENS`, or that are alone with their
+prefix in the batch and not cached, run whole (dummy past); the distinct prefixes not in the small LRU cache run
+in one call (left-padded, their present keys/values cached, so the batches a request is split into, and the next
+request with the same prompt, compute a prefix once); the other rows then continue from their prefixes in one
+call, whose present outputs are not used. The torch scorer runs the module the graph is exported from.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from rerankrt.families.base import SCORER, Batch, Features, GraphRunner, TorchGraph
 
-PREFIX, CONTINUATION = "prefix", "continuation"
-ROLES = (PREFIX, CONTINUATION)
+DECODER = "decoder"
+ROLES = (DECODER,)
+RETIRED_ROLES = ("prefix", "continuation")  # the earlier design's two graphs, each a copy of the weights
 PREFIX_LENGTH = "prefix_length"
-PREFIX_OUTPUTS = ("past_keys", "past_values")
-CONTINUATION_INPUTS = ("input_ids", "attention_mask", "position_ids", "past_mask", "past_keys", "past_values")
-MIN_PREFIX_TOKENS = 16  # shorter shared prefixes are not worth a second graph call (bench: prefix_reuse)
+DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids", "past_mask", "past_keys", "past_values")
+DECODER_OUTPUTS = ("logits", "present_keys", "present_values")
+MIN_PREFIX_TOKENS = 16  # shorter shared prefixes are not worth a second call (bench: prefix_reuse)
 CACHE_BYTES = 256 * 1024 * 1024  # prefix keys/values kept across batches, at most
 
 
@@ -69,21 +74,20 @@ def collate_prefix_lengths(batch: Batch, pairs: Sequence[Features]) -> Batch:
     return batch
 
 
-# --- the modules the two graphs are exported from --------------------------------------------------
+# --- the module the decoder graph is exported from ---------------------------------------------------
 
 
 class _Past:
     """What the decoder layers call `update` on: the given past keys/values prepended, the new ones recorded."""
 
-    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         self.keys, self.values = keys, values
         self.present: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, keys, values, layer_idx, cache_kwargs=None):
-        if self.keys is not None:
-            keys = torch.cat([self.keys[layer_idx].to(keys.dtype), keys], dim=2)
-            values = torch.cat([self.values[layer_idx].to(values.dtype), values], dim=2)
         self.present.append((keys, values))
+        keys = torch.cat([self.keys[layer_idx].to(keys.dtype), keys], dim=2)
+        values = torch.cat([self.values[layer_idx].to(values.dtype), values], dim=2)
         return keys, values
 
 
@@ -103,28 +107,20 @@ def _body(classifier: torch.nn.Module) -> torch.nn.Module:
     return getattr(classifier, classifier.base_model_prefix)
 
 
-class PrefixModule(torch.nn.Module):
-    """input_ids [1, past] -> (past_keys, past_values) [layers, 1, kv_heads, past, head_dim] of a folded classifier's
-    decoder body (its own embedding, rotary and layers)."""
-
-    def __init__(self, classifier: torch.nn.Module):
-        super().__init__()
-        self.body = _body(classifier)
-
-    def forward(self, input_ids):
-        length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)[None]
-        dtype = self.body.embed_tokens.weight.dtype
-        past = _Past()
-        self.body(
-            input_ids=input_ids, attention_mask=attention_bias(torch.ones_like(input_ids), length, dtype),
-            position_ids=positions, cache_position=positions[0], past_key_values=past, use_cache=False,
-        )  # fmt: skip
-        return torch.stack([k for k, _ in past.present]), torch.stack([v for _, v in past.present])
+def past_geometry(config) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a decoder config (a transformers config or config.json's dict)."""
+    get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
+    heads = get("num_attention_heads")
+    return (
+        int(get("num_hidden_layers")),
+        int(get("num_key_value_heads", heads)),
+        int(get("head_dim") or get("hidden_size") // heads),
+    )
 
 
-class ContinuationModule(torch.nn.Module):
-    """Each row's tokens after its prefix, given its prefix's keys/values -> the folded head's logit, float32."""
+class DecoderModule(torch.nn.Module):
+    """A folded classifier's decoder body and head on new tokens after given past keys/values (see the module
+    docstring): -> (logits float32 [batch], present_keys, present_values)."""
 
     def __init__(self, classifier: torch.nn.Module):
         super().__init__()
@@ -134,37 +130,27 @@ class ContinuationModule(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, past_mask, past_keys, past_values):
         dtype = self.body.embed_tokens.weight.dtype
         key_mask = torch.cat([past_mask, attention_mask], dim=1)
+        past = _Past(past_keys, past_values)
         hidden = self.body(
             input_ids=input_ids, attention_mask=attention_bias(key_mask, input_ids.shape[1], dtype),
-            position_ids=position_ids, cache_position=position_ids[0], past_key_values=_Past(past_keys, past_values),
-            use_cache=False,
+            position_ids=position_ids, cache_position=position_ids[0], past_key_values=past, use_cache=False,
         ).last_hidden_state  # fmt: skip
-        return self.score(hidden[:, -1]).float()[:, 0]
+        logits = self.score(hidden[:, -1]).float()[:, 0]
+        return logits, torch.stack([k for k, _ in past.present]), torch.stack([v for _, v in past.present])
 
 
 def graph_specs(classifier: torch.nn.Module) -> list[TorchGraph]:
-    """prefix.onnx and continuation.onnx from the folded classifier (weights shared with its scorer graph)."""
-    config = classifier.config
-    layers, heads = config.num_hidden_layers, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    """decoder.onnx from the folded classifier (the same weights as its scorer graph, model.onnx)."""
+    layers, heads, head_dim = past_geometry(classifier.config)
     batch, sequence, past = ("batch", 1), ("sequence", 1), ("past", 1)
-    prefix = TorchGraph(
-        role=PREFIX,
-        file="prefix.onnx",
-        module=PrefixModule(classifier).eval(),
-        args=(torch.full((1, 7), 3, dtype=torch.long),),
-        input_names=("input_ids",),
-        output_names=PREFIX_OUTPUTS,
-        dynamic_axes=({1: past},),
-    )
     mask = torch.ones(2, 5, dtype=torch.long)
     mask[1, :2] = 0
     past_mask = torch.ones(2, 7, dtype=torch.long)
     past_mask[0, :3] = 0
-    continuation = TorchGraph(
-        role=CONTINUATION,
-        file="continuation.onnx",
-        module=ContinuationModule(classifier).eval(),
+    decoder = TorchGraph(
+        role=DECODER,
+        file="decoder.onnx",
+        module=DecoderModule(classifier).eval(),
         args=(
             torch.full((2, 5), 3, dtype=torch.long),
             mask,
@@ -173,8 +159,8 @@ def graph_specs(classifier: torch.nn.Module) -> list[TorchGraph]:
             torch.randn(layers, 2, heads, 7, head_dim),
             torch.randn(layers, 2, heads, 7, head_dim),
         ),
-        input_names=CONTINUATION_INPUTS,
-        output_names=("logits",),
+        input_names=DECODER_INPUTS,
+        output_names=DECODER_OUTPUTS,
         dynamic_axes=(
             {0: batch, 1: sequence},
             {0: batch, 1: sequence},
@@ -184,14 +170,20 @@ def graph_specs(classifier: torch.nn.Module) -> list[TorchGraph]:
             {1: batch, 3: past},
         ),
     )
-    return [prefix, continuation]
+    return [decoder]
 
 
 # --- serving: one batch, rows grouped by prefix ---------------------------------------------------
 
+Decoder = Callable[[Batch, object, object, bool], tuple]
+"""`decoder(feeds, past_keys, past_values, present) -> (logits float32 [batch], present_keys, present_values)`:
+`feeds` are the numpy input_ids, attention_mask, position_ids and past_mask; the present keys/values are None
+unless `present`."""
+
 
 @dataclass
 class _Plan:
+    rows: list[np.ndarray]  # each row's tokens, padding dropped
     plain: np.ndarray  # rows run whole
     reuse: np.ndarray  # rows run after their prefix
     prefixes: list[np.ndarray]  # distinct prefix ids, in first-seen order
@@ -200,39 +192,45 @@ class _Plan:
 
 
 class PrefixReuse:
-    """`run(batch) -> logits` over three runners (numpy or torch arrays alike), with a cache of prefixes.
+    """`run(batch) -> logits` over one decoder (graph or module, numpy or torch past alike), with a prefix cache.
 
-    `plain(batch)` scores rows whole; `prefix(ids [1, p]) -> (keys, values)`; `continuation(feeds, keys, values)`
-    scores the continuation feeds (numpy) with the assembled past. One instance serves one inference thread.
+    `dummy_past(rows) -> (keys, values)`: one position per row, masked out. One instance serves one inference
+    thread.
     """
 
     def __init__(
         self,
-        plain: Callable[[Batch], np.ndarray],
-        prefix: Callable[[np.ndarray], tuple],
-        continuation: Callable[[Batch, object, object], np.ndarray],
+        decoder: Decoder,
+        dummy_past: Callable[[int], tuple],
         min_prefix: int = MIN_PREFIX_TOKENS,
         cache_bytes: int = CACHE_BYTES,
     ):
-        self.plain, self.prefix, self.continuation = plain, prefix, continuation
+        self.decoder, self.dummy_past = decoder, dummy_past
         self.min_prefix, self.cache_bytes = min_prefix, cache_bytes
         self.cache: OrderedDict[bytes, tuple] = OrderedDict()
 
     def __call__(self, batch: Batch) -> np.ndarray:
-        if PREFIX_LENGTH not in batch:
-            return self.plain(batch)
         plan = self._plan(batch)
         logits = np.empty(len(batch["input_ids"]), dtype=np.float32)
-        if len(plan.plain):
-            logits[plan.plain] = self.plain(_rows(batch, plan.plain))
+        if len(plan.plain):  # left-padded again: the decoder reads the last position (batches may pad right)
+            input_ids, mask = _left_pad([plan.rows[r] for r in plan.plain])
+            logits[plan.plain] = self._fresh(input_ids, mask, present=False)[0]
         if len(plan.reuse):
-            pasts = [self._past(ids) for ids in plan.prefixes]
+            pasts = self._pasts(plan.prefixes)
             feeds, keys, values = _continuation_inputs(plan, pasts)
-            logits[plan.reuse] = self.continuation(feeds, keys, values)
+            logits[plan.reuse] = self.decoder(feeds, keys, values, False)[0]
         return logits
 
+    def _fresh(self, input_ids: np.ndarray, attention_mask: np.ndarray, present: bool) -> tuple:
+        """Rows without a past (left-padded): the decoder after the masked dummy past."""
+        positions = np.maximum(attention_mask.cumsum(axis=1) - 1, 0)
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions,
+                 "past_mask": np.zeros((len(input_ids), 1), dtype=np.int64)}  # fmt: skip
+        return self.decoder(feeds, *self.dummy_past(len(input_ids)), present)
+
     def _plan(self, batch: Batch) -> _Plan:
-        ids, mask, lengths = batch["input_ids"], batch["attention_mask"], batch[PREFIX_LENGTH]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        lengths = batch.get(PREFIX_LENGTH, np.zeros(len(ids), dtype=np.int64))
         rows = [ids[r][mask[r].astype(bool)] for r in range(len(ids))]
         keys = [row[:p].tobytes() if p >= self.min_prefix else None for row, p in zip(rows, lengths, strict=True)]
         counts: dict[bytes, int] = {}
@@ -251,37 +249,54 @@ class PrefixReuse:
             reuse.append(r)
             prefix_of.append(order[key])
             suffixes.append(rows[r][lengths[r] :])
-        return _Plan(np.asarray(plain, dtype=np.int64), np.asarray(reuse, dtype=np.int64), prefixes,
+        return _Plan(rows, np.asarray(plain, dtype=np.int64), np.asarray(reuse, dtype=np.int64), prefixes,
                      np.asarray(prefix_of, dtype=np.int64), suffixes)  # fmt: skip
 
-    def _past(self, ids: np.ndarray) -> tuple:
-        key = ids.tobytes()
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        past = self.prefix(ids[None])
-        self.cache[key] = past
-        while len(self.cache) > 1 and sum(k.nbytes + v.nbytes for k, v in self.cache.values()) > self.cache_bytes:
-            self.cache.popitem(last=False)
-        return past
+    def _pasts(self, prefixes: list[np.ndarray]) -> list[tuple]:
+        """Each prefix's (keys, values) [layers, 1, kv_heads, length, head_dim]: from the cache, the missing ones
+        computed in one call (left-padded) and cached."""
+        pasts: list[tuple | None] = []
+        for ids in prefixes:
+            key = ids.tobytes()
+            if key in self.cache:
+                self.cache.move_to_end(key)
+            pasts.append(self.cache.get(key))
+        missing = [i for i, past in enumerate(pasts) if past is None]
+        if missing:
+            input_ids, mask = _left_pad([prefixes[i] for i in missing])
+            _, keys, values = self._fresh(input_ids, mask, present=True)
+            width = input_ids.shape[1]
+            for row, i in enumerate(missing):
+                start = width - len(prefixes[i])
+                pasts[i] = (_copy(keys[:, row : row + 1, :, start:]), _copy(values[:, row : row + 1, :, start:]))
+                self.cache[prefixes[i].tobytes()] = pasts[i]
+            while len(self.cache) > 1 and sum(k.nbytes + v.nbytes for k, v in self.cache.values()) > self.cache_bytes:
+                self.cache.popitem(last=False)
+        return pasts
 
 
-def _rows(batch: Batch, rows: np.ndarray) -> Batch:
-    """The rows' inputs, columns that are padding in every one of them dropped."""
-    mask = batch["attention_mask"][rows]
-    used = np.flatnonzero(mask.any(axis=0))
-    columns = slice(used[0], used[-1] + 1) if len(used) else slice(0, 1)
-    return {name: values[rows][:, columns] for name, values in batch.items() if name != PREFIX_LENGTH}
+def _copy(array):
+    """A compact copy of a slice (a cached prefix must not keep its whole batch's keys alive)."""
+    return array.copy() if isinstance(array, np.ndarray) else array.contiguous().clone()
+
+
+def _left_pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(s) for s in sequences)
+    input_ids = np.zeros((len(sequences), width), dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, s in enumerate(sequences):
+        input_ids[row, width - len(s) :] = s
+        mask[row, width - len(s) :] = 1
+    return input_ids, mask
 
 
 def _continuation_inputs(plan: _Plan, pasts: list[tuple]) -> tuple[Batch, object, object]:
-    """Continuation feeds for the reuse rows: suffixes left-padded, prefixes' keys/values left-padded to the longest."""
+    """Decoder feeds for the reuse rows: suffixes left-padded, prefixes' keys/values left-padded to the longest."""
     n = len(plan.reuse)
     prefix_lengths = np.asarray([len(plan.prefixes[i]) for i in plan.prefix_of], dtype=np.int64)
     longest_past = int(prefix_lengths.max())
-    longest = max(len(s) for s in plan.suffixes)
-    input_ids = np.zeros((n, longest), dtype=np.int64)
-    attention_mask = np.zeros((n, longest), dtype=np.int64)
+    input_ids, attention_mask = _left_pad(plan.suffixes)
+    longest = input_ids.shape[1]
     position_ids = np.zeros((n, longest), dtype=np.int64)
     past_mask = np.zeros((n, longest_past), dtype=np.int64)
     first_keys = pasts[0][0]
@@ -289,8 +304,6 @@ def _continuation_inputs(plan: _Plan, pasts: list[tuple]) -> tuple[Batch, object
     keys, values = _zeros(shape, first_keys), _zeros(shape, first_keys)
     for row, (suffix, p, which) in enumerate(zip(plan.suffixes, prefix_lengths, plan.prefix_of, strict=True)):
         s = len(suffix)
-        input_ids[row, longest - s :] = suffix
-        attention_mask[row, longest - s :] = 1
         position_ids[row, longest - s :] = np.arange(p, p + s)
         past_mask[row, longest_past - p :] = 1
         keys[:, row, :, longest_past - p :] = pasts[which][0][:, 0]
@@ -306,68 +319,65 @@ def _zeros(shape: tuple, like):
     return like.new_zeros(shape)
 
 
-def graph_pipeline(graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
-    """run(batch) -> logits over the loaded graphs: with prefix reuse when the prefix and continuation graphs are
-    there (an artifact without them, or a plan that left them out, runs the scorer graph alone)."""
-    scorer = graphs[SCORER]
+def graph_pipeline(folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
+    """run(batch) -> logits over the loaded graphs: the decoder graph alone when it is there (prefix reuse), else
+    the scorer graph alone (prefix reuse off, a reduced-precision scorer, or an artifact without the decoder)."""
+    if DECODER not in graphs:
+        scorer = graphs[SCORER]
 
-    def plain(batch: Batch) -> np.ndarray:
-        logits = scorer.run({name: batch[name] for name in scorer.input_names})[0]
-        return logits.reshape(-1).astype(np.float32, copy=False)
+        def plain(batch: Batch) -> np.ndarray:
+            logits = scorer.run({name: batch[name] for name in scorer.input_names})[0]
+            return logits.reshape(-1).astype(np.float32, copy=False)
 
-    if not all(role in graphs for role in ROLES):
         return plain
-    prefix, continuation = graphs[PREFIX], graphs[CONTINUATION]
+    decoder = graphs[DECODER]
+    layers, heads, head_dim = past_geometry(json.loads((Path(folder) / "config.json").read_text()))
 
-    def run_prefix(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keys, values = prefix.run({"input_ids": ids}, PREFIX_OUTPUTS)
-        return keys, values
+    def run(feeds: Batch, keys: np.ndarray, values: np.ndarray, present: bool) -> tuple:
+        outputs = decoder.run({**feeds, "past_keys": keys, "past_values": values},
+                              DECODER_OUTPUTS if present else DECODER_OUTPUTS[:1])  # fmt: skip
+        logits = outputs[0].reshape(-1).astype(np.float32, copy=False)
+        return (logits, *outputs[1:]) if present else (logits, None, None)
 
-    def run_continuation(feeds: Batch, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        (logits,) = continuation.run({**feeds, "past_keys": keys, "past_values": values}, ("logits",))
-        return logits.reshape(-1).astype(np.float32, copy=False)
+    def dummy_past(rows: int) -> tuple[np.ndarray, np.ndarray]:
+        zeros = np.zeros((layers, rows, heads, 1, head_dim), dtype=np.float32)
+        return zeros, zeros
 
-    return PrefixReuse(plain, run_prefix, run_continuation)
+    return PrefixReuse(run, dummy_past)
 
 
 class PrefixReuseScorer(torch.nn.Module):
-    """The torch scorer: the folded classifier on whole rows, the prefix and continuation modules on the rest
-    (`forward(input_ids, attention_mask, prefix_length=None) -> float32 logits [batch]`)."""
+    """The torch scorer: with `prefix_length` (prefix reuse on), the decoder module the graph is exported from on
+    every row, as `PrefixReuse` plans; without it, the folded classifier on whole rows (the same weights).
+    `forward(input_ids, attention_mask, prefix_length=None) -> float32 logits [batch]`."""
 
     def __init__(self, classifier: torch.nn.Module):
         super().__init__()
         self.classifier = classifier
-        self.prefix = PrefixModule(classifier)
-        self.continuation = ContinuationModule(classifier)
-        self.reuse = PrefixReuse(self._plain, self._prefix, self._continuation)
+        self.decoder = DecoderModule(classifier)
+        self.geometry = past_geometry(classifier.config)
+        self.reuse = PrefixReuse(self._decode, self._dummy_past)
 
     def _apply(self, fn, *args, **kwargs):  # .to(dtype / device): cached keys/values are stale
         self.reuse.cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    @property
-    def _device(self) -> torch.device:
-        return self.classifier.score.weight.device
-
     def forward(self, input_ids, attention_mask, prefix_length=None):
         if prefix_length is None:
-            return self._whole(input_ids, attention_mask)
+            return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         batch = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy(),
                  PREFIX_LENGTH: prefix_length.cpu().numpy()}  # fmt: skip
         return torch.from_numpy(self.reuse(batch)).to(input_ids.device)
 
-    def _whole(self, input_ids, attention_mask):
-        return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+    def _dummy_past(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = self.classifier.score.weight
+        layers, heads, head_dim = self.geometry
+        zeros = weight.new_zeros((layers, rows, heads, 1, head_dim))
+        return zeros, zeros
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(self._device)
-
-    def _plain(self, batch: Batch) -> np.ndarray:
-        return self._whole(self._tensor(batch["input_ids"]), self._tensor(batch["attention_mask"])).cpu().numpy()
-
-    def _prefix(self, ids: np.ndarray):
-        return self.prefix(self._tensor(ids))
-
-    def _continuation(self, feeds: Batch, keys, values) -> np.ndarray:
-        inputs = {name: self._tensor(array) for name, array in feeds.items()}
-        return self.continuation(**inputs, past_keys=keys, past_values=values).cpu().numpy()
+    def _decode(self, feeds: Batch, keys, values, present: bool) -> tuple:
+        device = self.classifier.score.weight.device
+        inputs = {name: torch.from_numpy(array).to(device) for name, array in feeds.items()}
+        logits, present_keys, present_values = self.decoder(**inputs, past_keys=keys, past_values=values)
+        logits = logits.cpu().numpy()
+        return (logits, present_keys, present_values) if present else (logits, None, None)

@@ -174,13 +174,12 @@ def _onnxruntime_plan(common: dict, precision: Precision, manifest: Manifest, ma
     return ServingPlan(**common, precision=runs, graphs=graphs, tensorrt_ep=tensorrt_ep and device == "cuda")
 
 
-def _prefix_reuse_graphs(plan: ServingPlan | Skipped, family: Family, keep: bool) -> ServingPlan | Skipped:
-    """`plan` without the family's prefix-reuse graphs unless `keep`."""
-    if keep or isinstance(plan, Skipped):
+def _prefix_reuse_graphs(plan: ServingPlan | Skipped, family: Family, reuse: bool) -> ServingPlan | Skipped:
+    """`plan` with the graphs `Family.serving_roles` picks: the prefix-reuse graphs instead of the scorer when
+    `reuse` (and the artifact has them), else without them."""
+    if isinstance(plan, Skipped):
         return plan
-    return replace(
-        plan, graphs={role: file for role, file in plan.graphs.items() if role not in family.prefix_reuse_roles}
-    )
+    return replace(plan, graphs={role: plan.graphs[role] for role in family.serving_roles(list(plan.graphs), reuse)})
 
 
 def fp32_graphs(manifest: Manifest) -> dict[str, str]:
