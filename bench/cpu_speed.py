@@ -101,8 +101,9 @@ def export(model_dir: Path, out: Path, precision: str, **options) -> tuple[Path,
     return out, {"seconds": seconds, "mb": folder_mb(out), "fidelity_random_weights": json.loads(fidelity)}
 
 
-def rerankers(artifact: Path, model_dir: Path):
-    """fp32 (onnxruntime), int8 (onnxruntime) from the int8 artifact; bf16 = torch with bf16 weights."""
+def rerankers(artifact: Path, model_dir: Path, mixed: Path | None = None, bf16_artifact: Path | None = None):
+    """fp32 (onnxruntime, openvino), int8 (onnxruntime) from the int8 artifact; bf16 = torch with bf16 weights; the
+    int8 `mixed` artifact (the recipe that passes on trained weights) on openvino; the bf16 artifact on openvino."""
     from dataclasses import replace
 
     from rerankrt.precision import Precision
@@ -110,15 +111,21 @@ def rerankers(artifact: Path, model_dir: Path):
     from rerankrt.runtime.torch_backend import TorchBackend
 
     fp32 = Reranker.load(str(artifact), precision="fp32", backend="onnxruntime")
-    int8 = Reranker.load(str(artifact), precision="int8")
+    int8 = Reranker.load(str(artifact), precision="int8", backend="onnxruntime")
     bf16_backend = TorchBackend(fp32.family, model_dir, precision=Precision.BF16)
     bf16 = Reranker(replace(fp32.model, backend=bf16_backend, name="bf16"), fp32.settings)
     method = json.loads((artifact / "fidelity.json").read_text())["method"]
-    return {
+    rows = {
         "rerankrt fp32 (onnxruntime)": fp32,
+        "rerankrt fp32 (openvino)": Reranker.load(str(artifact), precision="fp32", backend="openvino"),
         f"rerankrt int8 {method} (onnxruntime)": int8,
         "rerankrt bf16 (torch)": bf16,
     }
+    if mixed is not None:
+        rows["rerankrt int8 mixed (openvino)"] = Reranker.load(str(mixed), backend="openvino")
+    if bf16_artifact is not None:
+        rows["rerankrt bf16 (openvino)"] = Reranker.load(str(bf16_artifact), backend="openvino")
+    return rows
 
 
 def measure(rows: dict, pairs: int, repeats: int, reference_name: str) -> dict:
@@ -145,11 +152,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 # or export option this checkout lacks, or whose server does not start, is reported as skipped with the reason.
 HTTP_ROWS = [
     ("rerankrt fp32 (onnxruntime)", "int8", {}, ["--precision", "fp32", "--backend", "onnxruntime"]),
-    ("rerankrt int8 (onnxruntime)", "int8", {}, ["--backend", "onnxruntime"]),
-    ("rerankrt bf16 (torch)", "bf16", {}, ["--backend", "torch"]),
     ("rerankrt fp32 (openvino)", "int8", {}, ["--precision", "fp32", "--backend", "openvino"]),
+    ("rerankrt int8 dynamic (onnxruntime; misses the gate on trained MiniLM)", "int8", {},
+     ["--backend", "onnxruntime"]),
+    ("rerankrt int8 mixed (openvino; passes on trained MiniLM)", "int8", {"int8_method": "mixed"},
+     ["--backend", "openvino"]),
+    ("rerankrt int8 mixed (openvino), --scheduling interleaved", "int8", {"int8_method": "mixed"},
+     ["--backend", "openvino", "--scheduling", "interleaved"]),
     ("rerankrt bf16 (openvino)", "bf16", {}, ["--backend", "openvino"]),
-]
+    ("rerankrt bf16 (torch)", "bf16", {}, ["--backend", "torch"]),
+]  # fmt: skip
 
 
 def burst_requests(tokenizer, requests: int, docs: int) -> list[dict]:
@@ -281,7 +293,8 @@ def cross_encoder_section(name: str, args) -> dict:
     query, docs = make_pairs(tokenizer, pairs)
     int8_art, int8_export = export(model_dir, work / "int8", "int8")
     bf16_art, bf16_export = export(model_dir, work / "bf16", "bf16")
-    ours = rerankers(int8_art, model_dir)
+    mixed_art, mixed_export = export(model_dir, work / "int8-int8_method-mixed", "int8", int8_method="mixed")
+    ours = rerankers(int8_art, model_dir, mixed_art, bf16_art)
     baseline = CrossEncoder(str(model_dir), max_length=512, device="cpu")
     baseline_name = "sentence-transformers CrossEncoder fp32 (baseline)"
     rows = {baseline_name: (lambda: baseline.predict([(query, d) for d in docs], batch_size=32), lambda s: s)}
@@ -293,7 +306,7 @@ def cross_encoder_section(name: str, args) -> dict:
         "pairs": len(docs),
         "pair_tokens_mean": float(np.mean(lengths)),
         "pair_tokens_range": [min(lengths), max(lengths)],
-        "exports": {"int8": int8_export, "bf16": bf16_export},
+        "exports": {"int8": int8_export, "bf16": bf16_export, "int8 mixed": mixed_export},
         "in_process": results,
     }
     if not args.no_http:
@@ -302,7 +315,8 @@ def cross_encoder_section(name: str, args) -> dict:
             len(p["input_ids"]) for b in bodies for p in load_encoder(int8_art).encode(b["query"], b["documents"])
         ]
         reference = baseline.predict([(bodies[0]["query"], d) for d in bodies[0]["documents"]])
-        made = {("int8", ()): (int8_art, int8_export), ("bf16", ()): (bf16_art, bf16_export)}
+        made = {("int8", ()): (int8_art, int8_export), ("bf16", ()): (bf16_art, bf16_export),
+                ("int8", (("int8_method", "mixed"),)): (mixed_art, mixed_export)}  # fmt: skip
         http = rerankrt_http_rows(model_dir, work, bodies, made, args) | infinity_http_rows(
             model_dir, work, bodies, args
         )

@@ -54,6 +54,7 @@ TODAY = "rerankrt fp32 onnxruntime, whole prompts (today)"
 ROWS = {  # label -> Reranker.load options
     TODAY: {"backend": "onnxruntime", "precision": "fp32", "prefix_reuse": False},
     "rerankrt fp32 onnxruntime, prefix reuse": {"backend": "onnxruntime", "precision": "fp32", "prefix_reuse": True},
+    "rerankrt fp32 openvino, whole prompts": {"backend": "openvino", "precision": "fp32", "prefix_reuse": False},
     "rerankrt fp32 openvino, prefix reuse": {"backend": "openvino", "precision": "fp32", "prefix_reuse": True},
     "rerankrt bf16 torch, whole prompts": {"backend": "torch", "precision": "bf16", "prefix_reuse": False},
     "rerankrt bf16 torch, prefix reuse": {"backend": "torch", "precision": "bf16", "prefix_reuse": True},
