@@ -168,17 +168,21 @@ def card_qwen3(model_dir: Path, dtype: torch.dtype, device: str, batch_size: int
 # --- rerankrt's torch backend -----------------------------------------------------------------------------------------
 
 
-def rerankrt_torch(model_dir: Path, precision: str, device: str, batch_size: int) -> tuple[Callable, str]:
-    """rerankrt's engine on the torch backend (scheduler, length-sorted token-budget batches); where the engine cannot
-    import (pydantic missing), the same torch scorer behind length-sorted batches of `batch_size`."""
+def rerankrt_torch(
+    model_dir: Path, precision: str, device: str, batch_size: int, prefix_reuse: bool = True
+) -> tuple[Callable, str]:
+    """rerankrt's engine on the torch backend (scheduler, length-sorted token-budget batches; decoder rerankers with
+    prefix reuse unless `prefix_reuse` is False); where the engine cannot import (pydantic missing), the same torch
+    scorer behind length-sorted batches of `batch_size`."""
     try:
         from rerankrt.runtime import Reranker
     except ImportError as exc:
         return _family_scorer(model_dir, precision, device, batch_size), f"family scorer ({exc.name} missing)"
     # a plain model folder: torch on CUDA serves bf16 unless fp32 is asked for (on a CPU, fp32 only)
     reranker = Reranker.load(
-        str(model_dir), backend="torch", precision="fp32" if precision == "fp32" else None, max_batch_size=batch_size
-    )
+        str(model_dir), backend="torch", precision="fp32" if precision == "fp32" else None, max_batch_size=batch_size,
+        prefix_reuse=prefix_reuse,
+    )  # fmt: skip
     wanted = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     if (reranker.backend.device, reranker.backend.dtype) != (device, wanted):
         reranker.close()
@@ -241,8 +245,9 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
-def compare(model: str, model_dir: Path, card, docs: list[str], args, part: str) -> list[dict]:
-    """The four rows: card fp32 (the reference), card bf16, rerankrt fp32, rerankrt bf16."""
+def compare(model: str, model_dir: Path, card, docs: list[str], args, part: str, decoder: bool = False) -> list[dict]:
+    """The four rows: card fp32 (the reference), card bf16, rerankrt fp32, rerankrt bf16; for a decoder reranker
+    rerankrt's rows with prefix reuse (the default) and with whole prompts."""
     rows, reference, base = [], None, None  # from the first row, the card in fp32
     candidates = [
         ("model card", "fp32", lambda: (card(model_dir, torch.float32, args.device, args.batch_size), "transformers")),
@@ -250,6 +255,10 @@ def compare(model: str, model_dir: Path, card, docs: list[str], args, part: str)
         ("rerankrt torch", "fp32", lambda: rerankrt_torch(model_dir, "fp32", args.device, args.batch_size)),
         ("rerankrt torch", "bf16", lambda: rerankrt_torch(model_dir, "bf16", args.device, args.batch_size)),
     ]
+    if decoder:
+        whole = "rerankrt torch, whole prompts"
+        candidates[2:2] = [(whole, p, lambda p=p: rerankrt_torch(model_dir, p, args.device, args.batch_size, False))
+                           for p in ("fp32", "bf16")]  # fmt: skip
     for who, precision, make in candidates:
         row = {"part": part, "model": model, "row": f"{who}, {precision}", "pairs": len(docs)}
         try:
@@ -458,7 +467,7 @@ def main() -> None:
         models["bge"] = bge_m3_sized(args.workdir / "bge-reranker-v2-m3-sized", args.tiny)
         rows.extend(compare("bge-reranker-v2-m3 size", models["bge"], card_cross_encoder, short, args, "torch"))
         models["qwen3"] = qwen3_06b_sized(args.workdir / "Qwen3-Reranker-0.6B", args.tiny)
-        rows.extend(compare("Qwen3-Reranker-0.6B size", models["qwen3"], card_qwen3, short, args, "torch"))
+        rows.extend(compare("Qwen3-Reranker-0.6B size", models["qwen3"], card_qwen3, short, args, "torch", True))
 
     def long_positions():
         docs = long_documents(models["qwen3"], args.long_docs, LONG_TOKENS)
@@ -466,7 +475,7 @@ def main() -> None:
         args.batch_size = 2  # the card computes the LM's logits at every position: 2 x 4300 x 151669 floats
         try:
             rows.extend(compare(f"Qwen3-Reranker-0.6B size, ~{LONG_TOKENS} tokens", models["qwen3"], card_qwen3,
-                                docs, args, "long positions"))  # fmt: skip
+                                docs, args, "long positions", True))  # fmt: skip
         finally:
             args.batch_size = saved
 
