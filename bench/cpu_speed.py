@@ -401,12 +401,20 @@ def minilm_section(args) -> dict:
             return fp32_torch(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
 
     from rerankrt.export.precision import quantize_int8
+    from rerankrt.precision import INT8_METHODS, Precision
+    from rerankrt.runtime.openvino_backend import OpenVinoBackend
 
     runners = {"fp32 onnxruntime": ours["rerankrt fp32 (onnxruntime)"].backend.run}
-    for method in ("dynamic", "blockwise"):  # both recipes, whichever the export gate kept
-        quantize_int8(int8_art / "model.onnx", work / f"{method}.onnx", "bert", family.int8_keep_float, method)
-        runners[f"int8 {method} onnxruntime"] = OnnxRuntimeBackend(family, work, {"scorer": f"{method}.onnx"}).run
+    for method in INT8_METHODS:  # every recipe, whichever the export gate kept
+        graph = f"{method}.onnx"
+        quantize_int8(
+            int8_art / "model.onnx", work / graph, "bert", family.int8_keep_float, method, family.int8_sensitive
+        )
+        runners[f"int8 {method} onnxruntime"] = OnnxRuntimeBackend(family, work, {"scorer": graph}).run
+        if method != "dynamic":  # OpenVINO serves the blockwise/mixed graphs (not the dynamic one's fused operators)
+            runners[f"int8 {method} openvino"] = OpenVinoBackend(family, work, {"scorer": graph}, 2, Precision.INT8).run
     runners["bf16 torch"] = ours["rerankrt bf16 (torch)"].backend.run
+    runners["bf16 openvino hint"] = OpenVinoBackend(family, int8_art, {"scorer": "model.onnx"}, 2, Precision.BF16).run
     runners["fp16 onnxruntime (GPU graph, run on CPU)"] = fp16.run
     batches = [encoder.collate(encoder.encode(query, docs)) for query, docs in samples]
     reference = np.concatenate([torch_fp32(b) for b in batches])
