@@ -170,8 +170,6 @@ class Family(ABC):
     """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
     prefix_reuse_roles: ClassVar[tuple[str, ...]] = ()
     """Graph roles that serve prefix reuse (fp32 only) and score every row themselves: see `serving_roles`."""
-    retired_roles: ClassVar[tuple[str, ...]] = ()
-    """Graph roles of older artifacts that this rerankrt no longer runs: never loaded."""
     int8_sensitive: ClassVar[tuple[str, ...]] = ()
     """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
     rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
@@ -216,7 +214,6 @@ class Family(ABC):
         prefix-reuse graphs there, those instead of the scorer graph (one copy of the weights); otherwise all but
         them (`serving_pipeline` then runs the scorer alone)."""
         reuse = set(self.prefix_reuse_roles)
-        roles = [role for role in roles if role not in self.retired_roles]
         if prefix_reuse and reuse and reuse <= set(roles):
             return [role for role in roles if role != SCORER]
         return [role for role in roles if role not in reuse]

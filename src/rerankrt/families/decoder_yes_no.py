@@ -115,7 +115,6 @@ class DecoderYesNoFamily(Family):
     default_max_length = 8192
     int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
     prefix_reuse_roles = prefix_reuse.ROLES
-    retired_roles = prefix_reuse.RETIRED_ROLES
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:

@@ -47,7 +47,6 @@ from rerankrt.families.base import SCORER, Batch, Features, GraphRunner, TorchGr
 
 DECODER = "decoder"
 ROLES = (DECODER,)
-RETIRED_ROLES = ("prefix", "continuation")  # the earlier design's two graphs, each a copy of the weights
 PREFIX_LENGTH = "prefix_length"
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids", "past_mask", "past_keys", "past_values")
 DECODER_OUTPUTS = ("logits", "present_keys", "present_values")
