@@ -83,6 +83,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, base: str, seconds: float) -> bool:
+    """Poll `base`/health until it answers 200 (True), the process exits or `seconds` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(0.5)
+    return False
+
+
 @contextmanager
 def server(artifact: Path, flags: list[str]):
     port = free_port()
@@ -91,14 +103,7 @@ def server(artifact: Path, flags: list[str]):
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        else:
+        if not wait_healthy(proc, base, 300):
             raise RuntimeError(f"`rerankrt serve {' '.join(flags)}` did not start (exit code {proc.returncode})")
         yield base
     finally:

@@ -31,11 +31,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.load import free_port  # noqa: E402
+from bench.load import free_port, wait_healthy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-infinity"
@@ -100,14 +98,7 @@ def infinity_server(model_dir: Path, engine: str, workdir: Path, batch_size: int
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        else:
+        if not wait_healthy(proc, base, 600):
             tail = "\n".join(log_path.read_text().splitlines()[-15:])
             raise PeerUnavailable(f"`{' '.join(cmd)}` did not become healthy (exit {proc.returncode}):\n{tail}")
         yield base
