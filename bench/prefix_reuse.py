@@ -1,17 +1,19 @@
-"""Decoder rerankers with and without prefix reuse, against the model card's code, as the shared prompt's share of
-each pair grows.
+"""Decoder rerankers with and without prefix reuse, against the model card's code, as the shared prompt's share of each
+pair grows.
 
-A Qwen3-Reranker-0.6B-sized model (hidden 1024, 28 layers, vocab 151669, tied, random weights: speed does not
-depend on the weights' values) is exported once with `--precision bf16` (so the artifact serves fp32 and the
-gate-checked bf16). Workloads (query, instruction, documents) span the prefix share, the shared prompt's tokens
-over each pair's mean tokens. Rows, same inputs, same run: the model card's transformers code in fp32 (the
-baseline users run), rerankrt's fp32 path with whole prompts (today's path) and with prefix reuse (exact), and the
-bf16 rows on every CPU backend this checkout has. A row whose backend cannot load here is skipped with the reason.
-Each row: pairs/s (one warm-up request of 2 documents, then the workload timed once), ratio vs the card and vs the
-fp32 whole-prompt path, max |Δ P(yes)| vs the card.
+A Qwen3-Reranker-0.6B-sized model (hidden 1024, 28 layers, vocab 151669, tied, random weights: speed does not depend
+on the weights' values) is exported once, with `--precision bf16` by default (so the artifact serves fp32 and the
+gate-checked bf16; `--precision fp32` for the fp32 rows alone). Workloads (query, instruction, documents) span the
+prefix share, the shared prompt's tokens over each pair's mean tokens. Rows, same inputs, same run: the model card's
+transformers code in fp32 (the baseline users run), rerankrt's fp32 path with whole prompts (today's path) and with
+prefix reuse (exact), and the bf16 rows on every CPU backend this checkout has. A row whose backend cannot load here
+is skipped with the reason. Each row: pairs/s (one warm-up request of 2 documents, then the workload timed once),
+ratio vs the card and vs the fp32 whole-prompt path, max |Δ P(yes)| vs the card.
 
     .venv/bin/python bench/prefix_reuse.py                          # ~30 min on 2 cores
     .venv/bin/python bench/prefix_reuse.py --layers 4 --workloads typical     # quick look
+    .venv/bin/python bench/prefix_reuse.py --precision fp32 --build-only      # export while the machine is busy,
+    .venv/bin/python bench/prefix_reuse.py --precision fp32 --reuse-export    # then measure on the quiet machine
 """
 
 from __future__ import annotations
@@ -82,6 +84,20 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--batch-size", type=int, default=8, help="the card's batch and rerankrt's max batch")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-bench-prefix"))
+    parser.add_argument(
+        "--precision",
+        default="bf16",
+        choices=["fp32", "bf16"],
+        help="the export's variant (bf16 rows "
+        "need bf16; its fidelity gate on 28 layers takes long on CPUs without fast bf16)",
+    )
+    parser.add_argument(
+        "--reuse-export",
+        action="store_true",
+        help="use WORKDIR/model and WORKDIR/artifact as they are "
+        "(e.g. built by `--build-only` or by hand while the machine was busy)",
+    )
+    parser.add_argument("--build-only", action="store_true", help="build and export, then stop")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -89,16 +105,20 @@ def main() -> None:
     from rerankrt.export import export_model
     from rerankrt.runtime import Reranker
 
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    model_dir = build_model(args.workdir / "model", args.layers)
+    model_dir, artifact = args.workdir / "model", args.workdir / "artifact"
     tokenizer = build_qwen3_tokenizer()
     yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
-    artifact = args.workdir / "artifact"
-    log(f"exporting {model_dir} (bf16 variant, fidelity-gated) ...")
-    started = time.perf_counter()
-    export_model(str(model_dir), artifact, precision="bf16")
-    export_s = time.perf_counter() - started
-    log(f"exported in {export_s:.0f} s")
+    export_s = None
+    if not args.reuse_export:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        build_model(model_dir, args.layers)
+        log(f"exporting {model_dir} ({args.precision}) ...")
+        started = time.perf_counter()
+        export_model(str(model_dir), artifact, precision=args.precision)
+        export_s = time.perf_counter() - started
+        log(f"exported in {export_s:.0f} s")
+    if args.build_only:
+        return
     card_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     results: dict = {}
 
@@ -156,7 +176,7 @@ def main() -> None:
         "config": {**vars(args), "workdir": str(args.workdir)},
         "machine": machine(),
         "export_seconds": export_s,
-        "bf16_gate": json.loads((artifact / "fidelity.json").read_text()),
+        "bf16_gate": json.loads((artifact / "fidelity.json").read_text()) if args.precision == "bf16" else None,
         "skipped": skipped,
         "results": results,
     }
