@@ -266,8 +266,7 @@ def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_with
     assert (plan.precision.value, dict(plan.graphs)) == expected
 
 
-@pytest.mark.parametrize("roles", [("scorer",), ("scorer", "prefix", "continuation")])  # the earlier design's
-def test_plan_without_the_decoder_graph_serves_the_scorer_alone_with_reuse_on(roles):
-    manifest = test_plan.manifest(family="decoder-yes-no", roles=roles)
+def test_plan_without_the_decoder_graph_serves_the_scorer_alone_with_reuse_on():
+    manifest = test_plan.manifest(family="decoder-yes-no", roles=("scorer",))
     assert test_plan.first(manifest, test_plan.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
     assert test_plan.first(manifest, test_plan.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}
