@@ -36,7 +36,7 @@ values, in the decoder graph (decoder.onnx) that then serves every row; model.on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +45,12 @@ import torch
 from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
-    SCORER,
     Batch,
-    ClassifierLogitScorer,
-    Family,
     Features,
-    GraphRunner,
-    GraphSpec,
-    OptimumGraph,
     PairEncoder,
-    ParityCheck,
     load_fast_tokenizer,
     named,
     resolve_max_length,
-    run_torch,
     save_tokenizer,
 )
 from rerankrt.families.yes_no import fold_head, head_row, pad_token_id, single_token_id
@@ -179,11 +171,11 @@ class BgeGemmaPairEncoder(PairEncoder):
         return save_tokenizer(self.tokenizer, out_dir)
 
 
-class BgeGemmaFamily(Family):
+class BgeGemmaFamily(prefix_reuse.PrefixReuseFamily):
     name = "bge-gemma-yes"
     default_max_length = FLAG_MAX_LENGTH  # in FlagEmbedding's terms: the encoder adds twice the prompt's tokens
     int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
-    prefix_reuse_roles = prefix_reuse.ROLES
+    whole_reference = "transformers GemmaForSequenceClassification (folded Yes head), whole pairs, fp32, cpu"
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
@@ -223,21 +215,3 @@ class BgeGemmaFamily(Family):
         if getattr(causal_lm.config, "final_logit_softcapping", None):
             raise UnsupportedModelError(f"{model_dir}: soft-capped logits cannot be folded to one row")
         return fold_head(causal_lm, head_row(causal_lm, yes), pad_token_id(tokenizer))
-
-    def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
-        """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
-        return [OptimumGraph(SCORER, export_model), *prefix_reuse.graph_specs(export_model)]
-
-    def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
-        return prefix_reuse.PrefixReuseScorer(export_model)
-
-    def parity_check(self, export_model: torch.nn.Module, model_dir: Path, encoder: PairEncoder) -> ParityCheck:
-        """The graphs, with prefix reuse as served, against the folded classifier on whole rows."""
-        whole = ClassifierLogitScorer(export_model).eval()
-        return ParityCheck(
-            lambda batch: run_torch(whole, {k: v for k, v in batch.items() if k != prefix_reuse.PREFIX_LENGTH}),
-            "transformers GemmaForSequenceClassification (folded Yes head), whole pairs, fp32, cpu",
-        )
-
-    def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
-        return prefix_reuse.graph_pipeline(folder, graphs)

@@ -18,7 +18,7 @@ weights are loaded once); off, model.onnx alone. The encoder marks where each pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +27,13 @@ import torch
 from rerankrt.errors import InputError
 from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
-    SCORER,
     Batch,
-    ClassifierLogitScorer,
-    Family,
     Features,
-    GraphRunner,
-    GraphSpec,
-    OptimumGraph,
     PairEncoder,
-    ParityCheck,
     load_fast_tokenizer,
     named,
     random_text,
     resolve_max_length,
-    run_torch,
     save_tokenizer,
 )
 from rerankrt.families.yes_no import (
@@ -110,11 +102,11 @@ class YesNoPairEncoder(PairEncoder):
         return sorted([*save_tokenizer(self.tokenizer, out_dir), TEMPLATE_FILE])
 
 
-class DecoderYesNoFamily(Family):
+class DecoderYesNoFamily(prefix_reuse.PrefixReuseFamily):
     name = "decoder-yes-no"
     default_max_length = 8192
     int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
-    prefix_reuse_roles = prefix_reuse.ROLES
+    whole_reference = "transformers Qwen3ForSequenceClassification (folded yes - no head), whole pairs, fp32, cpu"
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
@@ -153,24 +145,8 @@ class DecoderYesNoFamily(Family):
         row = head_row(causal_lm, yes) - head_row(causal_lm, no)
         return fold_head(causal_lm, row, pad_token_id(tokenizer))
 
-    def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
-        """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
-        return [OptimumGraph(SCORER, export_model), *prefix_reuse.graph_specs(export_model)]
-
-    def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
-        return prefix_reuse.PrefixReuseScorer(export_model)
-
-    def parity_check(self, export_model: torch.nn.Module, model_dir: Path, encoder: PairEncoder) -> ParityCheck:
-        """The graphs, with prefix reuse as served, against the folded classifier on whole rows."""
-        whole = ClassifierLogitScorer(export_model).eval()
-        return ParityCheck(
-            lambda batch: run_torch(whole, {k: v for k, v in batch.items() if k != prefix_reuse.PREFIX_LENGTH}),
-            "transformers Qwen3ForSequenceClassification (folded yes - no head), whole pairs, fp32, cpu",
-            samples=parity_samples(encoder),
-        )
-
-    def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
-        return prefix_reuse.graph_pipeline(folder, graphs)
+    def parity_samples(self, encoder: PairEncoder) -> list[tuple[str, list[str]]]:
+        return parity_samples(encoder)
 
 
 def parity_samples(encoder: PairEncoder, seed: int = 0) -> list[tuple[str, list[str]]]:

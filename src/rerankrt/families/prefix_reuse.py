@@ -43,7 +43,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rerankrt.families.base import SCORER, Batch, Features, GraphRunner, TorchGraph
+from rerankrt.families.base import (
+    SCORER,
+    Batch,
+    ClassifierLogitScorer,
+    Family,
+    Features,
+    GraphRunner,
+    GraphSpec,
+    OptimumGraph,
+    PairEncoder,
+    ParityCheck,
+    TorchGraph,
+    run_torch,
+)
 
 DECODER = "decoder"
 ROLES = (DECODER,)
@@ -380,3 +393,34 @@ class PrefixReuseScorer(torch.nn.Module):
         logits, present_keys, present_values = self.decoder(**inputs, past_keys=keys, past_values=values)
         logits = logits.cpu().numpy()
         return (logits, present_keys, present_values) if present else (logits, None, None)
+
+
+class PrefixReuseFamily(Family):
+    """What the decoder families with prefix reuse share: the plain scorer graph plus the decoder graph, the torch
+    scorer that reuses prefixes, and the parity check of both against the folded classifier on whole rows."""
+
+    prefix_reuse_roles = ROLES
+    whole_reference: str  # how the parity reference is described: the folded classifier, whole pairs
+
+    def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
+        """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
+        return [OptimumGraph(SCORER, export_model), *graph_specs(export_model)]
+
+    def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
+        return PrefixReuseScorer(export_model)
+
+    def parity_samples(self, encoder: PairEncoder) -> list | None:
+        """The parity check's samples (None: the exporter's generated text)."""
+        return None
+
+    def parity_check(self, export_model: torch.nn.Module, model_dir: Path, encoder: PairEncoder) -> ParityCheck:
+        """The graphs, with prefix reuse as served, against the folded classifier on whole rows."""
+        whole = ClassifierLogitScorer(export_model).eval()
+        return ParityCheck(
+            lambda batch: run_torch(whole, {k: v for k, v in batch.items() if k != PREFIX_LENGTH}),
+            self.whole_reference,
+            samples=self.parity_samples(encoder),
+        )
+
+    def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
+        return graph_pipeline(folder, graphs)
