@@ -381,8 +381,8 @@ def qwen3_section(pairs: int, args) -> dict:
 def minilm_section(args) -> dict:
     """Fidelity of each variant on trained weights and natural text (tie-aware, as the export gate judges)."""
     from bench.trained_minilm import build_cross_encoder, copy_encoder, queries_with_documents
-    from rerankrt.export.parity import FIDELITY_THRESHOLDS, _rank_agreement, _tie_aware_agreement
     from rerankrt.export.precision import cast_graph
+    from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, rank_agreement, tie_aware_agreement
     from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     work = args.workdir / "minilm"
@@ -421,8 +421,8 @@ def minilm_section(args) -> dict:
     table = {}
     for name, run in runners.items():
         logits = np.concatenate([run(b) for b in batches])
-        top1, top3, swaps = _tie_aware_agreement(sigmoid(reference), sigmoid(logits), 8, FIDELITY_THRESHOLDS.tie)
-        spearman, exact_top1, _ = _rank_agreement(reference, logits, 8)
+        top1, top3, swaps = tie_aware_agreement(sigmoid(reference), sigmoid(logits), 8, FIDELITY_THRESHOLDS.tie)
+        spearman, exact_top1, _ = rank_agreement(reference, logits, 8)
         table[name] = {
             "max_abs_score_diff": float(np.abs(sigmoid(reference) - sigmoid(logits)).max()),
             "top1_agreement": top1,
@@ -450,8 +450,8 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
     from transformers import AutoTokenizer, BertModel
 
     from rerankrt.export.onnx_graph import export_with_optimum
-    from rerankrt.export.parity import _rank_agreement, _tie_aware_agreement
     from rerankrt.export.precision import quantize_int8
+    from rerankrt.runtime.fidelity import rank_agreement, tie_aware_agreement
     from rerankrt.runtime.onnxruntime_backend import GraphSession
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
@@ -489,8 +489,8 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
     ref_sims, ref_vectors = cosines[""]
     for variant, label in ((".int8", "int8 dynamic onnxruntime"), ("bf16", "bf16 torch")):
         sims, vectors = cosines[variant]
-        top1, top3, swaps = _tie_aware_agreement(ref_sims, sims, 8, 0.01)
-        spearman, exact, _ = _rank_agreement(ref_sims, sims, 8)
+        top1, top3, swaps = tie_aware_agreement(ref_sims, sims, 8, 0.01)
+        spearman, exact, _ = rank_agreement(ref_sims, sims, 8)
         out[label] = {
             "min_cosine_to_fp32_embedding": float((ref_vectors * vectors).sum(1).min()),
             "max_abs_similarity_diff": float(np.abs(ref_sims - sims).max()),

@@ -56,11 +56,11 @@ def recipes(family) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 def natural_fidelity(reference: np.ndarray, logits: np.ndarray) -> dict:
-    from rerankrt.export.parity import FIDELITY_THRESHOLDS, _rank_agreement, _tie_aware_agreement
     from rerankrt.runtime.engine import sigmoid
+    from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, rank_agreement, tie_aware_agreement
 
-    top1, top3, swaps = _tie_aware_agreement(sigmoid(reference), sigmoid(logits), 8, FIDELITY_THRESHOLDS.tie)
-    spearman, _, _ = _rank_agreement(reference, logits, 8)
+    top1, top3, swaps = tie_aware_agreement(sigmoid(reference), sigmoid(logits), 8, FIDELITY_THRESHOLDS.tie)
+    spearman, _, _ = rank_agreement(reference, logits, 8)
     row = {
         "max_score_diff": float(np.abs(sigmoid(reference) - sigmoid(logits)).max()),
         "top1_agreement": top1,

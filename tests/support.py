@@ -212,6 +212,14 @@ def serve_media(files: dict[str, bytes], host: str = "127.0.0.1"):
 # --- an artifact folder written by hand -------------------------------------------------------------
 
 
+def edit_manifest(folder: Path, change) -> None:
+    """`change(data)` applied to the artifact's manifest.json as parsed JSON, written back."""
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

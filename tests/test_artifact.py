@@ -7,19 +7,13 @@ import pytest
 
 from rerankrt.artifact import FIDELITY_NAME, MANIFEST_NAME, PARITY_NAME, load_manifest, sha256_file
 from rerankrt.errors import ArtifactError
-from tests.support import write_fake_artifact
+from tests.support import edit_manifest, write_fake_artifact
 
 
 @pytest.fixture
 def artifact(tmp_path):
     """A hand-written cross-encoder artifact (made-up graph bytes), free to break."""
     return write_fake_artifact(tmp_path / "art")
-
-
-def edit_manifest(folder, change):
-    data = json.loads((folder / MANIFEST_NAME).read_text())
-    change(data)
-    (folder / MANIFEST_NAME).write_text(json.dumps(data))
 
 
 def rewrite_listed(folder, name, change):

@@ -3,30 +3,23 @@ torch backend reads only source files the export hashed (issue 13, item 9)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
-from rerankrt.artifact import MANIFEST_NAME, check_source_files, load_manifest, sha256_file, source_files
+from rerankrt.artifact import check_source_files, load_manifest, sha256_file, source_files
 from rerankrt.errors import ArtifactError
 from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
 from rerankrt.runtime.torch_backend import TorchBackend
-from tests.support import write_fake_artifact
+from tests.support import edit_manifest, write_fake_artifact
 from tests.test_plan import CPU, manifest
 
 
 @pytest.fixture
 def artifact(tmp_path):
     return write_fake_artifact(tmp_path / "art")
-
-
-def edit_manifest(folder, change):
-    data = json.loads((folder / MANIFEST_NAME).read_text())
-    change(data)
-    (folder / MANIFEST_NAME).write_text(json.dumps(data))
 
 
 def list_graph(folder, name, path):

@@ -152,11 +152,25 @@ def test_openvino_serves_fp32_first_on_cpu_and_never_with_the_bf16_hint():
 
 def test_bf16_artifacts_get_the_bf16_hint_only_where_the_cpu_computes_bf16():
     on_bf16 = cpu_plans(manifest("bf16"), OPENVINO_BF16)
-    assert [(b, p) for b, p, _ in on_bf16] == [("openvino", "bf16"), ("torch", "bf16"), ("onnxruntime", "fp32")]
+    assert [(b, p) for b, p, _ in on_bf16][:3] == [("openvino", "bf16"), ("torch", "bf16"), ("onnxruntime", "fp32")]
     assert on_bf16[0][2] == {"scorer": "model.onnx"}  # the fp32 graph, computed in bf16 by the hint
     # without BF16 instructions bf16 is emulated: OpenVINO serves the fp32 graph in fp32, ahead of torch's bf16
     on_avx2 = cpu_plans(manifest("bf16"), OPENVINO_NO_BF16)
-    assert [(b, p) for b, p, _ in on_avx2] == [("openvino", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")]
+    assert [(b, p) for b, p, _ in on_avx2][:3] == [("openvino", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")]
+
+
+def test_a_variant_artifact_falls_back_to_its_fp32_plans_unless_a_precision_is_asked_for():
+    """What serves where the variant's plans fail to load or miss the self-check on this machine."""
+    fp32, int8 = {"scorer": "model.onnx"}, {"scorer": "model.int8.onnx"}
+    assert cpu_plans(manifest("int8", ["int8"]), OPENVINO_BF16) == [
+        ("openvino", "int8", int8), ("onnxruntime", "int8", int8), ("torch", "fp32", {}),
+        ("openvino", "fp32", fp32), ("onnxruntime", "fp32", fp32),
+    ]  # fmt: skip
+    on_bf16 = [(b, p) for b, p, _ in cpu_plans(manifest("bf16"), OPENVINO_BF16)]
+    assert on_bf16[3:] == [("openvino", "fp32"), ("torch", "fp32")]  # onnxruntime fp32 is there already
+    asked = cpu_plans(manifest("int8", ["int8"]), OPENVINO_BF16, precision=Precision.INT8)
+    assert [(b, p) for b, p, _ in asked] == [("openvino", "int8"), ("onnxruntime", "int8"), ("torch", "fp32")]
+    assert len(cpu_plans(manifest(), OPENVINO_BF16)) == 3  # an fp32 artifact: nothing to fall back to
 
 
 def test_int8_artifacts_offer_their_int8_graph_to_openvino_then_onnxruntime():

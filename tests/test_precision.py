@@ -13,8 +13,8 @@ from onnx import numpy_helper
 from rerankrt.artifact import FIDELITY_NAME, MANIFEST_NAME, load_manifest, sha256_file
 from rerankrt.errors import ArtifactError, ExportError, RerankrtError
 from rerankrt.export import export_model
-from rerankrt.export.parity import FidelityThresholds, _tie_aware_agreement
 from rerankrt.runtime import Reranker
+from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, FidelityThresholds, sigmoid, tie_aware_agreement
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import AUTO_ORDER, auto_order
 from rerankrt.testing.reference import random_documents
@@ -65,11 +65,17 @@ def test_int8_variant_is_quantized_checked_and_served_on_cpu(variants, artifact_
     assert reranker.backend.name == ("openvino" if openvino_reads_it else "onnxruntime")
     assert reranker.model.plan.graphs["scorer"] == manifest.graphs["scorer.int8"].file
     docs = random_documents(np.random.default_rng(3), 12)
-    int8, fp32 = reranker.score(QUERY, docs), fp32_scores(artifact_dirs, arch, docs)
-    assert not np.array_equal(int8, fp32)  # really another graph
-    assert np.abs(torch.sigmoid(torch.from_numpy(int8)) - torch.sigmoid(torch.from_numpy(fp32))).max() < 0.1
-    onnxruntime = Reranker.load(str(folder), backend="onnxruntime").score(QUERY, docs)
-    assert np.abs(int8 - onnxruntime).max() < 0.05  # the same int8 graph on either runtime
+    fp32 = fp32_scores(artifact_dirs, arch, docs)
+    # What holds on every CPU kind: each runtime's run of the int8 graph agrees with fp32 by the gate's rule on
+    # this machine. Not that the two runtimes agree with each other: on a CPU without VNNI OpenVINO multiplies fp32
+    # activations by the dequantized weights while ONNX Runtime quantizes the activations too, 0.13 logit apart on
+    # the tiny Qwen3 (docs/precision.md, "Why runtimes differ by CPU").
+    for backend in runtimes or ["onnxruntime"]:
+        served = Reranker.load(str(folder), backend=backend)
+        assert served.model.self_check.passed, served.model.self_check.summary()  # the golden set, gate's rule
+        int8 = served.score(QUERY, docs)
+        assert not np.array_equal(int8, fp32)  # really another graph
+        assert np.abs(sigmoid(int8) - sigmoid(fp32)).max() <= FIDELITY_THRESHOLDS.max_score_diff
 
 
 def test_bf16_variant_is_served_by_openvino_or_torch_with_bf16_weights_on_cpu(variants, artifact_dirs):
@@ -170,9 +176,9 @@ def test_the_next_int8_recipe_is_tried_when_the_fastest_misses(model_dirs, tmp_p
 
 def test_tie_aware_agreement_counts_only_real_disagreements():
     ref = np.array([0.90, 0.895, 0.5, 0.2, 0.1])  # the two best are tied at tie 0.01
-    top1, top3, swaps = _tie_aware_agreement(ref, np.array([0.89, 0.9, 0.5, 0.2, 0.1]), 5, tie=0.01)
+    top1, top3, swaps = tie_aware_agreement(ref, np.array([0.89, 0.9, 0.5, 0.2, 0.1]), 5, tie=0.01)
     assert (top1, top3, swaps) == (1.0, 1.0, 0.0)
-    top1, top3, swaps = _tie_aware_agreement(ref, ref[::-1].copy(), 5, tie=0.01)
+    top1, top3, swaps = tie_aware_agreement(ref, ref[::-1].copy(), 5, tie=0.01)
     assert (top1, top3) == (0.0, 0.0) and swaps == 1.0
     assert FidelityThresholds().max_swap_rate < 0.1
 

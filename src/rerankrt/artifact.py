@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
 FIDELITY_NAME = "fidelity.json"  # the reduced-precision variant's report (artifacts exported with --precision)
+GOLDEN_NAME = "golden.json"  # pairs and their fp32 logits every plan must reproduce where it serves (self-check)
 # Written into an artifact folder after export, by the engine builders, as caches: never listed, never read by a
 # loader of the model (TensorRT reads its timing cache while building; ONNX Runtime its engine cache).
 BUILD_LOCK = ".build-engine.lock"  # replicas sharing the folder build a GPU's engine once under it (flock)

@@ -9,9 +9,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from rerankrt.runtime.machine import cpu_flags, physical_cores
+from rerankrt.runtime.machine import CPU_FEATURES, cpu_flags, physical_cores
 
-CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 PACKAGES = (
     "rerankrt",
     "torch",
@@ -55,7 +54,7 @@ def collect(artifact: Path | None = None) -> dict:
         }
     info["serving_defaults"] = serving_defaults()
     if artifact is not None:
-        from rerankrt.artifact import FIDELITY_NAME, load_manifest
+        from rerankrt.artifact import FIDELITY_NAME, GOLDEN_NAME, load_manifest
 
         manifest = load_manifest(artifact, verify_hashes=False)
         info["artifact"] = {
@@ -67,6 +66,7 @@ def collect(artifact: Path | None = None) -> dict:
             "max_length": manifest.max_length,
             "graphs": {role: graph.file for role, graph in manifest.graphs.items()},
             "engines": [engine.file for engine in manifest.engines],
+            "golden_set": GOLDEN_NAME in manifest.files,  # what a plan must reproduce where it serves (self-check)
         }
         if (artifact / FIDELITY_NAME).is_file():
             report = json.loads((artifact / FIDELITY_NAME).read_text())

@@ -20,40 +20,20 @@ import torch
 
 from rerankrt.families import Batch, PairEncoder
 from rerankrt.families.base import ParityCheck, random_text, run_torch
-from rerankrt.runtime.engine import sigmoid
+from rerankrt.runtime.fidelity import (
+    FIDELITY_THRESHOLDS,
+    FP32_TOLERANCE,
+    FidelityThresholds,
+    agreement,
+    rank_agreement,
+    spearman,
+)
+from rerankrt.runtime.self_check import GoldenSet
 
-FP32_TOLERANCE = 1e-4  # max |Δlogit| allowed between an fp32 graph and the torch scorer
 MAX_GENERATED_TOKENS = 640  # documents run up to 1.25x max_length, but no longer: the check runs on CPU
-
-
-@dataclass(frozen=True)
-class FidelityThresholds:
-    """What a reduced-precision variant must keep, against the fp32 torch scorer (README: "Precision").
-
-    Scores are sigmoid(logit) in [0, 1]. Two documents whose fp32 scores are within `tie` of each other are a tie:
-    ordering them either way is not a disagreement (random-weight models score everything alike).
-    """
-
-    tie: float = 0.01
-    max_score_diff: float = 0.1  # |score(variant) - score(fp32)|, every pair
-    min_top1_agreement: float = 0.9  # share of queries whose best document is fp32's best (or tied with it)
-    min_top3_agreement: float = 0.9  # share of queries whose three best are fp32's three best (or tied with them)
-    max_swap_rate: float = 0.05  # share of non-tied document pairs the variant orders the other way
-
-    def failures(self, report: FidelityReport) -> list[str]:
-        checks = [
-            (report.max_score_diff <= self.max_score_diff, f"max |Δscore| {report.max_score_diff:.3g} > "
-             f"{self.max_score_diff}"),
-            (report.top1_agreement >= self.min_top1_agreement, f"top-1 agreement {report.top1_agreement:.2f} < "
-             f"{self.min_top1_agreement}"),
-            (report.top3_agreement >= self.min_top3_agreement, f"top-3 agreement {report.top3_agreement:.2f} < "
-             f"{self.min_top3_agreement}"),
-            (report.swap_rate <= self.max_swap_rate, f"swapped pairs {report.swap_rate:.3f} > {self.max_swap_rate}"),
-        ]  # fmt: skip
-        return [message for ok, message in checks if not ok]
-
-
-FIDELITY_THRESHOLDS = FidelityThresholds()
+# the golden set the artifact carries for the serving-time self-check: 24 pairs, documents of 1-128 tokens, so
+# that it costs seconds at start on a 2-core CPU for a base-size model
+GOLDEN_SEED, GOLDEN_QUERIES, GOLDEN_DOCUMENTS, GOLDEN_MAX_TOKENS, GOLDEN_BATCH = 2, 4, 6, 128, 8
 
 
 @dataclass
@@ -77,11 +57,13 @@ class ParityReport:
         return asdict(self)
 
 
-def generate_queries(encoder: PairEncoder, seed: int, queries: int, docs_per_query: int) -> list[tuple[str, list[str]]]:
-    """Queries of 2-24 tokens with documents from 1 token to 1.25x max_length (at most MAX_GENERATED_TOKENS)."""
+def generate_queries(
+    encoder: PairEncoder, seed: int, queries: int, docs_per_query: int, most_tokens: int = MAX_GENERATED_TOKENS
+) -> list[tuple[str, list[str]]]:
+    """Queries of 2-24 tokens with documents from 1 token to 1.25x max_length (at most `most_tokens`)."""
     rng = np.random.default_rng(seed)
     tokenizer = encoder.tokenizer
-    longest = min(int(encoder.max_length * 1.25), MAX_GENERATED_TOKENS)
+    longest = min(int(encoder.max_length * 1.25), most_tokens)
     out = []
     for _ in range(queries):
         query = random_text(tokenizer, rng, int(rng.integers(2, 25)))
@@ -110,6 +92,27 @@ def check_parity(
     )  # fmt: skip
 
 
+def golden_set(encoder: PairEncoder, check: ParityCheck) -> GoldenSet:
+    """Generated queries with documents of mixed lengths and the check's reference logits for them: what a plan must
+    reproduce on the machine that serves it (`runtime.self_check`)."""
+    samples = generate_queries(encoder, GOLDEN_SEED, GOLDEN_QUERIES, GOLDEN_DOCUMENTS, GOLDEN_MAX_TOKENS)
+    pairs = [pair for query, docs in samples for pair in encoder.encode(query, docs)]
+    logits = np.concatenate(
+        [np.asarray(check.reference(encoder.collate(pairs[i : i + GOLDEN_BATCH])), dtype=np.float32).reshape(-1)
+         for i in range(0, len(pairs), GOLDEN_BATCH)]
+    )  # fmt: skip
+    groups = np.split(logits, len(samples))
+    return GoldenSet(
+        reference=check.reference_name,
+        seed=GOLDEN_SEED,
+        batch_size=GOLDEN_BATCH,
+        groups=[
+            {"query": query, "documents": docs, "logits": [float(x) for x in group]}
+            for (query, docs), group in zip(samples, groups, strict=True)
+        ],
+    )
+
+
 def parity_report(
     ref: np.ndarray,
     cand: np.ndarray,
@@ -123,9 +126,9 @@ def parity_report(
 ) -> ParityReport:
     """The report for reference and candidate logits of consecutive queries with `groups[i]` documents each."""
     diff = np.abs(ref - cand)
-    spearman, top1 = [], []
+    spearmans, top1 = [], []
     for r, c in zip(np.split(ref, np.cumsum(groups)[:-1]), np.split(cand, np.cumsum(groups)[:-1]), strict=True):
-        spearman.append(_spearman(r, c))
+        spearmans.append(spearman(r, c))
         top1.append(float(np.argmax(r) == np.argmax(c)))
     return ParityReport(
         passed=bool(diff.max() <= tolerance),
@@ -134,7 +137,7 @@ def parity_report(
         tolerance=tolerance,
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
-        min_spearman=float(min(spearman)),
+        min_spearman=float(min(spearmans)),
         top1_agreement=float(np.mean(top1)),
         pairs=len(ref),
         queries=len(groups),
@@ -188,24 +191,22 @@ def check_fidelity(
     """Score generated queries with the fp32 torch scorer and the variant; passed when every threshold holds."""
     samples = generate_queries(encoder, seed, queries, docs_per_query)
     ref, cand, _ = _score_both(encoder, samples, lambda batch: run_torch(reference, batch), candidate, batch_size)
-    ref_scores, cand_scores = sigmoid(ref), sigmoid(cand)
-    score_diff = np.abs(ref_scores - cand_scores)
-    spearman, _, _ = _rank_agreement(ref, cand, docs_per_query)
-    top1, top3, swaps = _tie_aware_agreement(ref_scores, cand_scores, docs_per_query, thresholds.tie)
+    agreed = agreement(ref, cand, docs_per_query, thresholds.tie)
+    spearmans, _, _ = rank_agreement(ref, cand, docs_per_query)
     report = FidelityReport(
         passed=False,
         accepted=False,
         precision=precision,
         reference="torch scorer, fp32, cpu",
         candidate=candidate_name,
-        max_score_diff=float(score_diff.max()),
-        mean_score_diff=float(score_diff.mean()),
-        max_logit_diff=float(np.abs(ref - cand).max()),
-        top1_agreement=top1,
-        top3_agreement=top3,
-        swap_rate=swaps,
-        mean_spearman=float(np.mean(spearman)),
-        min_spearman=float(min(spearman)),
+        max_score_diff=agreed.max_score_diff,
+        mean_score_diff=agreed.mean_score_diff,
+        max_logit_diff=agreed.max_logit_diff,
+        top1_agreement=agreed.top1_agreement,
+        top3_agreement=agreed.top3_agreement,
+        swap_rate=agreed.swap_rate,
+        mean_spearman=float(np.mean(spearmans)),
+        min_spearman=float(min(spearmans)),
         pairs=len(ref),
         queries=queries,
         docs_per_query=docs_per_query,
@@ -226,37 +227,3 @@ def _score_both(encoder, samples, reference, candidate, batch_size):
         ref_logits.append(np.asarray(reference(batch), dtype=np.float32))
         cand_logits.append(np.asarray(candidate(batch), dtype=np.float32))
     return np.concatenate(ref_logits), np.concatenate(cand_logits), [len(p["input_ids"]) for p in pairs]
-
-
-def _rank_agreement(ref: np.ndarray, cand: np.ndarray, group: int) -> tuple[list[float], list[float], list[float]]:
-    """Per query (consecutive groups of documents): Spearman, same best document, same three best documents."""
-    spearman, top1, top3 = [], [], []
-    for start in range(0, len(ref), group):
-        r, c = ref[start : start + group], cand[start : start + group]
-        spearman.append(_spearman(r, c))
-        top1.append(float(np.argmax(r) == np.argmax(c)))
-        top3.append(float(set(np.argsort(-r)[:3]) == set(np.argsort(-c)[:3])))
-    return spearman, top1, top3
-
-
-def _tie_aware_agreement(ref: np.ndarray, cand: np.ndarray, group: int, tie: float) -> tuple[float, float, float]:
-    """Top-1 and top-3 agreement and the swapped-pair rate, where fp32 scores within `tie` count as equal."""
-    top1, top3, swapped, ordered = [], [], 0, 0
-    for start in range(0, len(ref), group):
-        r, c = ref[start : start + group], cand[start : start + group]
-        ranked = np.sort(r)[::-1]
-        top1.append(float(r[np.argmax(c)] >= ranked[0] - tie))
-        k = min(3, len(r))
-        top3.append(float(np.all(r[np.argsort(-c)[:k]] >= ranked[k - 1] - tie)))
-        i, j = np.triu_indices(len(r), 1)
-        distinct = np.abs(r[i] - r[j]) > tie
-        ordered += int(distinct.sum())
-        swapped += int((np.sign(r[i] - r[j]) != np.sign(c[i] - c[j]))[distinct].sum())
-    return float(np.mean(top1)), float(np.mean(top3)), swapped / ordered if ordered else 0.0
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    if ra.std() == 0 or rb.std() == 0:
-        return 1.0
-    return float(np.corrcoef(ra, rb)[0, 1])

@@ -22,6 +22,7 @@ from pathlib import Path
 from rerankrt.artifact import (
     FIDELITY_NAME,
     FORMAT_VERSION,
+    GOLDEN_NAME,
     PARITY_NAME,
     Manifest,
     SourceModel,
@@ -31,7 +32,7 @@ from rerankrt.artifact import (
 )
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import export_graph
-from rerankrt.export.parity import FP32_TOLERANCE, check_parity
+from rerankrt.export.parity import FP32_TOLERANCE, check_parity, golden_set
 from rerankrt.export.variants import build_variant
 from rerankrt.families import detect_family
 from rerankrt.families.base import SCORER
@@ -111,8 +112,11 @@ def export_model(
                          g.outputs, g.opset)  # fmt: skip
 
         with step("verifying the ONNX graphs, run as the runtime runs them, against the reference"):
-            report = _verify_graphs(chosen, staging, graphs, torch_model, source.path, encoder, tolerance)
+            check = chosen.parity_check(torch_model, source.path, encoder)
+            report = _verify_graphs(chosen, staging, graphs, check, encoder, tolerance)
+            golden = golden_set(encoder, check)  # what every plan must reproduce where it serves
         (staging / PARITY_NAME).write_text(_json(report.to_dict()))
+        (staging / GOLDEN_NAME).write_text(golden.model_dump_json(indent=1) + "\n")
         log.info(
             "max |Δlogit| %.3g (tolerance %.0e) over %d pairs, lengths %d-%d, top-1 agreement %.2f",
             report.max_abs_diff,
@@ -141,6 +145,7 @@ def export_model(
                     graphs[SCORER],
                     accept_fidelity_loss,
                     int8_method=int8_method,
+                    golden=golden,
                 )
                 (staging / FIDELITY_NAME).write_text(_json(fidelity.to_dict()))
                 variant_files.append(FIDELITY_NAME)
@@ -178,6 +183,7 @@ def export_model(
                         *encoder_files,
                         "config.json",
                         PARITY_NAME,
+                        GOLDEN_NAME,
                         *variant_files,
                     ],
                 ),
@@ -193,10 +199,9 @@ def export_model(
     return manifest
 
 
-def _verify_graphs(family, staging: Path, graphs: dict, torch_model, model_dir: Path, encoder, tolerance: float):
+def _verify_graphs(family, staging: Path, graphs: dict, check, encoder, tolerance: float):
     """The parity report of every set of graphs a serving may load (prefix reuse off, and on where the family has
     prefix-reuse graphs), each run through ONNX Runtime as served: the worst one, naming every set checked."""
-    check = family.parity_check(torch_model, model_dir, encoder)
     files = {role: g.files[0] for role, g in graphs.items()}
     settings = (False, True) if family.prefix_reuse_roles else (False,)
     reports = []

@@ -8,9 +8,11 @@ for [batch, sequence] planned from the GPU's memory and the model
 (`engines.plan_engine_profile`), TF32 off (fp32 means fp32, in fp32 engines and
 in the fp32 parts of half ones), keeps a timing cache per GPU and TensorRT
 version beside the engines, and records the engine (file, graph, precision, GPU
-compute capability, full TensorRT version, profile, sha256) in manifest.json.
-Every TensorRT call that can fail is checked and named in the error. Needs a
-GPU and the `gpu` extra.
+compute capability, full TensorRT version, profile, sha256) in manifest.json
+once the engine has scored the artifact's golden set on this GPU as the export
+accepted (`runtime.self_check`; an engine that misses is deleted, with the
+figures in the error). Every TensorRT call that can fail is checked and named
+in the error. Needs a GPU and the `gpu` extra.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ from pathlib import Path
 
 import onnx
 
-from rerankrt.artifact import Engine, Graph, Profile, hash_files, load_manifest, write_manifest
+from rerankrt.artifact import (
+    GOLDEN_NAME,
+    PARITY_NAME,
+    Engine,
+    Graph,
+    Manifest,
+    Profile,
+    hash_files,
+    load_manifest,
+    write_manifest,
+)
 from rerankrt.engines import (
     ModelShape,
     engine_file_name,
@@ -39,6 +51,9 @@ from rerankrt.export.precision import cast_graph, external_data_files
 from rerankrt.families import get_family
 from rerankrt.families.base import SCORER
 from rerankrt.precision import Precision
+from rerankrt.runtime.loader import open_backend
+from rerankrt.runtime.plan import ServingPlan
+from rerankrt.runtime.self_check import GoldenSet, export_tolerance, run_self_check
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +131,33 @@ def build_engine(
         tensorrt=trt.__version__,
         profile=profile,
     )
+    try:
+        self_check_engine(artifact, manifest, engine, gpu.name)
+    except BaseException:
+        (artifact / plan_name).unlink(missing_ok=True)  # never left for a loader to find
+        raise
     manifest.engines = [e for e in manifest.engines if e.file != plan_name] + [engine]
     manifest.files.update(hash_files(artifact, [plan_name, graph.file]))
     write_manifest(artifact, manifest)
     return engine
+
+
+def self_check_engine(artifact: Path, manifest: Manifest, engine: Engine, gpu: str) -> None:
+    """The new engine scores the artifact's golden set here and must pass the export's rule for its precision;
+    ExportError with the figures when it misses."""
+    if GOLDEN_NAME not in manifest.files:
+        log.warning("%s has no golden set (re-export it): the engine is not self-checked", artifact)
+        return
+    family = get_family(manifest.family)
+    encoder = family.load_encoder(artifact, manifest.max_length)
+    plan = ServingPlan("tensorrt", "cuda", engine.precision, folder=artifact, engine=engine)
+    backend = open_backend(plan, family)
+    golden = GoldenSet.read(artifact / GOLDEN_NAME)
+    tolerance = export_tolerance(artifact, PARITY_NAME)
+    check = run_self_check(backend.run, encoder, golden, engine.precision, plan.describe(), gpu, tolerance)
+    if not check.passed:
+        raise ExportError(f"self-check: {check.summary()}; the engine is not kept")
+    log.info("self-check: %s", check.summary())
 
 
 def _model_shape(artifact: Path) -> ModelShape:

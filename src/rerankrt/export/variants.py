@@ -27,6 +27,7 @@ from rerankrt.export.precision import cast_graph, external_data_files, quantize_
 from rerankrt.families import Family, PairEncoder
 from rerankrt.families.base import SCORER, run_torch
 from rerankrt.precision import INT8_METHODS, Precision
+from rerankrt.runtime.self_check import GoldenSet, run_self_check
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ def build_variant(
     accept_fidelity_loss: bool = False,
     thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
     int8_method: str | None = None,
+    golden: GoldenSet | None = None,
 ) -> tuple[ExportedGraph | None, FidelityReport]:
-    """Build the `precision` variant in `folder` and check it against the fp32 torch scorer.
+    """Build the `precision` variant in `folder` and check it against the fp32 torch scorer (and on the artifact's
+    `golden` set, as the serving-time self-check will judge it: a variant that passes the gate passes it here).
 
     Raises ExportError when it misses a threshold, unless `accept_fidelity_loss` (then the report says so).
     `int8_method`: that int8 recipe only (default: each of INT8_METHODS until one passes).
@@ -60,7 +63,7 @@ def build_variant(
         for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
             (folder / file).unlink()
         graph, paths = candidate()  # every CPU path that may serve it: all must pass
-        report = _check_every_path(encoder, reference, paths, method, precision, thresholds)
+        report = _check_every_path(encoder, reference, paths, method, precision, thresholds, golden)
         if report.passed:
             return graph, report
     # none passed: the last candidate is the closest to fp32
@@ -148,13 +151,17 @@ def _bf16_paths(family, reference, folder: Path, fp32_graph: ExportedGraph, prob
     return paths
 
 
-def _check_every_path(encoder, reference, paths: Mapping, method: str, precision, thresholds) -> FidelityReport:
-    """Each path's fidelity report; the one kept is the first that misses (else the last), with every path's
-    outcome in `paths_checked`."""
+def _check_every_path(encoder, reference, paths: Mapping, method, precision, thresholds, golden) -> FidelityReport:
+    """Each path's fidelity report (its failures include the golden set's, judged as the self-check will); the one
+    kept is the first that misses (else the last), with every path's outcome in `paths_checked`."""
     reports = []
     for name, run in paths.items():
         report = check_fidelity(encoder, reference, run, name, precision, thresholds)
         report.method = method
+        if golden is not None:
+            check = run_self_check(run, encoder, golden, precision, name, "exporting machine", thresholds=thresholds)
+            report.failures += [f"golden set: {failure}" for failure in check.failures]
+            report.passed = not report.failures
         _log(report)
         reports.append(report)
     kept = next((r for r in reports if not r.passed), reports[-1])

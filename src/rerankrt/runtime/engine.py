@@ -33,6 +33,7 @@ from rerankrt.errors import InputError
 from rerankrt.families import Content, Features
 from rerankrt.runtime.batching import default_padding_ratio, default_top_up_tokens
 from rerankrt.runtime.chunking import chunk_documents, cut_documents, keep_tokens
+from rerankrt.runtime.fidelity import sigmoid
 from rerankrt.runtime.loader import LoadedModel, load_model
 from rerankrt.runtime.scheduler import BatchStats, Scheduler
 from rerankrt.runtime.settings import EngineSettings
@@ -43,11 +44,6 @@ TEXT_CHARS_PER_TOKEN = 32  # the default max_text_chars is this many per token o
 SLICE_DOCUMENTS = 16  # an encoding job holds at most this many documents...
 SLICE_CHARS = 256 * 1024  # ...and this many characters (at least one document)
 MEDIA_PART_CHARS = 4096  # what a media part counts for in a slice (preprocessing an image costs like text)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """The score a client sees: sigmoid(logit), float64, stable for any logit."""
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
 
 
 class RequestTooLarge(InputError):

@@ -2,22 +2,26 @@
 
 The serving plan (`runtime.plan`) lists the candidates in order; each is tried, and each that cannot load is
 logged with its reason before the next. A named backend that cannot load anywhere is an error, never a silent
-switch to another backend.
+switch to another backend. A plan that loads then scores the artifact's golden set on this machine
+(`runtime.self_check`) before it takes traffic: under `auto` one that misses is logged and the next is tried; a
+backend or precision asked for by name that misses is an error at start (SelfCheckFailed), with the figures.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rerankrt.artifact import is_artifact, load_manifest
+from rerankrt.artifact import GOLDEN_NAME, PARITY_NAME, is_artifact, load_manifest
 from rerankrt.errors import ArtifactError, BackendUnavailableError, UnsupportedModelError
 from rerankrt.families import Family, PairEncoder, Recognition, detect_family, get_family
 from rerankrt.model_source import resolve_model
 from rerankrt.runtime.backend import Backend
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
+from rerankrt.runtime.self_check import GoldenSet, SelfCheck, SelfCheckFailed, export_tolerance, run_self_check
 from rerankrt.runtime.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -33,12 +37,15 @@ class LoadedModel:
     plan: ServingPlan
     name: str
     recognition: Recognition | None = None  # why the family (plain model folders are detected at load)
+    self_check: SelfCheck | None = None  # the plan's run of the golden set here (None: not checked, see below)
+    self_check_skipped: str | None = None  # why there is no self-check (no golden set, --no-self-check, no artifact)
 
 
 def load_model(settings: EngineSettings, machine: Machine | None = None) -> LoadedModel:
     """The model `settings.model_path` names (artifact folder, model folder or Hub id), on the first plan that loads."""
     machine = machine or Machine.detect()
     folder = Path(settings.model_path)
+    checker, skipped = None, "a plain model folder has no golden set"
     if is_artifact(folder):
         manifest = load_manifest(folder)
         try:
@@ -54,6 +61,7 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
         # a Hub id names the model; a local export is named by its folder, never the exporter's own path
         name = settings.served_model_name or (manifest.source.ref if manifest.source.revision else folder.name)
         plans = plan_serving(family, _request(settings, encoder), machine, manifest=manifest, folder=folder)
+        checker, skipped = _self_checker(settings, folder, manifest, encoder, machine)
     else:
         source = resolve_model(settings.model_path, settings.revision)
         family, recognition = detect_family(source.path)
@@ -63,12 +71,23 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
         plans = plan_serving(family, _request(settings, encoder), machine, model_ref=str(source.path))
     encoder.prefix_reuse = encoder.prefix_reuse and settings.prefix_reuse
     log.info("model %s: family %s (%s), max_length %d", name, family.name, recognition.reason, encoder.max_length)
-    backend, plan = open_first(plans, family, settings.backend)
-    return LoadedModel(family, encoder, backend, plan, name, recognition)
+    explicit = settings.backend != "auto" or settings.precision is not None
+    backend, plan, check = open_first(plans, family, settings.backend, checker, explicit)
+    return LoadedModel(family, encoder, backend, plan, name, recognition, check, None if check else skipped)
 
 
-def open_first(plans: list[ServingPlan | Skipped], family: Family, choice: str = "auto") -> tuple[Backend, ServingPlan]:
-    """The backend of the first plan that loads; every one that does not is logged with its reason."""
+Checker = Callable[[Backend, ServingPlan], SelfCheck]
+
+
+def open_first(
+    plans: list[ServingPlan | Skipped],
+    family: Family,
+    choice: str = "auto",
+    check: Checker | None = None,
+    explicit: bool = False,
+) -> tuple[Backend, ServingPlan, SelfCheck | None]:
+    """The backend of the first plan that loads and passes `check` here; every one that does not is logged with its
+    reason. A plan asked for by name (`explicit`) that misses the check is a SelfCheckFailed."""
     reasons = []
     for plan in plans:
         if isinstance(plan, Skipped):
@@ -83,11 +102,47 @@ def open_first(plans: list[ServingPlan | Skipped], family: Family, choice: str =
                     raise
                 reason = f"{type(exc).__name__}: {exc}"
             else:
-                log.info("backend selected: %s", plan.describe())
-                return backend, plan
+                result = check(backend, plan) if check is not None else None
+                if result is None or result.passed:
+                    log.info("backend selected: %s", plan.describe())
+                    if result is not None:
+                        log.info("self-check: %s", result.summary())
+                    return backend, plan, result
+                if explicit:
+                    raise SelfCheckFailed(
+                        f"self-check: {result.summary()}; this plan is not served here (serve another --backend or "
+                        "--precision, or re-export on this kind of CPU)"
+                    )
+                log.warning("self-check: %s; trying the next plan", result.summary())
+                reason = "missed the self-check on this machine"
         log.info("backend %s (%s) not used: %s", plan.backend, plan.device, reason)
         reasons.append(f"{plan.backend} ({plan.device}): {reason}")
     raise BackendUnavailableError(f"no backend can run this model ({'; '.join(reasons)})")
+
+
+def _self_checker(settings: EngineSettings, folder: Path, manifest, encoder: PairEncoder, machine: Machine):
+    """(the check each opened plan must pass, None) or (None, why there is none)."""
+    if not settings.self_check:
+        log.warning(
+            "self-check off (--no-self-check): the plan is served without proof that this machine computes what "
+            "the export accepted (other CPU kinds may pick other kernels and give other numbers)"
+        )
+        return None, "turned off (--no-self-check)"
+    if GOLDEN_NAME not in manifest.files:
+        log.warning(
+            "%s has no golden set (exported before the self-check existed): served without proof that this machine "
+            "computes what the export accepted; re-export it to have one", folder,
+        )  # fmt: skip
+        return None, "the artifact has no golden set (re-export it)"
+    golden = GoldenSet.read(folder / GOLDEN_NAME)
+    tolerance = export_tolerance(folder, PARITY_NAME)
+
+    def check(backend: Backend, plan: ServingPlan) -> SelfCheck:
+        return run_self_check(
+            backend.run, encoder, golden, plan.precision, plan.describe(), machine.describe_cpu(), tolerance
+        )
+
+    return check, None
 
 
 def open_backend(plan: ServingPlan, family: Family) -> Backend:

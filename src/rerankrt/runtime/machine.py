@@ -12,6 +12,10 @@ from importlib import metadata
 from pathlib import Path
 
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # CPU instructions that compute bf16 natively
+# the features that decide which kernels ONNX Runtime, OpenVINO and torch pick (fp32 width, int8 dot products, bf16)
+CPU_FEATURES = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
+)  # fmt: skip
 
 
 def cpu_flags() -> set[str]:
@@ -59,6 +63,7 @@ class Machine:
     onnxruntime_providers: tuple[str, ...] = field(default=("CPUExecutionProvider",))
     openvino: str | None = None  # OpenVINO's version when it is installed
     cpu_bf16: bool = False  # the CPU computes bf16 natively (BF16_FLAGS)
+    cpu_features: tuple[str, ...] = ()  # those of CPU_FEATURES the CPU has (logged beside a self-check's figures)
 
     @classmethod
     def detect(cls) -> Machine:
@@ -72,6 +77,7 @@ class Machine:
             providers = tuple(onnxruntime.get_available_providers())
         except ImportError:
             providers = ()
+        flags = cpu_flags()
         return cls(
             physical_cores(),
             cuda,
@@ -79,8 +85,13 @@ class Machine:
             _tensorrt_version() if cuda else None,
             providers,
             openvino_version(),
-            bool(BF16_FLAGS & cpu_flags()),
+            bool(BF16_FLAGS & flags),
+            tuple(f for f in CPU_FEATURES if f in flags),
         )
+
+    def describe_cpu(self) -> str:
+        """`2 cores, avx2 fma avx512f ...`: what a self-check's figures were measured on."""
+        return f"{self.physical_cores} cores, {' '.join(self.cpu_features) or 'no AVX2'}"
 
 
 def openvino_version() -> str | None:

@@ -100,7 +100,8 @@ def plan_serving(
     family: Family, request: Request, machine: Machine, manifest: Manifest | None = None, folder: Path | None = None,
     model_ref: str | None = None,
 ) -> list[ServingPlan | Skipped]:  # fmt: skip
-    """Candidate plans for an artifact (`manifest` + `folder`) or a plain model (`model_ref`), in trying order."""
+    """Candidate plans for an artifact (`manifest` + `folder`) or a plain model (`model_ref`), in trying order: for an
+    artifact with a reduced-precision variant and no precision asked for, the variant's plans, then the fp32 ones."""
     if request.backend not in BACKEND_CHOICES:
         raise BackendUnavailableError(
             f"unknown backend {request.backend!r}; choose one of {', '.join(BACKEND_CHOICES)}"
@@ -116,6 +117,16 @@ def plan_serving(
         precision = serving_precision(manifest, request.precision)
         order = auto_order(precision)
     explicit = request.precision is not None
+    out = _candidates(family, request, machine, manifest, folder, model_ref, threads, precision, order, explicit)
+    if manifest is not None and precision != Precision.FP32 and not explicit:
+        # where the variant's plans fail to load or miss the self-check here, the fp32 graphs still serve
+        fp32 = _candidates(family, request, machine, manifest, folder, model_ref, threads, Precision.FP32, AUTO_ORDER,
+                           False)  # fmt: skip
+        out += [plan for plan in fp32 if isinstance(plan, ServingPlan) and plan not in out]
+    return out
+
+
+def _candidates(family, request, machine, manifest, folder, model_ref, threads, precision, order, explicit):
     out: list[ServingPlan | Skipped] = []
     for backend, device in order:
         if request.backend not in ("auto", backend):

@@ -58,6 +58,12 @@ class EngineSettings(BaseModel):
         description="decoder rerankers (Qwen3-Reranker): run the prompt that pairs share (instruction, query) once and "
         "each document after it, exact; --no-prefix-reuse runs every pair whole (for comparison)",
     )
+    self_check: bool = Field(
+        True,
+        description="before serving, score the artifact's golden set with the chosen plan on this machine and refuse "
+        "a plan that misses what the export accepted (auto tries the next; a plan asked for by name is an error); "
+        "--no-self-check skips it and with it the proof that this CPU computes the export's numbers (seconds at start)",
+    )
     max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"

@@ -38,6 +38,11 @@ class Metrics:
         self.batch_seconds = Histogram(
             "rerankrt_batch_seconds", "forward pass time", buckets=LATENCY_BUCKETS, registry=self.registry
         )
+        self.self_check_max_dlogit = Gauge(
+            "rerankrt_self_check_max_dlogit",
+            "largest |logit difference| of the served plan on the artifact's golden set at start (NaN: not checked)",
+            registry=self.registry,
+        )  # create_app sets it from the loaded model's self-check
         self.media_items = Counter(
             "rerankrt_media_items", "images and videos fetched, by kind", ["kind"], registry=self.registry
         )

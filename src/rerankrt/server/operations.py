@@ -30,10 +30,26 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 once the model is loaded and warmed up, 503 before and while shutting down."""
+    """200 once the model is loaded, self-checked and warmed up, 503 before and while shutting down; the body says
+    how the plan's self-check went on this machine."""
     if not request.app.state.ready:
         return error_response(503, "model is loading", headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok", "self_check": self_check_summary(request.app.state.reranker.model)})
+
+
+def self_check_summary(model) -> dict:
+    """The plan's self-check in a few fields: passed, the largest |Δlogit| from the golden set, the rule, the cost."""
+    check = model.self_check
+    if check is None:
+        return {"status": "skipped", "reason": model.self_check_skipped}
+    return {
+        "status": "passed" if check.passed else "failed",
+        "plan": check.plan,
+        "max_dlogit": check.max_logit_diff,
+        "rule": check.rule,
+        "pairs": check.pairs,
+        "seconds": check.seconds,
+    }
 
 
 @router.get("/v1/models", response_model=ModelList)
