@@ -13,7 +13,9 @@ in-memory model of test_api_adapters (unit tier).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -237,3 +239,39 @@ def test_nesting_depth_counts_only_brackets_outside_strings():
     assert nesting_depth(b"[" * 100_000) == 100_000  # unclosed, as deep as it goes
     assert nesting_depth(b'"' + b"[" * 100 + b'\\\\"[') == 1  # the string ends at an unescaped quote
     assert nesting_depth(b"") == 0
+
+
+def test_a_body_over_the_limit_is_a_413_in_each_routes_error_body():
+    """By Content-Length or by the bytes that arrive (chunked): the route answers in its own body; one that reads
+    no body gets rerankrt's (by Content-Length: it never reads the bytes to count)."""
+    body = json.dumps({**VALID, "documents": ["x" * 2000]}).encode()
+    app = create_app(adapters.settings(max_request_bytes=1024), adapters.make_model())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        sends = [(path, sent) for path in body_routes() for sent in (body, iter([body[:1000], body[1000:]]))]
+        for path, sent in [*sends, *((path, body) for path in NO_BODY)]:
+            response = client.post(path, content=sent, headers=JSON)
+            assert response.status_code == 413, (path, response.text)
+            assert error_message(response) == "body: over the limit of 1024 bytes", (path, response.text)
+            if path not in NO_BODY:  # the same body as the route's other errors
+                assert set(response.json()) == set(client.post(path, content=b"{", headers=JSON).json()), path
+
+
+def test_a_client_gone_before_its_body_arrived_is_a_499_not_an_error(caplog):
+    app = create_app(adapters.settings(), adapters.make_model())
+    events = [{"type": "http.request", "body": b'{"query": "q", ', "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return events.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/rerank", "raw_path": b"/v1/rerank", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
