@@ -31,7 +31,8 @@ MAX_JSON_DEPTH = 64
 SHOWN_CHARS = 64  # of a key or number named in an error
 _QUOTE = ord('"')
 _SIGNS = np.zeros(256, np.int8)
-_SIGNS[[ord("["), ord("{")]], _SIGNS[[ord("]"), ord("}")]] = 1, -1
+_SIGNS[[ord("["), ord("{")]] = 1
+_SIGNS[[ord("]"), ord("}")]] = -1
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -49,16 +50,15 @@ def parse_json(raw: bytes) -> Any:
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and (depth := nesting_depth(raw)) > MAX_JSON_DEPTH:
         raise json.JSONDecodeError(f"nested {depth} levels deep, over the limit of {MAX_JSON_DEPTH}", text, 0)
     try:
-        data = json.loads(
-            text, object_pairs_hook=_object, parse_int=_integer, parse_float=_float, parse_constant=_constant
-        )
-        if _SURROGATE_ESCAPE.search(text):  # most often a valid pair; json.dumps finds a lone one
-            json.dumps(data, ensure_ascii=False).encode()
+        data = json.loads(text, object_pairs_hook=_object, parse_float=_float, parse_constant=_constant)
     except _Refused as exc:
         raise json.JSONDecodeError(str(exc), text, 0) from None
-    except UnicodeEncodeError as exc:
-        lone = f"\\u{ord(exc.object[exc.start]):04x}"
-        raise json.JSONDecodeError(f"a lone surrogate {lone} in a string", text, 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # int() of a literal longer than it converts (a parse_int hook would cost a call per integer)
+        raise json.JSONDecodeError(f"an integer of more than {sys.get_int_max_str_digits()} digits", text, 0) from None
+    if _SURROGATE_ESCAPE.search(text) and (lone := _lone_surrogate(data)):
+        raise json.JSONDecodeError(f"a lone surrogate {lone} in a string", text, 0)
     return data
 
 
@@ -83,14 +83,6 @@ def _object(pairs: list[tuple[str, Any]]) -> dict:
     return result
 
 
-def _integer(literal: str) -> int:
-    try:
-        return int(literal)
-    except ValueError:  # longer than the interpreter converts
-        digits = len(literal.lstrip("-"))
-        raise _Refused(f"an integer of {digits} digits, over the limit of {sys.get_int_max_str_digits()}") from None
-
-
 def _float(literal: str) -> float:
     value = float(literal)
     if math.isinf(value):
@@ -103,21 +95,27 @@ def _constant(name: str) -> Any:
     raise _Refused(f"{name} is not a JSON number")
 
 
-def decode_error(exc: json.JSONDecodeError) -> RequestValidationError:
-    """A decode error as FastAPI reports malformed JSON (the app's handler renders it as a 400 naming the body)."""
-    return RequestValidationError(
-        [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {},
-          "ctx": {"error": exc.msg}}]
-    )  # fmt: skip
+def _lone_surrogate(data: Any) -> str | None:
+    """The first unpaired surrogate in `data`'s strings, as its escape (an escape in the text is most often one of
+    a valid pair, which json.loads joins)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(exc.object[exc.start]):04x}"
+    return None
 
 
 async def read_json(request: Request) -> Any:
-    """The request's JSON body (None when empty), parsed by `parse_json`."""
+    """The request's JSON body (None when empty), parsed by `parse_json`; what it refuses is reported as FastAPI
+    reports malformed JSON (the app's handler renders it as a 400 naming the body)."""
     raw = await request.body()
     try:
         return parse_json(raw) if raw else None
     except json.JSONDecodeError as exc:
-        raise decode_error(exc) from None
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {},
+              "ctx": {"error": exc.msg}}]
+        ) from None  # fmt: skip
 
 
 class StrictJSONRequest(Request):
