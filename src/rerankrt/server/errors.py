@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rerankrt.errors import InputError, RerankrtError
 from rerankrt.runtime.engine import RequestTooLarge
@@ -99,9 +100,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_disconnect(request: Request, exc: ClientDisconnected) -> JSONResponse:
         return error_response(499, str(exc))
 
+    @app.exception_handler(ClientDisconnect)
+    async def on_body_cut_short(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return error_response(499, "the client closed the connection before its body arrived")
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 413:  # the body limit (max_body_size)
+        if exc.status_code == 413:  # the body limit (middleware.BodySizeLimit)
             return error_response(413, f"body: {exc.detail}", "body")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterable
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 
 from rerankrt.runtime.scheduler import Scheduler
 from rerankrt.server.errors import error_response
@@ -27,8 +28,9 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 class BodySizeLimit:
     """ASGI middleware: a JSON 413 for a body over `max_bytes`, by Content-Length or by counting what arrives.
 
-    (Starlette's own limit answers in plain text; every error here is JSON.) A chunked body that runs
-    over is cut off: the app sees a disconnect, whatever it answers is dropped, and the client gets 413.
+    Reading such a body raises HTTPException(413) where the route reads it, so the route answers in its API's error
+    body (the app's handler names the limit); any other answer to it (a route that reads no body) is replaced by
+    rerankrt's 413. (Starlette's own limit answers in plain text.)
     """
 
     def __init__(self, app, max_bytes: int):
@@ -38,31 +40,35 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = error_response(413, f"body: over the limit of {self.max_bytes} bytes", "body")
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await too_large(scope, receive, send)
+        over = declared.isdigit() and int(declared) > self.max_bytes
         received = 0
-        cut_off = False
+        raised = answered = False
 
-        async def counting_receive():
-            nonlocal received, cut_off
-            if cut_off:
+        async def limited_receive():
+            nonlocal received, over, raised
+            if not over:
+                event = await receive()
+                if event["type"] == "http.request":
+                    received += len(event.get("body", b""))
+                    over = received > self.max_bytes
+                if not over:
+                    return event
+            if raised:  # the route was told once; past that the body is gone
                 return {"type": "http.disconnect"}
-            event = await receive()
-            if event["type"] == "http.request":
-                received += len(event.get("body", b""))
-                if received > self.max_bytes:
-                    cut_off = True
-                    return {"type": "http.disconnect"}
-            return event
+            raised = True
+            raise HTTPException(413, f"over the limit of {self.max_bytes} bytes")
 
         async def guarded_send(message):
-            if not cut_off:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = not over or message["status"] == 413
+            if answered:
                 await send(message)
 
-        await self.app(scope, counting_receive, guarded_send)
-        if cut_off:
+        await self.app(scope, limited_receive, guarded_send)
+        if over and not answered:
+            too_large = error_response(413, f"body: over the limit of {self.max_bytes} bytes", "body")
             await too_large(scope, receive, send)
 
 

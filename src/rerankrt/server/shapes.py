@@ -1,5 +1,5 @@
 """What makes an adapter a peer's API rather than a look-alike: its error body, the fields it does not know, and
-bodies read by hand where one path serves two peers.
+bodies validated by hand where one path serves two peers.
 
 - Error bodies. `errors.py` turns every failure into rerankrt's (and SGLang's) body, `{"object": "error",
   "message", "type", "param", "code"}`. A peer whose clients read another body gets its own, rendered from that
@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from rerankrt.errors import InputError
+from rerankrt.server.bodies import StrictJSONRequest
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +66,6 @@ def respond(content: Any, body: BaseModel | None = None, status: int = 200) -> J
 def refuse(field: str, why: str) -> InputError:
     """A 400 for a peer's field this server cannot honour, saying why."""
     return InputError(field, why)
-
-
-async def read_json(request: Request) -> Any:
-    """The request's JSON body; malformed JSON is the same 400 FastAPI's own parsing gives."""
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        position = getattr(exc, "pos", 0)
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error", "input": {},
-              "ctx": {"error": str(getattr(exc, "msg", exc))}}]
-        ) from None  # fmt: skip
 
 
 def parse_body(data: Any, model: type[M]) -> M:
@@ -153,7 +141,8 @@ async def error_in_shape(request: Request, exc: Exception, shape: ErrorShape) ->
 
 
 def shaped_route(shape: ErrorShape) -> type[APIRoute]:
-    """A route class whose errors (validation, the engine's, unexpected ones) come in the peer's `shape`."""
+    """A route class whose JSON bodies are parsed strictly (`bodies.parse_json`) and whose errors (validation, the
+    engine's, unexpected ones) come in the peer's `shape`."""
 
     class ShapedRoute(APIRoute):
         def get_route_handler(self):
@@ -161,7 +150,7 @@ def shaped_route(shape: ErrorShape) -> type[APIRoute]:
 
             async def run(request: Request):
                 try:
-                    return await handler(request)
+                    return await handler(StrictJSONRequest(request.scope, request.receive))
                 except Exception as exc:  # noqa: BLE001 - rendered by the app's own handlers, then reshaped
                     return await error_in_shape(request, exc, shape)
 

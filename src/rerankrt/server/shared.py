@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse
 
 from rerankrt.errors import InputError
 from rerankrt.server import cohere, infinity, sglang, sglang_score, tei, vllm
+from rerankrt.server.bodies import read_json
 from rerankrt.server.schemas import ERRORS
-from rerankrt.server.shapes import Peer, error_in_shape, read_json, serve_peer
+from rerankrt.server.shapes import Peer, error_in_shape, serve_peer
 
 CONVENTIONS = ("sglang", "results", "infinity")
 SCORE_FORMS = ("text_1", "text_2", "queries", "data_1", "data_2")
@@ -61,7 +62,7 @@ def invocation_peer(data: Any) -> Peer | None:
 async def _dispatch(request: Request, pick, default: Peer) -> JSONResponse:
     try:
         data = await read_json(request)
-    except Exception as exc:  # noqa: BLE001 - malformed JSON, in the path's default shape
+    except Exception as exc:  # noqa: BLE001 - a body parse_json refuses (or the client left), in the default shape
         return await error_in_shape(request, exc, default.shape)
     peer = pick(data)
     if peer is None:
