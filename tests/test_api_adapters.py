@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rerankrt.errors import InputError
-from rerankrt.families.base import Batch, Features, PairEncoder
+from rerankrt.families.base import MODEL_LIMITS, Batch, Features, PairEncoder
 from rerankrt.precision import Precision
 from rerankrt.runtime import sigmoid
 from rerankrt.runtime.loader import LoadedModel
@@ -97,15 +97,15 @@ class WordEncoder(PairEncoder):
             ids += {"image": [IMAGE], "video": [VIDEO]}.get(part["type"]) or self.tokenizer.ids(part["text"])
         return ids
 
-    def encode(self, query, documents: Sequence, instruct: str | None = None, truncate: bool = True) -> list[Features]:
+    def encode(
+        self, query, documents: Sequence, instruct: str | None = None, truncate: bool = True, truncation=MODEL_LIMITS
+    ) -> list[Features]:
         head = [CLS, *(self.tokenizer.ids(instruct) if instruct else []), *self.tokens(query, "query"), SEP]
         pairs = []
         for i, document in enumerate(documents):
-            ids = head + self.tokens(document, f"documents[{i}]")
-            if len(ids) > self.max_length:
-                if not truncate:
-                    raise self.too_long(i, len(ids))
-                ids = ids[: self.max_length]
+            tokens = self.tokens(document, f"documents[{i}]")
+            start, stop = self.kept(i, len(tokens), len(head), truncate, truncation)
+            ids = (head + tokens[start:stop])[: self.max_length]
             array = np.asarray(ids, dtype=np.int64)
             pairs.append({"input_ids": array, "attention_mask": np.ones_like(array)})
         return pairs

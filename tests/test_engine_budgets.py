@@ -37,13 +37,13 @@ class Spy:
         self.longest, self.documents, self.calls = 0, 0, []
         inner = encoder.encode
 
-        def encode(query, documents, instruct=None, truncate=True):
+        def encode(query, documents, instruct=None, **options):
             texts = [query, *documents, instruct or ""]
             self.longest = max(self.longest, *(len(t) for t in texts if isinstance(t, str)))
             self.calls.append(len(documents))
             time.sleep(self.delay * len(documents))
             self.documents += len(documents)
-            return inner(query, documents, instruct, truncate)
+            return inner(query, documents, instruct, **options)
 
         encoder.encode = encode
 

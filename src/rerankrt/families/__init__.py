@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from rerankrt.errors import UnsupportedModelError
-from rerankrt.families.base import Batch, Content, Family, Features, GraphRunner, PairEncoder, Recognition
+from rerankrt.families.base import (
+    MODEL_LIMITS,
+    Batch,
+    Content,
+    Family,
+    Features,
+    GraphRunner,
+    PairEncoder,
+    Recognition,
+    Truncation,
+)
 from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.decoder_yes_no import DecoderYesNoFamily
@@ -20,6 +30,7 @@ FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily, Qw
 
 __all__ = [
     "FAMILIES",
+    "MODEL_LIMITS",
     "Batch",
     "Content",
     "Family",
@@ -27,6 +38,7 @@ __all__ = [
     "GraphRunner",
     "PairEncoder",
     "Recognition",
+    "Truncation",
     "detect_family",
     "family_names",
     "get_family",

@@ -105,6 +105,24 @@ class Recognition:
     reason: str
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """A request's own limits on its pairs, beyond the encoder's `max_length`.
+
+    Encoders apply them to the document's tokens as the tokenizer made them in the prompt (the id list is cut, the
+    text is not tokenized again), so one encoding gives the exact length; the query, the prompt template and the
+    special tokens stay whole.
+    """
+
+    max_length: int | None = None  # tokens per pair, at most the encoder's (vLLM's truncate_prompt_tokens)
+    side: Literal["right", "left"] = "right"  # which end of the document loses tokens (TEI's truncation_direction)
+    max_tokens_per_doc: int | None = None  # the document keeps at most its first N tokens (Cohere's field)
+
+
+MODEL_LIMITS = Truncation()
+"""No request limits: the encoder's `max_length`, documents cut on the right."""
+
+
 class PairEncoder(ABC):
     """Turns (query, documents) into one `Features` per document, and pads them into a `Batch`."""
 
@@ -119,12 +137,37 @@ class PairEncoder(ABC):
 
     @abstractmethod
     def encode(
-        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruct: str | None = None,
+        truncate: bool = True,
+        truncation: Truncation = MODEL_LIMITS,
     ) -> list[Features]:
-        """Encode each (query, document) pair, truncated to `max_length`; never fails on long text.
+        """Encode each (query, document) pair, truncated to `max_length` and cut to `truncation` (`kept`); never
+        fails on long text.
 
         With `truncate=False` a pair over `max_length` is an InputError naming `documents[i]`.
         """
+
+    def kept(self, index: int, document: int, others: int, truncate: bool, truncation: Truncation) -> tuple[int, int]:
+        """[start, stop) of the `document` tokens of pair `index` that stay beside its `others` (query, prompt,
+        special tokens): its first `max_tokens_per_doc`, less what must go on `side` for the pair to fit the
+        request's max_length, else `max_length`.
+
+        Without `truncate` a pair still over `max_length` is refused. Others alone over the request's max_length
+        are an error; over `max_length` they empty the document and the encoder cuts the rest in its own order.
+        """
+        stop = document if truncation.max_tokens_per_doc is None else min(document, truncation.max_tokens_per_doc)
+        if not truncate and others + stop > self.max_length:
+            raise self.too_long(index, others + stop)
+        limit = truncation.max_length or self.max_length
+        if truncation.max_length is not None and others > limit:
+            raise InputError(
+                "max_length", f"the query and the prompt alone are over {limit} tokens; select a larger one"
+            )
+        over = min(stop, max(0, others + stop - limit))
+        return (over, stop) if truncation.side == "left" else (0, stop - over)
 
     def too_long(self, index: int, tokens: int) -> InputError:
         return InputError(

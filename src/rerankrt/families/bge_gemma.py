@@ -37,6 +37,7 @@ values, in the decoder graph (decoder.onnx) that then serves every row; model.on
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,11 @@ import torch
 from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
+    MODEL_LIMITS,
     Batch,
     Features,
     PairEncoder,
+    Truncation,
     load_fast_tokenizer,
     named,
     resolve_max_length,
@@ -119,7 +122,12 @@ class BgeGemmaPairEncoder(PairEncoder):
         return ids[len(ids) - keep :] if self.cut_left else ids[:keep]
 
     def encode(
-        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruct: str | None = None,
+        truncate: bool = True,
+        truncation: Truncation = MODEL_LIMITS,
     ) -> list[Features]:
         if instruct is not None and instruct.strip():  # "" is no instruction, as for the other families
             raise InputError(
@@ -139,10 +147,14 @@ class BgeGemmaPairEncoder(PairEncoder):
                 )
             query_ids = self._cut(query_ids, self.query_max_length)
         first = self.head + query_ids
-        encoded = self.tokenizer([PASSAGE_PREFIX + doc for doc in documents], add_special_tokens=False)["input_ids"]
+        passages = [PASSAGE_PREFIX + doc for doc in documents]
+        encoded = self.tokenizer(passages, add_special_tokens=False, return_offsets_mapping=True)
         pairs = []
-        for i, passage_ids in enumerate(encoded):
+        for i, passage_ids in enumerate(encoded["input_ids"]):
             passage_ids = list(passage_ids)
+            if truncation != MODEL_LIMITS:
+                offsets = encoded["offset_mapping"][i]
+                passage_ids = self._limited(i, passage_ids, offsets, len(first), truncate, truncation)
             if not truncate:
                 whole = len(first) + 2 * len(self.sep) + len(passage_ids) + len(self.prompt)
                 if whole > self.max_length:
@@ -163,6 +175,21 @@ class BgeGemmaPairEncoder(PairEncoder):
                 pair[prefix_reuse.PREFIX_LENGTH] = np.asarray([split], dtype=np.int64)
             pairs.append(pair)
         return pairs
+
+    def _limited(
+        self, index: int, passage_ids: list[int], offsets, first_length: int, truncate: bool, truncation: Truncation
+    ) -> list[int]:
+        """The passage with its document's tokens (after the "B: " prefix) cut to the request's limits and to what
+        FlagEmbedding's cut leaves it, so that cut takes nothing more and the request's side is honoured."""
+        document = sum(1 for _, end in offsets if end > len(PASSAGE_PREFIX))
+        prefix = len(passage_ids) - document
+        others = first_length + 2 * len(self.sep) + len(self.prompt) + prefix
+        limit = truncation.max_length or self.max_length
+        if truncate:  # the longest passage FlagEmbedding's cut leaves beside this query
+            passage = min(self.flag_max_length, self.pair_limit - first_length - len(self.sep))
+            limit = min(limit, others - prefix + passage)
+        start, stop = self.kept(index, document, others, truncate, replace(truncation, max_length=limit))
+        return passage_ids[:prefix] + passage_ids[prefix + start : prefix + stop]
 
     def collate(self, pairs: Sequence[Features]) -> Batch:
         return prefix_reuse.collate_prefix_lengths(super().collate(pairs), pairs)

@@ -2,8 +2,9 @@
 
 The score of a pair is the classification head's single logit. Pairs are
 encoded as the tokenizer's own pair template (`<s> q </s></s> d </s>` for
-XLM-R, `[CLS] q [SEP] d [SEP]` for BERT) with `only_second` truncation, as
-sentence-transformers and FlagEmbedding do.
+XLM-R, `[CLS] q [SEP] d [SEP]` for BERT), then cut as FlagEmbedding cuts them:
+a query over its share of the budget loses its last tokens, and the document's
+tokens are cut to fit (`only_second` truncation, on either side).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 
 from rerankrt.errors import UnsupportedModelError
 from rerankrt.families.base import (
+    MODEL_LIMITS,
     Family,
     Features,
     PairEncoder,
+    Truncation,
     load_fast_tokenizer,
     resolve_max_length,
     save_tokenizer,
@@ -40,7 +43,7 @@ def num_labels(config: dict) -> int:
 
 
 class CrossEncoderPairEncoder(PairEncoder):
-    """Tokenizer pair encoding with the document truncated first and over-long queries cut."""
+    """Tokenizer pair encoding; the pair's id list is cut: the query to its share, then the document to fit."""
 
     padding_side = "right"
 
@@ -55,36 +58,37 @@ class CrossEncoderPairEncoder(PairEncoder):
         self.pad_values = {"input_ids": tokenizer.pad_token_id}
 
     def encode(
-        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruct: str | None = None,
+        truncate: bool = True,
+        truncation: Truncation = MODEL_LIMITS,
     ) -> list[Features]:
         # `instruct` is for instruction-following rerankers; a cross-encoder has no place for it.
-        if truncate:
-            query = self.fit_query(query)
-            encoded = self.tokenizer(
-                [query] * len(documents), list(documents), truncation="only_second", max_length=self.max_length
-            )
-        else:
-            encoded = self.tokenizer([query] * len(documents), list(documents), truncation=False)
-            for i, ids in enumerate(encoded["input_ids"]):
-                if len(ids) > self.max_length:
-                    raise self.too_long(i, len(ids))
-        return [
-            {name: np.asarray(encoded[name][i], dtype=np.int64) for name in self.input_names}
-            for i in range(len(documents))
-        ]
-
-    def fit_query(self, query: str) -> str:
-        """Cut a query to `max_query_tokens` at a token boundary, so `only_second` truncation can fit the pair."""
-        limit = self.max_query_tokens
-        while True:
-            encoded = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
-            if len(encoded["input_ids"]) <= self.max_query_tokens:
-                return query
-            query = query[: encoded["offset_mapping"][limit][0]].rstrip()
-            limit -= 1  # re-tokenising the cut text may merge differently; shrink until it fits
+        encoded = self.tokenizer([query] * len(documents), list(documents), truncation=False, verbose=False)
+        pairs = []
+        for i in range(len(documents)):
+            sequences = encoded.sequence_ids(i)  # None: a special token, 0: the query's, 1: the document's
+            keep = np.ones(len(sequences), dtype=bool)
+            query_start, query_tokens = _span(sequences, 0)
+            if truncate and query_tokens > self.max_query_tokens:
+                keep[query_start + self.max_query_tokens : query_start + query_tokens] = False
+            start, tokens = _span(sequences, 1)
+            cut = self.kept(i, tokens, int(keep.sum()) - tokens, truncate, truncation)
+            keep[start : start + cut[0]] = False
+            keep[start + cut[1] : start + tokens] = False
+            pairs.append({name: np.asarray(encoded[name][i], dtype=np.int64)[keep] for name in self.input_names})
+        return pairs
 
     def save(self, out_dir: Path) -> list[str]:
         return save_tokenizer(self.tokenizer, out_dir)
+
+
+def _span(sequences: list[int | None], sequence: int) -> tuple[int, int]:
+    """(first position, length) of one sequence's tokens in a pair (they are consecutive)."""
+    tokens = sequences.count(sequence)
+    return (sequences.index(sequence) if tokens else 0), tokens
 
 
 class CrossEncoderFamily(Family):

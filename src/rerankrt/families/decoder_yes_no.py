@@ -27,9 +27,11 @@ import torch
 from rerankrt.errors import InputError
 from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
+    MODEL_LIMITS,
     Batch,
     Features,
     PairEncoder,
+    Truncation,
     load_fast_tokenizer,
     named,
     random_text,
@@ -39,7 +41,7 @@ from rerankrt.families.base import (
 from rerankrt.families.yes_no import (
     TEMPLATE_FILE,
     PromptTemplate,
-    drop_text_tokens,
+    dropped_tokens,
     fold_head,
     has_yes_no_tokens,
     head_row,
@@ -67,7 +69,12 @@ class YesNoPairEncoder(PairEncoder):
         self.pad_values = {"input_ids": pad_token_id(tokenizer)}
 
     def encode(
-        self, query: str, documents: Sequence[str], instruct: str | None = None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruct: str | None = None,
+        truncate: bool = True,
+        truncation: Truncation = MODEL_LIMITS,
     ) -> list[Features]:
         rendered = [self.template.render(query, doc, instruct) for doc in documents]
         encoded = self.tokenizer(
@@ -76,11 +83,9 @@ class YesNoPairEncoder(PairEncoder):
         pairs = []
         for i, (_, query_spans, doc_spans) in enumerate(rendered):
             ids, offsets = encoded["input_ids"][i], encoded["offset_mapping"][i]
-            if len(ids) > self.max_length:
-                if not truncate:
-                    raise self.too_long(i, len(ids))
-                excess = len(ids) - self.max_length
-                dropped = drop_text_tokens(encoded["offset_mapping"][i], [doc_spans, query_spans], excess)
+            if len(ids) > self.max_length or truncation != MODEL_LIMITS:
+                spans = (query_spans, doc_spans)
+                dropped = dropped_tokens(self, i, offsets, spans, 0, truncate, truncation)
                 if dropped is None:
                     raise InputError(
                         "instruct", f"the prompt without query and document is over max_length {self.max_length}"

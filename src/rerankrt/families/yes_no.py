@@ -22,7 +22,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rerankrt.errors import UnsupportedModelError
-from rerankrt.families.base import load_fast_tokenizer
+from rerankrt.families.base import PairEncoder, Truncation, load_fast_tokenizer
 
 TEMPLATE_FILE = "reranker_template.jinja"  # the template an artifact was exported with
 YES, NO = "yes", "no"
@@ -141,18 +141,34 @@ def _marked(content, marks: tuple[str, str]):
     ]
 
 
-def drop_text_tokens(offsets, span_groups: list[list[Span]], excess: int) -> set[int] | None:
-    """Token positions to drop so `excess` tokens go: the last tokens of the first group's spans (the
-    document), then of the next (the query). None when the texts hold fewer than `excess` tokens."""
-    dropped: set[int] = set()
-    for spans in span_groups:
-        inside = [t for t, (s, e) in enumerate(offsets) if any(s < end and e > start for start, end in spans)]
-        take = inside[len(inside) - min(excess, len(inside)) :]
-        dropped.update(take)
-        excess -= len(take)
-        if excess == 0:
-            return dropped
-    return None
+def text_tokens(offsets, spans: list[Span]) -> list[int]:
+    """Positions of the tokens that overlap any of `spans` (a text's character spans in the prompt)."""
+    return [t for t, (s, e) in enumerate(offsets) if any(s < end and e > start for start, end in spans)]
+
+
+def dropped_tokens(
+    encoder: PairEncoder,
+    index: int,
+    offsets,
+    spans: tuple[list[Span], list[Span]],
+    extra: int,
+    truncate: bool,
+    truncation: Truncation,
+) -> set[int] | None:
+    """Token positions to drop from pair `index`, a prompt of `len(offsets) + extra` tokens (`extra`: media tokens
+    expanded later) with its (query, document) text `spans`: the document's tokens `encoder.kept` lets go, then,
+    while the prompt is over `max_length`, the query's last tokens. None when the texts hold too few tokens."""
+    query_spans, doc_spans = spans
+    document = text_tokens(offsets, doc_spans)
+    start, stop = encoder.kept(index, len(document), len(offsets) + extra - len(document), truncate, truncation)
+    dropped = document[:start] + document[stop:]
+    over = len(offsets) + extra - len(dropped) - encoder.max_length
+    if over > 0:
+        query = text_tokens(offsets, query_spans)
+        if over > len(query):
+            return None
+        dropped += query[len(query) - over :]
+    return set(dropped)
 
 
 def head_row(causal_lm, token_id: int) -> torch.Tensor:

@@ -30,9 +30,9 @@ from typing import Literal
 import numpy as np
 
 from rerankrt.errors import InputError
-from rerankrt.families import Content, Features
+from rerankrt.families import MODEL_LIMITS, Content, Features, Truncation
 from rerankrt.runtime.batching import default_padding_ratio, default_top_up_tokens
-from rerankrt.runtime.chunking import chunk_documents, cut_documents, keep_tokens
+from rerankrt.runtime.chunking import chunk_documents
 from rerankrt.runtime.fidelity import sigmoid
 from rerankrt.runtime.loader import LoadedModel, load_model
 from rerankrt.runtime.scheduler import BatchStats, Scheduler
@@ -67,6 +67,11 @@ class ScoreRequest:
 
     def document_field(self, index: int) -> str:
         return self.document_fields[index] if self.document_fields is not None else f"documents[{index}]"
+
+    @property
+    def truncation(self) -> Truncation:
+        """The request's limits as the encoder takes them."""
+        return Truncation(self.max_length, self.truncation_side, self.max_tokens_per_doc)
 
 
 @dataclass(frozen=True)
@@ -290,57 +295,30 @@ class Reranker:
         """Documents [start, stop) of the request, encoded; returns the pairs and the document each came from."""
         encoder = self.encoder
         documents, owners = list(request.documents[start:stop]), np.arange(start, stop)
+        truncation = request.truncation
         try:
             if request.max_length is not None and request.max_length > encoder.max_length:
                 raise InputError(
                     "max_length", f"{request.max_length} is over the model's max_length {encoder.max_length}"
                 )
-            if request.max_tokens_per_doc or request.max_length or request.truncation_side == "left":
-                documents, whole = cut_documents(
-                    encoder, request.query, documents, request.instruct,
-                    max_tokens_per_doc=request.max_tokens_per_doc, max_length=request.max_length,
-                    side=request.truncation_side,
-                )  # fmt: skip
-                if whole:
+            if truncation != MODEL_LIMITS:
+                with_parts = next((i for i, document in enumerate(documents) if not isinstance(document, str)), None)
+                if with_parts is not None:
                     raise InputError(
-                        f"documents[{whole[0]}]",
+                        f"documents[{with_parts}]",
                         "only text documents can be cut to a token count or from the left; this one is content parts",
                     )
             if request.max_chunks_per_doc:
                 documents, owner_list = chunk_documents(
-                    encoder, request.query, documents, request.instruct, request.max_chunks_per_doc
+                    encoder, request.query, documents, request.instruct, request.max_chunks_per_doc, truncation
                 )
                 owners = start + np.asarray(owner_list, dtype=np.int64)
             # chunks are cut to fit; re-tokenised in context one may run a token over, which truncation trims
             truncate = request.truncate or bool(request.max_chunks_per_doc)
-            pairs = encoder.encode(request.query, documents, request.instruct, truncate=truncate)
-            if request.max_length is not None:
-                pairs = self._fit(request, documents, pairs, request.max_length)
+            pairs = encoder.encode(request.query, documents, request.instruct, truncate=truncate, truncation=truncation)
         except InputError as exc:
             raise _renamed(exc, request, owners) from exc  # owners: the request's own document indices
         return pairs, owners
-
-    def _fit(self, request: ScoreRequest, documents: list, pairs: list[Features], limit: int) -> list[Features]:
-        """Pairs within `limit` tokens: a cut document re-tokenised beside the query may run a token or two over
-        (merges across the cut); it loses that many more tokens, or the query and template alone are too long."""
-        for _ in range(3):
-            over = [i for i, pair in enumerate(pairs) if len(pair["input_ids"]) > limit]
-            if not over:
-                return pairs
-            for i in over:
-                excess = len(pairs[i]["input_ids"]) - limit
-                document = documents[i]
-                keep = self._tokens(document) - excess
-                if keep < 1:
-                    raise InputError(
-                        "max_length", f"the query and the prompt alone are over {limit} tokens; select a larger one"
-                    )
-                documents[i] = keep_tokens(self.encoder, document, keep, request.truncation_side)
-                pairs[i] = self.encoder.encode(request.query, [documents[i]], request.instruct, truncate=True)[0]
-        return pairs
-
-    def _tokens(self, document: str) -> int:
-        return len(self.encoder.tokenizer(document, add_special_tokens=False)["input_ids"])
 
     @staticmethod
     def _collect(request: ScoreRequest, owners: np.ndarray, pairs: Sequence[Features], logits: np.ndarray) -> Scores:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from rerankrt.errors import InputError, UnsupportedModelError
-from rerankrt.families.base import Batch, Content, Features, PairEncoder, save_tokenizer
+from rerankrt.families.base import MODEL_LIMITS, Batch, Content, Features, PairEncoder, Truncation, save_tokenizer
 from rerankrt.families.qwen3_vl.geometry import rope_positions
 from rerankrt.families.qwen3_vl.media import MediaConfig, VisualItem, preprocess_image, preprocess_video
-from rerankrt.families.yes_no import TEMPLATE_FILE, PromptTemplate, drop_text_tokens, pad_token_id, strip_marks
+from rerankrt.families.yes_no import TEMPLATE_FILE, PromptTemplate, dropped_tokens, pad_token_id, strip_marks
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
@@ -95,7 +95,12 @@ class VisionLanguagePairEncoder(PairEncoder):
     # --- encoding -----------------------------------------------------------------------------
 
     def encode(
-        self, query: Content, documents: Sequence[Content], instruct: str | None = None, truncate: bool = True
+        self,
+        query: Content,
+        documents: Sequence[Content],
+        instruct: str | None = None,
+        truncate: bool = True,
+        truncation: Truncation = MODEL_LIMITS,
     ) -> list[Features]:
         query_parts = normalize_content(query, "query")
         query_items = self._preprocess(query_parts, "query")
@@ -116,10 +121,9 @@ class VisionLanguagePairEncoder(PairEncoder):
             ids = encoded["input_ids"][i]
             blocks = self._blocks(pair_items)
             extra = sum(h * w - 1 for h, w in blocks)
-            if len(ids) + extra > self.max_length:
-                if not truncate:
-                    raise self.too_long(i, len(ids) + extra)
-                ids = self._truncate(i, ids, encoded["offset_mapping"][i], q_spans, d_spans, extra)
+            if len(ids) + extra > self.max_length or truncation != MODEL_LIMITS:
+                offsets = encoded["offset_mapping"][i]
+                ids = self._truncate(i, ids, offsets, (q_spans, d_spans), extra, truncate, truncation)
             pairs.append(self._features(ids, pair_items, blocks))
         return pairs
 
@@ -159,9 +163,11 @@ class VisionLanguagePairEncoder(PairEncoder):
         m = self.media.merge_size
         return [(item.grid_thw[1] // m, item.grid_thw[2] // m) for item in items for _ in range(item.grid_thw[0])]
 
-    def _truncate(self, index: int, ids: list[int], offsets, q_spans, d_spans, extra: int) -> list[int]:
-        """Drop the document's last text tokens, then the query's; media and the template stay whole."""
-        dropped = drop_text_tokens(offsets, [d_spans, q_spans], len(ids) + extra - self.max_length)
+    def _truncate(
+        self, index: int, ids: list[int], offsets, spans, extra: int, truncate: bool, truncation: Truncation
+    ) -> list[int]:
+        """Drop the document's text tokens that must go, then the query's last ones; media and the template stay."""
+        dropped = dropped_tokens(self, index, offsets, spans, extra, truncate, truncation)
         if dropped is None:
             raise InputError(
                 f"documents[{index}]",
