@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerankrt.errors import InputError, RerankrtError
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.engine import RequestTimedOut, RequestTooLarge
 from rerankrt.runtime.scheduler import Overloaded
 from rerankrt.server.media import MediaBusy
 from rerankrt.server.schemas import ErrorResponse
@@ -28,10 +28,6 @@ ERROR_TYPES = {
     503: "ServiceUnavailable",
 }
 RETRY_AFTER_SECONDS = "1"
-
-
-class RequestTimedOut(RerankrtError):
-    """A request waited longer than --request-timeout for its scores."""
 
 
 class ClientDisconnected(RerankrtError):
@@ -85,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def on_overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return error_response(503, str(exc), headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(MediaBusy)
     async def on_media_busy(request: Request, exc: MediaBusy) -> JSONResponse:
