@@ -248,8 +248,9 @@ def serve_on_ray(settings: ServeSettings) -> int:
             http_options={
                 "host": settings.host,
                 "port": settings.port,
-                # a replica answers 503 at --request-timeout; the proxy's limit only catches a replica that hangs
-                "request_timeout_s": settings.request_timeout + 30,
+                # an admitted request normally ends within --request-timeout, and a stalled one is a 503 within
+                # --request-timeout of the last forward pass: the proxy's limit only catches a replica that hangs
+                "request_timeout_s": 2 * settings.request_timeout,
             }
         )
         replicas = (
