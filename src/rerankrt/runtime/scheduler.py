@@ -20,8 +20,8 @@ results are scattered back to each request in its own order.
 
 The queue is bounded by pairs: a submission that would overflow it fails at
 once with `Overloaded` (the server answers 503 with Retry-After), so memory
-stays bounded under any load. A cancelled submission (client gone) drops its
-pending pairs before they reach the backend.
+stays bounded under any load. A cancelled submission (client gone, backend
+stalled) drops its pending pairs before they reach the backend.
 
 Admission: a submission with a deadline is refused at once (`CannotFinishInTime`,
 a kind of `Overloaded`) when the work pending ahead of it plus its own, at the
@@ -194,7 +194,7 @@ class Scheduler:
     @property
     def pending_seconds(self) -> float:
         """The work pending (queued pairs, the rest of the pass under way) at the measured throughput, in seconds:
-        how long a request arriving now waits behind it (0 before any measurement)."""
+        how long a request arriving now waits behind it (0 with no throughput to go by)."""
         rate = self.seconds_per_token
         if rate is None:
             return 0.0
