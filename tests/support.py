@@ -1,5 +1,5 @@
-"""Test helpers: a held backend and an in-process client, `rerankrt` as a subprocess, media files and their
-server, a hand-written artifact folder."""
+"""Test helpers: a held backend, a fake clock and an in-process client, `rerankrt` as a subprocess, media files
+and their server, a hand-written artifact folder."""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ class HeldBackend:
         assert self.release.wait(30), "the test never released the backend"
         self.batches += 1
         return self.inner.run(batch)
+
+
+class FakeClock:
+    """A clock that moves only when told (`advance`): the scheduler's and the server's deadlines run on it."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @contextlib.asynccontextmanager

@@ -468,7 +468,7 @@ def test_health_models_metrics_and_openapi():
     )
 
 
-def test_a_request_past_its_timeout_is_a_503_and_the_server_recovers():
+def test_a_stalled_backend_is_a_503_after_the_timeout_and_the_server_recovers():
     gate = threading.Event()
     config = settings(request_timeout=0.3, batch_wait_ms=0)
     app = create_app(config, make_model(gate=gate))
@@ -476,7 +476,8 @@ def test_a_request_past_its_timeout_is_a_503_and_the_server_recovers():
         try:
             late = client.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS})
             assert late.status_code == 503 and late.headers["retry-after"]
-            assert "no scores within 0.3 s" in late.json()["error"]["message"]  # vLLM's error body
+            message = late.json()["error"]["message"]  # vLLM's error body
+            assert message == "no forward pass finished for 0.3 s (the backend is stuck); retry later"
             assert app.state.scheduler.queued_pairs == 0
         finally:
             gate.set()

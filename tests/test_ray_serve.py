@@ -16,15 +16,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 pytest.importorskip("ray", reason="Ray Serve is not installed: pip install -e '.[ray]'")
 
-from rerankrt.server.ray_serve import REPLICA_HEADER, ReplicaLost, deployment_options  # noqa: E402
+from rerankrt.server import create_app  # noqa: E402
+from rerankrt.server.ray_serve import REPLICA_HEADER, ReplicaLost, RerankrtReplica, deployment_options  # noqa: E402
 from rerankrt.server.settings import ServeSettings  # noqa: E402
-from tests.support import ENV, free_port  # noqa: E402
+from tests.support import ENV, FakeClock, free_port  # noqa: E402
+from tests.test_api_adapters import make_model  # noqa: E402
 
 REPLICA = REPLICA_HEADER.decode()
 DOCS = [f"The giant panda number {i} is a bear that eats bamboo in the mountains of Sichuan." for i in range(24)]
@@ -50,6 +53,30 @@ def test_options_autoscaling():
     options = deployment_options(settings)
     assert "num_replicas" not in options
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0}
+
+
+def test_health_check_scores_a_pair_when_idle_and_fails_a_stalled_scheduler():
+    gate = threading.Event()
+    config = ServeSettings(model_path="-", request_timeout=60, warmup=False, max_padding_ratio=1.0)
+    app = create_app(config, make_model(gate=gate))
+    app.state.ready = True
+    scheduler, clock = app.state.scheduler, FakeClock()
+    scheduler.clock = clock
+    replica = SimpleNamespace(app=app, settings=config)  # check_health reads only these
+    gate.set()
+    asyncio.run(RerankrtReplica.check_health(replica))  # idle: one pair through the engine
+    gate.clear()
+    busy = scheduler.submit(app.state.reranker.encoder.encode("what is panda", ["the panda"]))
+    while scheduler.queued_pairs:  # until its pass is under way, held at the gate
+        time.sleep(0.01)
+    clock.advance(59)  # nothing queued, yet not idle: no pair is sent to wait behind the pass
+    asyncio.run(RerankrtReplica.check_health(replica))
+    clock.advance(2)
+    with pytest.raises(RuntimeError, match="no forward pass finished for 60 s"):
+        asyncio.run(RerankrtReplica.check_health(replica))
+    gate.set()
+    assert len(busy.result(30)) == 1
+    app.state.reranker.close()
 
 
 def test_autoscaling_bounds_are_checked_by_the_cli():

@@ -8,8 +8,17 @@ import pytest
 from pydantic import ValidationError
 
 from rerankrt.runtime.batching import plan_batches
-from rerankrt.runtime.scheduler import CANDIDATE_FACTOR, SCHEDULING, Overloaded, Scheduler
+from rerankrt.runtime.scheduler import (
+    CANDIDATE_FACTOR,
+    MAX_RETRY_AFTER,
+    SCHEDULING,
+    CannotFinishInTime,
+    Overloaded,
+    Scheduler,
+    retry_after,
+)
 from rerankrt.runtime.settings import EngineSettings
+from tests.support import FakeClock
 
 
 def pair(length: int, seed: int) -> dict:
@@ -333,3 +342,108 @@ def test_unknown_scheduling_is_refused():
     with pytest.raises(ValidationError, match="scheduling"):
         EngineSettings(model_path="m", scheduling="fifo")
     assert EngineSettings(model_path="m").scheduling == "oldest-first"
+
+
+# --- admission: deadlines against the measured throughput, on a fake clock ----------------------------------------
+
+
+class Timed(Recorder):
+    """A Recorder whose forward pass takes `seconds_per_token` per padded token on `clock`."""
+
+    def __init__(self, clock: FakeClock, seconds_per_token: float, hold: bool = False):
+        super().__init__(hold)
+        self.clock, self.seconds_per_token = clock, seconds_per_token
+
+    def run(self, batch):
+        logits = super().run(batch)
+        self.clock.advance(batch["input_ids"].size * self.seconds_per_token)
+        return logits
+
+
+def timed_scheduler(seconds_per_token: float = 0.5, hold: bool = False, **options) -> tuple[Scheduler, Timed]:
+    clock = FakeClock()
+    backend = Timed(clock, seconds_per_token, hold)
+    return Scheduler(backend.run, collate, batch_wait_ms=0, clock=clock, **options), backend
+
+
+def test_throughput_is_seconds_per_real_token_measured_after_the_first_pass():
+    scheduler, backend = timed_scheduler(seconds_per_token=0.5, max_batch_size=4)
+    assert scheduler.seconds_per_token is None and scheduler.pending_seconds == 0
+    scheduler.submit([pair(10, 1)]).result(30)  # the first pass pays for lazy initialisation: not measured
+    assert scheduler.seconds_per_token is None
+    for i in range(3):
+        scheduler.submit([pair(10, 10 * i + k) for k in range(4)]).result(30)
+    scheduler.close()
+    assert scheduler.seconds_per_token == pytest.approx(0.5)  # equal lengths: padded = real tokens
+
+
+def test_throughput_weighs_each_pass_by_its_tokens_and_an_initial_estimate_gives_way():
+    scheduler = Scheduler(lambda batch: batch, collate, initial_seconds_per_token=2.0)
+    assert scheduler.seconds_per_token == 2.0  # admits by it until a pass is measured
+    scheduler.observe_throughput(1000, 1.0)
+    assert scheduler.seconds_per_token == 0.001
+    scheduler.observe_throughput(10, 1.0)  # a small, slow pass (fixed overhead) moves it little
+    assert scheduler.seconds_per_token == pytest.approx((0.9 * 1.0 + 1.0) / (0.9 * 1000 + 10))
+    assert scheduler.seconds_per_token < 0.0021
+    scheduler.close()
+
+
+def test_retry_after_is_when_the_work_ahead_has_drained_enough_to_fit():
+    assert retry_after(ahead=108, own=36, left=120) == 24  # 84 s of work ahead leave room for its 36 s
+    assert retry_after(ahead=30, own=200, left=120) == 30  # never fits beside work: when nothing is ahead
+    assert retry_after(ahead=500, own=36, left=120) == MAX_RETRY_AFTER
+    assert retry_after(ahead=10, own=36, left=45.5) == 1
+
+
+def test_work_that_cannot_finish_by_its_deadline_is_refused_at_submit():
+    scheduler, backend = timed_scheduler(seconds_per_token=1.0, hold=True, max_batch_size=4)
+    scheduler.observe_throughput(10, 10.0)  # 1 s per token, as the backend runs
+    clock = scheduler.clock
+    running = scheduler.submit([pair(9, i) for i in range(4)], deadline=1.0)  # nothing ahead: admitted all the same
+    assert backend.entered.wait(30)
+    assert scheduler.pending_seconds == 36  # the pass under way, 36 tokens
+    admitted = scheduler.submit([pair(9, 10 + i) for i in range(4)], deadline=clock() + 120)  # 36 + 36 <= 120
+    assert scheduler.pending_seconds == 72
+    with pytest.raises(CannotFinishInTime) as refused:
+        scheduler.submit([pair(9, 20 + i) for i in range(4)], deadline=clock() + 100)  # 72 + 36 > 100
+    assert refused.value.retry_after == 8
+    assert str(refused.value) == (
+        "the server is busy: ~72.0 s of work queued ahead of this request and ~36.0 s of its own, more than the "
+        "100.0 s left of its timeout; retry in 8 s"
+    )
+    assert scheduler.queued_pairs == 4  # nothing of it was queued
+    clock.advance(30)  # the pass under way is 30 s along: 6 s of it left
+    assert scheduler.pending_seconds == 42
+    fits = scheduler.submit([pair(9, 30 + i) for i in range(4)], deadline=clock() + 100)  # 42 + 36 <= 100
+    admitted.cancel()  # its pairs leave the estimate with the queue
+    assert scheduler.pending_seconds == 42
+    backend.release.set()
+    assert len(running.result(30)) == 4 and len(fits.result(30)) == 4
+    scheduler.close()
+
+
+def test_without_a_measurement_or_a_deadline_everything_is_admitted():
+    scheduler, backend = timed_scheduler(hold=True)
+    first = scheduler.submit([pair(5, 1)])
+    assert backend.entered.wait(30)
+    late = scheduler.submit([pair(5, 2)], deadline=scheduler.clock() - 1)  # no throughput measured yet
+    scheduler.observe_throughput(10, 100.0)
+    unbounded = scheduler.submit([pair(5, 3)])  # no deadline (the CLI, Python callers)
+    backend.release.set()
+    assert [len(f.result(30)) for f in (first, late, unbounded)] == [1, 1, 1]
+    scheduler.close()
+
+
+def test_stalled_seconds_count_from_the_last_pass_while_work_is_pending():
+    scheduler, backend = timed_scheduler(seconds_per_token=1.0, hold=True)
+    clock = scheduler.clock
+    clock.advance(1000)  # idle a long time: no stall
+    assert scheduler.stalled_seconds == 0 and scheduler.idle
+    first = scheduler.submit([pair(5, 1)])
+    assert backend.entered.wait(30)
+    clock.advance(7)
+    assert scheduler.stalled_seconds == 7 and not scheduler.idle
+    backend.release.set()
+    first.result(30)
+    assert scheduler.stalled_seconds == 0 and scheduler.idle
+    scheduler.close()

@@ -10,6 +10,10 @@ to retry forever). A request is encoded in slices of a few documents, each its o
 thread, so a huge request cannot hold the thread against small ones (their jobs run between its slices), and
 one whose client has gone stops at the next slice.
 
+A request may carry a deadline (`ScoreRequest.deadline`, the server's --request-timeout): its encoding stops at
+it, and the scheduler admits it only if its estimate finishes the request by then; once admitted it runs to the
+end.
+
     from rerankrt import Reranker
 
     with Reranker.load("engines/bge-reranker-v2-m3") as reranker:
@@ -22,14 +26,15 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-from rerankrt.errors import InputError
+from rerankrt.errors import InputError, RerankrtError
 from rerankrt.families import MODEL_LIMITS, Content, Features, Truncation
 from rerankrt.runtime.batching import default_padding_ratio, default_top_up_tokens
 from rerankrt.runtime.chunking import chunk_documents
@@ -50,6 +55,25 @@ class RequestTooLarge(InputError):
     """A request over a configured size limit (HTTP 413)."""
 
 
+class RequestTimedOut(RerankrtError):
+    """A request's deadline passed before it was admitted to the scheduler, or the backend stalled (HTTP 503)."""
+
+
+@asynccontextmanager
+async def within_deadline(deadline: float | None, clock: Callable[[], float], message: str) -> AsyncIterator[None]:
+    """The body, cut with RequestTimedOut(message) at `deadline` (on `clock`; None: no limit)."""
+    if deadline is None:
+        yield
+        return
+    try:
+        async with asyncio.timeout(max(0.0, deadline - clock())) as scope:
+            yield
+    except TimeoutError:
+        if scope.expired():
+            raise RequestTimedOut(message) from None
+        raise
+
+
 @dataclass
 class ScoreRequest:
     """One query against its documents, with the client's own names for them (errors use those names)."""
@@ -64,6 +88,9 @@ class ScoreRequest:
     max_tokens_per_doc: int | None = None  # keep each text document's first N tokens
     max_length: int | None = None  # cut pairs to this many tokens (at most the model's max_length)
     truncation_side: Literal["right", "left"] = "right"  # which end of a text document truncation cuts
+    # when (on the scheduler's clock) it must be encoded and its scores expected, else RequestTimedOut /
+    # CannotFinishInTime; once the scheduler admits it, it runs to the end
+    deadline: float | None = None
 
     def document_field(self, index: int) -> str:
         return self.document_fields[index] if self.document_fields is not None else f"documents[{index}]"
@@ -186,10 +213,13 @@ class Reranker:
         loop = asyncio.get_running_loop()
         pairs: list[Features] = []
         owners: list[np.ndarray] = []
-        for start, stop in self._slices(request):
-            slice_pairs, slice_owners = await loop.run_in_executor(self._encoding, self._encode, request, start, stop)
-            self._add(request, pairs, owners, slice_pairs, slice_owners)
-        return self._collect(request, _joined(owners), pairs, await self.scheduler.run_async(pairs))
+        late = "the request's timeout passed before it was encoded (the server is busy); retry later"
+        async with within_deadline(request.deadline, self.scheduler.clock, late):
+            for start, stop in self._slices(request):
+                encoded = loop.run_in_executor(self._encoding, self._encode, request, start, stop)
+                slice_pairs, slice_owners = await encoded
+                self._add(request, pairs, owners, slice_pairs, slice_owners)
+        return self._collect(request, _joined(owners), pairs, await self.scheduler.run_async(pairs, request.deadline))
 
     def score_request(self, request: ScoreRequest) -> Scores:
         """The sync face of `ascore` (same encoding thread, same slices, same scheduler)."""
@@ -199,7 +229,8 @@ class Reranker:
         for start, stop in self._slices(request):
             slice_pairs, slice_owners = self._encoding.submit(self._encode, request, start, stop).result()
             self._add(request, pairs, owners, slice_pairs, slice_owners)
-        return self._collect(request, _joined(owners), pairs, self.scheduler.submit(pairs).result())
+        logits = self.scheduler.submit(pairs, request.deadline).result()
+        return self._collect(request, _joined(owners), pairs, logits)
 
     def score(self, query: Content, documents: Sequence[Content], instruct: str | None = None, **options) -> np.ndarray:
         """The relevance logit of each document, in order; `options`: truncate, max_chunks_per_doc."""

@@ -20,14 +20,25 @@ results are scattered back to each request in its own order.
 
 The queue is bounded by pairs: a submission that would overflow it fails at
 once with `Overloaded` (the server answers 503 with Retry-After), so memory
-stays bounded under any load. A cancelled submission (client gone, timeout)
-drops its pending pairs before they reach the backend.
+stays bounded under any load. A cancelled submission (client gone, backend
+stalled) drops its pending pairs before they reach the backend.
+
+Admission: a submission with a deadline is refused at once (`CannotFinishInTime`,
+a kind of `Overloaded`) when the work pending ahead of it plus its own, at the
+measured throughput, would run past the deadline; an admitted one runs to
+completion. Throughput is seconds per real token, a decaying average over the
+forward passes weighted by their tokens: it is what the queue can be measured in
+(padding is only known once a batch is formed), and it takes in the padding the
+policy adds, as a pass costs about what its padded tokens cost. A request with
+nothing pending ahead of it, or any before the first measurement, is admitted.
+`stalled_seconds` tells a stuck backend (work pending, no pass ending) apart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -45,13 +56,27 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_FACTOR = 8  # a batch is chosen among (tops up from) the oldest max_batch_size * CANDIDATE_FACTOR pairs
 SCHEDULING = ("oldest-first", "interleaved")
+MEASURE_DECAY = 0.9  # per forward pass: the throughput weighs about the last 10 passes, each by its tokens
+MAX_RETRY_AFTER = 60  # seconds: a refused request is told to come back within this, whatever the estimate
 
 
 class Overloaded(RerankrtError):
-    """The queue is full; try again later."""
+    """The server cannot take the request now; retry after `retry_after` seconds (the server answers 503)."""
 
-    def __init__(self, queued: int, limit: int):
-        super().__init__(f"the server is busy: {queued} pairs queued (limit {limit}); retry later")
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CannotFinishInTime(Overloaded):
+    """Refused at admission: the work pending ahead and the request's own would not finish by its deadline."""
+
+
+def retry_after(ahead: float, own: float, left: float) -> int:
+    """Whole seconds until a request refused with `ahead` seconds of work before it would fit again: until the
+    work ahead has drained to what `left` leaves beside its `own` (or drained entirely), 1 to MAX_RETRY_AFTER."""
+    wait = ahead - max(0.0, left - own)
+    return min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
 
 
 @dataclass
@@ -94,7 +119,12 @@ class _Pending:
 
 
 class Scheduler:
-    """Queue + inference thread over `run(batch) -> logits` and the encoder's `collate`."""
+    """Queue + inference thread over `run(batch) -> logits` and the encoder's `collate`.
+
+    `initial_seconds_per_token` is the throughput to admit by until a forward pass is measured (None: admit all
+    until then); `observe_throughput` takes more measurements (a start-up self-check's). `clock` gives deadlines,
+    pass times and stalls (time.monotonic; tests drive a fake one).
+    """
 
     def __init__(
         self,
@@ -108,6 +138,8 @@ class Scheduler:
         on_batch: Callable[[BatchStats], None] | None = None,
         scheduling: str = "oldest-first",
         top_up_tokens: int | None = None,
+        initial_seconds_per_token: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         if scheduling not in SCHEDULING:
             raise ValueError(f"unknown scheduling {scheduling!r}: expected one of {', '.join(SCHEDULING)}")
@@ -121,11 +153,19 @@ class Scheduler:
         self.on_batch = on_batch
         self.top_up_tokens = top_up_tokens or max_batch_tokens
         self._choose = self._oldest_first if scheduling == "oldest-first" else self._interleaved
+        self.clock = clock
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # pairs of live (not cancelled) jobs in the queue
+        self._queued_tokens = 0  # and their real tokens
+        self._running_tokens = 0  # real tokens of the forward pass under way (0: none)
+        self._running_since = 0.0
+        self._progress_at = clock()  # when a pass last ended, or work came to an idle scheduler
+        self._passes = 0
+        self._measured_tokens = 0.0  # decaying sums of the measured passes
+        self._measured_seconds = 0.0
+        self._initial_seconds_per_token = initial_seconds_per_token
         self._lock = threading.Condition()
         self._closed = False
-        self.last_batch_at = time.monotonic()  # when the last forward pass ended (health checks read it)
         self._thread = threading.Thread(target=self._loop, name="rerankrt-inference", daemon=True)
         self._thread.start()
 
@@ -138,29 +178,86 @@ class Scheduler:
         """The inference thread runs and the scheduler takes work."""
         return self._thread.is_alive() and not self._closed
 
-    def submit(self, pairs: Sequence[Features]) -> Future:
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no forward pass under way."""
+        return not self._queued and not self._running_tokens
+
+    @property
+    def seconds_per_token(self) -> float | None:
+        """The measured throughput: forward-pass seconds per real token (before any measurement, the initial
+        estimate, or None)."""
+        if not self._measured_tokens:
+            return self._initial_seconds_per_token
+        return self._measured_seconds / self._measured_tokens
+
+    @property
+    def pending_seconds(self) -> float:
+        """The work pending (queued pairs, the rest of the pass under way) at the measured throughput, in seconds:
+        how long a request arriving now waits behind it (0 with no throughput to go by)."""
+        rate = self.seconds_per_token
+        if rate is None:
+            return 0.0
+        running = self._running_tokens * rate - (self.clock() - self._running_since) if self._running_tokens else 0
+        return self._queued_tokens * rate + max(0.0, running)
+
+    @property
+    def stalled_seconds(self) -> float:
+        """Seconds since the last forward pass ended (or work came to an idle scheduler) while work is pending; 0
+        when idle. The server's stall guard and Ray's health check read it."""
+        return 0.0 if self.idle else self.clock() - self._progress_at
+
+    def observe_throughput(self, tokens: int, seconds: float) -> None:
+        """Fold `tokens` real tokens scored in `seconds` into the throughput (the scheduler does after each forward
+        pass but its first, which pays for lazy initialisation; a start-up self-check may add its own)."""
+        with self._lock:
+            self._measured_tokens = MEASURE_DECAY * self._measured_tokens + tokens
+            self._measured_seconds = MEASURE_DECAY * self._measured_seconds + seconds
+
+    def submit(self, pairs: Sequence[Features], deadline: float | None = None) -> Future:
         """A future of the logits for `pairs`, in their order; cancelling it drops the pairs still queued.
 
-        Raises Overloaded when the queue cannot take them.
+        Raises Overloaded when the queue cannot take them, and CannotFinishInTime when the work pending ahead and
+        theirs, at the measured throughput, would not finish by `deadline` (on `clock`; None: no deadline).
         """
         job = _Job(pairs)
         if not pairs:
             job.future.set_result(np.empty(0, dtype=np.float32))
             return job.future
+        pending = [_Pending(job, i, len(p["input_ids"])) for i, p in enumerate(pairs)]
+        tokens = sum(p.length for p in pending)
         with self._lock:
-            if self._closed:
-                raise Overloaded(self._queued, self.max_queued_pairs)
-            if self._queued + len(pairs) > self.max_queued_pairs:
-                raise Overloaded(self._queued, self.max_queued_pairs)
-            self._queue.extend(_Pending(job, i, len(p["input_ids"])) for i, p in enumerate(pairs))
+            if self._closed or self._queued + len(pairs) > self.max_queued_pairs:
+                raise Overloaded(
+                    f"the server is busy: {self._queued} pairs queued (limit {self.max_queued_pairs}); retry later"
+                )
+            if self.idle:
+                self._progress_at = self.clock()
+            elif deadline is not None:
+                self._admit(tokens, deadline)
+            self._queue.extend(pending)
             self._queued += len(pairs)
+            self._queued_tokens += tokens
             self._lock.notify()
         job.future.add_done_callback(lambda future: self._cancel(job) if future.cancelled() else None)
         return job.future
 
-    async def run_async(self, pairs: Sequence[Features]) -> np.ndarray:
-        """`submit`, awaited; a cancelled caller (client gone, timeout) drops its queued pairs."""
-        future = self.submit(pairs)
+    def _admit(self, tokens: int, deadline: float) -> None:
+        rate = self.seconds_per_token
+        if rate is None:
+            return
+        ahead, own, left = self.pending_seconds, tokens * rate, deadline - self.clock()
+        if ahead + own > left:
+            wait = retry_after(ahead, own, left)
+            raise CannotFinishInTime(
+                f"the server is busy: ~{ahead:.1f} s of work queued ahead of this request and ~{own:.1f} s of its "
+                f"own, more than the {max(0.0, left):.1f} s left of its timeout; retry in {wait} s",
+                wait,
+            )
+
+    async def run_async(self, pairs: Sequence[Features], deadline: float | None = None) -> np.ndarray:
+        """`submit`, awaited; a cancelled caller (client gone) drops its queued pairs."""
+        future = self.submit(pairs, deadline)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -171,7 +268,9 @@ class Scheduler:
         with self._lock:
             if not job.cancelled:
                 job.cancelled = True
-                self._queued -= sum(1 for p in self._queue if p.job is job)
+                dropped = [p.length for p in self._queue if p.job is job]
+                self._queued -= len(dropped)
+                self._queued_tokens -= sum(dropped)
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish what is queued, then stop the thread."""
@@ -205,6 +304,9 @@ class Scheduler:
             taken_ids = {id(p) for p in taken}
             self._queue = deque(p for p in self._queue if id(p) not in taken_ids and not p.job.cancelled)
             self._queued -= len(taken)
+            self._running_tokens = sum(p.length for p in taken)
+            self._queued_tokens -= self._running_tokens
+            self._running_since = self.clock()
             return taken
 
     def _interleaved(self, live: list[_Pending]) -> list[_Pending]:
@@ -246,17 +348,21 @@ class Scheduler:
         return taken + [newer[i] for i in joined]
 
     def _run(self, batch: list[_Pending]) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         try:
             logits = self.run(self.collate([p.job.pairs[p.index] for p in batch]))
         except Exception as exc:  # the whole batch failed: fail each job in it, keep serving
             log.exception("forward pass over %d pairs failed", len(batch))
+            self._ended()
             for job in {p.job for p in batch}:
                 self._cancel(job)  # its other pairs need not run
                 job.resolve(exc)
             return
-        seconds = time.perf_counter() - started
-        self.last_batch_at = time.monotonic()
+        seconds = self.clock() - started
+        self._ended()
+        self._passes += 1
+        if self._passes > 1:
+            self.observe_throughput(sum(p.length for p in batch), seconds)
         for pending, logit in zip(batch, logits, strict=True):
             job = pending.job
             job.logits[pending.index] = logit
@@ -266,3 +372,8 @@ class Scheduler:
         if self.on_batch is not None:
             longest = max(p.length for p in batch)
             self.on_batch(BatchStats(len(batch), sum(p.length for p in batch), longest * len(batch), seconds))
+
+    def _ended(self) -> None:
+        with self._lock:
+            self._running_tokens = 0
+            self._progress_at = self.clock()

@@ -43,6 +43,8 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     reranker = Reranker(model or load_model(settings), settings, on_batch=metrics.observe_batch)
     # read at each scrape, so an idle server reports 0 (an autoscaler on this gauge scales down)
     metrics.queue_pairs.set_function(lambda: reranker.scheduler.queued_pairs)
+    metrics.queue_seconds.set_function(lambda: reranker.scheduler.pending_seconds)
+    metrics.seconds_per_token.set_function(lambda: reranker.scheduler.seconds_per_token or 0.0)
     check = reranker.model.self_check
     metrics.self_check_max_dlogit.set(check.max_logit_diff if check is not None else float("nan"))
     scoring = Scoring(reranker, settings.request_timeout, metrics)

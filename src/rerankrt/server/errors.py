@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from rerankrt.errors import InputError, RerankrtError
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.engine import RequestTimedOut, RequestTooLarge
 from rerankrt.runtime.scheduler import Overloaded
 from rerankrt.server.media import MediaBusy
 from rerankrt.server.schemas import ErrorResponse
@@ -29,10 +29,6 @@ ERROR_TYPES = {
     503: "ServiceUnavailable",
 }
 RETRY_AFTER_SECONDS = "1"
-
-
-class RequestTimedOut(RerankrtError):
-    """A request waited longer than --request-timeout for its scores."""
 
 
 class ClientDisconnected(RerankrtError):
@@ -86,7 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def on_overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return error_response(503, str(exc), headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(MediaBusy)
     async def on_media_busy(request: Request, exc: MediaBusy) -> JSONResponse:

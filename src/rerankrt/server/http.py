@@ -199,7 +199,7 @@ def serve(app, settings) -> None:
         access_log=False,
         server_header=False,  # no software name in every response
         timeout_keep_alive=settings.keep_alive_timeout,
-        timeout_graceful_shutdown=int(settings.request_timeout),  # in-flight requests finish first
+        timeout_graceful_shutdown=int(settings.request_timeout),  # in-flight (admitted to finish within it) first
     )
     server = uvicorn.Server(config)
 

@@ -25,7 +25,20 @@ class Metrics:
         )  # fmt: skip
         self.queue_pairs = Gauge(
             "rerankrt_queue_pairs", "pairs waiting for inference (the autoscaling signal)", registry=self.registry
-        )  # create_app points it at the scheduler
+        )  # create_app points it and the next two at the scheduler
+        self.queue_seconds = Gauge(
+            "rerankrt_queue_seconds", "estimated seconds of inference pending (what a request arriving now waits)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.seconds_per_token = Gauge(
+            "rerankrt_seconds_per_token", "measured forward-pass seconds per real token (0 before any measurement)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.refused_at_admission = Counter(
+            "rerankrt_requests_refused_at_admission",
+            "requests refused at arrival (503): the work queued ahead and their own would not finish in time",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "rerankrt_batch_pairs", "pairs per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
         )

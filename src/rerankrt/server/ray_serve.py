@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 from rerankrt.artifact import BUILD_LOCK
@@ -82,8 +81,8 @@ class RerankrtReplica:
         """Raise when the engine does not score: Ray then replaces this replica.
 
         Idle, one pair goes through the whole engine (encode, scheduler, backend). Busy, a pair would wait behind
-        the queue, so the check is that the inference thread lives and a batch finished within --request-timeout
-        (past that every queued request times out anyway)."""
+        the queue, so the check is that the inference thread lives and a forward pass ended within
+        --request-timeout (past that the stall guard fails the waiting requests anyway)."""
         from rerankrt.runtime.engine import ScoreRequest
 
         app = self.app
@@ -92,14 +91,15 @@ class RerankrtReplica:
         scheduler = app.state.scheduler
         if not scheduler.alive:
             raise RuntimeError("the inference thread has stopped")
-        if scheduler.queued_pairs == 0:
+        if scheduler.idle:
             request = ScoreRequest("health check", ["is the engine scoring?"])
             scores = await asyncio.wait_for(app.state.reranker.ascore(request), HEALTH_SCORE_TIMEOUT_S)
             if len(scores.logits) != 1:
                 raise RuntimeError(f"the engine gave {len(scores.logits)} scores for one pair")
-        elif time.monotonic() - scheduler.last_batch_at > self.settings.request_timeout:
+        elif scheduler.stalled_seconds > self.settings.request_timeout:
             raise RuntimeError(
-                f"{scheduler.queued_pairs} pairs queued and no batch finished for {self.settings.request_timeout:g} s"
+                f"{scheduler.queued_pairs} pairs queued and no forward pass finished for "
+                f"{self.settings.request_timeout:g} s"
             )
 
 
@@ -248,8 +248,9 @@ def serve_on_ray(settings: ServeSettings) -> int:
             http_options={
                 "host": settings.host,
                 "port": settings.port,
-                # a replica answers 503 at --request-timeout; the proxy's limit only catches a replica that hangs
-                "request_timeout_s": settings.request_timeout + 30,
+                # an admitted request normally ends within --request-timeout, and a stalled one is a 503 within
+                # --request-timeout of the last forward pass: the proxy's limit only catches a replica that hangs
+                "request_timeout_s": 2 * settings.request_timeout,
             }
         )
         replicas = (

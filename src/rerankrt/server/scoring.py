@@ -3,15 +3,19 @@
 An adapter names each query and document with its own request field (`content.Input`) and awaits `Scoring.score`
 (one query against its documents) or `Scoring.score_pairwise` (each query against its own document). Both check
 the number of documents before any media is fetched, fetch the request's media in one go, and hand the engine a
-`ScoreRequest` that carries the adapter's field names, so the engine's errors name what the client sent. The work
-runs under a guard that drops it (and the engine drops its queued pairs) when the client disconnects or the
-request times out. Sigmoid and ranking are the engine's (`Scores`).
+`ScoreRequest` that carries the adapter's field names, so the engine's errors name what the client sent. Sigmoid
+and ranking are the engine's (`Scores`).
+
+--request-timeout is a deadline for what comes before inference: fetching media, encoding (503 past it), and
+admission: the scheduler refuses at once (503 + Retry-After) a request whose estimate, the work queued ahead of it
+and its own at the measured throughput, runs past the deadline. An admitted request runs to completion. The work
+runs under a guard that drops it (and the engine drops its queued pairs) when the client disconnects, or when the
+backend stalls: no forward pass ended for --request-timeout while work waits (503).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Annotated, TypeVar
@@ -21,9 +25,10 @@ from fastapi import Depends, Request
 
 from rerankrt.errors import InputError
 from rerankrt.runtime import Reranker
-from rerankrt.runtime.engine import ScoreRequest, Scores
+from rerankrt.runtime.engine import RequestTimedOut, ScoreRequest, Scores, within_deadline
+from rerankrt.runtime.scheduler import CannotFinishInTime
 from rerankrt.server.content import Input, resolve
-from rerankrt.server.errors import ClientDisconnected, RequestTimedOut
+from rerankrt.server.errors import ClientDisconnected
 from rerankrt.server.media import MediaFetcher
 from rerankrt.server.metrics import Metrics
 from rerankrt.server.schemas import ScoringOptions
@@ -73,9 +78,10 @@ class Scoring:
         return await self.guarded(request, work)
 
     async def guarded(self, request: Request, work: Awaitable[T]) -> T:
-        """`work` (fetching media, scoring), dropped when the client disconnects or the request times out."""
+        """`work` (fetching media, scoring) to its end, dropped when the client disconnects or the backend stalls;
+        counts the refusals at admission."""
         task = asyncio.ensure_future(work)
-        deadline = time.monotonic() + self.request_timeout
+        scheduler = self.reranker.scheduler
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
@@ -83,19 +89,29 @@ class Scoring:
                     return task.result()
                 if await request.is_disconnected():
                     raise ClientDisconnected("the client closed the connection; its pairs were dropped")
-                if time.monotonic() > deadline:
-                    raise RequestTimedOut(f"no scores within {self.request_timeout:g} s; retry later")
+                if scheduler.stalled_seconds > self.request_timeout:
+                    raise RequestTimedOut(
+                        f"no forward pass finished for {self.request_timeout:g} s (the backend is stuck); retry later"
+                    )
+        except CannotFinishInTime:
+            self.metrics.refused_at_admission.inc()
+            raise
         finally:
             if not task.done():  # the scheduler drops the pairs still queued before we answer
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
+    def _deadline(self) -> float:
+        return self.reranker.scheduler.clock() + self.request_timeout
+
     async def _score(
         self, options: ScoringOptions, query: Input, documents: Sequence[Input], documents_field: str, extra: dict
     ) -> Scores:
+        deadline = self._deadline()
+        extra = {**extra, "deadline": deadline}
         self.reranker.check_size(len(documents), documents_field)  # before fetching anything
         with self._pixels() as budget:  # decoded media are held until the request is scored
-            query_content, *contents = await self._resolve([query, *documents], budget)
+            query_content, *contents = await self._resolve([query, *documents], budget, deadline)
             with _parts_named([query, *documents]):
                 return await self.reranker.ascore(_request(options, query, query_content, documents, contents, extra))
 
@@ -107,23 +123,34 @@ class Scoring:
         documents_field: str,
         extra: dict,
     ) -> Scores:
+        deadline = self._deadline()
+        extra = {**extra, "deadline": deadline}
         self.reranker.check_size(len(documents), documents_field)
         with self._pixels() as budget:
-            contents = await self._resolve([*queries, *documents], budget)
+            contents = await self._resolve([*queries, *documents], budget, deadline)
             query_contents, document_contents = contents[: len(queries)], contents[len(queries) :]
             pairs = zip(queries, query_contents, documents, document_contents, strict=True)
             with _parts_named([*queries, *documents]):
-                results = await asyncio.gather(
-                    *(self.reranker.ascore(_request(options, q, qc, [d], [dc], extra)) for q, qc, d, dc in pairs)
-                )
+                scoring = [
+                    asyncio.ensure_future(self.reranker.ascore(_request(options, q, qc, [d], [dc], extra)))
+                    for q, qc, d, dc in pairs
+                ]
+                try:
+                    results = await asyncio.gather(*scoring)
+                except BaseException:  # one pair refused or failed: the others' pairs leave the queue too
+                    for task in scoring:
+                        task.cancel()
+                    raise
         return Scores(np.concatenate([r.logits for r in results]), sum(r.tokens for r in results))
 
     def _pixels(self):
         """The request's budget of decoded pixels (nothing to budget for a text-only model)."""
         return self.media.budget() if self.media is not None else nullcontext()
 
-    async def _resolve(self, inputs: list[Input], budget) -> list:
-        return await resolve(inputs, self.reranker.family.multimodal, self.media, self.metrics, budget)
+    async def _resolve(self, inputs: list[Input], budget, deadline: float) -> list:
+        late = f"media not fetched within the request timeout of {self.request_timeout:g} s; retry later"
+        async with within_deadline(deadline, self.reranker.scheduler.clock, late):
+            return await resolve(inputs, self.reranker.family.multimodal, self.media, self.metrics, budget)
 
 
 def _request(

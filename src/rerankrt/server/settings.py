@@ -30,7 +30,14 @@ class ServeSettings(BaseSettings, EngineSettings):
     )
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size at most (413 beyond)")
     request_timeout: float = Field(
-        300.0, gt=0, description="seconds a request may wait for its scores before it is dropped (503)"
+        600.0,
+        gt=0,
+        description="seconds a request may wait for its scores: media fetching and encoding stop at it (503), a "
+        "request that the work queued ahead of it and its own, at the measured throughput, would not finish within "
+        "it is refused at arrival (503 + Retry-After), and an admitted one runs to completion unless no forward pass "
+        "ends for this long (a stuck backend: 503); also the drain time on SIGTERM. The default lets the slowest CPU "
+        "measured (2-core AVX2-only, bge-reranker-base size, fp32: ~1.3 pairs/s) take a burst of 16 requests x 32 "
+        "documents (~400 s) whole",
     )
     max_connections: int = Field(
         512,
