@@ -196,7 +196,7 @@ def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
 
 
 def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_dirs):
-    from rerankrt.runtime.openvino_backend import import_openvino
+    from rerankrt.runtime.openvino_backend import SHAPE_CACHE_CAPACITY, compile_config, import_openvino
 
     openvino = import_openvino()
     reranker = Reranker.load(str(artifact_dirs["xlmr"]), backend="openvino", threads=1)
@@ -205,6 +205,8 @@ def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_d
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
     assert compiled.get_property("INFERENCE_NUM_THREADS") == 1 and compiled.get_property("NUM_STREAMS") == 1
     assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+    # memory bounded under any mix of shapes (the compiled model does not report this one: the config is checked)
+    assert compile_config(1, Precision.FP32)["CPU_RUNTIME_CACHE_CAPACITY"] == str(SHAPE_CACHE_CAPACITY)
     assert reranker.model.plan.describe() == "openvino on cpu, fp32, model.onnx"
 
 

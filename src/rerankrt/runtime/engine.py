@@ -143,6 +143,8 @@ class Reranker:
             on_batch=on_batch,
             scheduling=settings.scheduling,
             top_up_tokens=settings.top_up_tokens or default_top_up_tokens(model.backend.device),
+            # until a forward pass is measured, admission goes by the self-check's run of the golden set here
+            initial_seconds_per_token=_measured_seconds_per_token(model),
         )
         # One encoding thread: a Hugging Face tokenizer is not safe to call from several threads at once
         # ("Already borrowed"), and its batch calls are parallel inside already. It overlaps with inference.
@@ -356,6 +358,12 @@ class Reranker:
         per_document = np.full(len(request.documents), -np.inf, dtype=np.float32)
         np.maximum.at(per_document, owners, logits)
         return Scores(per_document, sum(len(p["input_ids"]) for p in pairs))
+
+
+def _measured_seconds_per_token(model: LoadedModel) -> float | None:
+    """Seconds per token of the self-check's run of the golden set on this machine (None: not run)."""
+    check = model.self_check
+    return check.seconds / check.tokens if check is not None and check.seconds > 0 and check.tokens else None
 
 
 def _stop_threads(encoding: ThreadPoolExecutor, scheduler: Scheduler) -> None:

@@ -110,10 +110,6 @@ class SelfCheck:
     swap_rate: float
     failures: list[str] = field(default_factory=list)
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
     def summary(self) -> str:
         verdict = "passes" if self.passed else f"misses ({'; '.join(self.failures)})"
         return (
