@@ -22,14 +22,24 @@ from rerankrt.testing.reference import random_documents
 QUERY = "what is a panda bear"
 
 
+class Variants(dict):
+    """(arch, precision) -> the tiny model's artifact with that variant, exported on first use (so a `-k` selection
+    exports only what it needs)."""
+
+    def __init__(self, model_dirs, root):
+        super().__init__()
+        self.model_dirs, self.root = model_dirs, root
+
+    def __missing__(self, key):
+        arch, precision = key
+        self[key] = self.root / f"{arch}-{precision}"
+        export_model(str(self.model_dirs[arch]), self[key], precision=precision)
+        return self[key]
+
+
 @pytest.fixture(scope="module")
-def variants(model_dirs, tmp_path_factory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("variants")
-    out = {}
-    for arch, precision in [("xlmr", "int8"), ("bert", "int8"), ("qwen3", "int8"), ("xlmr", "bf16"), ("xlmr", "fp16")]:
-        out[arch, precision] = root / f"{arch}-{precision}"
-        export_model(str(model_dirs[arch]), out[arch, precision], precision=precision)
-    return out
+def variants(model_dirs, tmp_path_factory) -> Variants:
+    return Variants(model_dirs, tmp_path_factory.mktemp("variants"))
 
 
 def fp32_scores(artifact_dirs, arch, docs):

@@ -101,7 +101,8 @@ def plan_serving(
     model_ref: str | None = None,
 ) -> list[ServingPlan | Skipped]:  # fmt: skip
     """Candidate plans for an artifact (`manifest` + `folder`) or a plain model (`model_ref`), in trying order: for an
-    artifact with a reduced-precision variant and no precision asked for, the variant's plans, then the fp32 ones."""
+    artifact with a reduced-precision variant and neither backend nor precision asked for, the variant's plans, then the
+    fp32 ones."""
     if request.backend not in BACKEND_CHOICES:
         raise BackendUnavailableError(
             f"unknown backend {request.backend!r}; choose one of {', '.join(BACKEND_CHOICES)}"
@@ -118,7 +119,7 @@ def plan_serving(
         order = auto_order(precision)
     explicit = request.precision is not None
     out = _candidates(family, request, machine, manifest, folder, model_ref, threads, precision, order, explicit)
-    if manifest is not None and precision != Precision.FP32 and not explicit:
+    if manifest is not None and precision != Precision.FP32 and not explicit and request.backend == "auto":
         # where the variant's plans fail to load or miss the self-check here, the fp32 graphs still serve
         fp32 = _candidates(family, request, machine, manifest, folder, model_ref, threads, Precision.FP32, AUTO_ORDER,
                            False)  # fmt: skip
