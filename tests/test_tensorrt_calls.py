@@ -258,3 +258,42 @@ def test_an_engine_tensor_of_an_unknown_type_is_refused_at_load():
                                                 ("logits", TensorIOMode.OUTPUT, DataType.FLOAT)])  # fmt: skip
     with pytest.raises(BackendUnavailableError, match="tensor 'input_ids' has type DataType.FP8"):
         EngineRunner(trt, torch, b"engine", ENTRY, device="cpu")
+
+
+# --- the built engine's self-check -----------------------------------------------------------------------------
+
+
+def test_an_engine_that_misses_the_self_check_is_deleted_and_not_listed(artifact, monkeypatch):
+    use(monkeypatch, FakeTensorRT(VERSION))
+
+    def misses(folder, manifest, engine, gpu):
+        raise ExportError(f"self-check: {engine.file} misses on this machine ({gpu}): max |Δlogit| 0.5 > 0.0001")
+
+    monkeypatch.setattr(builder, "self_check_engine", misses)
+    with pytest.raises(ExportError, match=r"misses on this machine \(NVIDIA L4\): max \|Δlogit\| 0\.5"):
+        builder.build_engine(artifact, "fp32")
+    assert not list(artifact.glob("*.plan")) and load_manifest(artifact).engines == []
+
+
+def test_the_self_check_runs_the_engine_plan_on_the_golden_set_by_the_export_rule(artifact_dirs, monkeypatch):
+    """`self_check_engine` opens the engine's plan and judges it on the golden set: a runner standing in for the
+    engine (the artifact's fp32 graph on ONNX Runtime, its logits moved as another GPU's kernels might move them)."""
+    from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    folder = artifact_dirs["xlmr"]
+    manifest = load_manifest(folder)
+    engine = Engine(file="model.fp32.sm89.plan", graph="model.onnx", precision="fp32", compute_capability="8.9",
+                    tensorrt=VERSION, profile=plan_profile(8, 512))  # fmt: skip
+    opened = []
+
+    def open_as_engine(plan, family, shift):
+        opened.append(plan)
+        graph = OnnxRuntimeBackend(family, folder, {"scorer": "model.onnx"})
+        return type("Engine", (), {"run": lambda self, batch: graph.run(batch) + shift})()
+
+    monkeypatch.setattr(builder, "open_backend", lambda plan, family: open_as_engine(plan, family, 0.0))
+    builder.self_check_engine(folder, manifest, engine, "NVIDIA L4")  # passes: the same function
+    assert (opened[0].backend, opened[0].engine) == ("tensorrt", engine)
+    monkeypatch.setattr(builder, "open_backend", lambda plan, family: open_as_engine(plan, family, 1e-3))
+    with pytest.raises(ExportError, match=r"tensorrt on cuda, fp32, model.fp32.sm89.plan misses.*NVIDIA L4.*0\.001"):
+        builder.self_check_engine(folder, manifest, engine, "NVIDIA L4")
