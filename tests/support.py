@@ -40,8 +40,12 @@ class HeldBackend:
     def run(self, batch):
         self.entered.set()
         assert self.release.wait(30), "the test never released the backend"
+        self.released(batch)
         self.batches += 1
         return self.inner.run(batch)
+
+    def released(self, batch) -> None:
+        """What a subclass does once the pass is released, before it runs."""
 
 
 class FakeClock:

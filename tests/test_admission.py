@@ -8,10 +8,9 @@ releases it: what is admitted, refused or answered follows from token counts, ne
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from rerankrt.server import create_app
-from tests.support import FakeClock, asgi_client
+from tests.support import FakeClock, HeldBackend, asgi_client
 from tests.test_api_adapters import make_model, settings
 
 QUERY = "what is panda"
@@ -20,23 +19,16 @@ REQUEST_TOKENS = 4 * 9  # 4 pairs of [CLS] 3 query words [SEP] 4 document words
 SECONDS_PER_TOKEN = 1.0  # on the fake clock: one request's pass takes 36 s
 
 
-class SlowBackend:
+class SlowBackend(HeldBackend):
     """The in-memory model's backend, each forward pass SECONDS_PER_TOKEN per padded token on `clock`; every pass
     waits for `release`."""
 
     def __init__(self, inner, clock: FakeClock):
-        self.inner, self.clock = inner, clock
-        self.name, self.device = inner.name, inner.device
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.batches = 0
+        super().__init__(inner)
+        self.clock = clock
 
-    def run(self, batch):
-        self.entered.set()
-        assert self.release.wait(30), "the test never released the backend"
+    def released(self, batch) -> None:
         self.clock.advance(batch["input_ids"].size * SECONDS_PER_TOKEN)
-        self.batches += 1
-        return self.inner.run(batch)
 
 
 def slow_app(request_timeout: float, measured: float | None = SECONDS_PER_TOKEN):
