@@ -98,8 +98,13 @@ async def capacity(base: str, seconds: float, concurrency: int, documents: int) 
     return done / seconds
 
 
-async def soak(base: str, pid: int, rate: float, minutes: float, window: float, documents: int) -> list[dict]:
-    """Requests at `rate`/s on a fixed schedule; one sample per window."""
+async def soak(
+    base: str, pid: int, rate: float, minutes: float, window: float, documents: int, max_in_flight: int
+) -> list[dict]:
+    """Requests at `rate`/s on a fixed schedule; one sample per window. A request due while `max_in_flight` are
+    unanswered is not sent (counted as shed): when another process takes the machine and the server falls behind,
+    the backlog would otherwise pile up in this client, whose connection pool slows with it until it answers
+    nothing, and the soak would measure the client."""
     rng = random.Random(2)
     samples, pending = [], set()
     start = time.monotonic()
@@ -108,15 +113,18 @@ async def soak(base: str, pid: int, rate: float, minutes: float, window: float, 
     async with httpx.AsyncClient(limits=limits) as client:
         sent = 0
         while time.monotonic() < end:
-            window_start, latencies, errors, offered = time.monotonic(), [], [], 0
+            window_start, latencies, errors, offered, shed = time.monotonic(), [], [], 0, 0
             while time.monotonic() < min(window_start + window, end):
                 due = start + sent / rate
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
+                sent += 1
+                offered += 1
+                if len(pending) >= max_in_flight:
+                    shed += 1
+                    continue
                 task = asyncio.ensure_future(one(client, base, body(rng, documents), latencies, errors))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-                sent += 1
-                offered += 1
             stats = process_stats(pid)
             ordered = sorted(latencies)
             sample = {
@@ -125,6 +133,8 @@ async def soak(base: str, pid: int, rate: float, minutes: float, window: float, 
                 "answered": len(latencies),
                 "errors": len(errors),
                 "error_kinds": sorted(set(errors)),
+                "shed": shed,
+                "in_flight": len(pending),
                 "p50_ms": round(1000 * statistics.median(ordered), 1) if ordered else None,
                 "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)
                 if ordered
@@ -134,7 +144,7 @@ async def soak(base: str, pid: int, rate: float, minutes: float, window: float, 
             samples.append(sample)
             print(
                 f"{sample['t_s']:7.0f} s  {sample['offered_rps']:5.1f} req/s  p50 {sample['p50_ms']} ms  "
-                f"p99 {sample['p99_ms']} ms  errors {sample['errors']}  rss {stats['rss_mb']:.0f} MB  "
+                f"p99 {sample['p99_ms']} ms  errors {sample['errors']}  shed {shed}  rss {stats['rss_mb']:.0f} MB  "
                 f"fds {stats['fds']}  threads {stats['threads']}",
                 flush=True,
             )
@@ -160,6 +170,7 @@ def plot(samples: list[dict], out: Path, title: str) -> None:
     axes[2].set_ylabel("latency (ms)")
     axes[2].legend()
     axes[3].plot(t, [s["errors"] for s in samples], label="errors per window")
+    axes[3].plot(t, [s.get("shed", 0) for s in samples], label="shed by the client per window")
     axes[3].plot(t, [s["offered_rps"] for s in samples], label="offered req/s")
     axes[3].set_xlabel("minutes")
     axes[3].legend()
@@ -177,6 +188,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=8, help="documents per request")
     parser.add_argument("--concurrency", type=int, default=8, help="clients while measuring capacity")
     parser.add_argument("--threads", type=int, default=1, help="the server's --threads")
+    parser.add_argument("--max-in-flight", type=int, default=256, help="unanswered requests at most (the rest: shed)")
     parser.add_argument("--port", type=int, default=30917)
     args = parser.parse_args()
 
@@ -203,7 +215,9 @@ def main() -> None:
             rps = asyncio.run(capacity(base, 20, args.concurrency, args.documents))
             rate = args.load * rps
             print(f"capacity {rps:.1f} req/s; soaking at {rate:.1f} req/s for {args.minutes:g} min", flush=True)
-            samples = asyncio.run(soak(base, server.pid, rate, args.minutes, args.window, args.documents))
+            samples = asyncio.run(
+                soak(base, server.pid, rate, args.minutes, args.window, args.documents, args.max_in_flight)
+            )
         finally:
             server.terminate()
             stderr = server.communicate(timeout=60)[1]
@@ -214,6 +228,7 @@ def main() -> None:
         "minutes": args.minutes,
         "requests_answered": sum(s["answered"] for s in samples),
         "errors": sum(s["errors"] for s in samples),
+        "shed_by_client": sum(s["shed"] for s in samples),
         "rss_mb": {"first": first["rss_mb"], "last": last["rss_mb"], "max": max(s["rss_mb"] for s in samples)},
         "fds": {"first": first["fds"], "last": last["fds"], "max": max(s["fds"] for s in samples)},
         "threads": {"first": first["threads"], "last": last["threads"], "max": max(s["threads"] for s in samples)},
