@@ -23,7 +23,6 @@ Fields named in errors: `query` (or `query.content[k]`), `documents[i]` (or `doc
 from __future__ import annotations
 
 import json
-import logging
 import math
 from typing import Any
 
@@ -39,13 +38,11 @@ from rerankrt.server.schemas import (
     PANDA_EXAMPLE,
     ContentDocument,
     NonEmptyStr,
-    ScoringOptions,
     tagged,
 )
 from rerankrt.server.scoring import Scoring, ScoringService
 from rerankrt.server.shapes import Peer, refuse, respond, results_shape, shaped_route
-
-log = logging.getLogger(__name__)
+from rerankrt.server.vllm_options import VLLMOptions, renamed
 
 SEARCH_UNIT_DOCUMENTS = 100  # Cohere bills one search unit per query and up to 100 documents
 
@@ -71,7 +68,7 @@ CohereDocuments = tagged(
 )  # fmt: skip
 
 
-class CohereRerankRequest(ScoringOptions):
+class CohereRerankRequest(VLLMOptions):
     """The `{results}` rerank request: Cohere v1/v2, Jina and vLLM fields (see the module docstring)."""
 
     query: CohereQuery
@@ -81,15 +78,7 @@ class CohereRerankRequest(ScoringOptions):
     raw_scores: StrictBool = Field(False, description="the raw relevance logit instead of sigmoid(logit)")
     rank_fields: list[StrictStr] | None = Field(None, min_length=1, description="Cohere v1: fields of object documents")
     max_tokens_per_doc: StrictInt | None = Field(None, description="Cohere v2 / vLLM: cut each document to N tokens")
-    priority: StrictInt = Field(0, description="Cohere v2 / vLLM: only 0 (requests are served in arrival order)")
     relevant_spans: dict[str, Any] | None = Field(None, description="Cohere v2: refused unless its mode is off")
-    use_activation: StrictBool | None = Field(None, description="vLLM: false returns the logit (default true)")
-    activation: StrictBool | None = Field(None, description="vLLM, deprecated: use_activation")
-    softmax: StrictBool | None = Field(None, description="vLLM, deprecated: use_activation")
-    truncate_prompt_tokens: StrictInt | None = Field(None, ge=-1, description="vLLM: -1 max length, N: N tokens")
-    request_id: StrictStr | None = Field(None, description="vLLM: the response's id")
-    user: StrictStr | None = Field(None, description="vLLM / OpenAI: an end-user id, logged")
-    mm_processor_kwargs: dict[str, Any] | None = Field(None, description="vLLM: refused when not empty")
 
     model_config = {
         "json_schema_extra": {
@@ -102,45 +91,14 @@ class CohereRerankRequest(ScoringOptions):
     }  # fmt: skip
 
 
-def engine_options(body: Any, scoring: Scoring) -> dict:
-    """The vLLM/Cohere truncation fields as ScoreRequest fields, refusing what cannot be honoured.
-
-    Shared by the vLLM score adapter (same field names).
-    """
+def engine_options(body: CohereRerankRequest, scoring: Scoring) -> dict:
+    """Cohere's `max_tokens_per_doc` and vLLM's options as ScoreRequest fields, refusing what cannot be honoured."""
     options: dict = {}
-    if getattr(body, "max_tokens_per_doc", None) is not None:
+    if body.max_tokens_per_doc is not None:
         if body.max_tokens_per_doc < 1:
             raise refuse("max_tokens_per_doc", "max_tokens_per_doc must be a positive integer")
         options["max_tokens_per_doc"] = body.max_tokens_per_doc
-    tokens = body.truncate_prompt_tokens
-    if tokens is not None:
-        limit = scoring.reranker.encoder.max_length
-        if tokens == 0:
-            raise refuse("truncate_prompt_tokens", "must be -1 (the model's max length) or a positive token count")
-        if tokens > limit:
-            raise refuse(
-                "truncate_prompt_tokens",
-                f"{tokens} is over the model's max length of {limit} tokens. Please, select a smaller truncation size.",
-            )
-        if tokens != -1:
-            options["max_length"] = tokens
-    if body.priority != 0:
-        raise refuse("priority", "this server serves requests in arrival order; only priority 0 is accepted")
-    if body.mm_processor_kwargs:
-        raise refuse(
-            "mm_processor_kwargs", "media are preprocessed as the model's processor config says; no per-request kwargs"
-        )
-    if body.user is not None:
-        log.debug("request from user %r", body.user)
-    return options
-
-
-def use_activation(body: Any) -> bool:
-    """vLLM's use_activation, falling back to its deprecated names; default true."""
-    for value in (body.use_activation, body.activation, body.softmax):
-        if value is not None:
-            return value
-    return True
+    return options | body.engine_options(scoring)
 
 
 async def rerank(body: CohereRerankRequest, request: Request, scoring: Scoring, api_version: str = "2") -> JSONResponse:
@@ -148,13 +106,11 @@ async def rerank(body: CohereRerankRequest, request: Request, scoring: Scoring, 
     if body.relevant_spans and str(body.relevant_spans.get("mode", "")).lower() not in ("", "off", "none", "disabled"):
         raise refuse("relevant_spans", "this server returns relevance scores only; it does not extract spans")
     documents = _documents(body)
-    truncate = body.truncate or body.truncate_prompt_tokens is not None
-    scoring_body = body if truncate == body.truncate else body.model_copy(update={"truncate": truncate})
     try:
-        result = await scoring.score(request, scoring_body, _input(body.query, "query"), documents, **options)
+        result = await scoring.score(request, body.scoring_body(), _input(body.query, "query"), documents, **options)
     except InputError as error:
-        raise _renamed(error) from error
-    raw = body.raw_scores or not use_activation(body)
+        raise renamed(error) from error
+    raw = body.raw_scores or not body.activated()
     results = []
     for r in result.ranked(body.top_n, raw):
         item: dict[str, Any] = {"index": r.index, "relevance_score": r.score}
@@ -236,10 +192,3 @@ def _document(value) -> dict:
     if isinstance(value, str):
         return {"text": value}
     return value.model_dump(exclude_none=isinstance(value, ObjectDocument))
-
-
-def _renamed(error: InputError) -> InputError:
-    """The engine's `max_length` is this API's truncate_prompt_tokens."""
-    if error.field == "max_length":
-        return type(error)("truncate_prompt_tokens", error.message)
-    return error

@@ -12,18 +12,18 @@ second field for the count.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, StrictStr
 
 from rerankrt.errors import InputError
-from rerankrt.server.cohere import engine_options, use_activation
 from rerankrt.server.content import Input
-from rerankrt.server.schemas import PANDA_EXAMPLE, TINY_PNG, ContentDocument, ScoringOptions, Usage, tagged
+from rerankrt.server.schemas import PANDA_EXAMPLE, TINY_PNG, ContentDocument, Usage, tagged
 from rerankrt.server.scoring import Scoring
 from rerankrt.server.shapes import Peer, respond, vllm_shape
+from rerankrt.server.vllm_options import VLLMOptions, renamed
 
 ScoreInput = tagged(
     (StrictStr, "a string"), (ContentDocument, "a content object"),
@@ -35,7 +35,7 @@ ScoreInputs = tagged(
 )  # fmt: skip
 
 
-class ScoreRequest(ScoringOptions):
+class ScoreRequest(VLLMOptions):
     """vLLM's score request in any of its forms: text_1/text_2, queries/documents, queries/items, data_1/data_2.
 
     The first input is scored against each of the second (or pairwise when both are lists of equal length). As in
@@ -49,14 +49,6 @@ class ScoreRequest(ScoringOptions):
     items: ScoreInputs | None = None
     data_1: ScoreInputs | None = None
     data_2: ScoreInputs | None = None
-    use_activation: StrictBool | None = Field(None, description="false returns the logit (default true)")
-    activation: StrictBool | None = Field(None, description="deprecated: use_activation")
-    softmax: StrictBool | None = Field(None, description="deprecated: use_activation")
-    truncate_prompt_tokens: StrictInt | None = Field(None, ge=-1, description="-1: the model's max length; N: N tokens")
-    request_id: StrictStr | None = Field(None, description="the response's id")
-    priority: StrictInt = Field(0, description="only 0: requests are served in arrival order")
-    user: StrictStr | None = Field(None, description="an end-user id, logged")
-    mm_processor_kwargs: dict[str, Any] | None = Field(None, description="refused when not empty")
 
     model_config = {
         "json_schema_extra": {
@@ -103,9 +95,8 @@ class ScoreResponse(BaseModel):
 async def score(body: ScoreRequest, request: Request, scoring: Scoring) -> JSONResponse:
     """vLLM's score API: scores of the first input against each of the second, in input order."""
     first, second = body.pair_fields()
-    options = engine_options(body, scoring)
-    truncate = body.truncate or body.truncate_prompt_tokens is not None
-    scoring_body = body if truncate == body.truncate else body.model_copy(update={"truncate": truncate})
+    options = body.engine_options(scoring)
+    scoring_body = body.scoring_body()
     queries, documents = _pairs(body, first, second)
     try:
         if all(q.value == queries[0].value for q in queries):
@@ -113,8 +104,8 @@ async def score(body: ScoreRequest, request: Request, scoring: Scoring) -> JSONR
         else:  # pairwise with different queries
             result = await scoring.score_pairwise(request, scoring_body, queries, documents, second, **options)
     except InputError as error:
-        raise InputError("truncate_prompt_tokens", error.message) if error.field == "max_length" else error from None
-    values = result.values(raw=not use_activation(body))
+        raise renamed(error) from None
+    values = result.values(raw=not body.activated())
     response = ScoreResponse(
         id=body.request_id or request.state.request_id,
         created=int(time.time()),
