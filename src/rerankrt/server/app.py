@@ -1,12 +1,13 @@
 """The FastAPI application, assembled: the engine, its state, the lifespan, error handlers, middleware, routers.
 
 Each API shape is one adapter module (`sglang`, `sglang_score`, `cohere` for the {results} shape of Cohere, Jina
-and vLLM, `vllm`, `tei`, `infinity`, `tokens`, `sagemaker`) with its own schemas and field names; `shared` routes
-the paths two peers share (/v1/rerank, /rerank, /v1/score, /score, /invocations) by the body and
-`--rerank-convention`. All of them go through `scoring.Scoring` to the one engine. `operations` serves /health,
-/v1/models and /metrics. Requests are encoded off the event loop, batched across requests by the
-engine's scheduler, and run on its inference thread; a multimodal request first fetches its media
-(server.content, server.media), within the same timeout and disconnect watch as its scoring.
+and vLLM, `vllm`, `tei`, `infinity`, `tokens`, `sagemaker`) with its own schemas and field names, listed in
+`registry.SHAPES`; the registry's routes (`registry.ROUTERS`) include the paths several shapes share (/v1/rerank,
+/rerank, /v1/score, /score, /invocations), routed by the body and `--rerank-convention`. All of them go through
+`scoring.Scoring` to the one engine. `operations` serves /health, /v1/models and /metrics. Requests are encoded
+off the event loop, batched across requests by the engine's scheduler, and run on its inference thread; a
+multimodal request first fetches its media (server.content, server.media), within the same timeout and
+disconnect watch as its scoring.
 """
 
 from __future__ import annotations
@@ -20,20 +21,16 @@ from fastapi import FastAPI
 from rerankrt import __version__
 from rerankrt.runtime import Reranker
 from rerankrt.runtime.loader import LoadedModel, load_model
-from rerankrt.server import cohere, infinity, operations, sagemaker, shared, tei, tokens
 from rerankrt.server.errors import install_error_handlers
 from rerankrt.server.media import MediaFetcher, MediaLimits
 from rerankrt.server.metrics import Metrics
 from rerankrt.server.middleware import install_middleware
 from rerankrt.server.paths import CollapseSlashes
+from rerankrt.server.registry import ROUTERS, add_request_schemas
 from rerankrt.server.scoring import Scoring
 from rerankrt.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-
-ROUTERS = (
-    shared.router, cohere.router, tei.router, tokens.router, operations.router, infinity.router, sagemaker.router,
-)  # fmt: skip
 
 
 def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> FastAPI:
@@ -75,7 +72,7 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
         app.include_router(router)
     install_middleware(app, settings, metrics, reranker.scheduler, route_paths(app))
     app.add_middleware(CollapseSlashes)  # outermost: the API key and metrics see the collapsed path
-    shared.add_request_schemas(app)
+    add_request_schemas(app)
     return app
 
 

@@ -41,7 +41,7 @@ from rerankrt.server.schemas import (
     tagged,
 )
 from rerankrt.server.scoring import Scoring, ScoringService
-from rerankrt.server.shapes import Peer, refuse, respond, results_shape, shaped_route
+from rerankrt.server.shapes import ApiShape, Claim, refuse, respond, results_shape, shaped_route
 from rerankrt.server.vllm_options import VLLMOptions, renamed
 
 SEARCH_UNIT_DOCUMENTS = 100  # Cohere bills one search unit per query and up to 100 documents
@@ -141,9 +141,15 @@ async def rerank_v2(body: CohereRerankRequest, request: Request, scoring: Scorin
     return await rerank(body, request, scoring)
 
 
-PEER = Peer("results", CohereRerankRequest, rerank, results_shape)
-"""/rerank, and /v1/rerank with --rerank-convention results (`shared.py` routes them)."""
-PEER_V1 = Peer("results-v1", CohereRerankRequest, rerank_v1, results_shape)
+API = ApiShape(
+    "results", "the {results} object (Cohere, Jina, vLLM)", router=router,
+    model=CohereRerankRequest, handle=rerank, errors=results_shape,
+    claims=(
+        Claim("/v1/rerank", convention="results", handle=rerank_v1),  # the Cohere v1 SDK, Jina, vLLM clients
+        Claim("/rerank", fallback=True),
+        Claim("/invocations", fields=("documents",), fallback=True),
+    ),
+)  # fmt: skip
 
 
 def _listed(documents) -> list:

@@ -17,7 +17,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr
 from rerankrt.server.content import Input
 from rerankrt.server.schemas import NonEmptyStr, ScoringOptions
 from rerankrt.server.scoring import Scoring
-from rerankrt.server.shapes import Peer, infinity_shape, respond
+from rerankrt.server.shapes import ApiShape, Claim, infinity_shape, respond
 
 
 class InfinityRerankRequest(ScoringOptions):
@@ -49,9 +49,6 @@ async def rerank(body: InfinityRerankRequest, request: Request, scoring: Scoring
     return respond(content, body)
 
 
-PEER = Peer("infinity", InfinityRerankRequest, rerank, infinity_shape)
-"""/rerank and /v1/rerank with --rerank-convention infinity (`shared.py` routes them)."""
-
 router = APIRouter()
 
 
@@ -65,3 +62,10 @@ async def models(request: Request) -> JSONResponse:
         "backend": reranker.backend.name, "capabilities": ["rerank"], "stats": {}, **reranker.describe(),
     }  # fmt: skip
     return JSONResponse({"data": [card], "object": "list"})
+
+
+API = ApiShape(
+    "infinity", "Infinity's rerank (422 for a client mistake)", router=router,
+    model=InfinityRerankRequest, handle=rerank, errors=infinity_shape,
+    claims=(Claim("/v1/rerank", convention="infinity"), Claim("/rerank", convention="infinity")),
+)  # fmt: skip

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from rerankrt.server.errors import error_response
+from rerankrt.server.shapes import ApiShape
 
 
 class ModelCard(BaseModel):
@@ -61,3 +62,6 @@ async def models(request: Request) -> ModelList:
 @router.get("/metrics", include_in_schema=False)
 async def metrics_endpoint(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+API = ApiShape("operations", "rerankrt's health, models and metrics", router=router)

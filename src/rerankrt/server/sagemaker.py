@@ -1,5 +1,6 @@
 """Amazon SageMaker's container contract, as vLLM serves it: `GET|POST /ping` (200 once ready) and
-`POST /invocations`, which `shared.py` routes by the body's fields to the API that defines them."""
+`POST /invocations`, a path the other shapes share (`registry.py` routes a body to the API whose fields it has).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from rerankrt.server.errors import error_response
+from rerankrt.server.shapes import ApiShape
 
 router = APIRouter()
 
@@ -18,3 +20,6 @@ async def ping(request: Request) -> JSONResponse:
     if not request.app.state.ready:
         return error_response(503, "model is loading", headers={"Retry-After": "5"})
     return JSONResponse({})
+
+
+API = ApiShape("sagemaker", "SageMaker's health check", router=router)

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rerankrt.runtime.settings import EngineSettings
+from rerankrt.server.registry import CONVENTIONS, convention_help
 
 
 class ServeSettings(BaseSettings, EngineSettings):
@@ -56,13 +57,7 @@ class ServeSettings(BaseSettings, EngineSettings):
     api_key: str | None = Field(None, description="require `Authorization: Bearer <key>` on the API (401 without it)")
     public_health: bool = Field(True, description="serve /health without the API key")
     public_metrics: bool = Field(True, description="serve /metrics without the API key")
-    rerank_convention: Literal["sglang", "results", "infinity"] = Field(
-        "sglang",
-        description="what the paths two peers share answer: sglang (default): /v1/rerank is SGLang's list, /rerank "
-        "the {results} object; results: /v1/rerank is the {results} object too (Cohere v1 SDK, Jina, vLLM clients); "
-        "infinity: /rerank and /v1/rerank are Infinity's (document as a string, 422 for a client mistake). "
-        "A body with `texts` is TEI's on any of them",
-    )
+    rerank_convention: Literal[CONVENTIONS] = Field(CONVENTIONS[0], description=convention_help())
     warmup: bool = Field(True, description="run one batch before reporting healthy")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")

@@ -1,6 +1,6 @@
 """SGLang's rerank API, `POST /v1/rerank`: a query, documents, and a JSON list of results, best first.
 
-The default answer of /v1/rerank (`--rerank-convention sglang`); `shared.py` holds the route.
+The answer of /v1/rerank under `--rerank-convention sglang`, the default (`registry.py` routes the path).
 
 Fields named in errors: `query` (`query[k]` for a part), `documents[i]` (`documents[i][k]`), `documents` for the
 count.
@@ -24,7 +24,7 @@ from rerankrt.server.schemas import (
     tagged,
 )
 from rerankrt.server.scoring import Scoring
-from rerankrt.server.shapes import Peer, respond
+from rerankrt.server.shapes import ApiShape, Claim, respond
 
 Content = tagged((StrictStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
 Query = tagged((NonEmptyStr, "a string"), (Parts, "a list"), message="must be a string or a list of content parts")
@@ -63,5 +63,7 @@ async def rerank(body: RerankRequest, request: Request, scoring: Scoring) -> JSO
     return respond([r.model_dump(exclude_none=True) for r in results], body)
 
 
-PEER = Peer("sglang", RerankRequest, rerank)
-"""/v1/rerank under the default convention (`shared.py` routes it)."""
+API = ApiShape(
+    "sglang", "SGLang's rerank (a list, best first)", model=RerankRequest, handle=rerank,
+    claims=(Claim("/v1/rerank", convention="sglang"),),
+)  # fmt: skip

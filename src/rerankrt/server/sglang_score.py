@@ -24,7 +24,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr
 from rerankrt.server.content import Input
 from rerankrt.server.schemas import ScoringOptions
 from rerankrt.server.scoring import Scoring
-from rerankrt.server.shapes import Peer, refuse, respond
+from rerankrt.server.shapes import ApiShape, Claim, refuse, respond
 
 
 class SGLangScoreRequest(ScoringOptions):
@@ -101,5 +101,11 @@ def _labels(body: SGLangScoreRequest, scoring: Scoring) -> tuple[int, int] | Non
     return labels
 
 
-PEER = Peer("sglang-score", SGLangScoreRequest, score)
-"""/v1/score when the body has `query` or `label_token_ids` (`shared.py` routes it)."""
+API = ApiShape(
+    "sglang-score", "SGLang's score", model=SGLangScoreRequest, handle=score,
+    claims=(
+        Claim("/v1/score", fields=("label_token_ids", "query")),  # vLLM's forms have neither
+        Claim("/score", fields=("label_token_ids", "query")),
+        Claim("/invocations", fields=("label_token_ids", "items")),
+    ),
+)  # fmt: skip

@@ -1,17 +1,20 @@
 """What makes an adapter a peer's API rather than a look-alike: its error body, the fields it does not know, and
-bodies validated by hand where one path serves two peers.
+bodies validated by hand where several peers share a path; and what an API shape declares to the registry.
 
 - Error bodies. `errors.py` turns every failure into rerankrt's (and SGLang's) body, `{"object": "error",
   "message", "type", "param", "code"}`. A peer whose clients read another body gets its own, rendered from that
   one: vLLM's `{"error": {...}}` (beside rerankrt's fields on the {results} paths, which Cohere's, Jina's and
   vLLM's clients share), TEI's `{"error", "error_type"}`, Infinity's FastAPI-style 422 `{"detail":
   [...]}` for a client mistake (infinity_client parses only 200 and 422). `shaped_route(shape)` is the route class
-  of an adapter's router; `error_in_shape` serves routes that pick their adapter from the body.
+  of an adapter's router; `error_in_shape` serves the shared paths, which pick their adapter from the body.
 - Unknown fields. Request models accept fields they do not define (a newer client's, another peer's) and
   list them once, in the `X-Rerankrt-Unknown-Fields` response header and a debug log line: never an error, never
   silent. A field a peer defines is a declared field, honoured or refused with a 400 that names it.
 - `parse_body`: a JSON body validated against the model the route picked, with errors exactly as FastAPI's
   (so `errors.field_name` names the client's field).
+- `ApiShape`: one adapter module's entry in `registry.SHAPES`: its own router, and its `Claim`s on the paths
+  several shapes share (/v1/rerank, /rerank, /v1/score, /score, /invocations), which say when a body there is
+  its own.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -159,21 +162,88 @@ def shaped_route(shape: ErrorShape) -> type[APIRoute]:
     return ShapedRoute
 
 
+Handler = Callable[[Any, Request, Any], Awaitable[JSONResponse]]
+"""(the validated request, the HTTP request, `scoring.Scoring`) -> the whole response."""
+
+
 @dataclass(frozen=True)
-class Peer:
-    """One API shape as a path shared by several peers dispatches to it: its request model, its handler (which
-    answers the whole response), and its error body."""
+class Claim:
+    """When a body on a path several API shapes share is this shape's (`registry.pick` decides among them).
+
+    - `fields`: the body is a JSON object with one of these fields and none of `without`;
+    - `convention`: only under this `--rerank-convention` (the conventions are those the claims name);
+    - `fallback`: tried after every other claim on the path (with `fields`, still only such a body).
+
+    Claims by fields are tried first, then claims by the convention alone, then fallbacks; within each, in the
+    registry's order. `handle` answers instead of the shape's handler on this path.
+    """
+
+    path: str
+    fields: tuple[str, ...] = ()
+    without: tuple[str, ...] = ()
+    convention: str | None = None
+    fallback: bool = False
+    handle: Handler | None = None
+
+    def __post_init__(self):
+        if not (self.fields or self.convention or self.fallback):
+            raise ValueError(f"a claim on {self.path} needs fields, a convention or fallback=True")
+        if self.without and not self.fields:
+            raise ValueError(f"a claim on {self.path}: `without` narrows `fields`, which it lacks")
+
+    @property
+    def tier(self) -> int:
+        """0: by the body's fields, 1: by the convention alone, 2: a fallback."""
+        return 2 if self.fallback else 0 if self.fields else 1
+
+    def takes(self, data: Any, convention: str) -> bool:
+        if self.convention is not None and self.convention != convention:
+            return False
+        if not self.fields:
+            return True
+        return (
+            isinstance(data, dict)
+            and any(field in data for field in self.fields)
+            and not any(field in data for field in self.without)
+        )
+
+    def describe(self) -> str:
+        """When it takes a body, in words (for the OpenAPI description and --help)."""
+        said = []
+        if self.fields:
+            said.append("a body with " + " or ".join(f"`{f}`" for f in self.fields))
+            if self.without:
+                said[-1] += " and no " + " or ".join(f"`{f}`" for f in self.without)
+        if self.convention:
+            said.append(f"with --rerank-convention {self.convention}")
+        if self.fallback:
+            said.append("when no other API takes the body")
+        return ", ".join(said)
+
+
+@dataclass(frozen=True)
+class ApiShape:
+    """One API shape: its own routes (`router`), and how it answers on a path several shapes share: `claims` say
+    when a body there is its, `model` validates it, `handle` answers it, `errors` renders its errors. One entry of
+    `registry.SHAPES`."""
 
     name: str
-    model: type[BaseModel]
-    handle: Callable[[Any, Request, Any], Awaitable[JSONResponse]]
-    shape: ErrorShape = standard_shape
+    title: str
+    router: APIRouter | None = None
+    model: type[BaseModel] | None = None
+    handle: Handler | None = None
+    errors: ErrorShape = standard_shape
+    claims: tuple[Claim, ...] = ()
+
+    def __post_init__(self):
+        if self.claims and (self.model is None or self.handle is None):
+            raise ValueError(f"API shape {self.name} claims shared paths: it needs a model and a handler")
 
 
-async def serve_peer(request: Request, peer: Peer, data: Any) -> JSONResponse:
-    """`data` (the parsed JSON body) validated as `peer`'s request and answered by it, errors in its shape."""
+async def serve_claim(request: Request, shape: ApiShape, claim: Claim, data: Any) -> JSONResponse:
+    """`data` (the parsed JSON body) validated as `shape`'s request and answered by it, errors in its shape."""
     try:
-        body = parse_body(data, peer.model)
-        return await peer.handle(body, request, request.app.state.scoring)
+        body = parse_body(data, shape.model)
+        return await (claim.handle or shape.handle)(body, request, request.app.state.scoring)
     except Exception as exc:  # noqa: BLE001 - rendered by the app's own handlers, then reshaped
-        return await error_in_shape(request, exc, peer.shape)
+        return await error_in_shape(request, exc, shape.errors)

@@ -20,7 +20,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr
 from rerankrt.server.content import Input
 from rerankrt.server.schemas import NonEmptyStr, ScoringOptions
 from rerankrt.server.scoring import Scoring, ScoringService
-from rerankrt.server.shapes import Peer, refuse, respond, shaped_route, tei_shape
+from rerankrt.server.shapes import ApiShape, Claim, refuse, respond, shaped_route, tei_shape
 
 LABEL = "LABEL_0"  # the id2label entry of a one-label classification head
 
@@ -72,9 +72,6 @@ async def rerank(body: TEIRerankRequest, request: Request, scoring: Scoring) -> 
     return respond(ranks, body)
 
 
-PEER = Peer("tei", TEIRerankRequest, rerank, tei_shape)
-"""A rerank path's body with `texts` (`shared.py` routes it)."""
-
 router = APIRouter(route_class=shaped_route(tei_shape))
 
 
@@ -97,3 +94,13 @@ async def predict(body: TEIPredictRequest, request: Request, scoring: ScoringSer
     )
     predictions = [[{"score": float(v), "label": LABEL}] for v in result.values(body.raw_scores)]
     return respond(predictions[0] if single else predictions, body)
+
+
+API = ApiShape(
+    "tei", "TEI's rerank", router=router, model=TEIRerankRequest, handle=rerank, errors=tei_shape,
+    claims=(
+        Claim("/v1/rerank", fields=("texts",), without=("documents",)),
+        Claim("/rerank", fields=("texts",), without=("documents",)),
+        Claim("/invocations", fields=("texts",)),
+    ),
+)  # fmt: skip

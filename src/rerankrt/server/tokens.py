@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from rerankrt.server.shapes import refuse, respond, shaped_route, vllm_shape
+from rerankrt.server.shapes import ApiShape, refuse, respond, shaped_route, vllm_shape
 
 
 class TokenizeRequest(BaseModel):
@@ -79,3 +79,5 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> JSONResponse:
 for _prefix in ("", "/v1"):
     router.post(f"{_prefix}/tokenize", summary="Tokenize (vLLM / SGLang shape)")(tokenize)
     router.post(f"{_prefix}/detokenize", summary="Detokenize (vLLM / SGLang shape)")(detokenize)
+
+API = ApiShape("tokens", "tokenize and detokenize (vLLM, SGLang)", router=router)

@@ -22,7 +22,7 @@ from rerankrt.errors import InputError
 from rerankrt.server.content import Input
 from rerankrt.server.schemas import PANDA_EXAMPLE, TINY_PNG, ContentDocument, Usage, tagged
 from rerankrt.server.scoring import Scoring
-from rerankrt.server.shapes import Peer, respond, vllm_shape
+from rerankrt.server.shapes import ApiShape, Claim, respond, vllm_shape
 from rerankrt.server.vllm_options import VLLMOptions, renamed
 
 ScoreInput = tagged(
@@ -116,8 +116,17 @@ async def score(body: ScoreRequest, request: Request, scoring: Scoring) -> JSONR
     return respond(response.model_dump(), body)
 
 
-PEER = Peer("vllm-score", ScoreRequest, score, vllm_shape)
-"""/score, and /v1/score unless the body is SGLang's (`shared.py` routes them)."""
+OWN_FIELDS = ("text_1", "text_2", "queries", "data_1", "data_2")
+"""The fields of vLLM's score forms that no other API's body has (`documents` and `items` are others' too)."""
+
+API = ApiShape(
+    "vllm-score", "vLLM's score", model=ScoreRequest, handle=score, errors=vllm_shape,
+    claims=(
+        Claim("/v1/score", fallback=True),
+        Claim("/score", fallback=True),
+        Claim("/invocations", fields=OWN_FIELDS),
+    ),
+)  # fmt: skip
 
 
 def _inputs(value: str | ContentDocument | list, name: str) -> list[Input]:

@@ -1,0 +1,98 @@
+"""The API-shape registry (server/registry.py): the shared paths pick exactly as the hand-written pickers did
+before the registry (kept here as the oracle), the --rerank-convention choices are the registry's, and the API key
+covers every shape's own paths.
+
+Unit tier.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import get_args
+
+import pytest
+from pydantic import ValidationError
+
+from rerankrt.server import registry
+from rerankrt.server.middleware import API_PREFIXES
+from rerankrt.server.settings import ServeSettings
+from rerankrt.server.shapes import Claim
+from tests.test_api_adapters import settings
+
+SCORE_FORMS = ("text_1", "text_2", "queries", "data_1", "data_2")
+KEYS = ("texts", "documents", "query", "items", "label_token_ids", *SCORE_FORMS, "other")
+BODIES = [dict.fromkeys(keys, 1) for n in range(len(KEYS) + 1) for keys in itertools.combinations(KEYS, n)]
+NOT_OBJECTS = [[], ["texts"], "texts", 1, None]
+
+
+def oracle(path: str, data, convention: str) -> str | None:
+    """Which shape answers: the pickers of server/shared.py before the registry, restated."""
+    is_object = isinstance(data, dict)
+    if path in ("/v1/rerank", "/rerank"):
+        if is_object and "texts" in data and "documents" not in data:
+            return "tei"
+        if convention == "infinity":
+            return "infinity"
+        if path == "/v1/rerank":
+            return "sglang" if convention == "sglang" else "results v1"
+        return "results"
+    if path in ("/v1/score", "/score"):
+        return "sglang-score" if is_object and ("label_token_ids" in data or "query" in data) else "vllm-score"
+    if not is_object:
+        return None
+    if any(key in data for key in SCORE_FORMS):
+        return "vllm-score"
+    if "label_token_ids" in data or "items" in data:
+        return "sglang-score"
+    if "texts" in data:
+        return "tei"
+    return "results" if "documents" in data else None
+
+
+def picked(path: str, data, convention: str) -> str | None:
+    found = registry.pick(path, data, convention)
+    if found is None:
+        return None
+    shape, claim = found
+    return f"{shape.name} v1" if claim.handle is not None else shape.name
+
+
+@pytest.mark.parametrize("convention", registry.CONVENTIONS)
+@pytest.mark.parametrize("path", list(registry.SHARED_PATHS))
+def test_the_shared_paths_pick_as_before(path, convention):
+    wrong = [
+        f"{data}: {picked(path, data, convention)}, was {oracle(path, data, convention)}"
+        for data in [*BODIES, *NOT_OBJECTS]
+        if picked(path, data, convention) != oracle(path, data, convention)
+    ]
+    assert not wrong, "\n".join(wrong[:10])
+    default = oracle(path, {}, convention) or "vllm-score"  # the errors of a body no claim takes: vLLM's
+    assert registry.default(path, convention).name == default.removesuffix(" v1")
+
+
+def test_the_conventions_are_the_registrys():
+    field = ServeSettings.model_fields["rerank_convention"]
+    assert get_args(field.annotation) == registry.CONVENTIONS == ("sglang", "results", "infinity")
+    assert field.default == "sglang" and all(c in field.description for c in registry.CONVENTIONS)
+    with pytest.raises(ValidationError):
+        settings(rerank_convention="acme")
+
+
+def test_a_claim_says_when_it_takes_a_body():
+    with pytest.raises(ValueError, match="needs fields, a convention or fallback"):
+        Claim("/rerank")
+    with pytest.raises(ValueError, match="`without` narrows `fields`"):
+        Claim("/rerank", without=("texts",), convention="x")
+    claim = Claim("/rerank", fields=("a", "b"), without=("c",), convention="x")
+    assert claim.takes({"b": 1}, "x") and not claim.takes({"b": 1, "c": 1}, "x") and not claim.takes({"b": 1}, "y")
+    assert (
+        not claim.takes(["a"], "x")
+        and claim.describe() == "a body with `a` or `b` and no `c`, with --rerank-convention x"
+    )
+
+
+def test_the_api_key_covers_every_shapes_own_paths():
+    public = {"/health", "/metrics", "/ping"}  # --public-health, --public-metrics; SageMaker's health check
+    paths = {route.path for router in registry.ROUTERS for route in router.routes} - public
+    assert {"/v1/rerank", "/v2/rerank", "/predict", "/tokenize", "/models"} <= paths
+    assert [path for path in paths if not path.startswith(API_PREFIXES)] == []
