@@ -1,6 +1,6 @@
 """The API-shape registry (server/registry.py): the shared paths pick exactly as the hand-written pickers did
-before the registry (kept here as the oracle), the --rerank-convention choices are the registry's, and the API key
-covers every shape's own paths.
+before the registry (kept here as the oracle), the --rerank-convention choices are the registry's, the API key
+covers every shape's own paths, and /ping answers as /health.
 
 Unit tier.
 """
@@ -11,13 +11,14 @@ import itertools
 from typing import get_args
 
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from rerankrt.server import registry
+from rerankrt.server import create_app, registry
 from rerankrt.server.middleware import API_PREFIXES
 from rerankrt.server.settings import ServeSettings
 from rerankrt.server.shapes import Claim
-from tests.test_api_adapters import settings
+from tests.test_api_adapters import make_model, settings
 
 SCORE_FORMS = ("text_1", "text_2", "queries", "data_1", "data_2")
 KEYS = ("texts", "documents", "query", "items", "label_token_ids", *SCORE_FORMS, "other")
@@ -96,3 +97,10 @@ def test_the_api_key_covers_every_shapes_own_paths():
     paths = {route.path for router in registry.ROUTERS for route in router.routes} - public
     assert {"/v1/rerank", "/v2/rerank", "/predict", "/tokenize", "/models"} <= paths
     assert [path for path in paths if not path.startswith(API_PREFIXES)] == []
+
+
+def test_ping_answers_as_health():
+    with TestClient(create_app(settings(), make_model())) as client:
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert client.get("/ping").json() == client.post("/ping").json() == health.json()
