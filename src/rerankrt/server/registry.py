@@ -69,8 +69,9 @@ def pick(path: str, data, convention: str) -> tuple[ApiShape, Claim] | None:
 
 def default(path: str, convention: str) -> ApiShape:
     """The shape a shared path's errors come in when no claim takes the body: the one an empty object would get,
-    else the first claimant."""
-    found = pick(path, {}, convention) or CLAIMS[path][0]
+    else the first that claims the path under this convention, else the first claimant."""
+    under = [(shape, claim) for shape, claim in CLAIMS[path] if claim.convention == convention]
+    found = pick(path, {}, convention) or (under or CLAIMS[path])[0]
     return found[0]
 
 
