@@ -80,7 +80,7 @@ def test_the_conventions_are_the_registrys():
     )
     assert field.default == "sglang" and all(c in field.description for c in registry.CONVENTIONS)
     with pytest.raises(ValidationError):
-        settings(rerank_convention="acme")
+        settings(rerank_convention="no-such-convention")
 
 
 def test_a_claim_says_when_it_takes_a_body():
