@@ -138,7 +138,7 @@ def export_model(
                 variant, fidelity = build_variant(
                     precision,
                     chosen,
-                    config.get("model_type"),
+                    chosen.export_hints.fusion_type(config),
                     torch_model,
                     encoder,
                     staging,

@@ -48,7 +48,7 @@ from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export.graph_passes import float_cumsum
 from rerankrt.export.onnx_graph import describe_graph
 from rerankrt.export.precision import cast_graph, external_data_files
-from rerankrt.families import get_family
+from rerankrt.families import Family, get_family
 from rerankrt.families.base import SCORER
 from rerankrt.precision import Precision
 from rerankrt.runtime.loader import open_backend
@@ -98,7 +98,8 @@ def build_engine(
     `max_batch` None: planned from the GPU's memory and the model (`engines.plan_engine_profile`).
     """
     manifest = load_manifest(artifact)
-    if problem := get_family(manifest.family).tensorrt_problem:
+    family = get_family(manifest.family)
+    if problem := family.tensorrt_problem:
         raise ExportError(problem)
     precision = Precision(precision)
     trt = import_tensorrt()
@@ -111,7 +112,7 @@ def build_engine(
     graph = _graph_for(artifact, manifest, precision)
     weights = sum(f.stat().st_size for f in [artifact / graph.file, *external_data_files(artifact / graph.file)])
     profile, why = plan_engine_profile(
-        _model_shape(artifact), gpu.memory, weights, max_length, precision, max_batch, opt_batch, opt_length
+        _model_shape(artifact, family), gpu.memory, weights, max_length, precision, max_batch, opt_batch, opt_length
     )
     plan_name = engine_file_name(graph.file, gpu.compute_capability, trt.__version__)
 
@@ -160,10 +161,10 @@ def self_check_engine(artifact: Path, manifest: Manifest, engine: Engine, gpu: s
     log.info("self-check: %s", check.summary())
 
 
-def _model_shape(artifact: Path) -> ModelShape:
+def _model_shape(artifact: Path, family: Family) -> ModelShape:
     config = artifact / "config.json"
     try:
-        return ModelShape.from_config(json.loads(config.read_text()))
+        return ModelShape.from_config(family.export_hints.language_sizes(json.loads(config.read_text())))
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"{config}: cannot read the model's sizes to plan the engine's profile ({exc})") from exc
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def build_variant(
     precision: str,
     family: Family,
-    model_type: str | None,
+    fusion: str | None,
     torch_model: torch.nn.Module,
     encoder: PairEncoder,
     folder: Path,
@@ -58,7 +58,7 @@ def build_variant(
     precision = Precision(precision)
     reference = family.wrap_scorer(torch_model).eval()
     graph = None
-    candidates = _candidates(precision, family, reference, model_type, folder, fp32_graph, int8_method)
+    candidates = _candidates(precision, family, reference, fusion, folder, fp32_graph, int8_method)
     for method, candidate in candidates:
         for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
             (folder / file).unlink()
@@ -78,7 +78,7 @@ def build_variant(
     return graph, report
 
 
-def _candidates(precision, family, reference, model_type, folder, fp32_graph, int8_method: str | None = None):
+def _candidates(precision, family, reference, fusion, folder, fp32_graph, int8_method: str | None = None):
     """(method, build -> (graph or None, {name: runner})) for each way to make `precision`, fastest first
     (int8: only `int8_method` when given); the runners are every CPU path that may serve it here."""
     if precision == Precision.BF16:
@@ -93,7 +93,7 @@ def _candidates(precision, family, reference, model_type, folder, fp32_graph, in
         def build(method=method):
             from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            graph = _build_graph(precision, method, folder, fp32_graph, model_type, family)
+            graph = _build_graph(precision, method, folder, fp32_graph, fusion, family)
             paths = {
                 f"onnxruntime {precision} graph ({method}), cpu": OnnxRuntimeBackend(
                     family, folder, {SCORER: graph.files[0]}
@@ -173,10 +173,11 @@ def _check_every_path(encoder, reference, paths: Mapping, method, precision, thr
     return kept
 
 
-def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, model_type, family) -> ExportedGraph:
+def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, fusion, family) -> ExportedGraph:
     source, target = folder / fp32_graph.files[0], folder / f"model.{precision}.onnx"
     if precision == Precision.INT8:
-        quantize_int8(source, target, model_type, family.int8_keep_float, method, family.int8_sensitive)
+        hints = family.export_hints
+        quantize_int8(source, target, fusion, hints.int8_keep_float, method, hints.int8_sensitive)
     else:
         cast_graph(source, target, precision)
     return describe_graph(folder, [target.name, *(p.name for p in external_data_files(target))])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -95,6 +95,31 @@ class GraphRunner(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
         """The graph's outputs (all, or those named) for `feeds`."""
         ...
+
+
+@dataclass(frozen=True)
+class ExportHints:
+    """What the exporter needs to know about a family's checkpoints beyond its graphs: one declaration per family."""
+
+    int8_keep_float: tuple[str, ...] = ()
+    """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
+    int8_sensitive: tuple[str, ...] = ()
+    """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
+    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
+    fusion: Mapping[str, str] = field(default_factory=dict)
+    """config.json `model_type` -> onnxruntime's transformer optimizer model type, for the checkpoints its optimizer
+    can fuse before dynamic int8 quantization (`fusion_type`)."""
+    language_config: str | None = None
+    """The config.json key holding the language model's sizes when the config nests it (multimodal checkpoints);
+    TensorRT profiles are planned from them (`language_sizes`)."""
+
+    def fusion_type(self, config: Mapping[str, Any]) -> str | None:
+        """onnxruntime's optimizer model type for this checkpoint, or None when it is not fused."""
+        return self.fusion.get(config.get("model_type") or "")
+
+    def language_sizes(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The part of config.json that holds the language model's sizes (hidden_size, heads, ...)."""
+        return config[self.language_config] if self.language_config else config
 
 
 @dataclass(frozen=True)
@@ -209,13 +234,20 @@ class Family(ABC):
     """Why a precision is missing from `precisions`, for the refusal."""
     tensorrt_problem: ClassVar[str | None] = None
     """Why TensorRT engines cannot serve this family, or None when they can."""
-    int8_keep_float: ClassVar[tuple[str, ...]] = ()
-    """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
     prefix_reuse_roles: ClassVar[tuple[str, ...]] = ()
     """Graph roles that serve prefix reuse (fp32 only) and score every row themselves: see `serving_roles`."""
-    int8_sensitive: ClassVar[tuple[str, ...]] = ()
-    """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
-    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
+    export_hints: ClassVar[ExportHints] = ExportHints()
+    """int8 keep-float and sensitive products, onnxruntime fusion, where a nested config keeps the sizes."""
+
+    @property
+    def int8_keep_float(self) -> tuple[str, ...]:
+        """`export_hints.int8_keep_float` (read by bench/ scripts)."""
+        return self.export_hints.int8_keep_float
+
+    @property
+    def int8_sensitive(self) -> tuple[str, ...]:
+        """`export_hints.int8_sensitive` (read by bench/ scripts)."""
+        return self.export_hints.int8_sensitive
 
     @classmethod
     @abstractmethod
