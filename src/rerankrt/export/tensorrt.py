@@ -48,8 +48,9 @@ from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export.graph_passes import float_cumsum
 from rerankrt.export.onnx_graph import describe_graph
 from rerankrt.export.precision import cast_graph, external_data_files
+from rerankrt.export.variants import variant_source
 from rerankrt.families import Family, get_family
-from rerankrt.families.base import SCORER
+from rerankrt.families.base import variant_role
 from rerankrt.precision import Precision
 from rerankrt.runtime.loader import open_backend
 from rerankrt.runtime.plan import ServingPlan
@@ -101,6 +102,7 @@ def build_engine(
     family = get_family(manifest.family)
     if problem := family.tensorrt_problem:
         raise ExportError(problem)
+    _, source = variant_source(family, list(manifest.graphs))
     precision = Precision(precision)
     trt = import_tensorrt()
     gpu = cuda_device()
@@ -109,7 +111,7 @@ def build_engine(
     max_length = max_length or manifest.max_length
     if max_length < manifest.max_length:
         raise ExportError(f"max length {max_length} is below the artifact's max_length {manifest.max_length}")
-    graph = _graph_for(artifact, manifest, precision)
+    graph = _graph_for(artifact, manifest, source, precision)
     weights = sum(f.stat().st_size for f in [artifact / graph.file, *external_data_files(artifact / graph.file)])
     profile, why = plan_engine_profile(
         _model_shape(artifact, family), gpu.memory, weights, max_length, precision, max_batch, opt_batch, opt_length
@@ -151,7 +153,9 @@ def self_check_engine(artifact: Path, manifest: Manifest, engine: Engine, gpu: s
         return
     family = get_family(manifest.family)
     encoder = family.load_encoder(artifact, manifest.max_length)
-    plan = ServingPlan("tensorrt", "cuda", engine.precision, folder=artifact, engine=engine)
+    role, _ = variant_source(family, list(manifest.graphs))
+    plan = ServingPlan("tensorrt", "cuda", engine.precision, folder=artifact, engine=engine, graphs={role: engine.file})
+    encoder.use_prefix_reuse(plan.prefix_reuse)
     backend = open_backend(plan, family)
     golden = GoldenSet.read(artifact / GOLDEN_NAME)
     tolerance = export_tolerance(artifact, PARITY_NAME)
@@ -169,16 +173,15 @@ def _model_shape(artifact: Path, family: Family) -> ModelShape:
         raise ExportError(f"{config}: cannot read the model's sizes to plan the engine's profile ({exc})") from exc
 
 
-def _graph_for(artifact: Path, manifest, precision: Precision) -> Graph:
-    """The scorer graph in `precision`, cast from the fp32 one (and listed in the manifest) if not there yet."""
-    if precision == Precision.FP32:
-        return manifest.graphs[SCORER]
-    role = f"{SCORER}.{precision}"
+def _graph_for(artifact: Path, manifest, source: str, precision: Precision) -> Graph:
+    """The graph of role `source` in `precision`, cast from the fp32 one (and listed in the manifest) if not there
+    yet."""
+    role = variant_role(source, precision)
     if role not in manifest.graphs:
-        source = manifest.graphs[SCORER]
-        target = source.file.removesuffix(".onnx") + f".{precision}.onnx"
-        log.info("casting %s to %s (norms and softmax stay fp32) ...", source.file, precision)
-        cast_graph(artifact / source.file, artifact / target, precision)
+        fp32 = manifest.graphs[source]
+        target = fp32.file.removesuffix(".onnx") + f".{precision}.onnx"
+        log.info("casting %s to %s (norms and softmax stay fp32) ...", fp32.file, precision)
+        cast_graph(artifact / fp32.file, artifact / target, precision)
         described = describe_graph(artifact, [target])
         extra = [p.name for p in external_data_files(artifact / target)]
         manifest.graphs[role] = Graph(file=target, inputs=described.inputs, outputs=described.outputs)

@@ -2,21 +2,23 @@
 
 `plan_serving` turns (the artifact's manifest or a plain model folder, what the user asked for, this machine)
 into candidate plans in the order `--backend auto` tries them; each candidate that cannot run here is a
-`Skipped` with its reason. Backends receive a plan and nothing else, so one function decides what serves.
+`Skipped` with its reason. Backends receive a plan and nothing else, so one function decides what serves; which
+of the artifact's graphs a plan runs (and whether rows reuse their prefixes) is the family's choice
+(`Family.serving_graphs`), never decided here.
 Nothing here loads a model or imports a backend library: planning is testable on any machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rerankrt.artifact import Engine, Manifest
 from rerankrt.engines import select_engine
 from rerankrt.errors import ArtifactError, BackendUnavailableError
 from rerankrt.families import Family
-from rerankrt.families.base import SCORER
+from rerankrt.families.base import base_role, variant_role
 from rerankrt.precision import ENGINE_PRECISIONS, Precision
 from rerankrt.runtime.machine import Machine
 
@@ -43,13 +45,14 @@ class ServingPlan:
     device: str  # cpu | cuda
     precision: Precision  # what computes
     folder: Path | None = None  # the artifact folder (None for a plain model)
-    graphs: Mapping[str, str] = field(default_factory=dict)  # onnxruntime, openvino: role -> file
+    graphs: Mapping[str, str] = field(default_factory=dict)  # role the family's pipeline runs -> file (engine file)
     engine: Engine | None = None  # tensorrt
     weights: str | None = None  # torch: a folder or Hub id holding the original weights
     revision: str | None = None  # torch: the Hub revision of `weights`
     weight_files: Mapping[str, str] | None = None  # torch from an artifact: the files `weights` must hold, hashed
     threads: int = 1  # intra-op threads on CPU
     tensorrt_ep: bool = False  # onnxruntime on CUDA behind ONNX Runtime's TensorRT provider
+    prefix_reuse: bool = False  # rows carry their prefix (the encoder marks it) and the family's pipeline reuses it
 
     def describe(self) -> str:
         what = self.engine.file if self.engine else ", ".join(self.graphs.values()) or self.weights
@@ -72,7 +75,7 @@ class Request:
     max_length: int = 512  # what the encoder makes: engines must take it
     threads: int | None = None
     tensorrt_ep: bool = False
-    prefix_reuse: bool = True  # load the family's prefix-reuse graphs (fp32 only)
+    prefix_reuse: bool = True  # the family's prefix reuse, where its choice of graphs has it
 
 
 def auto_order(precision: Precision) -> tuple[tuple[str, str], ...]:
@@ -138,27 +141,35 @@ def _candidates(family, request, machine, manifest, folder, model_ref, threads, 
         elif device == "cuda" and not machine.cuda:
             out.append(Skipped(backend, device, "no CUDA device"))
         elif backend == "torch":
-            out.append(_torch_plan(common, precision, explicit, manifest, model_ref))
+            out.append(_torch_plan(common, precision, explicit, manifest, model_ref, request.prefix_reuse))
         elif manifest is None:
             out.append(Skipped(backend, device, f"{model_ref} is a plain model folder; run `rerankrt export` first"))
         elif backend == "onnxruntime":
-            plan = _onnxruntime_plan(common, precision, manifest, machine, request.tensorrt_ep)
-            # the family's prefix-reuse graphs are fp32: beside the fp32 scorer only
-            fp32 = isinstance(plan, ServingPlan) and plan.precision == Precision.FP32
-            out.append(_prefix_reuse_graphs(plan, family, request.prefix_reuse and fp32))
+            out.append(_onnxruntime_plan(common, precision, family, manifest, machine, request))
         elif backend == "openvino":
-            plan = _openvino_plan(common, precision, manifest, machine)  # fp32 graphs (bf16 is a compile hint)
-            fp32 = isinstance(plan, ServingPlan) and plan.precision != Precision.INT8
-            out.append(_prefix_reuse_graphs(plan, family, request.prefix_reuse and fp32))
+            out.append(_openvino_plan(common, precision, family, manifest, machine, request.prefix_reuse))
         else:
-            out.append(_tensorrt_plan(common, precision, explicit, family, manifest, machine, request.max_length))
+            out.append(_tensorrt_plan(common, precision, explicit, family, manifest, machine, request))
     return out
 
 
-def _torch_plan(common: dict, precision: Precision, explicit: bool, manifest: Manifest | None, model_ref):
-    """bf16 weights for a bf16 artifact, and on a GPU unless fp32 was asked for; fp32 otherwise."""
+def _graph_plan(common: dict, family: Family, manifest: Manifest, graphs: Precision, reuse: bool,
+                computes: Precision | None = None, **fields) -> ServingPlan | Skipped:  # fmt: skip
+    """A plan running the artifact's graphs of precision `graphs` that the family chooses (computing in `computes`,
+    default `graphs`), or Skipped with the family's reason."""
+    choice = family.serving_graphs(list(manifest.graphs), graphs, reuse)
+    if isinstance(choice, str):
+        return Skipped(common["backend"], common["device"], choice)
+    files = {role: manifest.graphs[source].file for role, source in choice.graphs.items()}
+    return ServingPlan(**common, precision=computes or graphs, graphs=files, prefix_reuse=choice.prefix_reuse, **fields)
+
+
+def _torch_plan(common: dict, precision: Precision, explicit: bool, manifest: Manifest | None, model_ref, reuse: bool):
+    """bf16 weights for a bf16 artifact, and on a GPU unless fp32 was asked for; fp32 otherwise. The family's torch
+    scorer reuses prefixes itself whenever the encoder marks them."""
     cuda_default = common["device"] == "cuda" and not explicit
     dtype = Precision.BF16 if precision == Precision.BF16 or cuda_default else Precision.FP32
+    common = {**common, "prefix_reuse": reuse}
     if manifest is None:
         return ServingPlan(**common, precision=dtype, weights=model_ref)
     source = manifest.source  # the original weights: the export's local folder, else the Hub revision
@@ -172,51 +183,44 @@ def _torch_plan(common: dict, precision: Precision, explicit: bool, manifest: Ma
     return ServingPlan(**common, precision=dtype, weights=weights, revision=revision, weight_files=dict(source.files))
 
 
-def _onnxruntime_plan(common: dict, precision: Precision, manifest: Manifest, machine: Machine, tensorrt_ep: bool):
+def _onnxruntime_plan(common: dict, precision: Precision, family: Family, manifest: Manifest, machine: Machine,
+                      request: Request):  # fmt: skip
+    """The artifact's variant for this device (int8 on CPU, fp16 on CUDA) when it was exported with it, else its
+    fp32 graphs."""
     device = common["device"]
     if device == "cuda" and "CUDAExecutionProvider" not in machine.onnxruntime_providers:
         return Skipped("onnxruntime", device, "onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
-    if tensorrt_ep and device == "cuda" and "TensorrtExecutionProvider" not in machine.onnxruntime_providers:
+    tensorrt_ep = request.tensorrt_ep and device == "cuda"
+    if tensorrt_ep and "TensorrtExecutionProvider" not in machine.onnxruntime_providers:
         return Skipped("onnxruntime", device, "onnxruntime has no TensorRT execution provider in this build")
-    graphs = fp32_graphs(manifest)
     variant = ONNXRUNTIME_VARIANT[device]
-    runs = Precision.FP32
-    if precision == variant and f"{SCORER}.{variant}" in manifest.graphs:
-        graphs[SCORER], runs = manifest.graphs[f"{SCORER}.{variant}"].file, variant
-    return ServingPlan(**common, precision=runs, graphs=graphs, tensorrt_ep=tensorrt_ep and device == "cuda")
+    if precision == variant:
+        plan = _graph_plan(common, family, manifest, variant, request.prefix_reuse, tensorrt_ep=tensorrt_ep)
+        if isinstance(plan, ServingPlan):
+            return plan
+    return _graph_plan(common, family, manifest, Precision.FP32, request.prefix_reuse, tensorrt_ep=tensorrt_ep)
 
 
-def _prefix_reuse_graphs(plan: ServingPlan | Skipped, family: Family, reuse: bool) -> ServingPlan | Skipped:
-    """`plan` with the graphs `Family.serving_roles` picks: the prefix-reuse graphs instead of the scorer when
-    `reuse` (and the artifact has them), else without them."""
-    if isinstance(plan, Skipped):
-        return plan
-    return replace(plan, graphs={role: plan.graphs[role] for role in family.serving_roles(list(plan.graphs), reuse)})
-
-
-def fp32_graphs(manifest: Manifest) -> dict[str, str]:
-    """role -> file of every fp32 graph (variants are named `role.<precision>`)."""
-    return {role: graph.file for role, graph in manifest.graphs.items() if "." not in role}
-
-
-def _openvino_plan(common: dict, precision: Precision, manifest: Manifest, machine: Machine):
+def _openvino_plan(common: dict, precision: Precision, family: Family, manifest: Manifest, machine: Machine,
+                   reuse: bool):  # fmt: skip
     """The fp32 graphs, computed in bf16 (OpenVINO's precision hint) for a bf16 artifact on a CPU with BF16, in fp32
     otherwise: without BF16 instructions bf16 is emulated, slower than fp32 (OPENVINO_BF16 in docs/precision.md).
-    An int8 artifact: its int8 graph, which OpenVINO reads when its recipe uses standard operators (blockwise,
+    An int8 artifact: its int8 graphs, which OpenVINO reads when their recipe uses standard operators (blockwise,
     mixed; the export gate then checked OpenVINO's run too); the dynamic recipe's fused ONNX Runtime operators fail
     to load, and ONNX Runtime serves it."""
     if machine.openvino is None:
         return Skipped("openvino", "cpu", "openvino is not installed: pip install openvino")
-    graphs = fp32_graphs(manifest)
-    if precision == Precision.INT8 and f"{SCORER}.int8" in manifest.graphs:
-        return ServingPlan(
-            **common, precision=Precision.INT8, graphs={**graphs, SCORER: manifest.graphs[f"{SCORER}.int8"].file}
-        )
+    if precision == Precision.INT8:
+        plan = _graph_plan(common, family, manifest, Precision.INT8, reuse)
+        if isinstance(plan, ServingPlan):
+            return plan
     runs = Precision.BF16 if precision == Precision.BF16 and machine.cpu_bf16 else Precision.FP32
-    return ServingPlan(**common, precision=runs, graphs=graphs)
+    return _graph_plan(common, family, manifest, Precision.FP32, reuse, computes=runs)
 
 
-def _tensorrt_plan(common, precision, explicit, family, manifest: Manifest, machine: Machine, max_length: int):
+def _tensorrt_plan(common, precision, explicit, family, manifest: Manifest, machine: Machine, request: Request):
+    """The engine for this GPU and TensorRT version (of the precision asked for, else the fastest), running the one
+    graph the family chooses among those its engines were built from."""
     if machine.tensorrt is None:
         return Skipped("tensorrt", "cuda", "TensorRT is not installed: pip install 'rerankrt[gpu]'")
     wanted = precision if explicit else None  # asked for: that engine; else the fastest there is
@@ -231,9 +235,18 @@ def _tensorrt_plan(common, precision, explicit, family, manifest: Manifest, mach
             f"no {what}TensorRT engine for compute capability {machine.compute_capability} and TensorRT "
             f"{machine.tensorrt} in {common['folder']}; build one with: rerankrt build-engine {common['folder']}{flag}",
         )  # fmt: skip
-    if engine.profile.max[1] < max_length:
+    if engine.profile.max[1] < request.max_length:
         return Skipped(
             "tensorrt", "cuda", f"{engine.file} takes sequences up to {engine.profile.max[1]} tokens, the encoder "
-            f"makes {max_length}",
+            f"makes {request.max_length}",
         )  # fmt: skip
-    return ServingPlan(**common, precision=engine.precision, engine=engine)
+    built_from = [variant_role(base_role(role), engine.precision) for role, graph in manifest.graphs.items()
+                  if graph.file == engine.graph]  # fmt: skip
+    choice = family.serving_graphs(built_from, engine.precision, request.prefix_reuse)
+    if isinstance(choice, str):
+        return Skipped("tensorrt", "cuda", f"{engine.file} (built from {engine.graph}): {choice}")
+    if len(choice.graphs) != 1:
+        return Skipped("tensorrt", "cuda", f"an engine runs one graph; this serving runs {', '.join(choice.graphs)}")
+    graphs = {role: engine.file for role in choice.graphs}  # the engine stands for the graph of that role
+    return ServingPlan(**common, precision=engine.precision, engine=engine, graphs=graphs,
+                       prefix_reuse=choice.prefix_reuse)  # fmt: skip
