@@ -1,11 +1,12 @@
 """Load a model for serving: an artifact folder, or a plain model folder / Hub id (torch only).
 
 The serving plan (`runtime.plan`) lists the candidates in order; each is tried, and each that cannot load is
-logged with its reason before the next, and the encoder marks prefixes exactly when the plan being tried reuses
-them (`ServingPlan.prefix_reuse`, the family's choice). A named backend that cannot load anywhere is an error,
-never a silent switch to another backend. A plan that loads then scores the artifact's golden set on this machine
-(`runtime.self_check`) before it takes traffic: under `auto` one that misses is logged and the next is tried; a
-backend or precision asked for by name that misses is an error at start (SelfCheckFailed), with the figures.
+logged with its reason before the next. Each is opened by its backend's row (`plan.BACKEND_TABLE`), and the encoder
+marks prefixes exactly when the plan being tried reuses them (`ServingPlan.prefix_reuse`, the family's choice). A
+named backend that cannot load anywhere is an error, never a silent switch to another backend. A plan that loads
+then scores the artifact's golden set on this machine (`runtime.self_check`) before it takes traffic: under `auto`
+one that misses is logged and the next is tried; a backend or precision asked for by name that misses is an error
+at start (SelfCheckFailed), with the figures.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rerankrt.families import Family, PairEncoder, Recognition, detect_family, g
 from rerankrt.model_source import resolve_model
 from rerankrt.runtime.backend import Backend
 from rerankrt.runtime.machine import Machine
-from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
+from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving
 from rerankrt.runtime.self_check import GoldenSet, SelfCheck, SelfCheckFailed, export_tolerance, run_self_check
 from rerankrt.runtime.settings import EngineSettings
 
@@ -150,22 +151,8 @@ def _self_checker(settings: EngineSettings, folder: Path, manifest, encoder: Pai
 
 
 def open_backend(plan: ServingPlan, family: Family) -> Backend:
-    """The backend `plan` names, loaded as it says."""
-    if plan.backend == "tensorrt":
-        from rerankrt.runtime.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend.from_plan(plan, family)
-    if plan.backend == "onnxruntime":
-        from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend.from_plan(plan, family)
-    if plan.backend == "openvino":
-        from rerankrt.runtime.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend.from_plan(plan, family)
-    from rerankrt.runtime.torch_backend import TorchBackend
-
-    return TorchBackend.from_plan(plan, family)
+    """The backend `plan` names, loaded as it says (by its row in the backend table)."""
+    return backend_row(plan.backend).open(plan, family)
 
 
 def _request(settings: EngineSettings, encoder: PairEncoder) -> Request:
