@@ -121,10 +121,17 @@ class BackendRow:
     opens: str  # "module:Class": `Class.from_plan(plan, family)` loads it; the module is imported only then
     plan: Callable[[PlanInputs, str], ServingPlan | Skipped]  # (inputs, device) -> the candidate
     unavailable: Callable[[Machine, str], str | None] = _available  # why this machine cannot run it on a device
+    package: str | None = None  # a distribution it needs: Machine.detect finds its version, else it is unavailable
     refuses: Callable[[Family], str | None] = _serves_every_family  # why it cannot serve a family at all
     plain_models: bool = False  # serves a model folder or Hub id as it is (else: `rerankrt export` first)
     auto_rank: int = 0  # where `auto` tries it among one device's backends, lowest first (ties: table order)
     auto_rank_for: Mapping[tuple[str, Precision], int] = field(default_factory=dict)  # (device, precision) -> rank
+
+    def machine_problem(self, machine: Machine, device: str) -> str | None:
+        """Why this machine cannot run it on `device` (its package missing, then its own check), or None."""
+        if self.package and machine.package(self.package) is None:
+            return f"{self.package} is not installed: pip install {self.package}"
+        return self.unavailable(machine, device)
 
     def rank(self, device: str, precision: Precision) -> int:
         return self.auto_rank_for.get((device, Precision(precision)), self.auto_rank)
@@ -259,7 +266,8 @@ def backend_row(name: str) -> BackendRow:
     for row in BACKEND_TABLE:
         if row.name == name:
             return row
-    raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    choices = ", ".join(("auto", *(row.name for row in BACKEND_TABLE)))
+    raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {choices}")
 
 
 def auto_order(precision: Precision | str) -> tuple[tuple[str, str], ...]:
@@ -280,7 +288,7 @@ def availability(machine: Machine) -> dict[str, dict[str, str]]:
     """backend -> device -> "available", or why this machine cannot run it there (`rerankrt info`)."""
     return {
         row.name: {
-            device: _device_problem(machine, device) or row.unavailable(machine, device) or "available"
+            device: _device_problem(machine, device) or row.machine_problem(machine, device) or "available"
             for device in row.devices
         }
         for row in BACKEND_TABLE
@@ -310,10 +318,8 @@ def plan_serving(
     """Candidate plans for an artifact (`manifest` + `folder`) or a plain model (`model_ref`), in trying order: for an
     artifact with a reduced-precision variant and neither backend nor precision asked for, the variant's plans, then the
     fp32 ones."""
-    if request.backend not in BACKEND_CHOICES:
-        raise BackendUnavailableError(
-            f"unknown backend {request.backend!r}; choose one of {', '.join(BACKEND_CHOICES)}"
-        )
+    if request.backend != "auto":
+        backend_row(request.backend)  # an unknown name is refused with the choices
     threads = request.threads or machine.physical_cores
     if manifest is None:
         if request.precision not in (None, Precision.FP32):
@@ -344,7 +350,7 @@ def _candidates(inputs: PlanInputs) -> list[ServingPlan | Skipped]:
         elif inputs.manifest is None and not row.plain_models:
             plain = f"{inputs.model_ref} is a plain model folder; run `rerankrt export` first"
             out.append(Skipped(name, device, plain))
-        elif problem := row.unavailable(inputs.machine, device):
+        elif problem := row.machine_problem(inputs.machine, device):
             out.append(Skipped(name, device, problem))
         else:
             out.append(row.plan(inputs, device))
