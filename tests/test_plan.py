@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rerankrt.artifact import FORMAT_VERSION, Engine, Graph, Manifest, Profile, SourceModel
-from rerankrt.errors import ArtifactError
+from rerankrt.errors import ArtifactError, BackendUnavailableError
 from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime.machine import Machine
@@ -206,3 +206,26 @@ def test_backend_choices_are_the_same_everywhere():
     assert get_args(EngineSettings.model_fields["backend"].annotation) == BACKEND_CHOICES
     rerank = build_parser()._subparsers._group_actions[0].choices["rerank"]
     assert next(a for a in rerank._actions if a.dest == "backend").choices == BACKEND_CHOICES
+
+
+def test_a_backend_is_its_row(monkeypatch):
+    """A new row is planned, ordered under auto, checked against the machine's packages and listed by `info`."""
+    from rerankrt.runtime import plan as planning
+
+    def echo_plan(inputs, device):
+        return inputs.graph_plan("echo", device, Precision.FP32)
+
+    row = planning.BackendRow("echo", ("cpu",), "echo_backend:EchoBackend", echo_plan, package="echo-runtime",
+                              auto_rank=1, auto_rank_for={("cpu", Precision.INT8): 5})  # fmt: skip
+    monkeypatch.setattr(planning, "BACKEND_TABLE", (*planning.BACKEND_TABLE, row))
+    assert planning.auto_order(Precision.FP32)[3:] == (("openvino", "cpu"), ("onnxruntime", "cpu"), ("echo", "cpu"),
+                                                       ("torch", "cpu"))  # fmt: skip
+    assert planning.auto_order(Precision.INT8)[-1] == ("echo", "cpu")
+    with_it = Machine(physical_cores=2, packages=(("echo-runtime", "1.0"),))
+    chosen = plans(manifest(), with_it, backend="echo")
+    assert [(p.backend, p.device, p.graphs) for p in chosen] == [("echo", "cpu", {"scorer": "model.onnx"})]
+    missing = "echo-runtime is not installed: pip install echo-runtime"
+    assert cpu_plans(manifest(), CPU)[2] == ("echo", "skipped", missing)
+    assert planning.availability(with_it)["echo"] == {"cpu": "available"}
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'nope'; choose one of auto, .*, echo"):
+        plans(manifest(), CPU, backend="nope")

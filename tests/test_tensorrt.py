@@ -29,6 +29,7 @@ from rerankrt.engines import (
 )
 from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtError
 from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
+from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker
 from rerankrt.runtime.plan import ServingPlan
@@ -122,7 +123,8 @@ def test_profile_is_planned_from_gpu_memory_and_the_model():
 def test_model_shape_reads_config_json_and_nested_text_configs():
     config = {"hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 3072}
     assert ModelShape.from_config(config) == QWEN3_06B
-    assert ModelShape.from_config({"text_config": config, "vision_config": {"hidden_size": 32}}) == QWEN3_06B
+    nested = {"text_config": config, "vision_config": {"hidden_size": 32}}  # the family says where the sizes are
+    assert ModelShape.from_config(get_family("qwen3-vl-yes-no").export_hints.language_sizes(nested)) == QWEN3_06B
     assert ModelShape.from_config({"hidden_size": 32, "num_attention_heads": 4}).intermediate == 128
 
 

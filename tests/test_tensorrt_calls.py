@@ -297,3 +297,31 @@ def test_the_self_check_runs_the_engine_plan_on_the_golden_set_by_the_export_rul
     monkeypatch.setattr(builder, "open_backend", lambda plan, family: open_as_engine(plan, family, 1e-3))
     with pytest.raises(ExportError, match=r"tensorrt on cuda, fp32, model.fp32.sm89.plan misses.*NVIDIA L4.*0\.001"):
         builder.self_check_engine(folder, manifest, engine, "NVIDIA L4")
+
+
+class CpuStream:
+    """Stands in for a CUDA stream (torch.cuda.stream accepts it on a machine without CUDA)."""
+
+    cuda_stream = 0
+
+    def synchronize(self):
+        pass
+
+
+def test_the_engine_runs_as_the_family_graph_in_profile_sized_executions(monkeypatch):
+    """TensorRT runs the family's serving pipeline like every backend: the engine is the graph of the role the plan
+    names (`EngineGraph`), a batch over the profile's rows split into several executions."""
+    from rerankrt.families import get_family
+    from rerankrt.runtime.tensorrt_backend import EngineGraph
+
+    runner = EngineRunner(FakeTensorRT(VERSION), torch, b"engine", ENTRY, device="cpu")  # at most 4 rows
+    executed = []
+    execute = runner.execute
+    monkeypatch.setattr(runner, "execute", lambda feeds, rows, handle: executed.append(rows) or execute(feeds, rows, 0))
+    run = get_family("decoder-yes-no").serving_pipeline(None, {"scorer": EngineGraph(runner, CpuStream())})
+    batch = {"input_ids": np.ones((10, 5), np.int64), "attention_mask": np.ones((10, 5), np.int64),
+             "prefix_length": np.full(10, 3, np.int64)}  # fmt: skip
+    logits = run(batch)
+    assert logits.shape == (10,) and logits.dtype == np.float32
+    assert executed == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert set(runner.bound) == {"input_ids", "attention_mask"}  # the graph's own inputs only

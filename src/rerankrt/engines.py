@@ -6,7 +6,7 @@ Nothing here imports TensorRT: it is the logic that can be tested on any machine
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rerankrt.artifact import Engine, Profile
@@ -93,10 +93,11 @@ class ModelShape:
     intermediate: int
 
     @classmethod
-    def from_config(cls, config: dict) -> ModelShape:
-        text = config.get("text_config", config)  # multimodal configs nest the language model's
-        hidden = int(text["hidden_size"])
-        return cls(hidden, int(text["num_attention_heads"]), int(text.get("intermediate_size") or 4 * hidden))
+    def from_config(cls, sizes: Mapping) -> ModelShape:
+        """From the config that holds the sizes (a nested one for multimodal checkpoints:
+        `ExportHints.language_sizes`)."""
+        hidden = int(sizes["hidden_size"])
+        return cls(hidden, int(sizes["num_attention_heads"]), int(sizes.get("intermediate_size") or 4 * hidden))
 
 
 def sequence_bytes(model: ModelShape, length: int, precision: Precision | str) -> int:

@@ -33,9 +33,9 @@ from rerankrt.artifact import (
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import export_graph
 from rerankrt.export.parity import FP32_TOLERANCE, check_parity, golden_set
-from rerankrt.export.variants import build_variant
+from rerankrt.export.variants import build_variant, variant_source
 from rerankrt.families import detect_family
-from rerankrt.families.base import SCORER
+from rerankrt.families.base import SCORER, variant_role
 from rerankrt.model_source import resolve_model
 from rerankrt.precision import Precision
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -135,22 +135,24 @@ def export_model(
         variant_files = []
         if precision != Precision.FP32:
             with step(f"building the {precision} variant and checking its fidelity"):
+                role, fp32_role = variant_source(chosen, list(graphs))
                 variant, fidelity = build_variant(
                     precision,
                     chosen,
-                    config.get("model_type"),
+                    chosen.export_hints.fusion_type(config),
                     torch_model,
                     encoder,
                     staging,
-                    graphs[SCORER],
+                    graphs[fp32_role],
                     accept_fidelity_loss,
                     int8_method=int8_method,
                     golden=golden,
+                    role=role,
                 )
                 (staging / FIDELITY_NAME).write_text(_json(fidelity.to_dict()))
                 variant_files.append(FIDELITY_NAME)
                 if variant is not None:
-                    graphs[f"{SCORER}.{precision}"] = variant
+                    graphs[variant_role(fp32_role, precision)] = variant
         del torch_model
 
         with step("writing tokenizer files"):
@@ -200,13 +202,19 @@ def export_model(
 
 
 def _verify_graphs(family, staging: Path, graphs: dict, check, encoder, tolerance: float):
-    """The parity report of every set of graphs a serving may load (prefix reuse off, and on where the family has
-    prefix-reuse graphs), each run through ONNX Runtime as served: the worst one, naming every set checked."""
+    """The parity report of every set of fp32 graphs a serving may load (the family's choice with prefix reuse off,
+    and on where that differs), each run through ONNX Runtime as served: the worst one, naming every set checked."""
     files = {role: g.files[0] for role, g in graphs.items()}
-    settings = (False, True) if family.prefix_reuse_roles else (False,)
+    choices = []
+    for reuse in (False, True):
+        choice = family.serving_graphs(list(files), Precision.FP32, reuse)
+        if isinstance(choice, str):
+            raise ExportError(f"the {family.name} family cannot serve its own graphs: {choice}")
+        if choice not in choices:
+            choices.append(choice)
     reports = []
-    for reuse in settings:
-        served = {role: files[role] for role in family.serving_roles(list(files), reuse)}
+    for choice in choices:
+        served = {role: files[source] for role, source in choice.graphs.items()}
         backend = OnnxRuntimeBackend(family, staging, served)
         name = f"onnxruntime {backend.provider} ({', '.join(served.values())})"
         reports.append(check_parity(encoder, check, backend.run, name, tolerance))

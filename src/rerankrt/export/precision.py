@@ -53,8 +53,6 @@ FP32_OPS = [
     "Reciprocal",
 ]
 ONNX_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
-# config.json model_type -> onnxruntime transformer optimizer model type (architectures it can fuse)
-FUSABLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
 QUANTIZED_OPS = ["MatMul", "Attention"]  # not Gather: embedding lookups cost no arithmetic
 INT8_BLOCK = 32
 
@@ -156,15 +154,16 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
 def quantize_int8(
     source: Path,
     target: Path,
-    model_type: str | None = None,
+    fusion: str | None = None,
     keep_float: Sequence[str] = (),
     method: str = "dynamic",
     sensitive: Sequence[str] = (),
 ) -> Path:
     """Write `source` with int8 weight matrix products as `target`; `keep_float`: regexes of node names to skip.
 
-    dynamic: the graph fused first (when `model_type`, config.json's, is one onnxruntime's optimizer knows), weights
-    per output channel, activations per tensor at run time (MatMulInteger): the fastest on VNNI/AVX2 CPUs.
+    dynamic: the graph fused first when `fusion` names onnxruntime's optimizer model type for it (the family's
+    `ExportHints.fusion_type`, e.g. "bert"), weights per output channel, activations per tensor at run time
+    (MatMulInteger): the fastest on VNNI/AVX2 CPUs.
     blockwise: weights in blocks of INT8_BLOCK input rows with a scale each, activations quantized per block at run
     time (MatMulNBits, 8 bits, int8 compute): slower, markedly closer to fp32 on sensitive models.
     mixed: blockwise, with the products named by `sensitive` (regexes) also kept fp32.
@@ -177,7 +176,7 @@ def quantize_int8(
         keep_float = (*keep_float, *sensitive)
     large = bool(external_data_files(source))
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as tmp:
-        graph = _fuse(source, Path(tmp) / "fused.onnx", model_type, large) if method == "dynamic" else source
+        graph = _fuse(source, Path(tmp) / "fused.onnx", fusion, large) if method == "dynamic" else source
         excluded, quantized = _int8_exclusions(onnx.load(str(graph), load_external_data=False).graph, keep_float)
         log.info("int8 %s: %d weight matrix products quantized, %d kept fp32", method, quantized, len(excluded))
         if method == "dynamic":
@@ -229,14 +228,16 @@ def _int8_exclusions(graph: onnx.GraphProto, keep_float: Sequence[str]) -> tuple
     return excluded, quantized
 
 
-def _fuse(source: Path, target: Path, model_type: str | None, large: bool = False) -> Path:
-    """The graph with attention/GELU/layer-norm fused by onnxruntime's optimizer, or `source` when it can't."""
-    optimizer_type = FUSABLE_MODEL_TYPES.get(model_type or "")
-    if optimizer_type is None or large:  # the optimizer's save fails past 2 GB; fusion buys int8 little (README)
+def _fuse(source: Path, target: Path, fusion: str | None, large: bool = False) -> Path:
+    """The graph with attention/GELU/layer-norm fused by onnxruntime's optimizer as model type `fusion`, or `source`
+    when there is none."""
+    if fusion is None or large:  # the optimizer's save fails past 2 GB; fusion buys int8 little (README)
         return source
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
-    optimized = optimize_model(str(source), model_type=optimizer_type, num_heads=0, hidden_size=0, opt_level=1)
+    if fusion not in MODEL_TYPES:  # the optimizer would return the graph unfused, with a warning only
+        raise ValueError(f"{fusion!r} is not a model type of onnxruntime's optimizer ({', '.join(MODEL_TYPES)})")
+    optimized = optimize_model(str(source), model_type=fusion, num_heads=0, hidden_size=0, opt_level=1)
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     log.info("fused with onnxruntime's optimizer: %s", fused)
     optimized.save_model_to_file(str(target))

@@ -48,8 +48,9 @@ from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export.graph_passes import float_cumsum
 from rerankrt.export.onnx_graph import describe_graph
 from rerankrt.export.precision import cast_graph, external_data_files
-from rerankrt.families import get_family
-from rerankrt.families.base import SCORER
+from rerankrt.export.variants import variant_source
+from rerankrt.families import Family, get_family
+from rerankrt.families.base import variant_role
 from rerankrt.precision import Precision
 from rerankrt.runtime.loader import open_backend
 from rerankrt.runtime.plan import ServingPlan
@@ -98,8 +99,10 @@ def build_engine(
     `max_batch` None: planned from the GPU's memory and the model (`engines.plan_engine_profile`).
     """
     manifest = load_manifest(artifact)
-    if problem := get_family(manifest.family).tensorrt_problem:
+    family = get_family(manifest.family)
+    if problem := family.tensorrt_problem:
         raise ExportError(problem)
+    _, source = variant_source(family, list(manifest.graphs))
     precision = Precision(precision)
     trt = import_tensorrt()
     gpu = cuda_device()
@@ -108,10 +111,10 @@ def build_engine(
     max_length = max_length or manifest.max_length
     if max_length < manifest.max_length:
         raise ExportError(f"max length {max_length} is below the artifact's max_length {manifest.max_length}")
-    graph = _graph_for(artifact, manifest, precision)
+    graph = _graph_for(artifact, manifest, source, precision)
     weights = sum(f.stat().st_size for f in [artifact / graph.file, *external_data_files(artifact / graph.file)])
     profile, why = plan_engine_profile(
-        _model_shape(artifact), gpu.memory, weights, max_length, precision, max_batch, opt_batch, opt_length
+        _model_shape(artifact, family), gpu.memory, weights, max_length, precision, max_batch, opt_batch, opt_length
     )
     plan_name = engine_file_name(graph.file, gpu.compute_capability, trt.__version__)
 
@@ -150,7 +153,9 @@ def self_check_engine(artifact: Path, manifest: Manifest, engine: Engine, gpu: s
         return
     family = get_family(manifest.family)
     encoder = family.load_encoder(artifact, manifest.max_length)
-    plan = ServingPlan("tensorrt", "cuda", engine.precision, folder=artifact, engine=engine)
+    role, _ = variant_source(family, list(manifest.graphs))
+    plan = ServingPlan("tensorrt", "cuda", engine.precision, folder=artifact, engine=engine, graphs={role: engine.file})
+    encoder.use_prefix_reuse(plan.prefix_reuse)
     backend = open_backend(plan, family)
     golden = GoldenSet.read(artifact / GOLDEN_NAME)
     tolerance = export_tolerance(artifact, PARITY_NAME)
@@ -160,24 +165,23 @@ def self_check_engine(artifact: Path, manifest: Manifest, engine: Engine, gpu: s
     log.info("self-check: %s", check.summary())
 
 
-def _model_shape(artifact: Path) -> ModelShape:
+def _model_shape(artifact: Path, family: Family) -> ModelShape:
     config = artifact / "config.json"
     try:
-        return ModelShape.from_config(json.loads(config.read_text()))
+        return ModelShape.from_config(family.export_hints.language_sizes(json.loads(config.read_text())))
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"{config}: cannot read the model's sizes to plan the engine's profile ({exc})") from exc
 
 
-def _graph_for(artifact: Path, manifest, precision: Precision) -> Graph:
-    """The scorer graph in `precision`, cast from the fp32 one (and listed in the manifest) if not there yet."""
-    if precision == Precision.FP32:
-        return manifest.graphs[SCORER]
-    role = f"{SCORER}.{precision}"
+def _graph_for(artifact: Path, manifest, source: str, precision: Precision) -> Graph:
+    """The graph of role `source` in `precision`, cast from the fp32 one (and listed in the manifest) if not there
+    yet."""
+    role = variant_role(source, precision)
     if role not in manifest.graphs:
-        source = manifest.graphs[SCORER]
-        target = source.file.removesuffix(".onnx") + f".{precision}.onnx"
-        log.info("casting %s to %s (norms and softmax stay fp32) ...", source.file, precision)
-        cast_graph(artifact / source.file, artifact / target, precision)
+        fp32 = manifest.graphs[source]
+        target = fp32.file.removesuffix(".onnx") + f".{precision}.onnx"
+        log.info("casting %s to %s (norms and softmax stay fp32) ...", fp32.file, precision)
+        cast_graph(artifact / fp32.file, artifact / target, precision)
         described = describe_graph(artifact, [target])
         extra = [p.name for p in external_data_files(artifact / target)]
         manifest.graphs[role] = Graph(file=target, inputs=described.inputs, outputs=described.outputs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -25,17 +25,29 @@ from rerankrt.export.onnx_graph import ExportedGraph, describe_graph
 from rerankrt.export.parity import FIDELITY_THRESHOLDS, FidelityReport, FidelityThresholds, check_fidelity
 from rerankrt.export.precision import cast_graph, external_data_files, quantize_int8
 from rerankrt.families import Family, PairEncoder
-from rerankrt.families.base import SCORER, run_torch
+from rerankrt.families.base import run_torch
 from rerankrt.precision import INT8_METHODS, Precision
 from rerankrt.runtime.self_check import GoldenSet, run_self_check
 
 log = logging.getLogger(__name__)
 
 
+def variant_source(family: Family, roles: Sequence[str]) -> tuple[str, str]:
+    """(the role the family's pipeline runs it as, its fp32 role) of the one graph that reduced-precision variants
+    and TensorRT engines are made from: the family's choice of fp32 graphs without prefix reuse."""
+    choice = family.serving_graphs(list(roles), Precision.FP32, prefix_reuse=False)
+    if isinstance(choice, str):
+        raise ExportError(f"no graph to make a variant or engine of: {choice}")
+    if len(choice.graphs) != 1:
+        served = ", ".join(choice.graphs)
+        raise ExportError(f"variants and engines are made of one graph; the {family.name} family serves {served}")
+    return next(iter(choice.graphs.items()))
+
+
 def build_variant(
     precision: str,
     family: Family,
-    model_type: str | None,
+    fusion: str | None,
     torch_model: torch.nn.Module,
     encoder: PairEncoder,
     folder: Path,
@@ -44,9 +56,12 @@ def build_variant(
     thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
     int8_method: str | None = None,
     golden: GoldenSet | None = None,
+    *,
+    role: str,
 ) -> tuple[ExportedGraph | None, FidelityReport]:
-    """Build the `precision` variant in `folder` and check it against the fp32 torch scorer (and on the artifact's
-    `golden` set, as the serving-time self-check will judge it: a variant that passes the gate passes it here).
+    """Build the `precision` variant of `fp32_graph` in `folder` and check it, run by the family's pipeline as
+    `role` (`variant_source`), against the fp32 torch scorer (and on the artifact's `golden` set, as the
+    serving-time self-check will judge it: a variant that passes the gate passes it here).
 
     Raises ExportError when it misses a threshold, unless `accept_fidelity_loss` (then the report says so).
     `int8_method`: that int8 recipe only (default: each of INT8_METHODS until one passes).
@@ -58,7 +73,7 @@ def build_variant(
     precision = Precision(precision)
     reference = family.wrap_scorer(torch_model).eval()
     graph = None
-    candidates = _candidates(precision, family, reference, model_type, folder, fp32_graph, int8_method)
+    candidates = _candidates(precision, family, reference, fusion, folder, fp32_graph, role, int8_method)
     for method, candidate in candidates:
         for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
             (folder / file).unlink()
@@ -78,13 +93,13 @@ def build_variant(
     return graph, report
 
 
-def _candidates(precision, family, reference, model_type, folder, fp32_graph, int8_method: str | None = None):
+def _candidates(precision, family, reference, fusion, folder, fp32_graph, role, int8_method: str | None = None):
     """(method, build -> (graph or None, {name: runner})) for each way to make `precision`, fastest first
     (int8: only `int8_method` when given); the runners are every CPU path that may serve it here."""
     if precision == Precision.BF16:
         problem = bf16_hint_problem()
         method = "torch" if problem else "torch, openvino bf16 hint"
-        yield method, lambda: (None, _bf16_paths(family, reference, folder, fp32_graph, problem))
+        yield method, lambda: (None, _bf16_paths(family, reference, folder, fp32_graph, role, problem))
         return
     methods = (int8_method or INT8_METHODS) if precision == Precision.INT8 else ("cast",)
     methods = (methods,) if isinstance(methods, str) else methods
@@ -93,20 +108,20 @@ def _candidates(precision, family, reference, model_type, folder, fp32_graph, in
         def build(method=method):
             from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            graph = _build_graph(precision, method, folder, fp32_graph, model_type, family)
+            graph = _build_graph(precision, method, folder, fp32_graph, fusion, family)
             paths = {
                 f"onnxruntime {precision} graph ({method}), cpu": OnnxRuntimeBackend(
-                    family, folder, {SCORER: graph.files[0]}
+                    family, folder, {role: graph.files[0]}
                 ).run
             }
             if precision == Precision.INT8:  # OpenVINO serves the int8 graphs it can read: check its run too
-                paths.update(_openvino_int8_path(family, folder, graph, method))
+                paths.update(_openvino_int8_path(family, folder, graph, role, method))
             return graph, paths
 
         yield method, build
 
 
-def _openvino_int8_path(family, folder: Path, graph: ExportedGraph, method: str) -> dict:
+def _openvino_int8_path(family, folder: Path, graph: ExportedGraph, role: str, method: str) -> dict:
     """{name: runner} of OpenVINO's run of the int8 graph, or {} where OpenVINO is missing or cannot read it (the
     dynamic recipe's fused ONNX Runtime operators: then ONNX Runtime alone serves it, as the plan falls back)."""
     from rerankrt.errors import BackendUnavailableError
@@ -117,7 +132,7 @@ def _openvino_int8_path(family, folder: Path, graph: ExportedGraph, method: str)
     from rerankrt.runtime.openvino_backend import OpenVinoBackend
 
     try:
-        backend = OpenVinoBackend(family, folder, {SCORER: graph.files[0]}, physical_cores(), Precision.INT8)
+        backend = OpenVinoBackend(family, folder, {role: graph.files[0]}, physical_cores(), Precision.INT8)
     except BackendUnavailableError as exc:
         log.info("int8 (%s): not checked on OpenVINO, which will not serve it: %s", method, exc)
         return {}
@@ -135,7 +150,7 @@ def bf16_hint_problem() -> str | None:
     return None
 
 
-def _bf16_paths(family, reference, folder: Path, fp32_graph: ExportedGraph, problem: str | None) -> dict:
+def _bf16_paths(family, reference, folder: Path, fp32_graph: ExportedGraph, role: str, problem: str | None) -> dict:
     """name -> runner of every CPU path that serves a bf16 artifact here: torch bf16 weights, and OpenVINO's bf16
     hint on the fp32 graph unless `problem` says why it cannot serve here."""
     bf16 = copy.deepcopy(reference).to(torch.bfloat16)
@@ -144,7 +159,7 @@ def _bf16_paths(family, reference, folder: Path, fp32_graph: ExportedGraph, prob
         from rerankrt.runtime.machine import physical_cores
         from rerankrt.runtime.openvino_backend import OpenVinoBackend
 
-        hint = OpenVinoBackend(family, folder, {SCORER: fp32_graph.files[0]}, physical_cores(), Precision.BF16)
+        hint = OpenVinoBackend(family, folder, {role: fp32_graph.files[0]}, physical_cores(), Precision.BF16)
         paths[f"openvino bf16 hint on {fp32_graph.files[0]}, cpu"] = hint.run
     else:
         log.info("bf16: OpenVINO's bf16 hint is not checked: %s", problem)
@@ -173,10 +188,11 @@ def _check_every_path(encoder, reference, paths: Mapping, method, precision, thr
     return kept
 
 
-def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, model_type, family) -> ExportedGraph:
+def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, fusion, family) -> ExportedGraph:
     source, target = folder / fp32_graph.files[0], folder / f"model.{precision}.onnx"
     if precision == Precision.INT8:
-        quantize_int8(source, target, model_type, family.int8_keep_float, method, family.int8_sensitive)
+        hints = family.export_hints
+        quantize_int8(source, target, fusion, hints.int8_keep_float, method, hints.int8_sensitive)
     else:
         cast_graph(source, target, precision)
     return describe_graph(folder, [target.name, *(p.name for p in external_data_files(target))])

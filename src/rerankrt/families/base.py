@@ -4,9 +4,11 @@ A family declares how to recognise a checkpoint (`recognise`), how to turn a
 query and documents into model inputs (`load_encoder`), the torch module that
 maps a batch of those inputs to one relevance logit per pair (`load_scorer`),
 the ONNX graphs that compute the same function (`graphs`), how the export check
-proves them (`parity_check`), how its graphs run in sequence at serve time
-(`serving_pipeline`), and which precisions and backends it supports. The
-exporter and the runtime are generic over these declarations.
+proves them (`parity_check`), which of an artifact's graphs a serving runs
+(`serving_graphs`) and how they run in sequence (`serving_pipeline`), which
+precisions and backends it supports, and what the exporter needs to know beyond
+the graphs (`export_hints`). The exporter and the runtime are generic over these
+declarations.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -37,7 +39,18 @@ Content = str | Sequence[Mapping[str, Any]]
 """A query or document: text, or (multimodal families) content parts with decoded media."""
 
 SCORER = "scorer"
-"""The graph role whose output is the logit; variants of it are named `scorer.<precision>` in a manifest."""
+"""The graph role whose output is the logit (the one graph of most families)."""
+
+
+def variant_role(role: str, precision: Precision | str) -> str:
+    """The manifest role of `role`'s graph in `precision`: `role` for fp32, `role.<precision>` for a variant."""
+    precision = Precision(precision)
+    return role if precision == Precision.FP32 else f"{role}.{precision.value}"
+
+
+def base_role(role: str) -> str:
+    """The role a variant stands in for: `scorer.int8` -> `scorer`."""
+    return role.split(".", 1)[0]
 
 
 # --- what the exporter and the runtime are given ----------------------------------------------------
@@ -98,6 +111,50 @@ class GraphRunner(Protocol):
 
 
 @dataclass(frozen=True)
+class ServingGraphs:
+    """The graphs one serving runs, as the family chooses them (`Family.serving_graphs`)."""
+
+    graphs: Mapping[str, str]
+    """role `serving_pipeline` runs it as -> the role it has among the roles offered (`scorer` -> `scorer.int8`)"""
+    prefix_reuse: bool = False
+    """the pipeline reuses prefixes: rows must carry `prefix_length` (`PairEncoder.use_prefix_reuse`)"""
+
+
+def graphs_in(wanted: Sequence[str], available: Sequence[str], precision: Precision | str) -> dict[str, str] | str:
+    """{role: its role in `precision`} when every `wanted` role is `available` in `precision`, else why not."""
+    chosen = {role: variant_role(role, precision) for role in wanted}
+    missing = [role for role in chosen.values() if role not in available]
+    if not chosen or missing:
+        return f"no {' or '.join(missing) or 'graph'} graph (there are: {', '.join(available) or 'none'})"
+    return chosen
+
+
+@dataclass(frozen=True)
+class ExportHints:
+    """What the exporter needs to know about a family's checkpoints beyond its graphs: one declaration per family."""
+
+    int8_keep_float: tuple[str, ...] = ()
+    """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
+    int8_sensitive: tuple[str, ...] = ()
+    """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
+    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
+    fusion: Mapping[str, str] = field(default_factory=dict)
+    """config.json `model_type` -> onnxruntime's transformer optimizer model type, for the checkpoints its optimizer
+    can fuse before dynamic int8 quantization (`fusion_type`)."""
+    language_config: str | None = None
+    """The config.json key holding the language model's sizes when the config nests it (multimodal checkpoints);
+    TensorRT profiles are planned from them (`language_sizes`)."""
+
+    def fusion_type(self, config: Mapping[str, Any]) -> str | None:
+        """onnxruntime's optimizer model type for this checkpoint, or None when it is not fused."""
+        return self.fusion.get(config.get("model_type") or "")
+
+    def language_sizes(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The part of config.json that holds the language model's sizes (hidden_size, heads, ...)."""
+        return config[self.language_config] if self.language_config else config
+
+
+@dataclass(frozen=True)
 class Recognition:
     """Why a family claims a checkpoint: recorded in the artifact and shown by `rerankrt info`."""
 
@@ -130,8 +187,8 @@ class PairEncoder(ABC):
     pad_values: Mapping[str, int]
     padding_side: Literal["left", "right"] = "right"
     prefix_reuse: bool = False
-    """True when `encode` marks where each pair's shared prompt ends (`prefix_length`, see families.prefix_reuse);
-    the engine sets it False when prefix reuse is turned off (EngineSettings.prefix_reuse)."""
+    """True when `encode` marks where each pair's shared prompt ends (`prefix_length`, see families.prefix_reuse).
+    Encoders that can mark it declare True; `use_prefix_reuse` sets it to what the chosen plan runs."""
     max_length: int
     tokenizer: Any  # the Hugging Face fast tokenizer behind the encoding
 
@@ -149,6 +206,11 @@ class PairEncoder(ABC):
 
         With `truncate=False` a pair over `max_length` is an InputError naming `documents[i]`.
         """
+
+    def use_prefix_reuse(self, on: bool) -> None:
+        """Mark prefixes from now on when `on` and this kind of encoder can (its class's `prefix_reuse`); the loader
+        calls it with each plan it tries (`ServingPlan.prefix_reuse`, the family's `ServingGraphs.prefix_reuse`)."""
+        self.prefix_reuse = on and type(self).prefix_reuse
 
     def kept(self, index: int, document: int, others: int, truncate: bool, truncation: Truncation) -> tuple[int, int]:
         """[start, stop) of the `document` tokens of pair `index` that stay beside its `others` (query, prompt,
@@ -208,14 +270,20 @@ class Family(ABC):
     precision_note: ClassVar[str] = ""
     """Why a precision is missing from `precisions`, for the refusal."""
     tensorrt_problem: ClassVar[str | None] = None
-    """Why TensorRT engines cannot serve this family, or None when they can."""
-    int8_keep_float: ClassVar[tuple[str, ...]] = ()
-    """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
-    prefix_reuse_roles: ClassVar[tuple[str, ...]] = ()
-    """Graph roles that serve prefix reuse (fp32 only) and score every row themselves: see `serving_roles`."""
-    int8_sensitive: ClassVar[tuple[str, ...]] = ()
-    """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
-    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
+    """Why TensorRT engines cannot serve this family, or None when they can (an engine runs the one graph
+    `serving_graphs` chooses; `serving_pipeline` runs it)."""
+    export_hints: ClassVar[ExportHints] = ExportHints()
+    """int8 keep-float and sensitive products, onnxruntime fusion, where a nested config keeps the sizes."""
+
+    @property
+    def int8_keep_float(self) -> tuple[str, ...]:
+        """`export_hints.int8_keep_float` (read by bench/ scripts)."""
+        return self.export_hints.int8_keep_float
+
+    @property
+    def int8_sensitive(self) -> tuple[str, ...]:
+        """`export_hints.int8_sensitive` (read by bench/ scripts)."""
+        return self.export_hints.int8_sensitive
 
     @classmethod
     @abstractmethod
@@ -252,14 +320,17 @@ class Family(ABC):
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """The torch model the graphs are exported from (fp32 unless asked), in eval mode."""
 
-    def serving_roles(self, roles: Sequence[str], prefix_reuse: bool) -> list[str]:
-        """Which of an artifact's fp32 graph `roles` one serving loads: with `prefix_reuse` and the family's
-        prefix-reuse graphs there, those instead of the scorer graph (one copy of the weights); otherwise all but
-        them (`serving_pipeline` then runs the scorer alone)."""
-        reuse = set(self.prefix_reuse_roles)
-        if prefix_reuse and reuse and reuse <= set(roles):
-            return [role for role in roles if role != SCORER]
-        return [role for role in roles if role not in reuse]
+    def serving_graphs(
+        self, roles: Sequence[str], precision: Precision | str, prefix_reuse: bool
+    ) -> ServingGraphs | str:
+        """The graphs one serving in `precision` runs, chosen among `roles` (an artifact's graph roles, or those a
+        backend can run: `role` in fp32, `role.<precision>` for a variant), each under the role `serving_pipeline`
+        reads, and whether they reuse prefixes (asked for with `prefix_reuse`); or why they cannot serve.
+
+        By default: every graph of the artifact, each in `precision`, no prefix reuse."""
+        wanted = list(dict.fromkeys(base_role(role) for role in roles))
+        chosen = graphs_in(wanted, roles, precision)
+        return chosen if isinstance(chosen, str) else ServingGraphs(chosen)
 
     def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
         """The ONNX graphs of an artifact; by default one: optimum's export of a one-logit classifier."""

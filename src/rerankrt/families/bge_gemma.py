@@ -48,6 +48,7 @@ from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
     MODEL_LIMITS,
     Batch,
+    ExportHints,
     Features,
     PairEncoder,
     Truncation,
@@ -201,7 +202,7 @@ class BgeGemmaPairEncoder(PairEncoder):
 class BgeGemmaFamily(prefix_reuse.PrefixReuseFamily):
     name = "bge-gemma-yes"
     default_max_length = FLAG_MAX_LENGTH  # in FlagEmbedding's terms: the encoder adds twice the prompt's tokens
-    int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
+    export_hints = ExportHints(int8_keep_float=(r"(^|/)score/",))  # the folded one-logit head: tiny, sets the scale
     whole_reference = "transformers GemmaForSequenceClassification (folded Yes head), whole pairs, fp32, cpu"
 
     @classmethod

@@ -19,6 +19,7 @@ import torch
 from rerankrt.errors import UnsupportedModelError
 from rerankrt.families.base import (
     MODEL_LIMITS,
+    ExportHints,
     Family,
     Features,
     PairEncoder,
@@ -30,6 +31,9 @@ from rerankrt.families.base import (
 from rerankrt.model_source import read_config
 
 log = logging.getLogger(__name__)
+
+# config.json model_type -> onnxruntime's transformer optimizer model type (the architectures it can fuse)
+FUSABLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
 
 # A query may take at most this share of the token budget; the rest is the document's.
 QUERY_SHARE = 3 / 4
@@ -94,8 +98,11 @@ def _span(sequences: list[int | None], sequence: int) -> tuple[int, int]:
 class CrossEncoderFamily(Family):
     name = "cross-encoder"
     default_max_length = 512
-    int8_keep_float = (r"(^|/)classifier/",)  # the one-logit head: tiny, and it sets the scale
-    int8_sensitive = (r"/intermediate/dense/",)  # BERT/XLM-R FFN up-projection: its int8 error ranks worst
+    export_hints = ExportHints(
+        int8_keep_float=(r"(^|/)classifier/",),  # the one-logit head: tiny, and it sets the scale
+        int8_sensitive=(r"/intermediate/dense/",),  # BERT/XLM-R FFN up-projection: its int8 error ranks worst
+        fusion=FUSABLE_MODEL_TYPES,
+    )
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:

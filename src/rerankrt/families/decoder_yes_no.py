@@ -29,6 +29,7 @@ from rerankrt.families import prefix_reuse
 from rerankrt.families.base import (
     MODEL_LIMITS,
     Batch,
+    ExportHints,
     Features,
     PairEncoder,
     Truncation,
@@ -110,7 +111,7 @@ class YesNoPairEncoder(PairEncoder):
 class DecoderYesNoFamily(prefix_reuse.PrefixReuseFamily):
     name = "decoder-yes-no"
     default_max_length = 8192
-    int8_keep_float = (r"(^|/)score/",)  # the folded one-logit head: tiny, and it sets the scale
+    export_hints = ExportHints(int8_keep_float=(r"(^|/)score/",))  # the folded one-logit head: tiny, sets the scale
     whole_reference = "transformers Qwen3ForSequenceClassification (folded yes - no head), whole pairs, fp32, cpu"
 
     @classmethod

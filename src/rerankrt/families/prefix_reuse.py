@@ -54,9 +54,12 @@ from rerankrt.families.base import (
     OptimumGraph,
     PairEncoder,
     ParityCheck,
+    ServingGraphs,
     TorchGraph,
+    graphs_in,
     run_torch,
 )
+from rerankrt.precision import Precision
 
 DECODER = "decoder"
 ROLES = (DECODER,)
@@ -399,7 +402,6 @@ class PrefixReuseFamily(Family):
     """What the decoder families with prefix reuse share: the plain scorer graph plus the decoder graph, the torch
     scorer that reuses prefixes, and the parity check of both against the folded classifier on whole rows."""
 
-    prefix_reuse_roles = ROLES
     whole_reference: str  # how the parity reference is described: the folded classifier, whole pairs
 
     def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
@@ -408,6 +410,14 @@ class PrefixReuseFamily(Family):
 
     def wrap_scorer(self, export_model: torch.nn.Module) -> torch.nn.Module:
         return PrefixReuseScorer(export_model)
+
+    def serving_graphs(self, roles: Sequence[str], precision: Precision | str, prefix_reuse: bool):
+        """With `prefix_reuse` and the decoder graph among `roles` in `precision` (the export makes it in fp32): it
+        alone, for every row (one copy of the weights); otherwise the scorer graph alone (`graph_pipeline`)."""
+        if prefix_reuse and not isinstance(reuse := graphs_in(ROLES, roles, precision), str):
+            return ServingGraphs(reuse, prefix_reuse=True)
+        scorer = graphs_in((SCORER,), roles, precision)
+        return scorer if isinstance(scorer, str) else ServingGraphs(scorer)
 
     def parity_samples(self, encoder: PairEncoder) -> list | None:
         """The parity check's samples (None: the exporter's generated text)."""

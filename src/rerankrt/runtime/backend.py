@@ -13,7 +13,10 @@ from rerankrt.families.base import GraphRunner
 
 
 class Backend(Protocol):
-    name: str  # "tensorrt" | "onnxruntime" | "openvino" | "torch"
+    """What a backend module's class is: its row in `runtime.plan.BACKEND_TABLE` names it ("module:Class"), and the
+    loader opens it with `Class.from_plan(plan, family)`."""
+
+    name: str  # its row's name
     device: str  # "cpu" | "cuda"
 
     def run(self, batch: Batch) -> np.ndarray:

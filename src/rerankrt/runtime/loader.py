@@ -1,10 +1,12 @@
 """Load a model for serving: an artifact folder, or a plain model folder / Hub id (torch only).
 
 The serving plan (`runtime.plan`) lists the candidates in order; each is tried, and each that cannot load is
-logged with its reason before the next. A named backend that cannot load anywhere is an error, never a silent
-switch to another backend. A plan that loads then scores the artifact's golden set on this machine
-(`runtime.self_check`) before it takes traffic: under `auto` one that misses is logged and the next is tried; a
-backend or precision asked for by name that misses is an error at start (SelfCheckFailed), with the figures.
+logged with its reason before the next. Each is opened by its backend's row (`plan.BACKEND_TABLE`), and the encoder
+marks prefixes exactly when the plan being tried reuses them (`ServingPlan.prefix_reuse`, the family's choice). A
+named backend that cannot load anywhere is an error, never a silent switch to another backend. A plan that loads
+then scores the artifact's golden set on this machine (`runtime.self_check`) before it takes traffic: under `auto`
+one that misses is logged and the next is tried; a backend or precision asked for by name that misses is an error
+at start (SelfCheckFailed), with the figures.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rerankrt.families import Family, PairEncoder, Recognition, detect_family, g
 from rerankrt.model_source import resolve_model
 from rerankrt.runtime.backend import Backend
 from rerankrt.runtime.machine import Machine
-from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
+from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving
 from rerankrt.runtime.self_check import GoldenSet, SelfCheck, SelfCheckFailed, export_tolerance, run_self_check
 from rerankrt.runtime.settings import EngineSettings
 
@@ -69,10 +71,9 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
         # a Hub id names the model; a local folder by its last component, never the path on this machine
         name = settings.served_model_name or (source.ref if source.revision else source.path.name)
         plans = plan_serving(family, _request(settings, encoder), machine, model_ref=str(source.path))
-    encoder.prefix_reuse = encoder.prefix_reuse and settings.prefix_reuse
     log.info("model %s: family %s (%s), max_length %d", name, family.name, recognition.reason, encoder.max_length)
     explicit = settings.backend != "auto" or settings.precision is not None
-    backend, plan, check = open_first(plans, family, settings.backend, checker, explicit)
+    backend, plan, check = open_first(plans, family, settings.backend, checker, explicit, encoder)
     return LoadedModel(family, encoder, backend, plan, name, recognition, check, None if check else skipped)
 
 
@@ -85,9 +86,11 @@ def open_first(
     choice: str = "auto",
     check: Checker | None = None,
     explicit: bool = False,
+    encoder: PairEncoder | None = None,
 ) -> tuple[Backend, ServingPlan, SelfCheck | None]:
     """The backend of the first plan that loads and passes `check` here; every one that does not is logged with its
-    reason. A plan asked for by name (`explicit`) that misses the check is a SelfCheckFailed."""
+    reason. A plan asked for by name (`explicit`) that misses the check is a SelfCheckFailed. `encoder` marks
+    prefixes as each plan tried runs them (before its check, which encodes with it)."""
     reasons = []
     for plan in plans:
         if isinstance(plan, Skipped):
@@ -102,6 +105,8 @@ def open_first(
                     raise
                 reason = f"{type(exc).__name__}: {exc}"
             else:
+                if encoder is not None:
+                    encoder.use_prefix_reuse(plan.prefix_reuse)
                 result = check(backend, plan) if check is not None else None
                 if result is None or result.passed:
                     log.info("backend selected: %s", plan.describe())
@@ -146,22 +151,8 @@ def _self_checker(settings: EngineSettings, folder: Path, manifest, encoder: Pai
 
 
 def open_backend(plan: ServingPlan, family: Family) -> Backend:
-    """The backend `plan` names, loaded as it says."""
-    if plan.backend == "tensorrt":
-        from rerankrt.runtime.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(plan)
-    if plan.backend == "onnxruntime":
-        from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend.from_plan(plan, family)
-    if plan.backend == "openvino":
-        from rerankrt.runtime.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend.from_plan(plan, family)
-    from rerankrt.runtime.torch_backend import TorchBackend
-
-    return TorchBackend.from_plan(plan, family)
+    """The backend `plan` names, loaded as it says (by its row in the backend table)."""
+    return backend_row(plan.backend).open(plan, family)
 
 
 def _request(settings: EngineSettings, encoder: PairEncoder) -> Request:

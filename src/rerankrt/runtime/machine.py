@@ -64,6 +64,11 @@ class Machine:
     openvino: str | None = None  # OpenVINO's version when it is installed
     cpu_bf16: bool = False  # the CPU computes bf16 natively (BF16_FLAGS)
     cpu_features: tuple[str, ...] = ()  # those of CPU_FEATURES the CPU has (logged beside a self-check's figures)
+    packages: tuple[tuple[str, str], ...] = ()  # (distribution, version) installed, of those backend rows need
+
+    def package(self, name: str) -> str | None:
+        """The installed version of a distribution a backend row needs (`BackendRow.package`), or None."""
+        return dict(self.packages).get(name)
 
     @classmethod
     def detect(cls) -> Machine:
@@ -78,6 +83,10 @@ class Machine:
         except ImportError:
             providers = ()
         flags = cpu_flags()
+        from rerankrt.runtime.plan import BACKEND_TABLE  # what the backend rows need
+
+        needed = sorted({row.package for row in BACKEND_TABLE if row.package})
+        packages = tuple((name, version) for name in needed if (version := package_version(name)))
         return cls(
             physical_cores(),
             cuda,
@@ -87,6 +96,7 @@ class Machine:
             openvino_version(),
             bool(BF16_FLAGS & flags),
             tuple(f for f in CPU_FEATURES if f in flags),
+            packages,
         )
 
     def describe_cpu(self) -> str:
@@ -96,10 +106,16 @@ class Machine:
 
 def openvino_version() -> str | None:
     """OpenVINO's version when it is installed, found without importing it (the import loads its plugins)."""
-    if importlib.util.find_spec("openvino") is None:
+    return package_version("openvino")
+
+
+def package_version(name: str, module: str | None = None) -> str | None:
+    """The version of distribution `name` when its module (default: the same name) can be imported, found without
+    importing it."""
+    if importlib.util.find_spec(module or name.replace("-", "_")) is None:
         return None
     try:
-        return metadata.version("openvino")
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
 

@@ -12,6 +12,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from rerankrt.precision import Precision
+from rerankrt.runtime.plan import AUTO_ORDER, BACKEND_CHOICES, auto_order
+
+_AUTO = ", ".join(f"{backend} ({device})" for backend, device in AUTO_ORDER)
+_AUTO_BF16 = ", ".join(f"{backend} ({device})" for backend, device in auto_order(Precision.BF16) if device == "cpu")
 
 
 class EngineSettings(BaseModel):
@@ -21,10 +25,9 @@ class EngineSettings(BaseModel):
         description="artifact folder written by `rerankrt export` (served with ONNX Runtime), "
         "or a model folder / Hub id (served with torch, no export)"
     )
-    backend: Literal["auto", "tensorrt", "onnxruntime", "openvino", "torch"] = Field(
+    backend: Literal[BACKEND_CHOICES] = Field(  # one per row of runtime.plan.BACKEND_TABLE, and auto
         "auto",
-        description="inference backend (runtime.plan.BACKEND_CHOICES); auto tries the GPU paths (tensorrt, "
-        "onnxruntime, torch), then the CPU ones (openvino, onnxruntime, torch; torch before onnxruntime for bf16)",
+        description=f"inference backend; auto tries {_AUTO} (a bf16 artifact on CPU: {_AUTO_BF16})",
     )
     served_model_name: str | None = Field(
         None, description="name reported by /v1/models and in responses (default: the artifact folder's name)"

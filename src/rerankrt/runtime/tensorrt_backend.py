@@ -1,23 +1,24 @@
 """TensorRT backend: the artifact's engine for this GPU and TensorRT version, run on a CUDA stream.
 
-Device memory and the stream come from torch (already a dependency), so no
-extra CUDA binding is needed. Each input is converted to the type the engine
-declares for it (`get_tensor_dtype`: int64 for graphs parsed by TensorRT >= 9,
-int32 for others); a batch with more rows than the engine's profile allows is
-split into several executions. Every TensorRT call that can fail is checked
-and the error names the step, the tensor and the engine.
+The engine stands for the one graph the family's serving runs (`ServingPlan.graphs`: role -> engine file), and
+the family's `serving_pipeline` runs it like any other graph (`EngineGraph` is a `GraphRunner`). Device memory
+and the stream come from torch (already a dependency), so no extra CUDA binding is needed. Each input is
+converted to the type the engine declares for it (`get_tensor_dtype`: int64 for graphs parsed by TensorRT >= 9,
+int32 for others); a batch with more rows than the engine's profile allows is split into several executions.
+Every TensorRT call that can fail is checked and the error names the step, the tensor and the engine.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from rerankrt.artifact import Engine
 from rerankrt.engines import split_rows
 from rerankrt.errors import BackendUnavailableError
-from rerankrt.families import Batch
+from rerankrt.families import Batch, Family
 from rerankrt.runtime.plan import ServingPlan
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,34 @@ class EngineRunner:
             raise EngineError(f"TensorRT refused the address of {name!r} for {self.entry.file} (set_tensor_address)")
 
 
+class EngineGraph:
+    """An engine as the family's pipeline runs a graph (a `GraphRunner`): its one output for all rows, the rows
+    split into executions of at most the profile's batch, each on the stream and waited for."""
+
+    def __init__(self, runner: EngineRunner, stream):
+        self.runner, self.stream = runner, stream
+        self.input_names = runner.inputs
+        self.max_rows = runner.entry.profile.max[0]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        rows = len(next(iter(feeds.values())))
+        return [np.concatenate([self._execute(feeds, part) for part in split_rows(rows, self.max_rows)])]
+
+    def _execute(self, feeds: Mapping[str, np.ndarray], rows: slice) -> np.ndarray:
+        torch = self.runner.torch
+        with torch.cuda.stream(self.stream):
+            out = self.runner.execute(feeds, rows, self.stream.cuda_stream)
+        self.stream.synchronize()
+        return out.float().cpu().numpy()
+
+
 class TensorRTBackend:
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, plan: ServingPlan):
-        """The engine the plan chose (for this GPU, TensorRT version and precision; see `runtime.plan`)."""
+    def __init__(self, plan: ServingPlan, family: Family | None = None):
+        """The engine the plan chose (for this GPU, TensorRT version and precision; see `runtime.plan`), run by
+        `family`'s serving pipeline as the graph of the role the plan names (None: its output is the logits)."""
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -120,19 +143,17 @@ class TensorRTBackend:
         if not torch.cuda.is_available():
             raise BackendUnavailableError("no CUDA device for TensorRT")
         engine = plan.engine
-        self.torch = torch
         self.entry: Engine = engine
-        self.max_rows = engine.profile.max[0]
-        self.runner = EngineRunner(trt, torch, (plan.folder / engine.file).read_bytes(), engine)
         self.stream = torch.cuda.Stream()
+        runner = EngineRunner(trt, torch, (plan.folder / engine.file).read_bytes(), engine)
+        self.graphs = {role: EngineGraph(runner, self.stream) for role in plan.graphs or {"engine": engine.file}}
+        if family is None:
+            graph = next(iter(self.graphs.values()))
+            self.run = lambda batch: graph.run(batch)[0].reshape(-1)
+        else:
+            self.run = family.serving_pipeline(plan.folder, self.graphs)
         log.info("tensorrt engine %s (%s, profile %s)", engine.file, engine.precision, engine.profile.model_dump())
 
-    def run(self, batch: Batch) -> np.ndarray:
-        rows = len(next(iter(batch.values())))
-        return np.concatenate([self._execute(batch, part) for part in split_rows(rows, self.max_rows)])
-
-    def _execute(self, batch: Batch, rows: slice) -> np.ndarray:
-        with self.torch.cuda.stream(self.stream):
-            out = self.runner.execute(batch, rows, self.stream.cuda_stream)
-        self.stream.synchronize()
-        return out.float().reshape(-1).cpu().numpy()
+    @classmethod
+    def from_plan(cls, plan: ServingPlan, family: Family) -> TensorRTBackend:
+        return cls(plan, family)

@@ -16,6 +16,7 @@ import torch
 
 from rerankrt.families.base import (
     Batch,
+    ExportHints,
     Family,
     GraphRunner,
     PairEncoder,
@@ -47,6 +48,7 @@ class Qwen3VLFamily(Family):
     tensorrt_problem = (
         "TensorRT engines cover one-graph scorers; multimodal (vision + scorer) artifacts run on ONNX Runtime"
     )
+    export_hints = ExportHints(language_config="text_config")  # the decoder's sizes (vision_config: the encoder's)
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
