@@ -10,10 +10,10 @@ prefix reuse (exact), and the bf16 rows on every CPU backend this checkout has. 
 is skipped with the reason. Each row: pairs/s (one warm-up request of 2 documents, then the workload timed once),
 ratio vs the card and vs the fp32 whole-prompt path, max |Δ P(yes)| vs the card.
 
-    .venv/bin/python bench/prefix_reuse.py                          # ~30 min on 2 cores
-    .venv/bin/python bench/prefix_reuse.py --layers 4 --workloads typical     # quick look
-    .venv/bin/python bench/prefix_reuse.py --precision fp32 --build-only      # export while the machine is busy,
-    .venv/bin/python bench/prefix_reuse.py --precision fp32 --reuse-export    # then measure on the quiet machine
+    .venv/bin/python -m bench.prefix_reuse                          # ~30 min on 2 cores
+    .venv/bin/python -m bench.prefix_reuse --layers 4 --workloads typical     # quick look
+    .venv/bin/python -m bench.prefix_reuse --precision fp32 --build-only      # export while the machine is busy,
+    .venv/bin/python -m bench.prefix_reuse --precision fp32 --reuse-export    # then measure on the quiet machine
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ import argparse
 import gc
 import json
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import machine, write_result  # noqa: E402
-from bench.qwen3_reranker import build_model, card_scores, make_documents  # noqa: E402
-from rerankrt.testing.tiny_models import build_qwen3_tokenizer  # noqa: E402
+from bench.lib.models import build_qwen3_sized, qwen3_card_p_yes
+from bench.lib.plotting import prefix_reuse_figure
+from bench.lib.results import log, machine, markdown_table, write_result
+from bench.lib.text import documents_of_about
+from bench.lib.timing import once, repeat
+from rerankrt.runtime.fidelity import sigmoid
+from rerankrt.testing.tiny_models import build_qwen3_tokenizer
 
 TYPICAL_QUERY = "what is the giant panda and where does it live?"
 LONG_INSTRUCTION = (
@@ -65,16 +65,10 @@ ROWS = {  # label -> Reranker.load options
 }
 
 
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def timed(score, docs: list[str]) -> tuple[float, np.ndarray]:
-    """One warm-up call on 2 documents, then `score(docs)` timed once."""
-    score(docs[:2])
-    started = time.perf_counter()
-    out = np.asarray(score(docs), dtype=np.float64)
-    return time.perf_counter() - started, out
+def time_workload(score, docs: list[str]) -> tuple[float, np.ndarray]:
+    """One warm-up call on 2 documents, then `score(docs)` timed once: (seconds, scores)."""
+    timing = repeat(lambda: score(docs), 1, warm_up=lambda: score(docs[:2]))
+    return timing.best, np.asarray(timing.output, dtype=np.float64)
 
 
 def main() -> None:
@@ -111,11 +105,9 @@ def main() -> None:
     export_s = None
     if not args.reuse_export:
         shutil.rmtree(args.workdir, ignore_errors=True)
-        build_model(model_dir, args.layers)
+        build_qwen3_sized(model_dir, args.layers)
         log(f"exporting {model_dir} ({args.precision}) ...")
-        started = time.perf_counter()
-        export_model(str(model_dir), artifact, precision=args.precision)
-        export_s = time.perf_counter() - started
+        export_s, _ = once(lambda: export_model(str(model_dir), artifact, precision=args.precision))
         log(f"exported in {export_s:.0f} s")
     if args.build_only:
         return
@@ -125,12 +117,12 @@ def main() -> None:
     workloads = {}
     for name in args.workloads:  # inputs, and the card's scores and speed (the reference of every row)
         instruction, query, count, tokens = WORKLOADS[name]
-        docs = make_documents(tokenizer, count, tokens, seed=1)
+        docs = documents_of_about(tokenizer, count, tokens, seed=1)
 
         def card(docs, instruction=instruction, query=query):
-            return card_scores(card_model, model_dir, yes, no, query, docs, args.batch_size, instruction)
+            return qwen3_card_p_yes(card_model, model_dir, yes, no, query, docs, args.batch_size, instruction)
 
-        seconds, reference = timed(card, docs)
+        seconds, reference = time_workload(card, docs)
         workloads[name] = (instruction, query, docs, reference)
         results[name] = {"documents": count, "rows": {CARD: {"pairs_per_s": count / seconds}}}
         log(f"{name}: {CARD} {count / seconds:.3f} pairs/s")
@@ -156,8 +148,8 @@ def main() -> None:
             def run(docs, reranker=reranker, instruction=instruction, query=query):
                 return reranker.score(query, docs, instruction)
 
-            seconds, logits = timed(run, docs)
-            diff = float(np.abs(1 / (1 + np.exp(-logits)) - reference).max())
+            seconds, logits = time_workload(run, docs)
+            diff = float(np.abs(sigmoid(logits) - reference).max())
             results[name]["rows"][label] = {"pairs_per_s": len(docs) / seconds, "max_abs_diff_vs_card": diff}
             log(f"{name}: {label} {len(docs) / seconds:.3f} pairs/s, max |ΔP(yes)| {diff:.1e}")
         reranker.close()
@@ -181,39 +173,17 @@ def main() -> None:
         "results": results,
     }
     path = write_result(f"prefix_reuse_L{args.layers}", data)
-    print("\n| workload | prefix share | row | pairs/s | vs model card | vs today's fp32 | max abs ΔP(yes) vs card |")
-    print("|---|---|---|---|---|---|---|")
+    table = []
     for name, result in results.items():
         share = "–" if result.get("prefix_share") is None else f"{result['prefix_share']:.0%}"
-        for label, row in result["rows"].items():
-            print(
-                f"| {name} | {share} | {label} | {row['pairs_per_s']:.3f} | {row['vs_card']:.2f}x | "
-                f"{row.get('vs_today', float('nan')):.2f}x | {row['max_abs_diff_vs_card']:.1e} |"
-            )
-    plot(results, RESULT_PNG := path.with_suffix(".png"))
-    print(f"written {path} and {RESULT_PNG}")
-
-
-def plot(results: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [label for label in next(iter(results.values()))["rows"]]
-    shares = [r.get("prefix_share") or 0 for r in results.values()]
-    order = np.argsort(shares)
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for label in labels:
-        ys = [list(results.values())[i]["rows"].get(label, {}).get("vs_card", np.nan) for i in order]
-        ax.plot([shares[i] for i in order], ys, marker="o", label=label)
-    ax.set_xlabel("shared prompt / pair tokens")
-    ax.set_ylabel("pairs/s vs the model card's fp32 code")
-    ax.set_title("Qwen3-Reranker-0.6B size, 2 CPU threads")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+        table += [[name, share, label, f"{row['pairs_per_s']:.3f}", f"{row['vs_card']:.2f}x",
+                   f"{row.get('vs_today', float('nan')):.2f}x", f"{row['max_abs_diff_vs_card']:.1e}"]
+                  for label, row in result["rows"].items()]  # fmt: skip
+    header = ["workload", "prefix share", "row", "pairs/s", "vs model card", "vs today's fp32",
+              "max abs ΔP(yes) vs card"]  # fmt: skip
+    print("\n" + markdown_table(header, table))
+    prefix_reuse_figure(results, png := path.with_suffix(".png"))
+    print(f"written {path} and {png}")
 
 
 if __name__ == "__main__":
