@@ -44,10 +44,11 @@ PICTURES = {f"{i}.jpg": jpeg(i) for i in range(IMAGES)}
 
 
 def fetch_one_at_a_time(fetcher) -> None:
+    """The fetcher's fetch_all, one item at a time (the same pixel budget for every item)."""
     concurrent = fetcher.fetch_all
 
-    async def sequential(refs):
-        return [(await concurrent([ref]))[0] for ref in refs]
+    async def sequential(refs, budget=None):
+        return [(await concurrent([ref], budget))[0] for ref in refs]
 
     fetcher.fetch_all = sequential
 
