@@ -36,12 +36,11 @@ import shutil
 from pathlib import Path
 
 from bench.lib.clients import run_level
-from bench.lib.models import build_xlmr_sized
+from bench.lib.models import SERVED_XLMR, exported_xlmr
 from bench.lib.plotting import load_figure
 from bench.lib.results import RESULTS, machine, write_result
 from bench.lib.servers import rerankrt_serve
 from bench.lib.text import requests_of_tokens, requests_of_words
-from rerankrt.testing.tiny_models import build_xlmr
 
 CONFIGS = {
     "oldest-first": [],  # the defaults: oldest-first scheduling; on CPU, batches hold at most 10% padding
@@ -50,12 +49,11 @@ CONFIGS = {
     "interleaved, no padding cap": ["--scheduling", "interleaved", "--max-padding-ratio", "1"],
     "batching off": ["--max-batch-size", "1"],
 }
-BUILDERS = {"tiny": build_xlmr, "xlmr-base": build_xlmr_sized}  # xlmr-base: bge-reranker-base's shape
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "xlmr-base"], choices=["tiny", "xlmr-base"])
+    parser.add_argument("--models", nargs="+", default=list(SERVED_XLMR), choices=list(SERVED_XLMR))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="server configs")
     parser.add_argument("--workload", default="closed", choices=["closed", "burst"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64])
@@ -66,14 +64,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-bench-load"))
     args = parser.parse_args()
 
-    from rerankrt.export import export_model
-
     shutil.rmtree(args.workdir, ignore_errors=True)
     results: dict = {}
     for name in args.models:
-        model_dir = BUILDERS[name](args.workdir / name)
-        artifact = args.workdir / f"{name}-artifact"
-        export_model(str(model_dir), artifact)
+        artifact = exported_xlmr(name, args.workdir)
         count = args.requests if name == "tiny" else args.base_requests
         workloads = {}  # the same requests for every config
         for concurrency in args.concurrency:

@@ -23,18 +23,16 @@ from pathlib import Path
 import httpx
 
 from bench.lib.clients import run_level
-from bench.lib.models import build_xlmr_sized
+from bench.lib.models import SERVED_XLMR, exported_xlmr
 from bench.lib.results import machine, write_result
 from bench.lib.servers import rerankrt_serve
 from bench.lib.text import requests_of_words
-from rerankrt.testing.tiny_models import build_xlmr
 
 CONFIGS = {
     "plain server, 2 threads": ["--threads", "2"],
     "ray, 1 replica x 2 threads": ["--ray", "--replicas", "1", "--threads", "2", "--replica-cpus", "2"],
     "ray, 2 replicas x 1 thread": ["--ray", "--replicas", "2", "--threads", "1", "--replica-cpus", "1"],
 }
-BUILDERS = {"tiny": build_xlmr, "xlmr-base": build_xlmr_sized}  # xlmr-base: bge-reranker-base's shape
 
 
 def replicas_answered(replicas: int):
@@ -53,7 +51,7 @@ def replicas_answered(replicas: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "xlmr-base"], choices=["tiny", "xlmr-base"])
+    parser.add_argument("--models", nargs="+", default=list(SERVED_XLMR), choices=list(SERVED_XLMR))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--docs", type=int, default=8, help="documents per request")
     parser.add_argument("--requests", type=int, default=400, help="requests per configuration (tiny model)")
@@ -61,13 +59,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-bench-ray"))
     args = parser.parse_args()
 
-    from rerankrt.export import export_model
-
     shutil.rmtree(args.workdir, ignore_errors=True)
     results: dict = {}
     for name in args.models:
-        artifact = args.workdir / f"{name}-artifact"
-        export_model(str(BUILDERS[name](args.workdir / name)), artifact)
+        artifact = exported_xlmr(name, args.workdir)
         count = args.requests if name == "tiny" else args.base_requests
         requests = requests_of_words(count, args.docs, seed=0)
         results[name] = {}

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.lib.models import exported_xlmr
 from bench.lib.plotting import soak_figure
 from bench.lib.results import RESULTS, cpu_model, machine, write_result
 from bench.lib.servers import rerankrt_serve
 from rerankrt.testing.reference import WORDS
-from rerankrt.testing.tiny_models import build_xlmr
 
 
 def process_stats(pid: int) -> dict:
@@ -153,13 +153,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rerankrt-soak-") as tmp:
-        model_path = args.model_path
-        if model_path is None:
-            from rerankrt.export import export_model
-
-            source = build_xlmr(Path(tmp) / "model")
-            export_model(str(source), Path(tmp) / "tiny-xlmr")
-            model_path = str(Path(tmp) / "tiny-xlmr")
+        model_path = args.model_path or exported_xlmr("tiny", Path(tmp))
         log = Path(tmp) / "server.log"
         flags = ["--threads", str(args.threads)]
         with rerankrt_serve(model_path, flags, port=args.port, start_s=120, log=log) as server:

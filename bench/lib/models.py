@@ -35,6 +35,19 @@ def build_xlmr_sized(out: Path, name: str = "xlmr-base", max_positions: int = 51
     return build_xlmr(out, max_positions=max_positions, vocab_size=XLMR_VOCAB, initializer_range=0.02, **shape)
 
 
+SERVED_XLMR = {"tiny": build_xlmr, "xlmr-base": build_xlmr_sized}  # what the HTTP benchmarks serve by name
+
+
+def exported_xlmr(name: str, workdir: Path) -> Path:
+    """SERVED_XLMR's `name` built in WORKDIR/NAME and exported (fp32, `rerankrt export`'s defaults) to
+    WORKDIR/NAME-artifact; the artifact folder."""
+    from rerankrt.export import export_model
+
+    artifact = workdir / f"{name}-artifact"
+    export_model(str(SERVED_XLMR[name](workdir / name)), artifact)
+    return artifact
+
+
 def build_qwen3_sized(
     out: Path, layers: int = 28, vocab_size: int | None = QWEN3_VOCAB, max_positions: int = 40960
 ) -> Path:
