@@ -2,7 +2,7 @@
 imports a script. Run a script from the repository root as `python -m bench.NAME`.
 
     models          random-weight models of real sizes (the tiny test builders at real shapes), the Qwen3 model
-                    card's scoring, exporting a variant
+                    card's scoring, exporting a served model by name or a precision variant
     text            queries, documents and request bodies of given lengths
     servers         `rerankrt serve` in a subprocess on a free port, waiting until it is ready, stopping it
     infinity        Infinity, the peer server, in its own pinned environment (bench/.venv-infinity)
