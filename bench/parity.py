@@ -4,7 +4,7 @@ Fresh random queries and documents (1-120 words, so batches are padded and mixed
 prints one line per model and the export-time parity.json figure. The tests assert the 1e-4 bound; this
 prints the numbers behind it.
 
-    .venv/bin/python bench/parity.py
+    .venv/bin/python -m bench.parity
 """
 
 from __future__ import annotations

@@ -5,20 +5,17 @@ the scheduler forms is recorded, and time is counted as padded tokens (rows x lo
 costs on CPU). Per policy and padding cap: the median request's completion as a share of the burst, batches,
 mean padding and padded tokens. No model runs: this isolates the policy from the machine.
 
-    .venv/bin/python bench/scheduling_replay.py      # a few seconds
+    .venv/bin/python -m bench.scheduling_replay      # a few seconds
 """
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from rerankrt.runtime.scheduler import Scheduler  # noqa: E402
+from bench.lib.results import markdown_row, markdown_table
+from rerankrt.runtime.scheduler import Scheduler
 
 CASES = (  # (padding cap, top_up_tokens): the CPU default, then looser caps with full top-up (a GPU's default)
     (0.1, 1024),
@@ -66,10 +63,9 @@ def replay(policy: str, requests: int, docs: int, padding: float, top_up_tokens:
 
 
 def main() -> None:
-    print(
-        "| requests | padding cap | top_up_tokens | policy | median done at | batches | mean padding | padded tokens |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    header = ["requests", "padding cap", "top_up_tokens", "policy", "median done at", "batches", "mean padding",
+              "padded tokens"]  # fmt: skip
+    print(markdown_table(header, []))
     for requests in (16, 64):
         for padding, top_up in CASES:
             for policy in ("interleaved", "oldest-first"):
@@ -79,7 +75,7 @@ def main() -> None:
                 median, batches, pad, tokens = runs.mean(axis=0)
                 cells = (requests, padding, top_up or "batch limit", policy, f"{median:.2f}", f"{batches:.0f}",
                          f"{pad:.3f}", f"{tokens:.0f}")  # fmt: skip
-                print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+                print(markdown_row(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,39 +3,34 @@
 
     .venv/bin/python -m bench.self_check_cost                         # bge-reranker-base's shape, fp32 and int8
     .venv/bin/python -m bench.self_check_cost --models xlmr-base qwen3-0.6b
+    .venv/bin/python -m bench.self_check_cost --models xlmr-tiny --results /tmp/scc   # checks the script, seconds
 
-Results: bench/results/self_check_cost.json (the machine's CPU features beside every figure).
+Results: bench/results/self_check_cost.json (the machine's CPU features, `cpu_features`, beside every figure).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from bench.common import machine, write_result
-from bench.cpu_speed import XLMR_SHAPES, build_xlmr_model, export, log
-from bench.qwen3_reranker import build_model as build_qwen3_model
+from bench.lib.models import build_qwen3_sized, build_xlmr_sized, export_variant
+from bench.lib.results import RESULTS, log, machine, write_result
+from bench.lib.timing import once
 from rerankrt.runtime import Reranker
-from rerankrt.runtime.machine import Machine
+from rerankrt.testing.tiny_models import build_xlmr
 
-BUILDERS = {
-    "xlmr-base": lambda out: build_xlmr_model(out, XLMR_SHAPES["xlmr-base"]),
-    "qwen3-0.6b": lambda out: build_qwen3_model(out, 28),
+BUILDERS = {  # bge-reranker-base's and Qwen3-Reranker-0.6B's shapes; xlmr-tiny (the test model) checks the script
+    "xlmr-base": build_xlmr_sized,
+    "qwen3-0.6b": build_qwen3_sized,
+    "xlmr-tiny": build_xlmr,
 }
 
 
-def timed_load(folder: Path, **options) -> tuple[float, Reranker]:
-    started = time.perf_counter()
-    reranker = Reranker.load(str(folder), **options)
-    return time.perf_counter() - started, reranker
-
-
 def measure(folder: Path) -> dict:
-    with_check, reranker = timed_load(folder)
+    with_check, reranker = once(lambda: Reranker.load(str(folder)))
     check = reranker.model.self_check
     reranker.close()
-    without, reranker = timed_load(folder, self_check=False)
+    without, reranker = once(lambda: Reranker.load(str(folder), self_check=False))
     reranker.close()
     row = {
         "plan": check.plan,
@@ -56,6 +51,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(BUILDERS), default=["xlmr-base"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rerankrt-bench-self-check"))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where self_check_cost.json goes")
     args = parser.parse_args()
     rows = {}
     for name in args.models:
@@ -65,10 +61,10 @@ def main() -> None:
         for precision in args.precisions:
             folder = args.workdir / name / precision
             if not (folder / "manifest.json").exists():
-                export(model_dir, folder, precision)
+                export_variant(model_dir, folder, precision)
             rows[f"{name} {precision}"] = measure(folder)
-    result = {"machine": {**machine(), "cpu": Machine.detect().describe_cpu()}, "rows": rows}
-    print(write_result("self_check_cost", result))
+    result = {"machine": machine(), "rows": rows}
+    print(write_result("self_check_cost", result, args.results))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ length; a tenth of them also carry hostile parts the budgets must refuse (an ove
 too many documents), so the refusal paths soak too. JSON and a PNG go to bench/results/soak.{json,png}.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python bench/soak.py                    # the full hour
-    .venv/bin/python bench/soak.py --minutes 10       # a shorter run
+    .venv/bin/python -m bench.soak                    # the full hour
+    .venv/bin/python -m bench.soak --minutes 10       # a shorter run
 """
 
 from __future__ import annotations
@@ -19,30 +19,17 @@ import argparse
 import asyncio
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import RESULTS, machine, write_result  # noqa: E402
-from rerankrt.testing.tiny_models import CORPUS, build_xlmr  # noqa: E402
-
-WORDS = sorted({w for line in CORPUS for w in line.split()})
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+from bench.lib.models import exported_xlmr
+from bench.lib.plotting import soak_figure
+from bench.lib.results import RESULTS, cpu_model, machine, write_result
+from bench.lib.servers import rerankrt_serve
+from rerankrt.testing.reference import WORDS
 
 
 def process_stats(pid: int) -> dict:
@@ -152,33 +139,6 @@ async def soak(
     return samples
 
 
-def plot(samples: list[dict], out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = [s["t_s"] / 60 for s in samples]
-    fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
-    axes[0].plot(t, [s["rss_mb"] for s in samples])
-    axes[0].set_ylabel("RSS (MB)")
-    axes[1].plot(t, [s["fds"] for s in samples], label="open fds")
-    axes[1].plot(t, [s["threads"] for s in samples], label="threads")
-    axes[1].legend()
-    axes[2].plot(t, [s["p50_ms"] for s in samples], label="p50")
-    axes[2].plot(t, [s["p99_ms"] for s in samples], label="p99")
-    axes[2].set_ylabel("latency (ms)")
-    axes[2].legend()
-    axes[3].plot(t, [s["errors"] for s in samples], label="errors per window")
-    axes[3].plot(t, [s.get("shed", 0) for s in samples], label="shed by the client per window")
-    axes[3].plot(t, [s["offered_rps"] for s in samples], label="offered req/s")
-    axes[3].set_xlabel("minutes")
-    axes[3].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", help="an artifact folder (default: the tiny cross-encoder, exported here)")
@@ -193,34 +153,17 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rerankrt-soak-") as tmp:
-        model_path = args.model_path
-        if model_path is None:
-            from rerankrt.export import export_model
-
-            source = build_xlmr(Path(tmp) / "model")
-            export_model(str(source), Path(tmp) / "tiny-xlmr")
-            model_path = str(Path(tmp) / "tiny-xlmr")
-        base = f"http://127.0.0.1:{args.port}"
-        command = [sys.executable, "-m", "rerankrt.cli", "serve", "--model-path", model_path, "--port",
-                   str(args.port), "--threads", str(args.threads), "--log-level", "warning"]  # fmt: skip
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.5)
-            rps = asyncio.run(capacity(base, 20, args.concurrency, args.documents))
+        model_path = args.model_path or exported_xlmr("tiny", Path(tmp))
+        log = Path(tmp) / "server.log"
+        flags = ["--threads", str(args.threads)]
+        with rerankrt_serve(model_path, flags, port=args.port, start_s=120, log=log) as server:
+            rps = asyncio.run(capacity(server.base, 20, args.concurrency, args.documents))
             rate = args.load * rps
             print(f"capacity {rps:.1f} req/s; soaking at {rate:.1f} req/s for {args.minutes:g} min", flush=True)
             samples = asyncio.run(
-                soak(base, server.pid, rate, args.minutes, args.window, args.documents, args.max_in_flight)
+                soak(server.base, server.proc.pid, rate, args.minutes, args.window, args.documents, args.max_in_flight)
             )
-        finally:
-            server.terminate()
-            stderr = server.communicate(timeout=60)[1]
+        stderr = log.read_text()
     first, last = samples[0], samples[-1]
     summary = {
         "capacity_rps": round(rps, 2),
@@ -236,7 +179,7 @@ def main() -> None:
         "p99_ms_max": max(s["p99_ms"] for s in samples if s["p99_ms"] is not None),
     }
     result = {
-        "machine": {**machine(), "cpu_model": cpu_model()},
+        "machine": machine(),
         "settings": vars(args),
         "summary": summary,
         "samples": samples,
@@ -244,7 +187,7 @@ def main() -> None:
     }
     path = write_result("soak", result)
     title = f"rerankrt soak: {rate:.1f} req/s ({args.load:.0%} of capacity), {args.minutes:g} min, {cpu_model()}"
-    plot(samples, RESULTS / "soak.png", title)
+    soak_figure(samples, RESULTS / "soak.png", title)
     print(f"{path}\n{summary}")
 
 

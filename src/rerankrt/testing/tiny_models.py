@@ -148,19 +148,27 @@ def model_card(out: Path, base_model: str) -> None:
 
 
 def build_qwen3(
-    out: Path, tied: bool = True, seed: int = 0, max_positions: int = 1024, weights: bool = True, named: bool = True
+    out: Path,
+    tied: bool = True,
+    seed: int = 0,
+    max_positions: int = 1024,
+    weights: bool = True,
+    named: bool = True,
+    **shape,
 ) -> Path:
     """A two-layer Qwen3ForCausalLM with grouped-query attention, tied or untied LM head; `named`: with a model
-    card naming Qwen/Qwen3-Reranker-0.6B, so the decoder yes/no family recognises it."""
+    card naming Qwen/Qwen3-Reranker-0.6B, so the decoder yes/no family recognises it. `shape`: Qwen3Config
+    arguments that replace the tiny ones (the benchmarks build real sizes this way, bench/lib/models.py)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = build_qwen3_tokenizer()
-    config = Qwen3Config(
+    tiny = dict(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_positions,
         tie_word_embeddings=tied, initializer_range=0.2, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=None, bos_token_id=None,
     )  # fmt: skip
+    config = Qwen3Config(**(tiny | shape))
     torch.manual_seed(seed)
     _save(Qwen3ForCausalLM, config, out, weights)
     tokenizer.save_pretrained(out)
@@ -169,13 +177,16 @@ def build_qwen3(
     return Path(out)
 
 
-def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1, weights: bool = True, max_positions: int = 514) -> Path:
+def build_xlmr(
+    out: Path, seed: int = 0, num_labels: int = 1, weights: bool = True, max_positions: int = 514, **shape
+) -> Path:
     """A two-layer XLMRobertaForSequenceClassification; `max_positions` counts the padding offset (514 holds 512
-    tokens), as config.json's max_position_embeddings does."""
+    tokens), as config.json's max_position_embeddings does. `shape`: XLMRobertaConfig arguments that replace the
+    tiny ones (the benchmarks build real sizes this way, bench/lib/models.py)."""
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     tokenizer = build_xlmr_tokenizer()
-    config = XLMRobertaConfig(
+    tiny = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
@@ -189,6 +200,7 @@ def build_xlmr(out: Path, seed: int = 0, num_labels: int = 1, weights: bool = Tr
         eos_token_id=tokenizer.eos_token_id,
         initializer_range=0.2,
     )
+    config = XLMRobertaConfig(**(tiny | shape))
     torch.manual_seed(seed)
     _save(XLMRobertaForSequenceClassification, config, out, weights)
     tokenizer.save_pretrained(out)

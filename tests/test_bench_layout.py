@@ -1,0 +1,77 @@
+"""bench/ is a toolkit: scripts import bench.lib (and rerankrt), never each other; bench.lib imports no script; no
+import cycle; no sys.path edits (every script runs as `python -m bench.NAME` from the repository root)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(BENCH.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def bench_imports() -> dict[str, set[str]]:
+    """Every module under bench/ -> the bench modules it imports (at the top or inside a function)."""
+    modules = {module_name(path): path for path in BENCH.rglob("*.py") if ".venv" not in path.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (the first one again at the end), or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for child in sorted(graph.get(node, ())):
+            if state.get(child) == "open":
+                return [*path[path.index(child) :], child] if child in path else [node, child]
+            if child not in state and (cycle := visit(child, [*path, child])):
+                return cycle
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [node])):
+            return cycle
+    return None
+
+
+def is_library(module: str) -> bool:
+    return module == "bench.lib" or module.startswith("bench.lib.")
+
+
+def test_scripts_import_only_the_library_and_nothing_imports_a_script():
+    graph = bench_imports()
+    scripts = {m for m in graph if not is_library(m) and m != "bench"}
+    assert "bench.cpu_speed" in scripts and "bench.lib.models" in graph  # the walk found the tree
+    wrong = {m: sorted(graph[m] & scripts) for m in graph if graph[m] & scripts}
+    assert not wrong, f"modules importing a benchmark script (move what they share into bench/lib): {wrong}"
+
+
+def test_no_import_cycle():
+    assert find_cycle(bench_imports()) is None
+
+
+def test_no_sys_path_edits():
+    edits = [
+        str(p.relative_to(BENCH)) for p in BENCH.rglob("*.py") if ".venv" not in p.parts and "sys.path" in p.read_text()
+    ]
+    assert not edits, f"run scripts as `python -m bench.NAME` from the repository root instead: {edits}"
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
