@@ -359,7 +359,12 @@ def minilm_section(args) -> dict:
     for method in INT8_METHODS:  # every recipe, whichever the export gate kept
         graph = f"{method}.onnx"
         quantize_int8(
-            int8_art / "model.onnx", work / graph, "bert", family.int8_keep_float, method, family.int8_sensitive
+            int8_art / "model.onnx",
+            work / graph,
+            "bert",
+            family.export_hints.int8_keep_float,
+            method,
+            family.export_hints.int8_sensitive,
         )
         runners[f"int8 {method} onnxruntime"] = OnnxRuntimeBackend(family, work, {"scorer": graph}).run
         if method != "dynamic":  # OpenVINO serves the blockwise/mixed graphs (not the dynamic one's fused operators)

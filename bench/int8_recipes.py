@@ -47,8 +47,10 @@ def recipes(family) -> dict[str, tuple[str, tuple[str, ...]]]:
     """name -> (quantize_int8 method, keep_float regexes)."""
     from rerankrt.precision import INT8_METHODS
 
-    out = {method: (method, family.int8_keep_float) for method in INT8_METHODS}
-    out |= {name: ("blockwise", (*family.int8_keep_float, group)) for name, group in SENSITIVITY_GROUPS.items()}
+    out = {method: (method, family.export_hints.int8_keep_float) for method in INT8_METHODS}
+    out |= {
+        name: ("blockwise", (*family.export_hints.int8_keep_float, group)) for name, group in SENSITIVITY_GROUPS.items()
+    }
     return out
 
 
@@ -94,12 +96,12 @@ def minilm(work: Path, repeats: int) -> dict:
     log(f"minilm fp32 {rows['fp32']}")
     for name, (method, keep) in recipes(family).items():
         graph = work / f"{name.replace(' ', '_').replace(',', '').replace('/', '')}.onnx"
-        quantize_int8(fp32, graph, "bert", keep, method, family.int8_sensitive)
+        quantize_int8(fp32, graph, "bert", keep, method, family.export_hints.int8_sensitive)
         run = session(graph)
         gate = check_fidelity(encoder, reference, run, name, "int8")
         rows[name] = {
             "method": method,
-            "keep_float": list(keep if method != "mixed" else (*keep, *family.int8_sensitive)),
+            "keep_float": list(keep if method != "mixed" else (*keep, *family.export_hints.int8_sensitive)),
             "gate": {k: v for k, v in gate.to_dict().items() if k not in ("thresholds", "reference", "candidate")},
             "natural": natural_fidelity(ref_logits, np.concatenate([run(b) for b in samples])),
             "pairs_per_s": pairs_per_s(run, speed_batches, 64, repeats),
@@ -130,8 +132,8 @@ def xlmr_base(work: Path, repeats: int) -> dict:
     batches = [encoder.collate(pairs[i : i + 8]) for i in range(0, len(pairs), 8)]
     rows = {"fp32": {"pairs_per_s": pairs_per_s(session(fp32), batches, len(pairs), repeats)}}
     for method in INT8_METHODS:
-        graph = quantize_int8(fp32, work / f"xlmr-{method}.onnx", "xlm-roberta", family.int8_keep_float, method,
-                              family.int8_sensitive)  # fmt: skip
+        graph = quantize_int8(fp32, work / f"xlmr-{method}.onnx", "bert", family.export_hints.int8_keep_float, method,
+                              family.export_hints.int8_sensitive)  # fmt: skip
         rows[method] = {"pairs_per_s": pairs_per_s(session(graph), batches, len(pairs), repeats)}
         log(f"xlmr-base {method}: {rows[method]}")
     for row in rows.values():

@@ -238,8 +238,10 @@ def test_int8_recipes_quantize_run_and_keep_the_named_products_fp32(model_dirs, 
 
     family = get_family("cross-encoder")
     source = artifact_dirs["bert"] / "model.onnx"
-    keep = (*family.int8_keep_float, r"layer\.0/attention/output/dense/")
-    target = quantize_int8(source, tmp_path / "model.int8.onnx", "bert", keep, method, family.int8_sensitive)
+    keep = (*family.export_hints.int8_keep_float, r"layer\.0/attention/output/dense/")
+    target = quantize_int8(
+        source, tmp_path / "model.int8.onnx", "bert", keep, method, family.export_hints.int8_sensitive
+    )
     graph = onnx.load(str(target)).graph
     quantized = {"dynamic": {"MatMulInteger", "QAttention"}, "blockwise": {"MatMulNBits"}, "mixed": {"MatMulNBits"}}
     nodes = {node.name: node.op_type for node in graph.node}
@@ -281,8 +283,8 @@ def test_int8_export_of_the_trained_minilm_passes_the_gate(tmp_path):
 
     family = get_family("cross-encoder")
     art = tmp_path / "art"
-    mixed = quantize_int8(art / "model.onnx", art / "mixed.onnx", "bert", family.int8_keep_float, "mixed",
-                          family.int8_sensitive)  # fmt: skip
+    mixed = quantize_int8(art / "model.onnx", art / "mixed.onnx", "bert", family.export_hints.int8_keep_float, "mixed",
+                          family.export_hints.int8_sensitive)  # fmt: skip
     run = OnnxRuntimeBackend(family, art, {"scorer": mixed.name}).run
     encoder = family.load_encoder(art, 512)
     mixed_report = check_fidelity(encoder, family.load_scorer(model_dir), run, "int8 mixed", "int8")

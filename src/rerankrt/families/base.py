@@ -275,16 +275,6 @@ class Family(ABC):
     export_hints: ClassVar[ExportHints] = ExportHints()
     """int8 keep-float and sensitive products, onnxruntime fusion, where a nested config keeps the sizes."""
 
-    @property
-    def int8_keep_float(self) -> tuple[str, ...]:
-        """`export_hints.int8_keep_float` (read by bench/ scripts)."""
-        return self.export_hints.int8_keep_float
-
-    @property
-    def int8_sensitive(self) -> tuple[str, ...]:
-        """`export_hints.int8_sensitive` (read by bench/ scripts)."""
-        return self.export_hints.int8_sensitive
-
     @classmethod
     @abstractmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:

@@ -63,7 +63,7 @@ def load_model(settings: EngineSettings, machine: Machine | None = None) -> Load
         # a Hub id names the model; a local export is named by its folder, never the exporter's own path
         name = settings.served_model_name or (manifest.source.ref if manifest.source.revision else folder.name)
         plans = plan_serving(family, _request(settings, encoder), machine, manifest=manifest, folder=folder)
-        checker, skipped = _self_checker(settings, folder, manifest, encoder, machine)
+        checker, skipped = _self_checker(settings, folder, manifest, family, machine)
     else:
         source = resolve_model(settings.model_path, settings.revision)
         family, recognition = detect_family(source.path)
@@ -90,7 +90,7 @@ def open_first(
 ) -> tuple[Backend, ServingPlan, SelfCheck | None]:
     """The backend of the first plan that loads and passes `check` here; every one that does not is logged with its
     reason. A plan asked for by name (`explicit`) that misses the check is a SelfCheckFailed. `encoder` marks
-    prefixes as each plan tried runs them (before its check, which encodes with it)."""
+    prefixes as each plan tried runs them."""
     reasons = []
     for plan in plans:
         if isinstance(plan, Skipped):
@@ -125,8 +125,9 @@ def open_first(
     raise BackendUnavailableError(f"no backend can run this model ({'; '.join(reasons)})")
 
 
-def _self_checker(settings: EngineSettings, folder: Path, manifest, encoder: PairEncoder, machine: Machine):
-    """(the check each opened plan must pass, None) or (None, why there is none)."""
+def _self_checker(settings: EngineSettings, folder: Path, manifest, family: Family, machine: Machine):
+    """(the check each opened plan must pass, None) or (None, why there is none). The golden set is encoded as the
+    export encoded it (the artifact's max_length and template), whatever --max-length or --chat-template serve."""
     if not settings.self_check:
         log.warning(
             "self-check off (--no-self-check): the plan is served without proof that this machine computes what "
@@ -141,8 +142,10 @@ def _self_checker(settings: EngineSettings, folder: Path, manifest, encoder: Pai
         return None, "the artifact has no golden set (re-export it)"
     golden = GoldenSet.read(folder / GOLDEN_NAME)
     tolerance = export_tolerance(folder, PARITY_NAME)
+    encoder = family.load_encoder(folder, manifest.max_length)
 
     def check(backend: Backend, plan: ServingPlan) -> SelfCheck:
+        encoder.use_prefix_reuse(plan.prefix_reuse)
         return run_self_check(
             backend.run, encoder, golden, plan.precision, plan.describe(), machine.describe_cpu(), tolerance
         )
