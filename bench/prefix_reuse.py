@@ -170,7 +170,7 @@ def measure(args) -> None:
     card_model = None  # free it before the engines load
 
     skipped = {}
-    for label in args.rows:  # one engine loaded at a time: a 0.6B fp32 model is 2.4 GB per loaded graph
+    for label in args.rows:  # one Reranker loaded at a time: a 0.6B fp32 model is 2.4 GB per loaded graph
         try:
             reranker = Reranker.load(str(artifact), max_batch_size=args.batch_size, **ROWS[label])
         except Exception as exc:  # a backend this checkout or machine lacks: the row says why

@@ -161,7 +161,7 @@ def test_a_pairwise_request_refused_in_part_leaves_none_of_its_pairs_queued():
     async def scenario():
         async with asgi_client(app) as http:
             first = await first_held(http, backend)
-            # vLLM's pairwise score (different queries): one engine request per pair, 9 s each behind the 36 s under
+            # vLLM's pairwise score (different queries): one Reranker request per pair, 9 s each behind the 36 s under
             # way; two fit in 60 s
             queries = ["what is panda", "what is bamboo", "where is china", "who eats bamboo"]
             refused = await http.post("/v1/score", json={"text_1": queries, "text_2": DOCUMENTS})

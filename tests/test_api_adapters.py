@@ -1,7 +1,7 @@
-"""The API adapters (SGLang, Cohere/Jina, vLLM) over the real scoring engine with an in-memory model.
+"""The API adapters (SGLang, Cohere/Jina, vLLM) over the real Reranker with an in-memory model.
 
 Unit tier: no export, no weights. A fake encoder turns words into ids (one id per distinct word) and a fake
-backend scores a pair by how many document words the query holds, so rankings are predictable; the engine,
+backend scores a pair by how many document words the query holds, so rankings are predictable; the Reranker,
 its scheduler, its field renaming and the whole app are the real ones.
 """
 
@@ -77,7 +77,7 @@ class WordEncoder(PairEncoder):
     """`[CLS] instruct query [SEP] document`, one id per word; an image or video part is one id.
 
     An empty text part is refused with an error naming it the way a real encoder names its fields (`query[k]`,
-    `documents[i][k]`), which the engine renames to the client's fields.
+    `documents[i][k]`), which the Reranker renames to the client's fields.
     """
 
     input_names = ("input_ids", "attention_mask")

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rerankrt.logs import JsonFormatter
-from rerankrt.runtime import EngineSettings, Reranker
+from rerankrt.runtime import Reranker, RerankerSettings
 from rerankrt.runtime.loader import load_model
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
@@ -189,7 +189,7 @@ def test_access_log_carries_request_fields_and_json_formats_them(client, caplog)
 
 
 def held_app(artifact_dirs, **overrides):
-    model = load_model(EngineSettings(model_path=str(artifact_dirs["xlmr"])))
+    model = load_model(RerankerSettings(model_path=str(artifact_dirs["xlmr"])))
     model.backend = held = HeldBackend(model.backend)
     # no padding cap: each request's documents form one batch, so batch counts below are exact
     return create_app(settings(warmup=False, max_padding_ratio=1.0, **overrides), model), held

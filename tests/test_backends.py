@@ -261,7 +261,7 @@ def test_threads_default_to_physical_cores_and_can_be_set(artifact_dirs):
     assert pinned.backend.sessions["scorer"].session.get_session_options().intra_op_num_threads == 1
 
 
-def test_an_engine_never_closed_lets_the_process_exit_cleanly(model_dirs):
+def test_a_reranker_never_closed_lets_the_process_exit_cleanly(model_dirs):
     """Its threads stop at interpreter exit (torch used to abort the process: 'terminate called ...')."""
     import subprocess
     import sys

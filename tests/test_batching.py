@@ -38,11 +38,11 @@ def test_padding_ratio_cap_keeps_dissimilar_lengths_apart():
 
 def test_in_process_scoring_batches_like_the_server_on_cpu(artifact_dirs):
     """Reranker.score caps padding as the server's scheduler does on CPU (0.1), and scores the same either way."""
-    from rerankrt.runtime import EngineSettings, Reranker
+    from rerankrt.runtime import Reranker, RerankerSettings
     from rerankrt.runtime.batching import default_padding_ratio
     from rerankrt.runtime.loader import load_model
 
-    settings = EngineSettings(model_path=str(artifact_dirs["xlmr"]))
+    settings = RerankerSettings(model_path=str(artifact_dirs["xlmr"]))
     model = load_model(settings)
     widths = []
     run = model.backend.run

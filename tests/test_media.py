@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from rerankrt.errors import InputError
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 from rerankrt.server.media import GuardedBackend, MediaFetcher, MediaLimits, MediaRef, Video
 from tests.support import image_bytes, mp4_bytes, serve_media
 

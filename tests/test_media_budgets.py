@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 from rerankrt.server import create_app
 from rerankrt.server.media import MediaBusy, MediaFetcher, MediaLimits
 from rerankrt.server.media.decode import decode_image, decode_video

@@ -1,5 +1,5 @@
 """Each peer's API on its own path (Cohere v1/v2, Jina, vLLM, TEI, Infinity, SGLang's score API, tokenize,
-SageMaker), the paths they share, and no silent ignores: unit tier, over the in-memory engine of
+SageMaker), the paths they share, and no silent ignores: unit tier, over the in-memory Reranker of
 test_api_adapters (a word-overlap model; logits of DOCS against QUERY are LOGITS)."""
 
 from __future__ import annotations

@@ -201,9 +201,9 @@ def test_backend_choices_are_the_same_everywhere():
     from typing import get_args
 
     from rerankrt.cli import build_parser
-    from rerankrt.runtime.settings import EngineSettings
+    from rerankrt.runtime.settings import RerankerSettings
 
-    assert get_args(EngineSettings.model_fields["backend"].annotation) == BACKEND_CHOICES
+    assert get_args(RerankerSettings.model_fields["backend"].annotation) == BACKEND_CHOICES
     rerank = build_parser()._subparsers._group_actions[0].choices["rerank"]
     assert next(a for a in rerank._actions if a.dest == "backend").choices == BACKEND_CHOICES
 

@@ -1,4 +1,4 @@
-"""HTTP assertions ported from the peers' own test suites, run against rerankrt (unit tier: the in-memory engine of
+"""HTTP assertions ported from the peers' own test suites, run against rerankrt (unit tier: the in-memory Reranker of
 test_api_adapters; the assertions are about the API, not about trained weights).
 
 vLLM, tests/entrypoints/pooling/score/test_online_rerank.py at 1a2174563c6da165dc1f932dda69e2e4cbfc33f0 and

@@ -1,6 +1,6 @@
 """Exact prefix reuse (families.prefix_reuse) for Qwen3-Reranker: the shared prompt once, each document after it,
 all through the one decoder graph (one copy of the weights), equal to the model card's code on ONNX Runtime,
-OpenVINO and torch, through the engine; the switch; older artifacts; the plan."""
+OpenVINO and torch, through the Reranker; the switch; older artifacts; the plan."""
 
 import asyncio
 import json
@@ -15,8 +15,8 @@ from rerankrt.families import DecoderYesNoFamily
 from rerankrt.families.prefix_reuse import DECODER, PREFIX_LENGTH, DecoderModule, past_geometry
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker
-from rerankrt.runtime.engine import ScoreRequest
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from rerankrt.runtime.reranker import ScoreRequest
 from rerankrt.testing.reference import qwen3_card_scores, random_documents, random_text
 from tests import test_plan
 from tests.conftest import QWEN_ARCHS
@@ -148,7 +148,7 @@ def test_switch_off_runs_every_pair_whole_with_the_same_scores(artifact_dirs, mo
         assert set(off.backend.sessions) == {"scorer"}
     calls = _count_calls(on)
     np.testing.assert_allclose(off.score(query, docs), on.score(query, docs), atol=1e-4, rtol=0)
-    assert calls[PREFIX] == 1 and calls[CONTINUATION] >= 1  # the prompt once, whatever batches the engine makes
+    assert calls[PREFIX] == 1 and calls[CONTINUATION] >= 1  # the prompt once, whatever batches the Reranker makes
     on.close()
     off.close()
 

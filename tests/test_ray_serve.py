@@ -64,7 +64,7 @@ def test_health_check_scores_a_pair_when_idle_and_fails_a_stalled_scheduler():
     scheduler.clock = clock
     replica = SimpleNamespace(app=app, settings=config)  # check_health reads only these
     gate.set()
-    asyncio.run(RerankrtReplica.check_health(replica))  # idle: one pair through the engine
+    asyncio.run(RerankrtReplica.check_health(replica))  # idle: one pair through the Reranker
     gate.clear()
     busy = scheduler.submit(app.state.reranker.encoder.encode("what is panda", ["the panda"]))
     while scheduler.queued_pairs:  # until its pass is under way, held at the gate

@@ -63,7 +63,7 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Request:
-    """What the user asked for (serve flags / EngineSettings)."""
+    """What the user asked for (serve flags / RerankerSettings)."""
 
     backend: str = "auto"
     precision: Precision | None = None  # None: the artifact's own

@@ -95,7 +95,7 @@ class ScoreResponse(BaseModel):
 async def score(body: ScoreRequest, request: Request, scoring: Scoring) -> JSONResponse:
     """vLLM's score API: scores of the first input against each of the second, in input order."""
     first, second = body.pair_fields()
-    options = body.engine_options(scoring)
+    options = body.request_options(scoring)
     scoring_body = body.scoring_body()
     queries, documents = _pairs(body, first, second)
     try:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from rerankrt.errors import InputError, RerankrtError
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 
 if TYPE_CHECKING:
     from rerankrt.server.media.fetch import MediaLimits
