@@ -16,7 +16,14 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from rerankrt.artifact import MANIFEST_NAME, Engine, load_manifest, sha256_file
-from rerankrt.engines import (
+from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtError
+from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
+from rerankrt.families import get_family
+from rerankrt.precision import Precision
+from rerankrt.runtime import Reranker
+from rerankrt.runtime.plan import ServingPlan
+from rerankrt.runtime.tensorrt_backend import TensorRTBackend
+from rerankrt.tensorrt_engines import (
     ModelShape,
     engine_file_name,
     plan_engine_profile,
@@ -27,13 +34,6 @@ from rerankrt.engines import (
     split_rows,
     timing_cache_name,
 )
-from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtError
-from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
-from rerankrt.families import get_family
-from rerankrt.precision import Precision
-from rerankrt.runtime import Reranker
-from rerankrt.runtime.plan import ServingPlan
-from rerankrt.runtime.tensorrt_backend import TensorRTBackend
 from rerankrt.testing.reference import random_documents, random_text
 from tests.conftest import QWEN_ARCHS
 from tests.support import write_fake_artifact

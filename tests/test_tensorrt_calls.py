@@ -13,11 +13,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rerankrt.artifact import MANIFEST_NAME, Engine, load_manifest, sha256_file
-from rerankrt.engines import plan_profile
 from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export import tensorrt as builder
 from rerankrt.export.graph_passes import integer_cumsums
 from rerankrt.runtime.tensorrt_backend import EngineError, EngineRunner
+from rerankrt.tensorrt_engines import plan_profile
 from tests.fake_tensorrt import BuilderFlag, DataType, FakeTensorRT, TensorIOMode
 from tests.support import write_fake_artifact
 
