@@ -461,7 +461,7 @@ def test_health_models_metrics_and_openapi():
         "/detokenize", "/v1/tokenize", "/v1/detokenize", "/health", "/v1/models", "/models", "/ping",
     ]  # fmt: skip
     body = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"oneOf": [{"$ref": "#/components/schemas/ScoreRequest"},
+    assert body == {"oneOf": [{"$ref": "#/components/schemas/VLLMScoreRequest"},
                               {"$ref": "#/components/schemas/SGLangScoreRequest"}]}  # fmt: skip
     assert {"RerankRequest", "CohereRerankRequest", "TEIRerankRequest", "ContentDocument"} <= set(
         spec["components"]["schemas"]
