@@ -22,7 +22,7 @@ from rerankrt.export import export_model  # noqa: E402
 from rerankrt.families import BgeGemmaFamily, detect_family, family_names  # noqa: E402
 from rerankrt.families.base import run_torch  # noqa: E402
 from rerankrt.families.bge_gemma import BgeGemmaPairEncoder, prompt_overhead  # noqa: E402
-from rerankrt.families.decoder_yes_no import DecoderYesNoFamily  # noqa: E402
+from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily  # noqa: E402
 from rerankrt.testing.reference_gemma import FlagGemmaReference, flag_inputs  # noqa: E402
 from rerankrt.testing.tiny_gemma import CORPUS, build_tiny_gemma, build_tiny_llama  # noqa: E402
 
@@ -79,8 +79,8 @@ def test_llama_with_yes_no_tokens_is_refused_unless_forced(tmp_path, named):
     with pytest.raises(UnsupportedModelError, match="--family") as info:
         detect_family(path)
     assert "LlamaForCausalLM" in str(info.value)
-    family, recognition = detect_family(path, forced="decoder-yes-no")
-    assert isinstance(family, DecoderYesNoFamily) and "forced" in recognition.reason
+    family, recognition = detect_family(path, forced="qwen3-yes-no")
+    assert isinstance(family, Qwen3YesNoFamily) and "forced" in recognition.reason
 
 
 # --- (b) the encoder makes FlagEmbedding's ids --------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rerankrt.artifact import Graph, load_manifest
-from rerankrt.families import DecoderYesNoFamily
+from rerankrt.families import Qwen3YesNoFamily
 from rerankrt.families.prefix_reuse import DECODER, PREFIX_LENGTH, DecoderModule, past_geometry
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker
@@ -92,7 +92,7 @@ def test_requests_with_different_prefixes_in_one_batch(artifact_dirs, model_dirs
     one call, each row continues from its own, a lone row runs whole, and a prefix seen before is taken from the
     cache."""
     rng = np.random.default_rng(5)
-    family = DecoderYesNoFamily()
+    family = Qwen3YesNoFamily()
     encoder = family.load_encoder(model_dirs["qwen3"])
     requests = [
         (random_text(rng, 2, 6), random_documents(rng, 4, max_words=50), None),
@@ -167,15 +167,15 @@ def test_an_artifact_without_the_decoder_graph_still_serves(artifact_dirs, model
         assert set(reranker.model.plan.graphs) == {"scorer"}
         np.testing.assert_allclose(reranker.score(query, docs), qwen3_card_scores(model_dirs["qwen3"], query, docs)[1],
                                    atol=1e-4, rtol=0)  # fmt: skip
-    plain = OnnxRuntimeBackend(DecoderYesNoFamily(), artifact_dirs["qwen3"], {"scorer": "model.onnx"})
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"])
+    plain = OnnxRuntimeBackend(Qwen3YesNoFamily(), artifact_dirs["qwen3"], {"scorer": "model.onnx"})
+    encoder = Qwen3YesNoFamily().load_encoder(model_dirs["qwen3"])
     batch = encoder.collate(encoder.encode(query, docs))
     assert PREFIX_LENGTH in batch
     np.testing.assert_allclose(plain.run(batch), qwen3_card_scores(model_dirs["qwen3"], query, docs)[1], atol=1e-4)
 
 
 def test_prefix_ends_before_the_document_and_is_the_same_for_every_document(tokenizer_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
+    encoder = Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
     pairs = encoder.encode("what is panda?", ["The giant panda", "", "hi", "The giant panda is a bear."])
     lengths = {int(pair[PREFIX_LENGTH][0]) for pair in pairs}
     assert len(lengths) == 1
@@ -189,7 +189,7 @@ def test_the_masked_dummy_past_gets_exactly_zero_weight(model_dirs):
     """Rows without a past see a one-position past that is masked out: whatever it holds, the logits and present
     keys/values of the real tokens are bit-identical (every real query also sees its own key, so the masked one
     weighs exactly 0)."""
-    module = DecoderModule(DecoderYesNoFamily().load_export_model(model_dirs["qwen3"])).eval()
+    module = DecoderModule(Qwen3YesNoFamily().load_export_model(model_dirs["qwen3"])).eval()
     layers, heads, head_dim = past_geometry(module.body.config)
     torch.manual_seed(0)
     ids = torch.randint(3, 100, (2, 9))
@@ -221,7 +221,7 @@ def test_openvino_bf16_hint_with_prefix_reuse_passes_the_fidelity_gate(artifact_
 
     openvino = import_openvino()  # without its telemetry
 
-    family = DecoderYesNoFamily()
+    family = Qwen3YesNoFamily()
     backend = OpenVinoBackend(family, artifact_dirs["qwen3"], {DECODER: "decoder.onnx"}, 2, Precision.BF16)
     encoder = family.load_encoder(artifact_dirs["qwen3"])
     calls = {"continuation": 0}
@@ -261,13 +261,13 @@ def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_with
 ):
     roles = [role for role in FILES if artifact == "int8" or role != "scorer.int8"]
     graphs = {role: Graph(file=FILES[role], inputs=["input_ids"], outputs=["logits"]) for role in roles}
-    manifest = test_plan.manifest(precision=artifact, family="decoder-yes-no").model_copy(update={"graphs": graphs})
+    manifest = test_plan.manifest(precision=artifact, family="qwen3-yes-no").model_copy(update={"graphs": graphs})
     backend = "openvino" if machine.openvino else "onnxruntime"
     plan = test_plan.first(manifest, machine, backend=backend, precision=precision, prefix_reuse=reuse)
     assert (plan.precision.value, dict(plan.graphs)) == expected
 
 
 def test_plan_without_the_decoder_graph_serves_the_scorer_alone_with_reuse_on():
-    manifest = test_plan.manifest(family="decoder-yes-no", roles=("scorer",))
+    manifest = test_plan.manifest(family="qwen3-yes-no", roles=("scorer",))
     assert test_plan.first(manifest, test_plan.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
     assert test_plan.first(manifest, test_plan.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}

@@ -318,7 +318,7 @@ def test_the_engine_runs_as_the_family_graph_in_profile_sized_executions(monkeyp
     executed = []
     execute = runner.execute
     monkeypatch.setattr(runner, "execute", lambda feeds, rows, handle: executed.append(rows) or execute(feeds, rows, 0))
-    run = get_family("decoder-yes-no").serving_pipeline(None, {"scorer": EngineGraph(runner, CpuStream())})
+    run = get_family("qwen3-yes-no").serving_pipeline(None, {"scorer": EngineGraph(runner, CpuStream())})
     batch = {"input_ids": np.ones((10, 5), np.int64), "attention_mask": np.ones((10, 5), np.int64),
              "prefix_length": np.full(10, 3, np.int64)}  # fmt: skip
     logits = run(batch)

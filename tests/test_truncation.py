@@ -94,7 +94,7 @@ def load(arch: str, tokenizer_dirs):
     if arch == "gemma":
         tokenizer = build_gemma_tokenizer()
         return "bge-gemma-yes", BgeGemmaPairEncoder(tokenizer, GEMMA_MAX_LENGTH), gemma_prompt
-    family = {"qwen3": "decoder-yes-no", "qwen3-vl": "qwen3-vl-yes-no"}.get(arch, "cross-encoder")
+    family = {"qwen3": "qwen3-yes-no", "qwen3-vl": "qwen3-vl-yes-no"}.get(arch, "cross-encoder")
     encoder = get_family(family).load_encoder(tokenizer_dirs[arch], max_length=MAX_LENGTH)
     prompt = {"qwen3": template_prompt, "qwen3-vl": vl_prompt}.get(arch, cross_encoder_prompt)
     return family, encoder, prompt

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.export import export_model
-from rerankrt.families import DecoderYesNoFamily, detect_family
+from rerankrt.families import Qwen3YesNoFamily, detect_family
 from rerankrt.runtime import Reranker
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.runtime.openvino_backend import OpenVinoBackend
@@ -35,12 +35,38 @@ def card_ids(model_dir, query, docs, instruction=None, max_length=8192):
 
 
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
-def test_detected_as_decoder_yes_no(tokenizer_dirs, arch):
-    assert isinstance(detect_family(tokenizer_dirs[arch])[0], DecoderYesNoFamily)
+def test_detected_as_qwen3_yes_no(tokenizer_dirs, arch):
+    assert isinstance(detect_family(tokenizer_dirs[arch])[0], Qwen3YesNoFamily)
+
+
+def test_the_old_family_name_decoder_yes_no_is_read_as_qwen3_yes_no(tokenizer_dirs):
+    """Artifacts exported before the rename say `decoder-yes-no` in their manifest, and scripts pass it to --family."""
+    from rerankrt.cli import build_parser
+    from rerankrt.families import get_family
+
+    assert isinstance(get_family("decoder-yes-no"), Qwen3YesNoFamily)
+    family, recognition = detect_family(tokenizer_dirs["qwen3"], forced="decoder-yes-no")
+    assert family.name == "qwen3-yes-no" and "forced" in recognition.reason
+    assert build_parser().parse_args(["export", "m", "--family", "decoder-yes-no"]).family == "qwen3-yes-no"
+
+
+def test_an_artifact_whose_manifest_says_decoder_yes_no_serves(artifact_dirs, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(artifact_dirs["qwen3"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["family"] == "qwen3-yes-no"
+    (old / "manifest.json").write_text(json.dumps({**manifest, "family": "decoder-yes-no"}))
+    with Reranker.load(str(old), backend="onnxruntime", threads=1) as reranker:
+        assert reranker.describe()["family"] == "qwen3-yes-no"
+        with Reranker.load(str(artifact_dirs["qwen3"]), backend="onnxruntime", threads=1) as current:
+            np.testing.assert_array_equal(reranker.score("q", ["a", "b c"]), current.score("q", ["a", "b c"]))
 
 
 def test_bundled_template_is_the_model_card_prompt(tokenizer_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
+    encoder = Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
     text, _, _ = encoder.template.render("what is panda?", "hi", None)
     body = f"<Instruct>: {QWEN3_DEFAULT_INSTRUCTION}\n<Query>: what is panda?\n<Document>: hi"
     assert text == QWEN3_PREFIX + body + QWEN3_SUFFIX
@@ -51,7 +77,7 @@ def test_bundled_template_is_the_model_card_prompt(tokenizer_dirs):
 @pytest.mark.parametrize("instruct", [None, "Given a question, find the passage that answers it"])
 def test_pairs_encode_to_the_model_card_tokens(tokenizer_dirs, instruct):
     model_dir = tokenizer_dirs["qwen3"]
-    encoder = DecoderYesNoFamily().load_encoder(model_dir)
+    encoder = Qwen3YesNoFamily().load_encoder(model_dir)
     docs = ["hi", "The giant panda is a bear species endemic to China.", "", "法国的首都是巴黎。"]
     pairs = encoder.encode("what is panda?", docs, instruct)
     assert [p["input_ids"].tolist() for p in pairs] == card_ids(model_dir, "what is panda?", docs, instruct)
@@ -60,7 +86,7 @@ def test_pairs_encode_to_the_model_card_tokens(tokenizer_dirs, instruct):
 
 def test_long_document_is_cut_exactly_as_the_model_card_does(tokenizer_dirs):
     model_dir = tokenizer_dirs["qwen3"]
-    encoder = DecoderYesNoFamily().load_encoder(model_dir, max_length=120)
+    encoder = Qwen3YesNoFamily().load_encoder(model_dir, max_length=120)
     docs = ["Paris is the capital of France. " * 60, "hi"]
     pairs = encoder.encode("what is panda?", docs)
     assert len(pairs[0]["input_ids"]) == 120
@@ -68,7 +94,7 @@ def test_long_document_is_cut_exactly_as_the_model_card_does(tokenizer_dirs):
 
 
 def test_long_query_is_cut_after_the_document_keeping_prefix_and_suffix(tokenizer_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], max_length=120)
+    encoder = Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"], max_length=120)
     tokenizer = encoder.tokenizer
     prefix = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False)
     suffix = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False)
@@ -82,14 +108,14 @@ def test_long_query_is_cut_after_the_document_keeping_prefix_and_suffix(tokenize
 
 
 def test_prompt_past_the_model_limit_is_truncated_not_refused(tokenizer_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
+    encoder = Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
     assert encoder.max_length == 1024  # 8192 by default, capped by the tiny model's 1024 positions
     (pair,) = encoder.encode("panda", ["bears and pandas " * 3000])
     assert len(pair["input_ids"]) == 1024
 
 
 def test_an_instruction_that_leaves_no_room_is_a_client_error(tokenizer_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], max_length=120)
+    encoder = Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"], max_length=120)
     with pytest.raises(InputError) as info:
         encoder.encode("q", ["d"], instruct="be precise " * 200)
     assert info.value.field == "instruct"
@@ -101,7 +127,7 @@ def test_sglang_style_template_from_a_file(tokenizer_dirs, tmp_path):
         "<|im_start|>user\n{{ instruct | default('Judge relevance') }}\nQ: {{ messages[0]['content'] }}\n"
         "D: {{ messages[1]['content'] }}<|im_end|>\n<|im_start|>assistant\n"
     )
-    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], chat_template=template)
+    encoder = Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"], chat_template=template)
     (pair,) = encoder.encode("panda", ["bear"])
     assert encoder.tokenizer.decode(pair["input_ids"]).startswith(
         "<|im_start|>user\nJudge relevance\nQ: panda\nD: bear"
@@ -119,12 +145,12 @@ def test_template_that_drops_or_changes_the_inputs_is_refused(tokenizer_dirs, tm
     template = tmp_path / "bad.jinja"
     template.write_text(source)
     with pytest.raises(UnsupportedModelError, match="bad.jinja"):
-        DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"], chat_template=template)
+        Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"], chat_template=template)
 
 
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_graph_has_no_vocabulary_sized_projection(artifact_dirs, model_dirs, arch):
-    vocab = DecoderYesNoFamily().load_encoder(model_dirs[arch]).tokenizer.__len__()
+    vocab = Qwen3YesNoFamily().load_encoder(model_dirs[arch]).tokenizer.__len__()
     model = onnx.shape_inference.infer_shapes(onnx.load(str(artifact_dirs[arch] / "model.onnx")))
     shapes = {
         v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
@@ -156,7 +182,7 @@ def test_every_backend_equals_the_model_card(artifact_dirs, model_dirs, arch, ba
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_left_and_right_padding_score_like_a_single_pair(artifact_dirs, model_dirs, side):
-    family = DecoderYesNoFamily()
+    family = Qwen3YesNoFamily()
     encoder = family.load_encoder(model_dirs["qwen3"])
     encoder.padding_side = side
     rng = np.random.default_rng(3)
@@ -206,7 +232,7 @@ def test_artifact_keeps_its_template_and_serve_can_override_it(model_dirs, tmp_p
     exported = Reranker.load(str(out)).encoder
     assert exported.template.source == template.read_text()
     bundled = tmp_path / "card.jinja"
-    bundled.write_text(DecoderYesNoFamily().load_encoder(model_dirs["qwen3"]).template.source)
+    bundled.write_text(Qwen3YesNoFamily().load_encoder(model_dirs["qwen3"]).template.source)
     assert Reranker.load(str(out), chat_template=bundled).encoder.template.source.startswith("<|im_start|>system")
 
 
