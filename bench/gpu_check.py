@@ -156,7 +156,7 @@ def rerankrt_torch(
         return _family_scorer(
             model_dir, precision, device, batch_size
         ), "family scorer (the engine serves no bf16 here)"
-    return (lambda query, docs: reranker.score(query, docs)), "Reranker (engine)"
+    return (lambda query, docs: reranker.logits(query, docs)), "Reranker (engine)"
 
 
 def _family_scorer(model_dir: Path, precision: str, device: str, batch_size: int) -> Callable:

@@ -78,7 +78,7 @@ def test_chunked_document_scores_as_its_best_chunk(reranker):
     long_doc = " ".join(["Paris is the capital of France."] * 120 + ["The giant panda is a bear."] * 40)
     pieces, owners = chunk_documents(reranker.encoder, QUERY, [long_doc, "hi"], None, max_chunks=4)
     assert owners == [0, 0, 0, 0, 1] and all(long_doc.find(p) >= 0 for p in pieces[:4])
-    expected = reranker.score(QUERY, pieces)
+    expected = reranker.logits(QUERY, pieces)
     with TestClient(create_app(settings(), reranker.model)) as c:
         body = {"query": QUERY, "documents": [long_doc, "hi"], "max_chunks_per_doc": 4, "raw_scores": True}
         got = {r["index"]: r["score"] for r in c.post("/v1/rerank", json=body).json()}

@@ -31,7 +31,7 @@ def test_artifact_backends_equal_the_model_card_logits(artifact_dirs, model_dirs
     for seed in (1, 2):
         query, docs = fresh_inputs(seed)
         expected = cross_encoder_logits(model_dirs[arch], query, docs)
-        np.testing.assert_allclose(reranker.score(query, docs), expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(reranker.logits(query, docs), expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -40,7 +40,7 @@ def test_plain_model_folder_is_served_with_torch(model_dirs, arch):
     assert reranker.backend.name == "torch"
     query, docs = fresh_inputs(3)
     np.testing.assert_allclose(
-        reranker.score(query, docs), cross_encoder_logits(model_dirs[arch], query, docs), atol=1e-4, rtol=0
+        reranker.logits(query, docs), cross_encoder_logits(model_dirs[arch], query, docs), atol=1e-4, rtol=0
     )
 
 
@@ -48,14 +48,14 @@ def test_truncated_pairs_equal_the_reference_with_only_second_truncation(artifac
     reranker = Reranker.load(str(artifact_dirs["xlmr"]), max_length=40)
     docs = ["Paris is the capital of France. " * 30, "hi", "panda " * 100]
     expected = cross_encoder_logits(model_dirs["xlmr"], "what is panda?", docs, max_length=40)
-    np.testing.assert_allclose(reranker.score("what is panda?", docs), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(reranker.logits("what is panda?", docs), expected, atol=1e-4, rtol=0)
 
 
 def test_scores_do_not_depend_on_batch_company(artifact_dirs):
     reranker = Reranker.load(str(artifact_dirs["bert"]), max_batch_size=16)
     query, docs = fresh_inputs(4)
-    together = reranker.score(query, docs)
-    alone = np.array([reranker.score(query, [doc])[0] for doc in docs])
+    together = reranker.logits(query, docs)
+    alone = np.array([reranker.logits(query, [doc])[0] for doc in docs])
     np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
 
 
@@ -179,7 +179,7 @@ def test_torch_on_cuda_runs_bf16_close_to_fp32(model_dirs, arch):
     assert (gpu.backend.device, gpu.backend.dtype) == ("cuda", torch.bfloat16)
     cpu = Reranker(replace(gpu.model, backend=TorchBackend(gpu.family, model_dirs[arch], device="cpu")), gpu.settings)
     query, docs = fresh_inputs(8)
-    assert np.abs(gpu.score(query, docs) - cpu.score(query, docs)).max() < 0.5  # bf16 bound, as for the casts
+    assert np.abs(gpu.logits(query, docs) - cpu.logits(query, docs)).max() < 0.5  # bf16 bound, as for the casts
 
 
 @pytest.mark.skipif(
@@ -192,7 +192,7 @@ def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
     on_cpu = OnnxRuntimeBackend(gpu.family, artifact_dirs["xlmr"], {"scorer": "model.onnx"}, device="cpu")
     cpu = Reranker(replace(gpu.model, backend=on_cpu), gpu.settings)
     query, docs = fresh_inputs(9)
-    np.testing.assert_allclose(gpu.score(query, docs), cpu.score(query, docs), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(gpu.logits(query, docs), cpu.logits(query, docs), atol=1e-4, rtol=0)
 
 
 def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_dirs):
@@ -266,7 +266,7 @@ def test_a_reranker_never_closed_lets_the_process_exit_cleanly(model_dirs):
     import subprocess
     import sys
 
-    script = f"from rerankrt import Reranker; print(Reranker.load({str(model_dirs['xlmr'])!r}).score('q', ['a'])[0])"
+    script = f"from rerankrt import Reranker; print(Reranker.load({str(model_dirs['xlmr'])!r}).logits('q', ['a'])[0])"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "terminate called" not in result.stderr

@@ -193,7 +193,7 @@ def test_served_logits_equal_flagembeddings(artifact, gemma_dir, reference, back
             query = random_text(rng, 1, 25)
             docs = [random_text(rng, 0, int(rng.choice([20, 150, 700]))) for _ in range(7)]
             expected = reference.score(query, docs, batch_size=3)
-            logits = reranker.score(query, docs)
+            logits = reranker.logits(query, docs)
             worst = max(worst, float(np.abs(logits - expected).max()))
             np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
             ranked = reranker.rerank(query, docs, raw_scores=True)
@@ -225,7 +225,7 @@ def test_prefix_reuse_equals_flagembeddings(artifact, gemma_dir, reference, back
             ["", random_text(rng, 1, 5), ""],
         ):
             query = random_text(rng, 20, 30)  # over MIN_PREFIX_TOKENS with "A: " and bos
-            np.testing.assert_allclose(reranker.score(query, docs), reference.score(query, docs, batch_size=3),
+            np.testing.assert_allclose(reranker.logits(query, docs), reference.score(query, docs, batch_size=3),
                                        atol=1e-4, rtol=0)  # fmt: skip
         assert any(continued), "no passage continued from its query's keys and values"
 
@@ -241,7 +241,7 @@ def test_instruct_is_refused(artifact):
     plain = encoder.encode("q", ["d"])[0]["input_ids"].tolist()
     assert encoder.encode("q", ["d"], instruct="")[0]["input_ids"].tolist() == plain  # empty: no instruction
     with Reranker.load(str(artifact)) as reranker, pytest.raises(InputError) as info:
-        reranker.score("q", ["d"], instruct="Find the passage that answers")
+        reranker.logits("q", ["d"], instruct="Find the passage that answers")
     assert info.value.field == "instruct"
 
 

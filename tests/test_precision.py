@@ -43,7 +43,7 @@ def variants(model_dirs, tmp_path_factory) -> Variants:
 
 
 def fp32_scores(artifact_dirs, arch, docs):
-    return Reranker.load(str(artifact_dirs[arch]), backend="onnxruntime").score(QUERY, docs)
+    return Reranker.load(str(artifact_dirs[arch]), backend="onnxruntime").logits(QUERY, docs)
 
 
 @pytest.mark.parametrize("arch", ["xlmr", "bert", "qwen3"])
@@ -83,7 +83,7 @@ def test_int8_variant_is_quantized_checked_and_served_on_cpu(variants, artifact_
     for backend in runtimes or ["onnxruntime"]:
         served = Reranker.load(str(folder), backend=backend)
         assert served.model.self_check.passed, served.model.self_check.summary()  # the golden set, gate's rule
-        int8 = served.score(QUERY, docs)
+        int8 = served.logits(QUERY, docs)
         assert not np.array_equal(int8, fp32)  # really another graph
         assert np.abs(sigmoid(int8) - sigmoid(fp32)).max() <= FIDELITY_THRESHOLDS.max_score_diff
 
@@ -108,7 +108,7 @@ def test_bf16_variant_is_served_by_openvino_or_torch_with_bf16_weights_on_cpu(va
     assert (reranker.backend.name, reranker.backend.dtype) == ("torch", torch.bfloat16)
     assert next(reranker.backend.scorer.parameters()).dtype == torch.bfloat16
     docs = random_documents(np.random.default_rng(4), 8)
-    np.testing.assert_allclose(reranker.score(QUERY, docs), fp32_scores(artifact_dirs, "xlmr", docs), atol=0.05)
+    np.testing.assert_allclose(reranker.logits(QUERY, docs), fp32_scores(artifact_dirs, "xlmr", docs), atol=0.05)
     # asked for by name, onnxruntime still runs (the fp32 graph: it has no bf16 CPU kernels)
     assert Reranker.load(str(folder), backend="onnxruntime").model.plan.graphs["scorer"] == "model.onnx"
 

@@ -79,7 +79,7 @@ def test_prefix_reuse_equals_the_model_card(artifact_dirs, model_dirs, arch, bac
         _reuse(reranker).cache.clear()
         calls = _count_calls(reranker)
         _, logit = qwen3_card_scores(model_dirs[arch], query, docs, instruct, max_length)
-        np.testing.assert_allclose(reranker.score(query, docs, instruct), logit, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(reranker.logits(query, docs, instruct), logit, atol=1e-4, rtol=0)
         if len(docs) > 1:
             assert calls[CONTINUATION] >= 1, f"{backend}: the documents did not continue from a shared prefix"
     for reranker in rerankers.values():
@@ -147,7 +147,7 @@ def test_switch_off_runs_every_pair_whole_with_the_same_scores(artifact_dirs, mo
         assert off.model.plan.graphs == {"scorer": "model.onnx"}  # the decoder graph is not even loaded
         assert set(off.backend.sessions) == {"scorer"}
     calls = _count_calls(on)
-    np.testing.assert_allclose(off.score(query, docs), on.score(query, docs), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(off.logits(query, docs), on.logits(query, docs), atol=1e-4, rtol=0)
     assert calls[PREFIX] == 1 and calls[CONTINUATION] >= 1  # the prompt once, whatever batches the Reranker makes
     on.close()
     off.close()
@@ -165,7 +165,7 @@ def test_an_artifact_without_the_decoder_graph_still_serves(artifact_dirs, model
     query, docs = random_text(rng, 2, 8), random_documents(rng, 5, max_words=50)
     with Reranker.load(str(old), backend="onnxruntime") as reranker:
         assert set(reranker.model.plan.graphs) == {"scorer"}
-        np.testing.assert_allclose(reranker.score(query, docs), qwen3_card_scores(model_dirs["qwen3"], query, docs)[1],
+        np.testing.assert_allclose(reranker.logits(query, docs), qwen3_card_scores(model_dirs["qwen3"], query, docs)[1],
                                    atol=1e-4, rtol=0)  # fmt: skip
     plain = OnnxRuntimeBackend(Qwen3YesNoFamily(), artifact_dirs["qwen3"], {"scorer": "model.onnx"})
     encoder = Qwen3YesNoFamily().load_encoder(model_dirs["qwen3"])

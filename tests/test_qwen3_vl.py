@@ -92,7 +92,7 @@ CASES = cases()
 def test_scores_match_the_official_scoring(vl_rerankers, vl_official, backend, case):
     query, documents = CASES[case]
     expected_scores, expected_logits = vl_official.score([messages(as_side(query), as_side(d)) for d in documents])
-    logits = vl_rerankers[backend].score(query, documents)
+    logits = vl_rerankers[backend].logits(query, documents)
     scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
     assert np.abs(scores - expected_scores).max() <= SCORE_TOLERANCE
     assert np.abs(logits - expected_logits).max() <= LOGIT_TOLERANCE

@@ -62,7 +62,7 @@ def test_an_artifact_whose_manifest_says_decoder_yes_no_serves(artifact_dirs, tm
     with Reranker.load(str(old), backend="onnxruntime", threads=1) as reranker:
         assert reranker.describe()["family"] == "qwen3-yes-no"
         with Reranker.load(str(artifact_dirs["qwen3"]), backend="onnxruntime", threads=1) as current:
-            np.testing.assert_array_equal(reranker.score("q", ["a", "b c"]), current.score("q", ["a", "b c"]))
+            np.testing.assert_array_equal(reranker.logits("q", ["a", "b c"]), current.logits("q", ["a", "b c"]))
 
 
 def test_bundled_template_is_the_model_card_prompt(tokenizer_dirs):
@@ -175,7 +175,7 @@ def test_every_backend_equals_the_model_card(artifact_dirs, model_dirs, arch, ba
     for instruct in (None, "Find the passage that answers"):
         query, docs = random_text(rng, 2, 12), random_documents(rng, 9, max_words=80)
         prob, logit = qwen3_card_scores(model_dirs[arch], query, docs, instruct)
-        ours = reranker.score(query, docs, instruct)
+        ours = reranker.logits(query, docs, instruct)
         np.testing.assert_allclose(ours, logit, atol=1e-4, rtol=0)
         np.testing.assert_allclose(1 / (1 + np.exp(-ours.astype(np.float64))), prob, atol=1e-4, rtol=0)
 

@@ -68,7 +68,7 @@ def test_a_huge_single_word_is_cut_before_the_tokenizer_sees_it(xlmr_encoder):
     reranker = make_reranker(xlmr_encoder)
     limit = TEXT_CHARS_PER_TOKEN * xlmr_encoder.max_length
     try:
-        scores = reranker.score("q", ["a" * 200_000, "short"])  # 28 MB of this took 9.6 GB to tokenize
+        scores = reranker.logits("q", ["a" * 200_000, "short"])  # 28 MB of this took 9.6 GB to tokenize
         assert len(scores) == 2
         assert spy.longest == limit
     finally:
@@ -89,7 +89,7 @@ def test_without_truncation_an_over_long_text_is_refused_before_tokenizing(xlmr_
                 reranker.score_request(request)
             assert info.value.field == field
         assert spy.calls == []
-        reranker.score("q", ["x" * 5000], max_chunks_per_doc=3)  # chunking cuts too
+        reranker.logits("q", ["x" * 5000], max_chunks_per_doc=3)  # chunking cuts too
         assert spy.longest <= 1000
     finally:
         reranker.close()
@@ -101,10 +101,10 @@ def test_text_parts_are_cut_too():
     spy = Spy(encoder)
     reranker = make_reranker(encoder, max_text_chars=100)
     try:
-        reranker.score([{"type": "text", "text": "w " * 500}], [[{"type": "text", "text": "d " * 500}]])
+        reranker.logits([{"type": "text", "text": "w " * 500}], [[{"type": "text", "text": "d " * 500}]])
         assert spy.longest <= 1  # the query and document are part lists; their texts were cut
         with pytest.raises(InputError) as info:
-            reranker.score("q", ["d", [{"type": "text", "text": "d " * 500}]], truncate=False)
+            reranker.logits("q", ["d", [{"type": "text", "text": "d " * 500}]], truncate=False)
         assert info.value.field == "documents[1][0]"
     finally:
         reranker.close()
@@ -136,7 +136,7 @@ def test_a_request_past_the_queue_stops_encoding_early():
     reranker = make_reranker(encoder, max_queued_pairs=40)
     try:
         with pytest.raises(RequestTooLarge, match="the 40 the queue can ever hold"):
-            reranker.score("q", [LONG] * 400, max_chunks_per_doc=3)
+            reranker.logits("q", [LONG] * 400, max_chunks_per_doc=3)
         assert spy.documents < 100
     finally:
         reranker.close()
@@ -192,9 +192,9 @@ def test_slices_keep_results_in_order_and_errors_named():
     reranker = make_reranker(WordEncoder(max_length=MAX_LENGTH))
     try:
         documents = [f"q w{i}" if i % 7 else "q" for i in range(100)]
-        assert reranker.score("q", documents).shape == (100,)
+        assert reranker.logits("q", documents).shape == (100,)
         with pytest.raises(Exception) as info:
-            reranker.score("q", ["short"] * 40 + [LONG], truncate=False)
+            reranker.logits("q", ["short"] * 40 + [LONG], truncate=False)
         assert info.value.field == "documents[40]"
         chunked = reranker.score_request(ScoreRequest("q", ["x"] * 30 + [LONG], max_chunks_per_doc=3))
         assert chunked.logits.shape == (31,)

@@ -263,5 +263,5 @@ def test_engine_equals_torch_fp32(artifact_dirs, tmp_path, arch, precision, boun
     torch_reranker.backend.scorer.float()  # the fp32 reference, on the GPU
     rng = np.random.default_rng(9)
     query, docs = random_text(rng, 2, 10), random_documents(rng, 21)  # 21 > max_batch 8: split
-    got, want = trt_reranker.score(query, docs), torch_reranker.score(query, docs)
+    got, want = trt_reranker.logits(query, docs), torch_reranker.logits(query, docs)
     assert np.abs(got - want).max() <= bound  # fp32 exact; fp16/bf16 within their stated bounds

@@ -1,7 +1,7 @@
 """The Reranker, the scoring object: load -> encode -> schedule -> logits -> scores -> ranked results.
 
 One Reranker serves the HTTP server (its async face, `ascore`), and the CLI, the benchmarks and Python users
-(its sync face, `score` / `rerank`), through the same encoding thread, the same cross-request scheduler and
+(its sync face, `logits` / `rerank`), through the same encoding thread, the same cross-request scheduler and
 the same batching settings.
 
 Budgets come before work: the number of documents, then the characters of each text (`max_text_chars`: cut, or
@@ -234,9 +234,16 @@ class Reranker:
         logits = self.scheduler.submit(pairs, request.deadline).result()
         return self._collect(request, _joined(owners), pairs, logits)
 
-    def score(self, query: Content, documents: Sequence[Content], instruct: str | None = None, **options) -> np.ndarray:
-        """The relevance logit of each document, in order; `options`: truncate, max_chunks_per_doc."""
+    def logits(
+        self, query: Content, documents: Sequence[Content], instruct: str | None = None, **options
+    ) -> np.ndarray:
+        """The relevance logit of each document, in order (raw: what every HTTP API calls a score is its sigmoid, as
+        `rerank` gives); `options`: further ScoreRequest fields (truncate, max_chunks_per_doc, max_length, ...)."""
         return self.score_request(ScoreRequest(query, documents, instruct, **options)).logits
+
+    def score(self, query: Content, documents: Sequence[Content], instruct: str | None = None, **options) -> np.ndarray:
+        """The old name of `logits`, kept working: it returns logits, not the sigmoid the HTTP APIs call a score."""
+        return self.logits(query, documents, instruct, **options)
 
     def rerank(
         self,
