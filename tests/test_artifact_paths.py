@@ -1,5 +1,5 @@
 """Manifest names stay inside the artifact folder, every file a loader could read is listed and hashed, and the
-torch backend reads only source files the export hashed (issue 13, item 9)."""
+torch backend reads only source files the export hashed."""
 
 from __future__ import annotations
 

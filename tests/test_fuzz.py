@@ -1,8 +1,8 @@
 """Fuzzing, bounded for CI (about a minute in all): schema-driven requests to every POST route of a running
 server, with and without the API key, must never get a 5xx; malformed images and videos must only ever be the
-client's 400 or 413 (issue 13); bodies no JSON parser should take (nested thousands deep, numbers past a float or
+client's 400 or 413; bodies no JSON parser should take (nested thousands deep, numbers past a float or
 an int, bytes that are not UTF-8, a key twice, NaN) are a 400 naming what is wrong, in each route's error body,
-on every route that takes a body (issue 22).
+on every route that takes a body.
 
 The server is `tests.fake_server --multimodal --offline` (the real app and HTTP server over an in-memory model
 that takes media parts; made-up URLs resolve nowhere and connect only to loopback, so nothing leaves the machine).

@@ -1,5 +1,5 @@
 """What a server must not give away: ONNX Runtime's telemetry, and the exporter's local paths as model names
-(issue 13, item 12; DNS results and port probing are in test_media_hostile)."""
+(DNS results and port probing through the media fetcher are in test_media_hostile)."""
 
 from __future__ import annotations
 

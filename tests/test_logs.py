@@ -1,4 +1,4 @@
-"""Log lines a client cannot forge (issue 13, item 10): what it sends is escaped in the text log format."""
+"""Log lines a client cannot forge: what it sends is escaped in the text log format."""
 
 from __future__ import annotations
 

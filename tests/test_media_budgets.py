@@ -1,4 +1,4 @@
-"""Media budgets (issue 13, items 3 and 7): parts per request, decoded pixels per request and per process reserved
+"""Media budgets: parts per request, decoded pixels per request and per process reserved
 before decoding, video frames scaled down while decoding, and a cap on one request's concurrent fetches so it
 cannot starve other requests of connections."""
 

@@ -1,5 +1,5 @@
 """The media fetcher against hostile requests: IPv6 forms of private addresses, DNS and port probing through its
-refusals, and local files swapped for links while they are read (issue 13, items 8, 11, 12)."""
+refusals, and local files swapped for links while they are read."""
 
 from __future__ import annotations
 

@@ -279,7 +279,7 @@ def test_ray_serves_the_same_api_as_the_plain_server(ray_cluster):
         assert bad.status_code == 400 and bad.json()["param"] == "documents"  # our error body, through the proxy
         assert bad.headers.get_list("x-request-id") == [bad.headers["x-request-id"]]
         too_many = client.post(f"{base}/v1/rerank", json={"query": "q", "documents": ["d"] * 300})
-        # more pairs than a replica's --max-queued-pairs can ever hold: 413, no Retry-After (issue 13); overload
+        # more pairs than a replica's --max-queued-pairs can ever hold: 413, no Retry-After; overload
         # within it is a 503 + Retry-After (test_ray_overload_is_503_with_retry_after)
         assert too_many.status_code == 413 and "retry-after" not in too_many.headers
 

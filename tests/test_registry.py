@@ -27,7 +27,7 @@ NOT_OBJECTS = [[], ["texts"], "texts", 1, None]
 
 
 def oracle(path: str, data, convention: str) -> str | None:
-    """Which shape answers: the pickers of server/shared.py before the registry, restated."""
+    """Which shape answers, restated by hand from the peers' rules (independent of the registry it checks)."""
     is_object = isinstance(data, dict)
     if path in ("/v1/rerank", "/rerank"):
         if is_object and "texts" in data and "documents" not in data:

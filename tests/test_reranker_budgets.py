@@ -1,5 +1,5 @@
-"""The reranker's budgets come before its work, and no request holds the encoding thread against others (issue 13,
-items 2, 5, 6): characters per text before tokenizing, 413 for what can never fit the queue, encoding in slices
+"""A Reranker's budgets come before its work, and no request holds the encoding thread against others:
+characters per text before tokenizing, 413 for what can never fit the queue, encoding in slices
 that interleave across requests and stop when the request is cancelled."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def xlmr_encoder(tokenizer_dirs):
     return get_family("cross-encoder").load_encoder(tokenizer_dirs["xlmr"])
 
 
-# --- item 2: characters per text, before tokenizing --------------------------------------------------
+# --- characters per text, before tokenizing ----------------------------------------------------------
 
 
 def test_a_huge_single_word_is_cut_before_the_tokenizer_sees_it(xlmr_encoder):
@@ -115,7 +115,7 @@ def test_the_character_limit_follows_max_length_and_is_a_setting():
     assert make_reranker(WordEncoder(), max_text_chars=77).max_text_chars == 77
 
 
-# --- item 5: what can never fit the queue is a 413 ------------------------------------------------------
+# --- what can never fit the queue is a 413 --------------------------------------------------------------
 
 
 def test_more_pairs_than_the_queue_holds_is_a_413_not_a_503():
@@ -142,7 +142,7 @@ def test_a_request_past_the_queue_stops_encoding_early():
         reranker.close()
 
 
-# --- item 6: one large request does not hold the encoding thread ---------------------------------------
+# --- one large request does not hold the encoding thread -----------------------------------------------
 
 
 def test_a_small_request_is_not_stuck_behind_a_large_one():

@@ -1,5 +1,5 @@
 """Prompt templates come from artifacts and --chat-template, so they are hostile until rendered sandboxed: no
-template can run code, at load or on a request, whatever the manifest's hashes say (issue 13, item 1)."""
+template can run code, at load or on a request, whatever the manifest's hashes say."""
 
 from __future__ import annotations
 

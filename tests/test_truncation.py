@@ -1,4 +1,4 @@
-"""Per-request truncation is exact (issue 22): `max_length` (vLLM's truncate_prompt_tokens), `max_tokens_per_doc`
+"""Per-request truncation is exact: `max_length` (vLLM's truncate_prompt_tokens), `max_tokens_per_doc`
 and `truncation_side` cut the document's tokens as the tokenizer made them beside the query, in one encoding.
 
 Unit tier: each text family's encoder on its tiny offline tokenizer, behind the real reranker with a backend that

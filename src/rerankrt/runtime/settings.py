@@ -24,7 +24,7 @@ class RerankerSettings(BaseModel):
     model_config = {"protected_namespaces": ()}
 
     model_path: str = Field(
-        description="artifact folder written by `rerankrt export` (served with ONNX Runtime), "
+        description="artifact folder written by `rerankrt export` (served by its ONNX graphs or TensorRT engines), "
         "or a model folder / Hub id (served with torch, no export)"
     )
     backend: Literal[BACKEND_CHOICES] = Field(  # one per row of runtime.plan.BACKEND_TABLE, and auto
