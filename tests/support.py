@@ -1,8 +1,11 @@
-"""Test helpers: a held backend, a fake clock and an in-process client, `rerankrt` as a subprocess, media files
-and their server, a hand-written artifact folder."""
+"""Test helpers: a held backend, a fake clock and an in-process client, `rerankrt` as a subprocess, media files,
+their server and fetching them, a hand-written artifact folder. (In-memory stand-ins for rerankrt's parts are in
+tests/fakes.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import hashlib
 import io
@@ -21,6 +24,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from rerankrt.errors import InputError
+from rerankrt.server.media import MediaFetcher, MediaLimits, MediaRef
 
 # the media server (MediaHandler, serve_media) lives in rerankrt.testing: the benchmarks use it too
 from rerankrt.testing.media_server import MEDIA_TYPES, MediaHandler, serve_media  # noqa: F401
@@ -153,6 +159,42 @@ def mp4_bytes(frames: Iterable[np.ndarray], fps: int) -> bytes:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
     return buffer.getvalue()
+
+
+MEDIA_FIELD = "documents[3].content[1].image_url.url"  # where a client sent a media ref, in the tests' refs
+
+
+def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    """A gray PNG of `size` (width, height) in Pillow `mode`."""
+    return image_bytes(Image.new(mode, size, 128))
+
+
+def fetch(limits: MediaLimits, *refs: MediaRef) -> list:
+    """The refs fetched and decoded by a MediaFetcher with `limits`, in order."""
+
+    async def main():
+        async with MediaFetcher(limits) as fetcher:
+            return await fetcher.fetch_all(refs)
+
+    return asyncio.run(main())
+
+
+def image_ref(url: str, field: str = MEDIA_FIELD) -> MediaRef:
+    """An image reference as an API adapter makes one, `field` naming where the client sent it."""
+    return MediaRef("image", url, field)
+
+
+def fetch_refused(limits: MediaLimits, ref: MediaRef, match: str, error: type[InputError] = InputError) -> InputError:
+    """The fetch fails with `error`, naming the ref's field, with a message matching `match`."""
+    with pytest.raises(error, match=match) as info:
+        fetch(limits, ref)
+    assert info.value.field == ref.field and str(info.value).startswith(f"{ref.field}: ")
+    return info.value
+
+
+def data_uri(data: bytes, media_type: str) -> str:
+    """`data` as a base64 data: URI of `media_type`."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
 # --- an artifact folder written by hand -------------------------------------------------------------

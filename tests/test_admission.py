@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from rerankrt.server import create_app
+from tests.fakes import make_model, settings
 from tests.support import FakeClock, HeldBackend, asgi_client
-from tests.test_api_adapters import make_model, settings
 
 QUERY = "what is panda"
 DOCUMENTS = ["a bear in china", "a bear eating bamboo", "panda is a bear", "what is a panda"]

@@ -1,163 +1,18 @@
-"""The API adapters (SGLang, Cohere/Jina, vLLM) over the real Reranker with an in-memory model.
-
-Unit tier: no export, no weights. A fake encoder turns words into ids (one id per distinct word) and a fake
-backend scores a pair by how many document words the query holds, so rankings are predictable; the Reranker,
-its scheduler, its field renaming and the whole app are the real ones.
-"""
+"""The API adapters (SGLang, Cohere/Jina, vLLM) over the real Reranker with the in-memory model (tests/fakes.py):
+the Reranker, its scheduler, its field renaming and the whole app are the real ones."""
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rerankrt.errors import InputError
-from rerankrt.families.base import MODEL_LIMITS, Batch, Features, PairEncoder
-from rerankrt.precision import Precision
 from rerankrt.runtime import sigmoid
-from rerankrt.runtime.loader import LoadedModel
-from rerankrt.runtime.plan import ServingPlan
 from rerankrt.server import create_app
 from rerankrt.server.schemas import TINY_PNG
-from rerankrt.server.settings import ServeSettings
-
-CLS, SEP, IMAGE, VIDEO = 1, 2, 3, 4  # word ids start above these
-WORD = re.compile(r"\S+")
-MAX_LENGTH = 16
-MAX_DOCUMENTS = 5
-SERVER_SOURCES = Path(__file__).resolve().parents[1] / "src" / "rerankrt" / "server"
-
-QUERY = "what is panda"
-DOCS = ["hi there", "panda is a bear what", "what is it", "the panda"]
-# logits: words of the document also in the query, minus one
-LOGITS = [-1.0, 2.0, 1.0, 0.0]
-BEST_FIRST = [1, 2, 3, 0]
-TOKENS = sum(1 + 3 + 1 + len(d.split()) for d in DOCS)  # [CLS] query [SEP] document, one token per word
-LONG = " ".join(["filler"] * 30)  # over MAX_LENGTH beside any query
-
-
-# --- an in-memory model -------------------------------------------------------------------------
-
-
-class WordTokenizer:
-    """A stand-in for a Hugging Face fast tokenizer: one id per distinct lower-cased word, with offsets."""
-
-    def __init__(self):
-        self.vocab: dict[str, int] = {}
-
-    def ids(self, text: str) -> list[int]:
-        return self(text)["input_ids"]
-
-    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False) -> dict:
-        words = list(WORD.finditer(text))
-        ids = [self.vocab.setdefault(w.group().lower(), len(self.vocab) + 10) for w in words]
-        if add_special_tokens:
-            return {"input_ids": [CLS, *ids, SEP], "offset_mapping": [(0, 0), *(w.span() for w in words), (0, 0)]}
-        return {"input_ids": ids, "offset_mapping": [w.span() for w in words]}
-
-    def __len__(self) -> int:
-        return len(self.vocab) + 10
-
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        words = {i: w for w, i in self.vocab.items()} | {CLS: "[CLS]", SEP: "[SEP]", IMAGE: "[IMG]", VIDEO: "[VID]"}
-        return [words.get(i, "[UNK]") for i in ids]
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        special = {CLS, SEP, IMAGE, VIDEO, 0}
-        return " ".join(self.convert_ids_to_tokens([i for i in ids if not (skip_special_tokens and i in special)]))
-
-
-class WordEncoder(PairEncoder):
-    """`[CLS] instruct query [SEP] document`, one id per word; an image or video part is one id.
-
-    An empty text part is refused with an error naming it the way a real encoder names its fields (`query[k]`,
-    `documents[i][k]`), which the Reranker renames to the client's fields.
-    """
-
-    input_names = ("input_ids", "attention_mask")
-    pad_values = {"input_ids": 0, "attention_mask": 0}
-
-    def __init__(self, max_length: int = MAX_LENGTH):
-        self.max_length = max_length
-        self.tokenizer = WordTokenizer()
-
-    def tokens(self, content, field: str) -> list[int]:
-        if isinstance(content, str):
-            return self.tokenizer.ids(content)
-        ids = []
-        for k, part in enumerate(content):
-            if part["type"] == "text" and not part["text"]:
-                raise InputError(f"{field}[{k}]", "an empty text part")
-            ids += {"image": [IMAGE], "video": [VIDEO]}.get(part["type"]) or self.tokenizer.ids(part["text"])
-        return ids
-
-    def encode(
-        self, query, documents: Sequence, instruct: str | None = None, truncate: bool = True, truncation=MODEL_LIMITS
-    ) -> list[Features]:
-        head = [CLS, *(self.tokenizer.ids(instruct) if instruct else []), *self.tokens(query, "query"), SEP]
-        pairs = []
-        for i, document in enumerate(documents):
-            tokens = self.tokens(document, f"documents[{i}]")
-            start, stop = self.kept(i, len(tokens), len(head), truncate, truncation)
-            ids = (head + tokens[start:stop])[: self.max_length]
-            array = np.asarray(ids, dtype=np.int64)
-            pairs.append({"input_ids": array, "attention_mask": np.ones_like(array)})
-        return pairs
-
-    def save(self, out_dir: Path) -> list[str]:
-        return []
-
-
-class OverlapBackend:
-    """logit = (document tokens also in the query) - 1, float32, one per row; `gate`, when set, holds each batch."""
-
-    name = "fake"
-    device = "cpu"
-
-    def __init__(self, gate: threading.Event | None = None):
-        self.gate = gate
-        self.batches = 0
-
-    def run(self, batch: Batch) -> np.ndarray:
-        if self.gate is not None:
-            assert self.gate.wait(30), "the test never opened the gate"
-        self.batches += 1
-        logits = []
-        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
-            ids = row[mask.astype(bool)].tolist()
-            split = ids.index(SEP)
-            query, document = set(ids[1:split]), ids[split + 1 :]
-            logits.append(sum(t in query for t in document) - 1.0)
-        return np.asarray(logits, dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class FakeFamily:
-    name: str
-    multimodal: bool
-    labels: tuple[int, int] | None = None  # a yes/no family's (yes, no) token ids
-
-    def label_tokens(self, encoder) -> tuple[int, int] | None:
-        return self.labels
-
-
-def make_model(
-    multimodal: bool = False, gate: threading.Event | None = None, labels: tuple[int, int] | None = None
-) -> LoadedModel:
-    family = FakeFamily("multimodal-fake" if multimodal else "text-fake", multimodal, labels)
-    plan = ServingPlan(backend="fake", device="cpu", precision=Precision.FP32)
-    return LoadedModel(family, WordEncoder(), OverlapBackend(gate), plan, name="fake-reranker")
-
-
-def settings(**overrides) -> ServeSettings:
-    values = {"warmup": False, "max_documents_per_request": MAX_DOCUMENTS, "max_padding_ratio": 1.0, **overrides}
-    return ServeSettings(model_path="-", **values)
+from tests.fakes import BEST_FIRST, DOCS, LOGITS, LONG, MAX_DOCUMENTS, MAX_LENGTH, QUERY, TOKENS, make_model, settings
 
 
 @pytest.fixture(scope="module")
@@ -482,11 +337,3 @@ def test_a_stalled_backend_is_a_503_after_the_timeout_and_the_server_recovers():
         finally:
             gate.set()
         assert client.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS}).status_code == 200
-
-
-def test_no_model_family_is_named_in_the_server():
-    pattern = re.compile(r"qwen|vision|gemma|yes_no|deepstack", re.IGNORECASE)
-    named = [
-        f"{path.name}: {m.group()}" for path in SERVER_SOURCES.rglob("*.py") for m in pattern.finditer(path.read_text())
-    ]
-    assert not named

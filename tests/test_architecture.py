@@ -203,6 +203,17 @@ def test_no_family_or_model_type_is_named_outside_families():
     assert not found, "\n".join(found)
 
 
+def test_no_model_family_is_named_in_the_server():
+    """Stricter for the server than the literal check: not even a comment names a model or a family's feature."""
+    pattern = re.compile(r"qwen|vision|gemma|yes_no|deepstack", re.IGNORECASE)
+    named = [
+        f"{path.name}: {m.group()}"
+        for path in (SRC / "server").rglob("*.py")
+        for m in pattern.finditer(path.read_text())
+    ]
+    assert not named
+
+
 @pytest.mark.parametrize("package", sorted(CONFINED))
 def test_optional_libraries_are_imported_only_where_the_docs_say(package):
     allowed = CONFINED[package]
@@ -233,7 +244,6 @@ def test_the_map_names_every_module():
     assert not missing, f"docs/architecture.md's map does not name: {', '.join(missing)}"
 
 
-@pytest.mark.xfail(strict=True, reason="the in-memory model still lives in test_api_adapters (moved next commit)")
 def test_no_test_module_imports_another():
     """Tests share helpers (tests/support.py, tests/fakes.py, the fake server and TensorRT), never test modules."""
     test_modules = {p.stem for p in modules(TESTS) if p.stem.startswith("test_")}

@@ -13,8 +13,8 @@ from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
 from rerankrt.runtime.torch_backend import TorchBackend
+from tests.fakes import CPU, manifest
 from tests.support import edit_manifest, write_fake_artifact
-from tests.test_plan import CPU, manifest
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 import uvicorn
 
 from rerankrt.server import create_app
+from tests.fakes import BEST_FIRST, DOCS, QUERY, make_model, settings
 from tests.support import free_port
-from tests.test_api_adapters import BEST_FIRST, DOCS, QUERY, make_model, settings
 
 cohere = pytest.importorskip("cohere")
 

@@ -33,7 +33,7 @@ from rerankrt.server.app import ROUTERS
 from rerankrt.server.bodies import MAX_JSON_DEPTH, nesting_depth
 from rerankrt.server.media import MediaLimits
 from rerankrt.server.media.decode import decode_image, decode_video
-from tests import test_api_adapters as adapters
+from tests import fakes
 from tests.support import fake_server, image_bytes, mp4_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")
@@ -207,8 +207,8 @@ def error_message(response) -> str:
 def app_client(request):
     """The app over test_api_adapters' in-memory model; with --rerank-convention infinity the rerank paths answer
     client mistakes as Infinity does (422)."""
-    config = adapters.settings(rerank_convention=request.param)
-    with TestClient(create_app(config, adapters.make_model()), raise_server_exceptions=False) as client:
+    config = fakes.settings(rerank_convention=request.param)
+    with TestClient(create_app(config, fakes.make_model()), raise_server_exceptions=False) as client:
         yield client
 
 
@@ -247,7 +247,7 @@ def test_a_body_over_the_limit_is_a_413_in_each_routes_error_body():
     """By Content-Length or by the bytes that arrive (chunked): the route answers in its own body; one that reads
     no body gets rerankrt's (by Content-Length: it never reads the bytes to count)."""
     body = json.dumps({**VALID, "documents": ["x" * 2000]}).encode()
-    app = create_app(adapters.settings(max_request_bytes=1024), adapters.make_model())
+    app = create_app(fakes.settings(max_request_bytes=1024), fakes.make_model())
     with TestClient(app, raise_server_exceptions=False) as client:
         sends = [(path, sent) for path in body_routes() for sent in (body, iter([body[:1000], body[1000:]]))]
         for path, sent in [*sends, *((path, body) for path in NO_BODY)]:
@@ -259,7 +259,7 @@ def test_a_body_over_the_limit_is_a_413_in_each_routes_error_body():
 
 
 def test_a_client_gone_before_its_body_arrived_is_a_499_not_an_error(caplog):
-    app = create_app(adapters.settings(), adapters.make_model())
+    app = create_app(fakes.settings(), fakes.make_model())
     events = [{"type": "http.request", "body": b'{"query": "q", ', "more_body": True}, {"type": "http.disconnect"}]
     sent = []
 

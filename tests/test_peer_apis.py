@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from rerankrt.runtime import sigmoid
 from rerankrt.server import create_app
 from rerankrt.server.shapes import UNKNOWN_FIELDS_HEADER
-from tests.test_api_adapters import BEST_FIRST, DOCS, LOGITS, LONG, QUERY, TOKENS, make_model, settings
+from tests.fakes import BEST_FIRST, DOCS, LOGITS, LONG, QUERY, TOKENS, make_model, settings
 
 YES, NO = 5, 6  # the fake yes/no family's label token ids
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
 from rerankrt.server import create_app
-from tests.test_api_adapters import make_model, settings
+from tests.fakes import make_model, settings
 
 MODEL_NAME = "fake-reranker"
 

@@ -18,7 +18,7 @@ from rerankrt.runtime import Reranker
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from rerankrt.runtime.reranker import ScoreRequest
 from rerankrt.testing.reference import qwen3_card_scores, random_documents, random_text
-from tests import test_plan
+from tests import fakes
 from tests.conftest import QWEN_ARCHS
 
 BACKENDS = ("onnxruntime", "openvino", "torch")
@@ -246,14 +246,14 @@ FILES = {"scorer": "model.onnx", "scorer.int8": "model.int8.onnx", DECODER: "dec
     ("machine", "artifact", "precision", "reuse", "expected"),
     [
         # ONNX Runtime: the decoder graph only where its scorer would be the fp32 graph
-        (test_plan.CPU, "int8", None, True, ("int8", {"scorer": "model.int8.onnx"})),
-        (test_plan.CPU, "int8", Precision.FP32, True, ("fp32", {DECODER: "decoder.onnx"})),
-        (test_plan.CPU, "int8", Precision.FP32, False, ("fp32", {"scorer": "model.onnx"})),
-        (test_plan.CPU, "bf16", None, True, ("fp32", {DECODER: "decoder.onnx"})),  # ONNX Runtime runs fp32 graphs
+        (fakes.CPU, "int8", None, True, ("int8", {"scorer": "model.int8.onnx"})),
+        (fakes.CPU, "int8", Precision.FP32, True, ("fp32", {DECODER: "decoder.onnx"})),
+        (fakes.CPU, "int8", Precision.FP32, False, ("fp32", {"scorer": "model.onnx"})),
+        (fakes.CPU, "bf16", None, True, ("fp32", {DECODER: "decoder.onnx"})),  # ONNX Runtime runs fp32 graphs
         # OpenVINO always runs fp32 graphs (bf16 is a compile hint): the decoder graph for bf16 too
-        (test_plan.OPENVINO_BF16, "bf16", None, True, ("bf16", {DECODER: "decoder.onnx"})),
-        (test_plan.OPENVINO_BF16, "bf16", None, False, ("bf16", {"scorer": "model.onnx"})),
-        (test_plan.OPENVINO_NO_BF16, "fp32", None, True, ("fp32", {DECODER: "decoder.onnx"})),
+        (fakes.OPENVINO_BF16, "bf16", None, True, ("bf16", {DECODER: "decoder.onnx"})),
+        (fakes.OPENVINO_BF16, "bf16", None, False, ("bf16", {"scorer": "model.onnx"})),
+        (fakes.OPENVINO_NO_BF16, "fp32", None, True, ("fp32", {DECODER: "decoder.onnx"})),
     ],
 )
 def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_without(
@@ -261,13 +261,13 @@ def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_with
 ):
     roles = [role for role in FILES if artifact == "int8" or role != "scorer.int8"]
     graphs = {role: Graph(file=FILES[role], inputs=["input_ids"], outputs=["logits"]) for role in roles}
-    manifest = test_plan.manifest(precision=artifact, family="qwen3-yes-no").model_copy(update={"graphs": graphs})
+    manifest = fakes.manifest(precision=artifact, family="qwen3-yes-no").model_copy(update={"graphs": graphs})
     backend = "openvino" if machine.openvino else "onnxruntime"
-    plan = test_plan.first(manifest, machine, backend=backend, precision=precision, prefix_reuse=reuse)
+    plan = fakes.first(manifest, machine, backend=backend, precision=precision, prefix_reuse=reuse)
     assert (plan.precision.value, dict(plan.graphs)) == expected
 
 
 def test_plan_without_the_decoder_graph_serves_the_scorer_alone_with_reuse_on():
-    manifest = test_plan.manifest(family="qwen3-yes-no", roles=("scorer",))
-    assert test_plan.first(manifest, test_plan.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
-    assert test_plan.first(manifest, test_plan.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}
+    manifest = fakes.manifest(family="qwen3-yes-no", roles=("scorer",))
+    assert fakes.first(manifest, fakes.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
+    assert fakes.first(manifest, fakes.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}

@@ -26,8 +26,8 @@ pytest.importorskip("ray", reason="Ray Serve is not installed: pip install -e '.
 from rerankrt.server import create_app  # noqa: E402
 from rerankrt.server.ray_serve import REPLICA_HEADER, ReplicaLost, RerankrtReplica, deployment_options  # noqa: E402
 from rerankrt.server.settings import ServeSettings  # noqa: E402
+from tests.fakes import make_model  # noqa: E402
 from tests.support import ENV, FakeClock, free_port  # noqa: E402
-from tests.test_api_adapters import make_model  # noqa: E402
 
 REPLICA = REPLICA_HEADER.decode()
 DOCS = [f"The giant panda number {i} is a bear that eats bamboo in the mountains of Sichuan." for i in range(24)]

@@ -18,7 +18,7 @@ from rerankrt.server import create_app, registry
 from rerankrt.server.middleware import API_PREFIXES
 from rerankrt.server.settings import ServeSettings
 from rerankrt.server.shapes import Claim
-from tests.test_api_adapters import make_model, settings
+from tests.fakes import make_model, settings
 
 SCORE_FORMS = ("text_1", "text_2", "queries", "data_1", "data_2")
 KEYS = ("texts", "documents", "query", "items", "label_token_ids", *SCORE_FORMS, "other")

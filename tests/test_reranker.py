@@ -4,7 +4,7 @@
 import numpy as np
 
 from rerankrt.runtime import Reranker, sigmoid
-from tests.test_api_adapters import BEST_FIRST, DOCS, LOGITS, QUERY, make_model, settings
+from tests.fakes import BEST_FIRST, DOCS, LOGITS, QUERY, make_model, settings
 
 
 def test_logits_are_raw_and_rerank_gives_their_sigmoid_best_first():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,14 +18,7 @@ from rerankrt.runtime.loader import LoadedModel
 from rerankrt.runtime.plan import ServingPlan
 from rerankrt.runtime.reranker import SLICE_DOCUMENTS, TEXT_CHARS_PER_TOKEN, RequestTooLarge
 from rerankrt.server import create_app
-from tests.test_api_adapters import LONG, MAX_LENGTH, WordEncoder, make_model, settings
-
-
-class ZeroBackend:
-    name, device = "fake", "cpu"
-
-    def run(self, batch):
-        return np.zeros(len(batch["input_ids"]), dtype=np.float32)
+from tests.fakes import LONG, MAX_LENGTH, WordEncoder, ZeroBackend, make_model, settings
 
 
 class Spy:

@@ -26,7 +26,7 @@ from rerankrt.runtime import Reranker, ScoreRequest
 from rerankrt.runtime.loader import LoadedModel
 from rerankrt.runtime.plan import ServingPlan
 from rerankrt.testing.tiny_gemma import build_gemma_tokenizer
-from tests.test_api_adapters import settings
+from tests.fakes import settings
 
 MAX_LENGTH = 160  # the encoders' own limit: long documents below run past it
 GEMMA_MAX_LENGTH = 2048  # FlagEmbedding's own cut (tests/test_gemma_family.py) leaves every document below whole
