@@ -14,6 +14,8 @@ from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from tests.support import HeldBackend, asgi_client
 
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
+
 QUERY = "what is panda?"
 DOCS = ["hi", "The giant panda is a bear species endemic to China.", "Paris is the capital of France."]
 

@@ -139,6 +139,7 @@ def test_an_artifact_without_source_hashes_is_not_served_by_torch():
     assert "does not hash its source model's files" in torch[1].reason
 
 
+@pytest.mark.integration
 def test_a_real_export_hashes_its_source_and_torch_refuses_a_tampered_copy(artifact_dirs, model_dirs, tmp_path):
     from rerankrt.runtime import Reranker
 

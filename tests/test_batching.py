@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from rerankrt.runtime.batching import plan_batches
 
@@ -36,6 +37,7 @@ def test_padding_ratio_cap_keeps_dissimilar_lengths_apart():
     assert [b.tolist() for b in uncapped] == [[0, 1, 2, 3, 4]]
 
 
+@pytest.mark.integration
 def test_in_process_scoring_batches_like_the_server_on_cpu(artifact_dirs):
     """Reranker.logits caps padding as the server's scheduler does on CPU (0.1), and scores the same either way."""
     from rerankrt.runtime import Reranker, RerankerSettings

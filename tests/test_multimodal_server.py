@@ -26,6 +26,8 @@ from rerankrt.server.settings import ServeSettings
 from rerankrt.testing.reference_qwen3_vl import messages
 from tests.support import image_bytes, mp4_bytes, rerankrt, running_server
 
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
+
 SCORE_TOLERANCE = 1e-3
 MAX_BYTES = 256 * 1024  # the test apps' media_max_bytes; big.png is over it
 

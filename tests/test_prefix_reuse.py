@@ -67,6 +67,7 @@ def _cases(rng):
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_prefix_reuse_equals_the_model_card(artifact_dirs, model_dirs, arch, backend):
@@ -86,6 +87,7 @@ def test_prefix_reuse_equals_the_model_card(artifact_dirs, model_dirs, arch, bac
         reranker.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_requests_with_different_prefixes_in_one_batch(artifact_dirs, model_dirs, backend):
     """Rows of three requests (one of them a single document) in one batch, left-padded: the two prefixes run in
@@ -116,8 +118,9 @@ def test_requests_with_different_prefixes_in_one_batch(artifact_dirs, model_dirs
     reranker.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_requests_batched_together_through_the_engine(artifact_dirs, model_dirs, backend):
+def test_concurrent_requests_batched_together_through_the_reranker(artifact_dirs, model_dirs, backend):
     rng = np.random.default_rng(9)
     requests = [(random_text(rng, 2, 8), random_documents(rng, n, max_words=40)) for n in (5, 1, 4)]
     batches = []
@@ -135,6 +138,7 @@ def test_concurrent_requests_batched_together_through_the_engine(artifact_dirs, 
         np.testing.assert_allclose(scores.logits, qwen3_card_scores(model_dirs["qwen3"], query, docs)[1], atol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_switch_off_runs_every_pair_whole_with_the_same_scores(artifact_dirs, model_dirs, backend):
     rng = np.random.default_rng(2)
@@ -153,6 +157,7 @@ def test_switch_off_runs_every_pair_whole_with_the_same_scores(artifact_dirs, mo
     off.close()
 
 
+@pytest.mark.integration
 def test_an_artifact_without_the_decoder_graph_still_serves(artifact_dirs, model_dirs, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(artifact_dirs["qwen3"], old)
@@ -185,6 +190,7 @@ def test_prefix_ends_before_the_document_and_is_the_same_for_every_document(toke
     assert encoder.tokenizer.decode(pairs[0]["input_ids"][:length]).rstrip().endswith("<Document>:")
 
 
+@pytest.mark.integration
 def test_the_masked_dummy_past_gets_exactly_zero_weight(model_dirs):
     """Rows without a past see a one-position past that is masked out: whatever it holds, the logits and present
     keys/values of the real tokens are bit-identical (every real query also sees its own key, so the masked one
@@ -207,6 +213,7 @@ def test_the_masked_dummy_past_gets_exactly_zero_weight(model_dirs):
         assert torch.equal(a.permute(1, 3, 0, 2, 4)[real], b.permute(1, 3, 0, 2, 4)[real])
 
 
+@pytest.mark.integration
 def test_export_verifies_both_serving_sets(artifact_dirs):
     manifest = load_manifest(artifact_dirs["qwen3"])
     assert {role: g.file for role, g in manifest.graphs.items()} == {"scorer": "model.onnx", DECODER: "decoder.onnx"}
@@ -214,6 +221,7 @@ def test_export_verifies_both_serving_sets(artifact_dirs):
     assert parity["passed"] and "(model.onnx)" in parity["candidate"] and "(decoder.onnx)" in parity["candidate"]
 
 
+@pytest.mark.integration
 def test_openvino_bf16_hint_with_prefix_reuse_passes_the_fidelity_gate(artifact_dirs, model_dirs):
     from rerankrt.export.parity import check_fidelity
     from rerankrt.runtime.machine import Machine

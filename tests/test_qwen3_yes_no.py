@@ -50,6 +50,7 @@ def test_the_old_family_name_decoder_yes_no_is_read_as_qwen3_yes_no(tokenizer_di
     assert build_parser().parse_args(["export", "m", "--family", "decoder-yes-no"]).family == "qwen3-yes-no"
 
 
+@pytest.mark.integration
 def test_an_artifact_whose_manifest_says_decoder_yes_no_serves(artifact_dirs, tmp_path):
     import json
     import shutil
@@ -148,6 +149,7 @@ def test_template_that_drops_or_changes_the_inputs_is_refused(tokenizer_dirs, tm
         Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"], chat_template=template)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_graph_has_no_vocabulary_sized_projection(artifact_dirs, model_dirs, arch):
     vocab = Qwen3YesNoFamily().load_encoder(model_dirs[arch]).tokenizer.__len__()
@@ -166,6 +168,7 @@ def test_graph_has_no_vocabulary_sized_projection(artifact_dirs, model_dirs, arc
     assert not any(dims[-1:] == [vocab] for dims in initializers.values())  # no transposed LM head
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch", "torch-plain"])
 def test_every_backend_equals_the_model_card(artifact_dirs, model_dirs, arch, backend):
@@ -180,6 +183,7 @@ def test_every_backend_equals_the_model_card(artifact_dirs, model_dirs, arch, ba
         np.testing.assert_allclose(1 / (1 + np.exp(-ours.astype(np.float64))), prob, atol=1e-4, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_left_and_right_padding_score_like_a_single_pair(artifact_dirs, model_dirs, side):
     family = Qwen3YesNoFamily()
@@ -202,6 +206,7 @@ def test_left_and_right_padding_score_like_a_single_pair(artifact_dirs, model_di
         np.testing.assert_allclose(run(batch), single, atol=1e-4, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_chinese_example_through_the_api(artifact_dirs, model_dirs, backend):
     prob, logit = qwen3_card_scores(model_dirs["qwen3"], CHINESE["query"], CHINESE["documents"], CHINESE["instruct"])
@@ -217,12 +222,14 @@ def test_chinese_example_through_the_api(artifact_dirs, model_dirs, backend):
         assert r["score"] == pytest.approx(float(logit[r["index"]]), abs=1e-4)
 
 
+@pytest.mark.integration
 def test_over_long_instruction_is_a_400_naming_instruct(artifact_dirs, tmp_path):
     with TestClient(create_app(ServeSettings(model_path=str(artifact_dirs["qwen3"]), max_length=120))) as client:
         response = client.post("/v1/rerank", json={**CHINESE, "instruct": "be precise " * 200})
     assert response.status_code == 400 and response.json()["param"] == "instruct"
 
 
+@pytest.mark.integration
 def test_artifact_keeps_its_template_and_serve_can_override_it(model_dirs, tmp_path):
     template = tmp_path / "short.jinja"
     template.write_text("Q: {{ messages[0]['content'] }} D: {{ messages[1]['content'] }}<|im_end|>")
@@ -236,6 +243,7 @@ def test_artifact_keeps_its_template_and_serve_can_override_it(model_dirs, tmp_p
     assert Reranker.load(str(out), chat_template=bundled).encoder.template.source.startswith("<|im_start|>system")
 
 
+@pytest.mark.integration
 def test_forcing_the_cross_encoder_family_on_a_causal_lm_fails_clearly(model_dirs, tmp_path):
     with pytest.raises(UnsupportedModelError, match="2 labels; a cross-encoder needs 1"):
         export_model(str(model_dirs["qwen3"]), tmp_path / "art", family="cross-encoder")

@@ -22,6 +22,8 @@ from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from tests.support import edit_manifest
 
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
+
 
 @pytest.fixture
 def openvino_off_by(monkeypatch):

@@ -13,6 +13,8 @@ from rerankrt.testing.reference import cross_encoder_logits, random_documents, r
 from tests.conftest import ARCHS
 from tests.support import HeldBackend, asgi_client
 
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
+
 PANDA = PANDA_EXAMPLE
 
 

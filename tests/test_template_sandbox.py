@@ -72,6 +72,7 @@ def test_a_template_escaping_on_requests_only_never_runs(qwen3_folder, tmp_path)
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_rewritten_hashes_do_not_help_a_hostile_artifact(artifact_dirs, tmp_path):
     """The manifest's hashes catch a changed file, not an attacker who rewrites them: the sandbox is what holds."""
     from rerankrt.runtime import Reranker

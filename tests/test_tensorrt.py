@@ -172,6 +172,7 @@ def test_tensorrt_backend_says_why_it_cannot_run_here(tmp_path):
         TensorRTBackend(ServingPlan("tensorrt", "cuda", Precision.FP16, folder=folder))
 
 
+@pytest.mark.integration
 def test_multimodal_artifacts_are_refused_with_the_reason_everywhere(qwen3_vl_artifact):
     """Engines cover one-graph scorers: build-engine and the plan say so before touching TensorRT."""
     from rerankrt.export.tensorrt import build_engine
@@ -191,6 +192,7 @@ def scores(session, batch):
     return session.run(None, feeds)[0].reshape(-1)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["xlmr", *QWEN_ARCHS])
 def test_fp16_graph_keeps_norms_and_softmax_fp32_and_scores_close(artifact_dirs, tmp_path, arch):
     source = artifact_dirs[arch] / "model.onnx"
@@ -212,6 +214,7 @@ def test_fp16_graph_keeps_norms_and_softmax_fp32_and_scores_close(artifact_dirs,
     assert np.corrcoef(np.argsort(np.argsort(half)), np.argsort(np.argsort(reference)))[0, 1] > 0.9
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 def test_bf16_graph_retypes_every_half_tensor(artifact_dirs, tmp_path, arch):
     target = cast_graph(artifact_dirs[arch] / "model.onnx", tmp_path / "model.bf16.onnx", "bf16")
@@ -249,6 +252,7 @@ def test_bf16_graph_retypes_every_half_tensor(artifact_dirs, tmp_path, arch):
 # --- real engines (GPU with TensorRT only) -----------------------------------------------------------
 
 
+@pytest.mark.integration
 @needs_gpu
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 @pytest.mark.parametrize("precision, bound", [("fp32", 1e-4), ("fp16", 5e-2), ("bf16", 0.5)])

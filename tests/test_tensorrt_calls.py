@@ -275,6 +275,7 @@ def test_an_engine_that_misses_the_self_check_is_deleted_and_not_listed(artifact
     assert not list(artifact.glob("*.plan")) and load_manifest(artifact).engines == []
 
 
+@pytest.mark.integration
 def test_the_self_check_runs_the_engine_plan_on_the_golden_set_by_the_export_rule(artifact_dirs, monkeypatch):
     """`self_check_engine` opens the engine's plan and judges it on the golden set: a runner standing in for the
     engine (the artifact's fp32 graph on ONNX Runtime, its logits moved as another GPU's kernels might move them)."""
