@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fastapi.testclient import TestClient
 
 from rerankrt.artifact import FORMAT_VERSION, Engine, Graph, Manifest, Profile, SourceModel
 from rerankrt.errors import InputError
@@ -27,6 +28,7 @@ from rerankrt.precision import Precision
 from rerankrt.runtime.loader import LoadedModel
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
+from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 
 # --- the in-memory model ------------------------------------------------------------------------------
@@ -155,9 +157,19 @@ def make_model(
     return LoadedModel(family, WordEncoder(), OverlapBackend(gate), plan, name="fake-reranker")
 
 
+YES, NO = 5, 6  # the fake yes/no family's label token ids (make_model(labels=(YES, NO)))
+
+
 def settings(**overrides) -> ServeSettings:
     values = {"warmup": False, "max_documents_per_request": MAX_DOCUMENTS, "max_padding_ratio": 1.0, **overrides}
     return ServeSettings(model_path="-", **values)
+
+
+def client_for(**options) -> TestClient:
+    """A test client of the app over the in-memory model with `settings(**options)`; `multimodal` and `labels` (a
+    yes/no family's) go to `make_model`."""
+    model = make_model(multimodal=options.pop("multimodal", False), labels=options.pop("labels", None))
+    return TestClient(create_app(settings(**options), model))
 
 
 class ZeroBackend:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from rerankrt.errors import InputError
 from rerankrt.server.media import MediaFetcher, MediaLimits, MediaRef
+from rerankrt.server.schemas import TINY_PNG
 
 # the media server (MediaHandler, serve_media) lives in rerankrt.testing: the benchmarks use it too
 from rerankrt.testing.media_server import MEDIA_TYPES, MediaHandler, serve_media  # noqa: F401
@@ -75,6 +76,44 @@ async def asgi_client(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as http:
             yield http
+
+
+# --- API requests and error bodies -------------------------------------------------------------------
+
+
+def text_part(value: str) -> dict:
+    """A text content part."""
+    return {"type": "text", "text": value}
+
+
+def image_part(url: str = TINY_PNG) -> dict:
+    """An image content part (by default a tiny PNG as a data: URI)."""
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def api_error(response, status: int, param: str) -> dict:
+    """The error body, rerankrt's (SGLang's) or vLLM's (the same fields under "error", on its score paths)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    error = body["error"] if isinstance(body.get("error"), dict) else body
+    assert error["param"] == param, error
+    assert error["message"].startswith(f"{param}: ") and error["code"] == status
+    assert "error" in body or error["object"] == "error"
+    return error
+
+
+def peer_error(response, status: int, param: str) -> str:
+    """The message of an error in any peer's body, after checking its status and field."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    if "detail" in body:  # Infinity's 422
+        assert body["detail"][0]["loc"][1:2] == [param.split("[")[0].split(".")[0]], body
+        return body["detail"][0]["msg"]
+    if isinstance(body.get("error"), str):  # TEI's
+        return body["error"]
+    error = body["error"] if isinstance(body.get("error"), dict) else body
+    assert error["param"] == param, error
+    return error["message"]
 
 
 # --- the command line as a user runs it ----------------------------------------------------------

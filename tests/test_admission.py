@@ -1,6 +1,6 @@
 """Admission at arrival and the request timeout, through the whole app, on a fake clock.
 
-The in-memory model of test_api_adapters behind a backend whose forward pass takes a known time per padded token
+The in-memory model of tests/fakes.py behind a backend whose forward pass takes a known time per padded token
 on a fake clock (the scheduler's, which the server's deadlines and stall guard read too), held until the test
 releases it: what is admitted, refused or answered follows from token counts, never from how fast this machine is.
 """

@@ -8,7 +8,7 @@ The server is `tests.fake_server --multimodal --offline` (the real app and HTTP 
 that takes media parts; made-up URLs resolve nowhere and connect only to loopback, so nothing leaves the machine).
 Requests come from schemathesis' strategies for the server's own /openapi.json (examples, then generated and
 mutated bodies); each run is seeded, so a failure replays. The hostile bodies go to the app itself over the
-in-memory model of test_api_adapters (unit tier).
+in-memory model of tests/fakes.py (unit tier).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def error_message(response) -> str:
 
 @pytest.fixture(scope="module", params=["sglang", "infinity"], ids=lambda c: f"convention-{c}")
 def app_client(request):
-    """The app over test_api_adapters' in-memory model; with --rerank-convention infinity the rerank paths answer
+    """The app over the in-memory model (tests/fakes.py); with --rerank-convention infinity the rerank paths answer
     client mistakes as Infinity does (422)."""
     config = fakes.settings(rerank_convention=request.param)
     with TestClient(create_app(config, fakes.make_model()), raise_server_exceptions=False) as client:

@@ -1,9 +1,6 @@
-"""The API-shape registry (server/registry.py): the shared paths pick exactly as the hand-written pickers did
-before the registry (kept here as the oracle), the --rerank-convention choices are the registry's, the API key
-covers every shape's own paths, and /ping answers as /health.
-
-Unit tier.
-"""
+"""The API-shape registry (server/registry.py): the shared paths pick the shape an oracle written by hand from the
+peers' rules picks, for every combination of body fields and convention; the --rerank-convention choices are the
+registry's, the API key covers every shape's own paths, and /ping answers as /health."""
 
 from __future__ import annotations
 

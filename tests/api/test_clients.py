@@ -1,7 +1,7 @@
 """Real client libraries, unmodified, pointed at a server on 127.0.0.1 with the URL and option that the README's
 table gives: the Cohere SDK (v1 and v2 clients; in the dev extra) and LiteLLM's rerank providers (skipped when
-litellm is not installed; it is heavy). The clients only need HTTP, so the server is the in-memory Reranker of
-test_api_adapters in an in-process uvicorn (unit tier); test_served_clients.py runs the Cohere SDK against a
+litellm is not installed; it is heavy). The clients only need HTTP, so the server is the in-memory model of
+tests/fakes.py in an in-process uvicorn; test_served_clients.py runs the Cohere SDK against a
 served tiny model.
 """
 
