@@ -2,8 +2,9 @@
 
 - The in-memory model (`make_model`): a fake encoder turns words into ids (one id per distinct word) and a fake
   backend scores a pair by how many document words the query holds (logit = that count - 1), so rankings are
-  predictable; with the real Reranker, scheduler and app around it (`create_app(settings(), make_model())`).
-  QUERY, DOCS, LOGITS, BEST_FIRST and TOKENS are what it makes of one request.
+  predictable; with the real Reranker, scheduler and app around it (`create_app(settings(), make_model())`, or
+  `client_for(**settings)`). QUERY, DOCS, LOGITS, BEST_FIRST and TOKENS are what it makes of one request; YES and
+  NO are a yes/no family's label tokens (`make_model(labels=(YES, NO))`).
 - `ZeroBackend`: a backend that scores every row 0 (behind a real encoder: budgets, truncation).
 - Machines and manifests for the serving plan (`CPU`, `GPU`, `manifest`, `engine`, `first`): made up, nothing
   detected or read.
