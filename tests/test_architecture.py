@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import find_cycle
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "rerankrt"
 TESTS = ROOT / "tests"
@@ -118,6 +120,29 @@ def test_each_part_imports_only_what_the_dependency_direction_allows():
                 continue
             wrong.append(f"{rel(path)}:{line} imports {name} ({source} -> {target})")
     assert not wrong, "\n".join(wrong)
+
+
+def module_of(name: str) -> str | None:
+    """The module of rerankrt an imported dotted name is (or is in), None outside rerankrt."""
+    while name.startswith("rerankrt"):
+        path = ROOT / "src" / name.replace(".", "/")
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def test_no_import_cycle():
+    """No module of rerankrt imports itself through others (function-level and TYPE_CHECKING imports count)."""
+    graph: dict[str, set[str]] = {}
+    for path in modules(SRC):
+        parts = path.relative_to(ROOT / "src").with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        # a module's own packages do not count: Python runs them before it, and their importing it is no circle
+        graph[name] = {
+            m for imported, _ in imports(path) if (m := module_of(imported)) and not (name + ".").startswith(m + ".")
+        }
+    assert find_cycle(graph) is None
 
 
 @pytest.mark.parametrize(

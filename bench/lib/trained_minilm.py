@@ -68,9 +68,9 @@ def copy_encoder(out: Path) -> Path:
 def passages(limit: int = 400, min_words: int = 12, max_words: int = 120) -> list[str]:
     """Distinct English paragraphs from installed packages' long descriptions, sorted for determinism.
 
-    Only the environment's site-packages are read, not every sys.path entry: importing ray adds its vendored
-    packages to sys.path (as collecting tests/test_ray_serve.py does), which changed the passages, the fitted head
-    and the int8 fidelity test's outcome with it."""
+    Only the environment's site-packages are read, not every import path entry: importing ray adds its vendored
+    packages to the import path (as collecting tests/test_ray_serve.py does), which changed the passages, the
+    fitted head and the int8 fidelity test's outcome with it."""
     site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     found = set()
     for dist in metadata.distributions(path=site):
