@@ -99,8 +99,9 @@ async def soak(
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits) as client:
         sent = 0
+        completed, failed = [], []  # latencies and errors as requests end; each window takes those that ended in it
         while time.monotonic() < end:
-            window_start, latencies, errors, offered, shed = time.monotonic(), [], [], 0, 0
+            window_start, offered, shed = time.monotonic(), 0, 0
             while time.monotonic() < min(window_start + window, end):
                 due = start + sent / rate
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -109,10 +110,12 @@ async def soak(
                 if len(pending) >= max_in_flight:
                     shed += 1
                     continue
-                task = asyncio.ensure_future(one(client, base, body(rng, documents), latencies, errors))
+                task = asyncio.ensure_future(one(client, base, body(rng, documents), completed, failed))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             stats = process_stats(pid)
+            latencies, errors = completed[:], failed[:]
+            del completed[:], failed[:]
             ordered = sorted(latencies)
             sample = {
                 "t_s": round(time.monotonic() - start, 1),

@@ -9,8 +9,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from rerankrt.runtime.machine import CPU_FEATURES, Machine, cpu_flags, physical_cores
-from rerankrt.runtime.plan import availability
+from rerankrt.runtime.machine import CPU_FEATURES, cpu_flags, physical_cores
+from rerankrt.runtime.plan import availability, this_machine
 
 PACKAGES = (
     "rerankrt",
@@ -53,7 +53,7 @@ def collect(artifact: Path | None = None) -> dict:
             "name": torch.cuda.get_device_name(),
             "capability": ".".join(map(str, torch.cuda.get_device_capability())),
         }
-    info["backends"] = availability(Machine.detect())  # per backend and device: "available", or why not
+    info["backends"] = availability(this_machine())  # per backend and device: "available", or why not
     info["serving_defaults"] = serving_defaults()
     if artifact is not None:
         from rerankrt.artifact import FIDELITY_NAME, GOLDEN_NAME, load_manifest

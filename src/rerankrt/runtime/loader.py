@@ -22,7 +22,7 @@ from rerankrt.families import Family, PairEncoder, Recognition, detect_family, g
 from rerankrt.model_source import resolve_model
 from rerankrt.runtime.backend import Backend
 from rerankrt.runtime.machine import Machine
-from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving
+from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving, this_machine
 from rerankrt.runtime.self_check import GoldenSet, SelfCheck, SelfCheckFailed, export_tolerance, run_self_check
 from rerankrt.runtime.settings import RerankerSettings
 
@@ -45,7 +45,7 @@ class LoadedModel:
 
 def load_model(settings: RerankerSettings, machine: Machine | None = None) -> LoadedModel:
     """The model `settings.model_path` names (artifact folder, model folder or Hub id), on the first plan that loads."""
-    machine = machine or Machine.detect()
+    machine = machine or this_machine()
     folder = Path(settings.model_path)
     checker, skipped = None, "a plain model folder has no golden set"
     if is_artifact(folder):

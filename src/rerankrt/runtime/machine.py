@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -71,7 +72,9 @@ class Machine:
         return dict(self.packages).get(name)
 
     @classmethod
-    def detect(cls) -> Machine:
+    def detect(cls, packages: Iterable[str] = ()) -> Machine:
+        """This machine; `packages`: the distributions whose versions to record (the backend rows', see
+        `runtime.plan.this_machine`)."""
         import torch
 
         cuda = torch.cuda.is_available()
@@ -83,10 +86,7 @@ class Machine:
         except ImportError:
             providers = ()
         flags = cpu_flags()
-        from rerankrt.runtime.plan import BACKEND_TABLE  # what the backend rows need
-
-        needed = sorted({row.package for row in BACKEND_TABLE if row.package})
-        packages = tuple((name, version) for name in needed if (version := package_version(name)))
+        found = tuple((name, version) for name in sorted(set(packages)) if (version := package_version(name)))
         return cls(
             physical_cores(),
             cuda,
@@ -96,7 +96,7 @@ class Machine:
             openvino_version(),
             bool(BF16_FLAGS & flags),
             tuple(f for f in CPU_FEATURES if f in flags),
-            packages,
+            found,
         )
 
     def describe_cpu(self) -> str:

@@ -262,6 +262,11 @@ BACKENDS = tuple(row.name for row in BACKEND_TABLE)
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
+def this_machine() -> Machine:
+    """This machine, with the versions of the packages the backend rows need (`BackendRow.package`)."""
+    return Machine.detect(row.package for row in BACKEND_TABLE if row.package)
+
+
 def backend_row(name: str) -> BackendRow:
     for row in BACKEND_TABLE:
         if row.name == name:

@@ -4,7 +4,8 @@
 
 from rerankrt.server.media.budget import MediaBusy, PixelBudget
 from rerankrt.server.media.decode import Video, decode_image, decode_video
-from rerankrt.server.media.fetch import MediaFetcher, MediaLimits, MediaRef
+from rerankrt.server.media.fetch import MediaFetcher, MediaRef
+from rerankrt.server.media.limits import MediaLimits
 from rerankrt.server.media.transport import AddressRefused, GuardedBackend
 
 __all__ = [

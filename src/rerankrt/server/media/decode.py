@@ -14,7 +14,6 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -22,9 +21,7 @@ from PIL import Image, ImageOps
 
 from rerankrt.errors import InputError, RerankrtError
 from rerankrt.runtime.reranker import RequestTooLarge
-
-if TYPE_CHECKING:
-    from rerankrt.server.media.fetch import MediaLimits
+from rerankrt.server.media.limits import MediaLimits
 
 # Pillow plugins read (JPEG covers MPO); not EPS, which runs Ghostscript
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
