@@ -253,7 +253,7 @@ def cross_encoder_section(name: str, args) -> dict:
     baseline = CrossEncoder(str(model_dir), max_length=512, device="cpu")
     baseline_name = "sentence-transformers CrossEncoder fp32 (baseline)"
     rows = {baseline_name: (lambda: baseline.predict([(query, d) for d in docs], batch_size=32), lambda s: s)}
-    rows |= {row: (lambda r=r: r.score(query, docs), sigmoid) for row, r in ours.items()}
+    rows |= {row: (lambda r=r: r.logits(query, docs), sigmoid) for row, r in ours.items()}
     results = measure(rows, len(docs), args.repeats, baseline_name)
     del ours
     lengths = [len(p["input_ids"]) for p in load_encoder(int8_art).encode(query, docs)]
@@ -317,7 +317,7 @@ def qwen3_section(pairs: int, args) -> dict:
     card = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     baseline_name = "model card transformers code fp32 (baseline)"
     rows = {baseline_name: (lambda: qwen3_card_p_yes(card, model_dir, yes, no, query, docs, 8), lambda s: s)}
-    rows |= {row: (lambda r=r: r.score(query, docs), sigmoid) for row, r in ours.items()}
+    rows |= {row: (lambda r=r: r.logits(query, docs), sigmoid) for row, r in ours.items()}
     for reranker in ours.values():
         reranker.max_batch_size = 8
     results = measure(rows, len(docs), args.repeats, baseline_name)

@@ -2,7 +2,7 @@
 
 Needs only torch (with CUDA), transformers, tokenizers and numpy, as the lent machines' image has them: rerankrt
 is imported from src/ without installing it (PYTHONPATH=src), nothing is downloaded (every model is built here, and
-HF_HUB_OFFLINE=1 says so to transformers), and every part that needs more (pydantic for the engine, ONNX
+HF_HUB_OFFLINE=1 says so to transformers), and every part that needs more (pydantic for the Reranker, ONNX
 Runtime's CUDA provider, TensorRT) is skipped with its reason when that is missing. Each part is recorded in one
 JSON file and a table:
 
@@ -138,8 +138,8 @@ def card_qwen3(model_dir: Path, dtype: torch.dtype, device: str, batch_size: int
 def rerankrt_torch(
     model_dir: Path, precision: str, device: str, batch_size: int, prefix_reuse: bool = True
 ) -> tuple[Callable, str]:
-    """rerankrt's engine on the torch backend (scheduler, length-sorted token-budget batches; decoder rerankers with
-    prefix reuse unless `prefix_reuse` is False); where the engine cannot import (pydantic missing), the same torch
+    """rerankrt's Reranker on the torch backend (scheduler, length-sorted token-budget batches; decoder rerankers with
+    prefix reuse unless `prefix_reuse` is False); where the Reranker cannot import (pydantic missing), the same torch
     scorer behind length-sorted batches of `batch_size`."""
     try:
         from rerankrt.runtime import Reranker
@@ -156,7 +156,7 @@ def rerankrt_torch(
         return _family_scorer(
             model_dir, precision, device, batch_size
         ), "family scorer (the engine serves no bf16 here)"
-    return (lambda query, docs: reranker.score(query, docs)), "Reranker (engine)"
+    return (lambda query, docs: reranker.logits(query, docs)), "Reranker (engine)"
 
 
 def _family_scorer(model_dir: Path, precision: str, device: str, batch_size: int) -> Callable:

@@ -170,7 +170,7 @@ def measure(args) -> None:
     card_model = None  # free it before the engines load
 
     skipped = {}
-    for label in args.rows:  # one engine loaded at a time: a 0.6B fp32 model is 2.4 GB per loaded graph
+    for label in args.rows:  # one Reranker loaded at a time: a 0.6B fp32 model is 2.4 GB per loaded graph
         try:
             reranker = Reranker.load(str(artifact), max_batch_size=args.batch_size, **ROWS[label])
         except Exception as exc:  # a backend this checkout or machine lacks: the row says why
@@ -187,7 +187,7 @@ def measure(args) -> None:
                 )
 
             def run(docs, reranker=reranker, instruction=instruction, query=query):
-                return reranker.score(query, docs, instruction)
+                return reranker.logits(query, docs, instruction)
 
             seconds, logits = time_workload(run, docs)
             diff = float(np.abs(sigmoid(logits) - reference).max())
@@ -253,7 +253,7 @@ def print_load_rss(artifact: str, backend: str, reuse: str) -> None:
     from rerankrt.runtime import Reranker
 
     with Reranker.load(artifact, backend=backend, threads=1, prefix_reuse=reuse == "True") as reranker:
-        reranker.score("a query about something", ["a document", "another document", "a third one"])
+        reranker.logits("a query about something", ["a document", "another document", "a third one"])
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the parent's (the export's) peak
     peak = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
     print(f"{int(peak.split()[1]) / 1024:.0f}")
@@ -292,13 +292,13 @@ def throughput(artifact: Path, backend: str, args) -> None:
     rng = np.random.default_rng(0)
     for reuse in (False, True):
         with Reranker.load(str(artifact), backend=backend, threads=args.threads, prefix_reuse=reuse) as reranker:
-            reranker.score("warm up", ["a document", "another document"])
+            reranker.logits("warm up", ["a document", "another document"])
             tokens = reranker.encoder.tokenizer
             seconds = []
             for _ in range(args.repeats):
                 query = random_text(rng, 8, 12)
                 docs = [random_text(rng, args.doc_tokens // 2, args.doc_tokens // 2) for _ in range(args.docs)]
-                seconds.append(once(lambda q=query, d=docs: reranker.score(q, d))[0])
+                seconds.append(once(lambda q=query, d=docs: reranker.logits(q, d))[0])
             pairs = reranker.encoder.encode(query, docs)
             prefix = int(pairs[0]["prefix_length"][0]) if "prefix_length" in pairs[0] else 0
             mean_len = np.mean([len(p["input_ids"]) for p in pairs])

@@ -101,15 +101,15 @@ def main() -> None:
         "model card (transformers, full logits)": lambda: qwen3_card_p_yes(
             card_model, model_dir, yes, no, query, docs, args.batch_size
         ),
-        "rerankrt torch scorer": lambda: torch_reranker.score(query, docs),
-        "rerankrt ONNX (optimum fold)": lambda: onnx_reranker.score(query, docs),
+        "rerankrt torch scorer": lambda: torch_reranker.logits(query, docs),
+        "rerankrt ONNX (optimum fold)": lambda: onnx_reranker.logits(query, docs),
     }
     if not args.skip_dynamo:
         seconds = export_dynamo(model_dir, args.workdir / "dynamo", yes, no)
         exports["torch_onnx_dynamo"] = {"seconds": seconds, "mb": folder_mb(args.workdir / "dynamo")}
         graph = OnnxRuntimeBackend(onnx_reranker.family, args.workdir / "dynamo", {"scorer": "model.onnx"})
         dynamo = Reranker(replace(onnx_reranker.model, backend=graph), onnx_reranker.settings)
-        rows["rerankrt ONNX (dynamo wrapper)"] = lambda: dynamo.score(query, docs)
+        rows["rerankrt ONNX (dynamo wrapper)"] = lambda: dynamo.logits(query, docs)
 
     reference = qwen3_card_p_yes(card_model, model_dir, yes, no, query, docs, args.batch_size)
     results = {}

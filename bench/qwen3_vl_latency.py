@@ -37,7 +37,7 @@ def latency(reranker, repeats: int = 3) -> dict:
     for _ in range(repeats):
         seconds, pairs = once(lambda: reranker.encoder.encode(query, docs))
         encode.append(seconds)
-        score.append(once(lambda pairs=pairs: reranker.scheduler.submit(pairs).result())[0])  # the engine's batching
+        score.append(once(lambda pairs=pairs: reranker.scheduler.submit(pairs).result())[0])  # the Reranker's batching
     return {
         "backend": reranker.backend.name,
         "tokens_per_pair": int(np.mean([len(p["input_ids"]) for p in pairs])),
@@ -47,7 +47,7 @@ def latency(reranker, repeats: int = 3) -> dict:
 
 
 def main() -> None:
-    from rerankrt.runtime import EngineSettings, Reranker
+    from rerankrt.runtime import Reranker, RerankerSettings
 
     torch.set_num_threads(2)
     if sys.argv[1] == "tiny":
@@ -65,7 +65,7 @@ def main() -> None:
         plan = ServingPlan("torch", "cpu", Precision.BF16, weights=str(folder), threads=2)
         backend = TorchBackend.from_plan(plan, family)
         model = LoadedModel(family, family.load_encoder(folder), backend, plan, "qwen3-vl-2b-sized")
-        reranker = Reranker(model, EngineSettings(model_path=str(folder)))
+        reranker = Reranker(model, RerankerSettings(model_path=str(folder)))
         print(json.dumps({"model": "qwen3-vl-2b-sized, random, bf16", **latency(reranker, repeats=1)}))
 
 

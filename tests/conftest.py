@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny models (without weights for the unit tier; built and exported for the integration
-tier), the Qwen3-VL scorers, a local media server; and the hook that marks the integration tier."""
+tier), the Qwen3-VL scorers, a local media server; and the check that a test building models is marked integration."""
 
 from __future__ import annotations
 
@@ -24,17 +24,27 @@ BUILDERS = {
 }
 
 
-# Tests that use these (directly or through another fixture) build or export models: the integration tier.
-INTEGRATION_FIXTURES = frozenset(
+# The tiers are declared where a test is written: `pytestmark = pytest.mark.integration` in a module whose tests all
+# build or export models or start servers, `@pytest.mark.integration` on such a test in a module that mixes tiers.
+# These fixtures build or export models: a test that uses one (directly or through another fixture) without the
+# mark is an error at collection, so `make test-fast` never builds a model by accident.
+MODEL_FIXTURES = frozenset(
     {"model_dirs", "artifact_dirs", "qwen3_vl_dir", "qwen3_vl_artifact", "long_position_artifacts"}
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so every tier is checked whichever runs
 def pytest_collection_modifyitems(items):
-    for item in items:
-        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.integration)
+    unmarked = [
+        item.nodeid
+        for item in items
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests build or export models but are not marked integration (add @pytest.mark.integration, or "
+            "pytestmark = pytest.mark.integration for the module):\n  " + "\n  ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session")

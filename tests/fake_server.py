@@ -1,5 +1,5 @@
 """`python -m tests.fake_server [--multimodal | --tokenizer DIR]`: rerankrt's HTTP server, configured by RERANKRT_*
-variables as `rerankrt serve` is, over the in-memory model of test_api_adapters (or a real tokenizer folder's
+variables as `rerankrt serve` is, over the in-memory model of tests/fakes.py (or a real tokenizer folder's
 encoder with a backend that scores zeros): what the fault tests and the fuzzer run as a process, without
 exporting or loading a model."""
 
@@ -7,19 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from rerankrt.logs import configure_logging
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
-from tests.test_api_adapters import make_model
-
-
-class ZeroBackend:
-    name, device = "zeros", "cpu"
-
-    def run(self, batch):
-        return np.zeros(len(batch["input_ids"]), dtype=np.float32)
+from tests.fakes import ZeroBackend, make_model
 
 
 def tokenizer_model(folder: str):

@@ -1,8 +1,11 @@
-"""Test helpers: a held backend, a fake clock and an in-process client, `rerankrt` as a subprocess, media files
-and their server, a hand-written artifact folder."""
+"""Test helpers: a held backend, a fake clock and an in-process client, `rerankrt` as a subprocess, media files,
+their server and fetching them, a hand-written artifact folder. (In-memory stand-ins for rerankrt's parts are in
+tests/fakes.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import hashlib
 import io
@@ -21,6 +24,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from rerankrt.errors import InputError
+from rerankrt.server.media import MediaFetcher, MediaLimits, MediaRef
+from rerankrt.server.schemas import TINY_PNG
 
 # the media server (MediaHandler, serve_media) lives in rerankrt.testing: the benchmarks use it too
 from rerankrt.testing.media_server import MEDIA_TYPES, MediaHandler, serve_media  # noqa: F401
@@ -69,6 +76,44 @@ async def asgi_client(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as http:
             yield http
+
+
+# --- API requests and error bodies -------------------------------------------------------------------
+
+
+def text_part(value: str) -> dict:
+    """A text content part."""
+    return {"type": "text", "text": value}
+
+
+def image_part(url: str = TINY_PNG) -> dict:
+    """An image content part (by default a tiny PNG as a data: URI)."""
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def api_error(response, status: int, param: str) -> dict:
+    """The error body, rerankrt's (SGLang's) or vLLM's (the same fields under "error", on its score paths)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    error = body["error"] if isinstance(body.get("error"), dict) else body
+    assert error["param"] == param, error
+    assert error["message"].startswith(f"{param}: ") and error["code"] == status
+    assert "error" in body or error["object"] == "error"
+    return error
+
+
+def peer_error(response, status: int, param: str) -> str:
+    """The message of an error in any peer's body, after checking its status and field."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    if "detail" in body:  # Infinity's 422
+        assert body["detail"][0]["loc"][1:2] == [param.split("[")[0].split(".")[0]], body
+        return body["detail"][0]["msg"]
+    if isinstance(body.get("error"), str):  # TEI's
+        return body["error"]
+    error = body["error"] if isinstance(body.get("error"), dict) else body
+    assert error["param"] == param, error
+    return error["message"]
 
 
 # --- the command line as a user runs it ----------------------------------------------------------
@@ -153,6 +198,42 @@ def mp4_bytes(frames: Iterable[np.ndarray], fps: int) -> bytes:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
     return buffer.getvalue()
+
+
+MEDIA_FIELD = "documents[3].content[1].image_url.url"  # where a client sent a media ref, in the tests' refs
+
+
+def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    """A gray PNG of `size` (width, height) in Pillow `mode`."""
+    return image_bytes(Image.new(mode, size, 128))
+
+
+def fetch(limits: MediaLimits, *refs: MediaRef) -> list:
+    """The refs fetched and decoded by a MediaFetcher with `limits`, in order."""
+
+    async def main():
+        async with MediaFetcher(limits) as fetcher:
+            return await fetcher.fetch_all(refs)
+
+    return asyncio.run(main())
+
+
+def image_ref(url: str, field: str = MEDIA_FIELD) -> MediaRef:
+    """An image reference as an API adapter makes one, `field` naming where the client sent it."""
+    return MediaRef("image", url, field)
+
+
+def fetch_refused(limits: MediaLimits, ref: MediaRef, match: str, error: type[InputError] = InputError) -> InputError:
+    """The fetch fails with `error`, naming the ref's field, with a message matching `match`."""
+    with pytest.raises(error, match=match) as info:
+        fetch(limits, ref)
+    assert info.value.field == ref.field and str(info.value).startswith(f"{ref.field}: ")
+    return info.value
+
+
+def data_uri(data: bytes, media_type: str) -> str:
+    """`data` as a base64 data: URI of `media_type`."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
 # --- an artifact folder written by hand -------------------------------------------------------------
@@ -256,3 +337,23 @@ def vm_size(pid: int) -> int:
         if line.startswith("VmSize:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmSize")
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (the first one again at the end), or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for child in sorted(graph.get(node, ())):
+            if state.get(child) == "open":
+                return [*path[path.index(child) :], child] if child in path else [node, child]
+            if child not in state and (cycle := visit(child, [*path, child])):
+                return cycle
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [node])):
+            return cycle
+    return None

@@ -1,6 +1,6 @@
 """Admission at arrival and the request timeout, through the whole app, on a fake clock.
 
-The in-memory model of test_api_adapters behind a backend whose forward pass takes a known time per padded token
+The in-memory model of tests/fakes.py behind a backend whose forward pass takes a known time per padded token
 on a fake clock (the scheduler's, which the server's deadlines and stall guard read too), held until the test
 releases it: what is admitted, refused or answered follows from token counts, never from how fast this machine is.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from rerankrt.server import create_app
+from tests.fakes import make_model, settings
 from tests.support import FakeClock, HeldBackend, asgi_client
-from tests.test_api_adapters import make_model, settings
 
 QUERY = "what is panda"
 DOCUMENTS = ["a bear in china", "a bear eating bamboo", "panda is a bear", "what is a panda"]
@@ -161,7 +161,7 @@ def test_a_pairwise_request_refused_in_part_leaves_none_of_its_pairs_queued():
     async def scenario():
         async with asgi_client(app) as http:
             first = await first_held(http, backend)
-            # vLLM's pairwise score (different queries): one engine request per pair, 9 s each behind the 36 s under
+            # vLLM's pairwise score (different queries): one Reranker request per pair, 9 s each behind the 36 s under
             # way; two fit in 60 s
             queries = ["what is panda", "what is bamboo", "where is china", "who eats bamboo"]
             refused = await http.post("/v1/score", json={"text_1": queries, "text_2": DOCUMENTS})

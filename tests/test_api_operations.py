@@ -8,11 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rerankrt.logs import JsonFormatter
-from rerankrt.runtime import EngineSettings, Reranker
+from rerankrt.runtime import Reranker, RerankerSettings
 from rerankrt.runtime.loader import load_model
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from tests.support import HeldBackend, asgi_client
+
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
 
 QUERY = "what is panda?"
 DOCS = ["hi", "The giant panda is a bear species endemic to China.", "Paris is the capital of France."]
@@ -78,7 +80,7 @@ def test_chunked_document_scores_as_its_best_chunk(reranker):
     long_doc = " ".join(["Paris is the capital of France."] * 120 + ["The giant panda is a bear."] * 40)
     pieces, owners = chunk_documents(reranker.encoder, QUERY, [long_doc, "hi"], None, max_chunks=4)
     assert owners == [0, 0, 0, 0, 1] and all(long_doc.find(p) >= 0 for p in pieces[:4])
-    expected = reranker.score(QUERY, pieces)
+    expected = reranker.logits(QUERY, pieces)
     with TestClient(create_app(settings(), reranker.model)) as c:
         body = {"query": QUERY, "documents": [long_doc, "hi"], "max_chunks_per_doc": 4, "raw_scores": True}
         got = {r["index"]: r["score"] for r in c.post("/v1/rerank", json=body).json()}
@@ -189,7 +191,7 @@ def test_access_log_carries_request_fields_and_json_formats_them(client, caplog)
 
 
 def held_app(artifact_dirs, **overrides):
-    model = load_model(EngineSettings(model_path=str(artifact_dirs["xlmr"])))
+    model = load_model(RerankerSettings(model_path=str(artifact_dirs["xlmr"])))
     model.backend = held = HeldBackend(model.backend)
     # no padding cap: each request's documents form one batch, so batch counts below are exact
     return create_app(settings(warmup=False, max_padding_ratio=1.0, **overrides), model), held

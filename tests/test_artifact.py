@@ -115,6 +115,7 @@ def test_a_failed_fidelity_check_is_refused_unless_accepted(tmp_path):
     assert load_manifest(folder).precision == "int8"
 
 
+@pytest.mark.integration
 def test_a_real_export_loads_and_a_tampered_copy_is_refused(artifact_dirs, tmp_path):
     for folder in artifact_dirs.values():
         load_manifest(folder)

@@ -1,5 +1,5 @@
 """Manifest names stay inside the artifact folder, every file a loader could read is listed and hashed, and the
-torch backend reads only source files the export hashed (issue 13, item 9)."""
+torch backend reads only source files the export hashed."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, plan_serving
 from rerankrt.runtime.torch_backend import TorchBackend
+from tests.fakes import CPU, manifest
 from tests.support import edit_manifest, write_fake_artifact
-from tests.test_plan import CPU, manifest
 
 
 @pytest.fixture
@@ -139,6 +139,7 @@ def test_an_artifact_without_source_hashes_is_not_served_by_torch():
     assert "does not hash its source model's files" in torch[1].reason
 
 
+@pytest.mark.integration
 def test_a_real_export_hashes_its_source_and_torch_refuses_a_tampered_copy(artifact_dirs, model_dirs, tmp_path):
     from rerankrt.runtime import Reranker
 

@@ -23,6 +23,7 @@ def fresh_inputs(seed: int) -> tuple[str, list[str]]:
     return random_text(rng, 2, 12), random_documents(rng, 19)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 def test_artifact_backends_equal_the_model_card_logits(artifact_dirs, model_dirs, arch, backend):
@@ -31,31 +32,34 @@ def test_artifact_backends_equal_the_model_card_logits(artifact_dirs, model_dirs
     for seed in (1, 2):
         query, docs = fresh_inputs(seed)
         expected = cross_encoder_logits(model_dirs[arch], query, docs)
-        np.testing.assert_allclose(reranker.score(query, docs), expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(reranker.logits(query, docs), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ARCHS)
 def test_plain_model_folder_is_served_with_torch(model_dirs, arch):
     reranker = Reranker.load(str(model_dirs[arch]))
     assert reranker.backend.name == "torch"
     query, docs = fresh_inputs(3)
     np.testing.assert_allclose(
-        reranker.score(query, docs), cross_encoder_logits(model_dirs[arch], query, docs), atol=1e-4, rtol=0
+        reranker.logits(query, docs), cross_encoder_logits(model_dirs[arch], query, docs), atol=1e-4, rtol=0
     )
 
 
+@pytest.mark.integration
 def test_truncated_pairs_equal_the_reference_with_only_second_truncation(artifact_dirs, model_dirs):
     reranker = Reranker.load(str(artifact_dirs["xlmr"]), max_length=40)
     docs = ["Paris is the capital of France. " * 30, "hi", "panda " * 100]
     expected = cross_encoder_logits(model_dirs["xlmr"], "what is panda?", docs, max_length=40)
-    np.testing.assert_allclose(reranker.score("what is panda?", docs), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(reranker.logits("what is panda?", docs), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.integration
 def test_scores_do_not_depend_on_batch_company(artifact_dirs):
     reranker = Reranker.load(str(artifact_dirs["bert"]), max_batch_size=16)
     query, docs = fresh_inputs(4)
-    together = reranker.score(query, docs)
-    alone = np.array([reranker.score(query, [doc])[0] for doc in docs])
+    together = reranker.logits(query, docs)
+    alone = np.array([reranker.logits(query, [doc])[0] for doc in docs])
     np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
 
 
@@ -64,11 +68,13 @@ def test_onnxruntime_on_a_plain_model_folder_asks_for_an_export(tokenizer_dirs):
         Reranker.load(str(tokenizer_dirs["xlmr"]), backend="onnxruntime")
 
 
+@pytest.mark.integration
 def test_tensorrt_explicitly_requested_is_an_error_not_a_fallback(artifact_dirs):
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed|no CUDA|no TensorRT engine"):
         Reranker.load(str(artifact_dirs["xlmr"]), backend="tensorrt")
 
 
+@pytest.mark.integration
 def test_torch_backend_on_an_artifact_whose_weights_are_gone(artifact_dirs, model_dirs, tmp_path):
     moved = shutil.copytree(model_dirs["bert"], tmp_path / "bert")
     from rerankrt.export import export_model
@@ -159,6 +165,7 @@ def test_named_backend_falls_to_its_cpu_path_but_never_to_another_backend(monkey
         select_backend(monkeypatch, "onnxruntime", {"onnxruntime": failing("broken", RuntimeError)})
 
 
+@pytest.mark.integration
 def test_real_loaders_on_a_machine_without_gpu_log_each_step(artifact_dirs, caplog):
     with caplog.at_level(logging.INFO, logger="rerankrt"):
         reranker = Reranker.load(str(artifact_dirs["xlmr"]))
@@ -172,6 +179,7 @@ def test_real_loaders_on_a_machine_without_gpu_log_each_step(artifact_dirs, capl
 CUDA_REASON = "" if torch.cuda.is_available() else "needs a CUDA GPU"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(bool(CUDA_REASON), reason=CUDA_REASON or "-")
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 def test_torch_on_cuda_runs_bf16_close_to_fp32(model_dirs, arch):
@@ -179,9 +187,10 @@ def test_torch_on_cuda_runs_bf16_close_to_fp32(model_dirs, arch):
     assert (gpu.backend.device, gpu.backend.dtype) == ("cuda", torch.bfloat16)
     cpu = Reranker(replace(gpu.model, backend=TorchBackend(gpu.family, model_dirs[arch], device="cpu")), gpu.settings)
     query, docs = fresh_inputs(8)
-    assert np.abs(gpu.score(query, docs) - cpu.score(query, docs)).max() < 0.5  # bf16 bound, as for the casts
+    assert np.abs(gpu.logits(query, docs) - cpu.logits(query, docs)).max() < 0.5  # bf16 bound, as for the casts
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
     reason="needs onnxruntime-gpu and a CUDA GPU",
@@ -192,9 +201,10 @@ def test_onnxruntime_cuda_equals_cpu(artifact_dirs):
     on_cpu = OnnxRuntimeBackend(gpu.family, artifact_dirs["xlmr"], {"scorer": "model.onnx"}, device="cpu")
     cpu = Reranker(replace(gpu.model, backend=on_cpu), gpu.settings)
     query, docs = fresh_inputs(9)
-    np.testing.assert_allclose(gpu.score(query, docs), cpu.score(query, docs), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(gpu.logits(query, docs), cpu.logits(query, docs), atol=1e-4, rtol=0)
 
 
+@pytest.mark.integration
 def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_dirs):
     from rerankrt.runtime.openvino_backend import SHAPE_CACHE_CAPACITY, compile_config, import_openvino
 
@@ -210,6 +220,7 @@ def test_openvino_compiles_with_the_plan_settings_and_fp32_stays_fp32(artifact_d
     assert reranker.model.plan.describe() == "openvino on cpu, fp32, model.onnx"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 def test_openvino_bf16_hint_passes_the_fidelity_gate(artifact_dirs, model_dirs, arch):
     from rerankrt.export.parity import check_fidelity
@@ -247,6 +258,7 @@ def test_onnxruntime_provider_lists():
         providers_for("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], tensorrt_ep=True)
 
 
+@pytest.mark.integration
 def test_threads_default_to_physical_cores_and_can_be_set(artifact_dirs):
     from rerankrt.runtime.machine import physical_cores
 
@@ -261,12 +273,13 @@ def test_threads_default_to_physical_cores_and_can_be_set(artifact_dirs):
     assert pinned.backend.sessions["scorer"].session.get_session_options().intra_op_num_threads == 1
 
 
-def test_an_engine_never_closed_lets_the_process_exit_cleanly(model_dirs):
+@pytest.mark.integration
+def test_a_reranker_never_closed_lets_the_process_exit_cleanly(model_dirs):
     """Its threads stop at interpreter exit (torch used to abort the process: 'terminate called ...')."""
     import subprocess
     import sys
 
-    script = f"from rerankrt import Reranker; print(Reranker.load({str(model_dirs['xlmr'])!r}).score('q', ['a'])[0])"
+    script = f"from rerankrt import Reranker; print(Reranker.load({str(model_dirs['xlmr'])!r}).logits('q', ['a'])[0])"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "terminate called" not in result.stderr

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from rerankrt.runtime.batching import plan_batches
 
@@ -36,21 +37,22 @@ def test_padding_ratio_cap_keeps_dissimilar_lengths_apart():
     assert [b.tolist() for b in uncapped] == [[0, 1, 2, 3, 4]]
 
 
+@pytest.mark.integration
 def test_in_process_scoring_batches_like_the_server_on_cpu(artifact_dirs):
-    """Reranker.score caps padding as the server's scheduler does on CPU (0.1), and scores the same either way."""
-    from rerankrt.runtime import EngineSettings, Reranker
+    """Reranker.logits caps padding as the server's scheduler does on CPU (0.1), and scores the same either way."""
+    from rerankrt.runtime import Reranker, RerankerSettings
     from rerankrt.runtime.batching import default_padding_ratio
     from rerankrt.runtime.loader import load_model
 
-    settings = EngineSettings(model_path=str(artifact_dirs["xlmr"]))
+    settings = RerankerSettings(model_path=str(artifact_dirs["xlmr"]))
     model = load_model(settings)
     widths = []
     run = model.backend.run
     model.backend.run = lambda batch: widths.append(batch["input_ids"].shape) or run(batch)
     docs = ["panda " * n for n in (3, 80, 4, 120, 5, 60)]
-    capped = Reranker(model, settings).score("panda", docs)
+    capped = Reranker(model, settings).logits("panda", docs)
     capped_batches, widths[:] = list(widths), []
-    uncapped = Reranker(model, settings.model_copy(update={"max_padding_ratio": 1.0})).score("panda", docs)
+    uncapped = Reranker(model, settings.model_copy(update={"max_padding_ratio": 1.0})).logits("panda", docs)
     assert default_padding_ratio("cpu") == 0.1 and default_padding_ratio("cuda") == 1.0
     assert len(capped_batches) > len(widths) == 1
     np.testing.assert_allclose(capped, uncapped, atol=1e-4)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.support import find_cycle
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -27,26 +29,6 @@ def bench_imports() -> dict[str, set[str]]:
                 imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
         graph[name] = {m for m in imported if m in modules and m != name}
     return graph
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as a list of modules (the first one again at the end), or None."""
-    state: dict[str, str] = {}
-
-    def visit(node: str, path: list[str]) -> list[str] | None:
-        state[node] = "open"
-        for child in sorted(graph.get(node, ())):
-            if state.get(child) == "open":
-                return [*path[path.index(child) :], child] if child in path else [node, child]
-            if child not in state and (cycle := visit(child, [*path, child])):
-                return cycle
-        state[node] = "done"
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (cycle := visit(node, [node])):
-            return cycle
-    return None
 
 
 def is_library(module: str) -> bool:

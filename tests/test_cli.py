@@ -144,7 +144,7 @@ def test_info_reports_the_machine_and_the_artifact(artifact_dirs):
     info = json.loads(result.stdout)
     assert "CPUExecutionProvider" in info["onnxruntime_providers"]
     assert set(info["cpu"]["features"]) >= {"avx512f", "amx_bf16"} and info["cpu"]["torch_threads"] >= 1
-    assert info["packages"]["onnxruntime"] and info["artifact"]["family"] == "decoder-yes-no"
+    assert info["packages"]["onnxruntime"] and info["artifact"]["family"] == "qwen3-yes-no"
     graphs = {"scorer": "model.onnx", "decoder": "decoder.onnx"}  # the decoder graph: prefix reuse
     assert info["artifact"]["precision"] == "fp32" and info["artifact"]["graphs"] == graphs
     reason = info["artifact"]["family_reason"]  # why the family was chosen, recorded at export

@@ -112,7 +112,7 @@ def test_encoder_save_lists_only_written_files(tokenizer_dirs, tmp_path):
     json.loads((tmp_path / "tokenizer.json").read_text())
 
 
-@pytest.mark.parametrize("arch, family", [("qwen3", "decoder-yes-no"), ("qwen3-vl", "qwen3-vl-yes-no")])
+@pytest.mark.parametrize("arch, family", [("qwen3", "qwen3-yes-no"), ("qwen3-vl", "qwen3-vl-yes-no")])
 def test_yes_no_families_declare_their_label_tokens(tokenizer_dirs, arch, family):
     from rerankrt.families import get_family
     from rerankrt.families.yes_no import yes_no_ids

@@ -1,8 +1,9 @@
-"""Fault tests: the attacks of issue 13 against a server process under a memory cap (RLIMIT_AS) or a small
-open-file limit. Each must be answered with a 4xx (or served within budget) and the server must stay up.
+"""Fault tests: resource attacks (one huge word, decoded media, slow clients, headers and bodies that never
+finish) against a server process under a memory cap (RLIMIT_AS) or a small open-file limit. Each must be answered
+with a 4xx (or served within budget) and the server must stay up.
 
 The server is `tests.fake_server` (rerankrt's app and HTTP server over an in-memory model, or a real tokenizer
-scoring zeros), so no model is exported; the budgets under test are the server's and the engine's own.
+scoring zeros), so no model is exported; the budgets under test are the server's and the Reranker's own.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Fuzzing, bounded for CI (about a minute in all): schema-driven requests to every POST route of a running
 server, with and without the API key, must never get a 5xx; malformed images and videos must only ever be the
-client's 400 or 413 (issue 13); bodies no JSON parser should take (nested thousands deep, numbers past a float or
+client's 400 or 413; bodies no JSON parser should take (nested thousands deep, numbers past a float or
 an int, bytes that are not UTF-8, a key twice, NaN) are a 400 naming what is wrong, in each route's error body,
-on every route that takes a body (issue 22).
+on every route that takes a body.
 
 The server is `tests.fake_server --multimodal --offline` (the real app and HTTP server over an in-memory model
 that takes media parts; made-up URLs resolve nowhere and connect only to loopback, so nothing leaves the machine).
 Requests come from schemathesis' strategies for the server's own /openapi.json (examples, then generated and
 mutated bodies); each run is seeded, so a failure replays. The hostile bodies go to the app itself over the
-in-memory model of test_api_adapters (unit tier).
+in-memory model of tests/fakes.py (unit tier).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from rerankrt.server.app import ROUTERS
 from rerankrt.server.bodies import MAX_JSON_DEPTH, nesting_depth
 from rerankrt.server.media import MediaLimits
 from rerankrt.server.media.decode import decode_image, decode_video
-from tests import test_api_adapters as adapters
+from tests import fakes
 from tests.support import fake_server, image_bytes, mp4_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")
@@ -205,10 +205,10 @@ def error_message(response) -> str:
 
 @pytest.fixture(scope="module", params=["sglang", "infinity"], ids=lambda c: f"convention-{c}")
 def app_client(request):
-    """The app over test_api_adapters' in-memory model; with --rerank-convention infinity the rerank paths answer
+    """The app over the in-memory model (tests/fakes.py); with --rerank-convention infinity the rerank paths answer
     client mistakes as Infinity does (422)."""
-    config = adapters.settings(rerank_convention=request.param)
-    with TestClient(create_app(config, adapters.make_model()), raise_server_exceptions=False) as client:
+    config = fakes.settings(rerank_convention=request.param)
+    with TestClient(create_app(config, fakes.make_model()), raise_server_exceptions=False) as client:
         yield client
 
 
@@ -247,7 +247,7 @@ def test_a_body_over_the_limit_is_a_413_in_each_routes_error_body():
     """By Content-Length or by the bytes that arrive (chunked): the route answers in its own body; one that reads
     no body gets rerankrt's (by Content-Length: it never reads the bytes to count)."""
     body = json.dumps({**VALID, "documents": ["x" * 2000]}).encode()
-    app = create_app(adapters.settings(max_request_bytes=1024), adapters.make_model())
+    app = create_app(fakes.settings(max_request_bytes=1024), fakes.make_model())
     with TestClient(app, raise_server_exceptions=False) as client:
         sends = [(path, sent) for path in body_routes() for sent in (body, iter([body[:1000], body[1000:]]))]
         for path, sent in [*sends, *((path, body) for path in NO_BODY)]:
@@ -259,7 +259,7 @@ def test_a_body_over_the_limit_is_a_413_in_each_routes_error_body():
 
 
 def test_a_client_gone_before_its_body_arrived_is_a_499_not_an_error(caplog):
-    app = create_app(adapters.settings(), adapters.make_model())
+    app = create_app(fakes.settings(), fakes.make_model())
     events = [{"type": "http.request", "body": b'{"query": "q", ', "more_body": True}, {"type": "http.disconnect"}]
     sent = []
 

@@ -22,7 +22,7 @@ from rerankrt.export import export_model  # noqa: E402
 from rerankrt.families import BgeGemmaFamily, detect_family, family_names  # noqa: E402
 from rerankrt.families.base import run_torch  # noqa: E402
 from rerankrt.families.bge_gemma import BgeGemmaPairEncoder, prompt_overhead  # noqa: E402
-from rerankrt.families.decoder_yes_no import DecoderYesNoFamily  # noqa: E402
+from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily  # noqa: E402
 from rerankrt.testing.reference_gemma import FlagGemmaReference, flag_inputs  # noqa: E402
 from rerankrt.testing.tiny_gemma import CORPUS, build_tiny_gemma, build_tiny_llama  # noqa: E402
 
@@ -79,8 +79,8 @@ def test_llama_with_yes_no_tokens_is_refused_unless_forced(tmp_path, named):
     with pytest.raises(UnsupportedModelError, match="--family") as info:
         detect_family(path)
     assert "LlamaForCausalLM" in str(info.value)
-    family, recognition = detect_family(path, forced="decoder-yes-no")
-    assert isinstance(family, DecoderYesNoFamily) and "forced" in recognition.reason
+    family, recognition = detect_family(path, forced="qwen3-yes-no")
+    assert isinstance(family, Qwen3YesNoFamily) and "forced" in recognition.reason
 
 
 # --- (b) the encoder makes FlagEmbedding's ids --------------------------------------------------
@@ -193,7 +193,7 @@ def test_served_logits_equal_flagembeddings(artifact, gemma_dir, reference, back
             query = random_text(rng, 1, 25)
             docs = [random_text(rng, 0, int(rng.choice([20, 150, 700]))) for _ in range(7)]
             expected = reference.score(query, docs, batch_size=3)
-            logits = reranker.score(query, docs)
+            logits = reranker.logits(query, docs)
             worst = max(worst, float(np.abs(logits - expected).max()))
             np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
             ranked = reranker.rerank(query, docs, raw_scores=True)
@@ -225,7 +225,7 @@ def test_prefix_reuse_equals_flagembeddings(artifact, gemma_dir, reference, back
             ["", random_text(rng, 1, 5), ""],
         ):
             query = random_text(rng, 20, 30)  # over MIN_PREFIX_TOKENS with "A: " and bos
-            np.testing.assert_allclose(reranker.score(query, docs), reference.score(query, docs, batch_size=3),
+            np.testing.assert_allclose(reranker.logits(query, docs), reference.score(query, docs, batch_size=3),
                                        atol=1e-4, rtol=0)  # fmt: skip
         assert any(continued), "no passage continued from its query's keys and values"
 
@@ -241,7 +241,7 @@ def test_instruct_is_refused(artifact):
     plain = encoder.encode("q", ["d"])[0]["input_ids"].tolist()
     assert encoder.encode("q", ["d"], instruct="")[0]["input_ids"].tolist() == plain  # empty: no instruction
     with Reranker.load(str(artifact)) as reranker, pytest.raises(InputError) as info:
-        reranker.score("q", ["d"], instruct="Find the passage that answers")
+        reranker.logits("q", ["d"], instruct="Find the passage that answers")
     assert info.value.field == "instruct"
 
 

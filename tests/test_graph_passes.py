@@ -76,6 +76,7 @@ def angle_inputs_are_fp32(model: onnx.ModelProto) -> list[str]:
     return wrong
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["qwen3", "xlmr"])
 def test_half_precision_graphs_score_past_position_4096(long_position_artifacts, tmp_path, arch):
     """fp16 (ONNX Runtime CPU) and bf16 (onnx's reference evaluator) within their bounds of fp32 at positions up
@@ -104,6 +105,7 @@ def test_half_precision_graphs_score_past_position_4096(long_position_artifacts,
         assert np.abs(got - want).max() < bound, (precision, got, want)
 
 
+@pytest.mark.integration
 def test_integer_cumsum_becomes_the_fp32_form_tensorrt_documents(long_position_artifacts, tmp_path):
     """XLM-R's position ids (cumulative sum of the INT32 mask): rewritten, no integer CumSum is left, and the
     logits are the same bits past position 4096."""

@@ -1,5 +1,5 @@
 """What a server must not give away: ONNX Runtime's telemetry, and the exporter's local paths as model names
-(issue 13, item 12; DNS results and port probing are in test_media_hostile)."""
+(DNS results and port probing through the media fetcher are in test_media_hostile)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from rerankrt.runtime import loader
-from rerankrt.runtime.settings import EngineSettings
+from rerankrt.runtime.settings import RerankerSettings
 
 
 def test_onnxruntime_telemetry_is_off(tmp_path):
@@ -80,7 +80,7 @@ def test_openvino_writes_nothing_under_home_or_beside_the_graph(tmp_path):
 
 def test_a_plain_model_folder_is_named_by_its_folder_not_its_path(tokenizer_dirs, monkeypatch):
     monkeypatch.setattr(loader, "open_first", lambda plans, family, *args: (None, plans[0], None))
-    model = loader.load_model(EngineSettings(model_path=str(tokenizer_dirs["xlmr"]), backend="torch"))
+    model = loader.load_model(RerankerSettings(model_path=str(tokenizer_dirs["xlmr"]), backend="torch"))
     assert model.name == "xlmr"
-    named = loader.load_model(EngineSettings(model_path=str(tokenizer_dirs["xlmr"]), served_model_name="mine"))
+    named = loader.load_model(RerankerSettings(model_path=str(tokenizer_dirs["xlmr"]), served_model_name="mine"))
     assert named.name == "mine"

@@ -1,4 +1,4 @@
-"""Log lines a client cannot forge (issue 13, item 10): what it sends is escaped in the text log format."""
+"""Log lines a client cannot forge: what it sends is escaped in the text log format."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from rerankrt.logs import JsonFormatter, TextFormatter, configure_logging, one_line
 from rerankrt.server import create_app
-from tests.test_api_adapters import make_model, settings
+from tests.fakes import make_model, settings
 
 FORGED = "/x%0D%0A12:00:00 INFO rerankrt.access: GET /admin 200 0.1 ms%0Aforged%E2%80%A8line"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import io
 import ipaddress
 from urllib.parse import urlsplit
@@ -13,17 +11,22 @@ import pytest
 from PIL import Image, ImageFile
 
 from rerankrt.errors import InputError
-from rerankrt.runtime.engine import RequestTooLarge
-from rerankrt.server.media import GuardedBackend, MediaFetcher, MediaLimits, MediaRef, Video
-from tests.support import image_bytes, mp4_bytes, serve_media
+from rerankrt.runtime.reranker import RequestTooLarge
+from rerankrt.server.media import GuardedBackend, MediaLimits, MediaRef, Video
+from tests.support import (
+    MEDIA_FIELD,
+    data_uri,
+    fetch,
+    fetch_refused,
+    image_bytes,
+    image_ref,
+    mp4_bytes,
+    png,
+    serve_media,
+)
 
-FIELD = "documents[3].content[1].image_url.url"
 LOCAL = MediaLimits(allowed_networks=("127.0.0.1/32",))  # the test server; everything else is guarded as usual
 SIZES = [(10, 20), (30, 15), (7, 7), (64, 33)]
-
-
-def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
-    return image_bytes(Image.new(mode, size, 128))
 
 
 def rotated_jpeg() -> bytes:
@@ -48,34 +51,10 @@ MEDIA_FILES = {  # served by the `media_base` fixture (conftest)
 }
 
 
-def fetch(limits: MediaLimits, *refs: MediaRef) -> list:
-    async def main():
-        async with MediaFetcher(limits) as fetcher:
-            return await fetcher.fetch_all(refs)
-
-    return asyncio.run(main())
-
-
-def image(url: str, field: str = FIELD) -> MediaRef:
-    return MediaRef("image", url, field)
-
-
-def refused(limits: MediaLimits, ref: MediaRef, match: str, error: type[InputError] = InputError) -> InputError:
-    """The fetch fails with `error`, naming the ref's field, with a message matching `match`."""
-    with pytest.raises(error, match=match) as info:
-        fetch(limits, ref)
-    assert info.value.field == ref.field and str(info.value).startswith(f"{ref.field}: ")
-    return info.value
-
-
-def data_uri(data: bytes, media_type: str) -> str:
-    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
-
-
 def test_concurrent_fetch_keeps_input_order(media_base):
     names = [f"{w}x{h}.png" for w, h in SIZES] * 2
     results = fetch(
-        LOCAL, *(image(f"{media_base}/{name}?delay=0.05", f"documents[{i}]") for i, name in enumerate(names))
+        LOCAL, *(image_ref(f"{media_base}/{name}?delay=0.05", f"documents[{i}]") for i, name in enumerate(names))
     )
     assert [r.size for r in results] == SIZES * 2
     assert all(isinstance(r, Image.Image) and r.mode == "RGB" for r in results)
@@ -83,20 +62,20 @@ def test_concurrent_fetch_keeps_input_order(media_base):
 
 def test_image_is_upright_rgb_and_octet_stream_is_sniffed(media_base):
     upright, sniffed = fetch(
-        LOCAL, image(f"{media_base}/rotated.jpg"), image(f"{media_base}/7x7.png?type=application/octet-stream")
+        LOCAL, image_ref(f"{media_base}/rotated.jpg"), image_ref(f"{media_base}/7x7.png?type=application/octet-stream")
     )
     assert upright.size == (20, 40) and upright.mode == "RGB"
     assert sniffed.size == (7, 7)
 
 
 def test_video_frames_are_sampled_at_fps_then_spread_evenly(media_base):
-    (video,) = fetch(LOCAL, MediaRef("video", f"{media_base}/clip.mp4", FIELD))
+    (video,) = fetch(LOCAL, MediaRef("video", f"{media_base}/clip.mp4", MEDIA_FIELD))
     assert isinstance(video, Video) and video.frames.shape == (3, 32, 32, 3) and video.frames.dtype == np.uint8
     assert video.fps == pytest.approx(1.0)
     np.testing.assert_allclose(video.frames[:, 16, 16, 0], [0, 80, 160], atol=12)  # frames 0, 10, 20
 
     (spread,) = fetch(
-        MediaLimits(max_video_frames=2), MediaRef("video", data_uri(MEDIA_FILES["clip.mp4"], "video/mp4"), FIELD)
+        MediaLimits(max_video_frames=2), MediaRef("video", data_uri(MEDIA_FILES["clip.mp4"], "video/mp4"), MEDIA_FIELD)
     )
     assert spread.frames.shape == (2, 32, 32, 3) and spread.fps == pytest.approx(2 / 3)
     np.testing.assert_allclose(spread.frames[:, 16, 16, 0], [0, 160], atol=12)  # the first and the last of 0, 1, 2 s
@@ -105,24 +84,33 @@ def test_video_frames_are_sampled_at_fps_then_spread_evenly(media_base):
 def test_long_video_is_sampled_by_seeking():
     """20 s at 2 fps, 3 frames at most: the frames at 0, 10 and 19 s (frames 0, 20, 38, gray level 6 per frame)."""
     clip = data_uri(mp4(seconds=20, fps=2), "video/mp4")
-    (video,) = fetch(MediaLimits(max_video_frames=3), MediaRef("video", clip, FIELD))
+    (video,) = fetch(MediaLimits(max_video_frames=3), MediaRef("video", clip, MEDIA_FIELD))
     assert video.frames.shape == (3, 32, 32, 3) and video.fps == pytest.approx(3 / 20)
     np.testing.assert_allclose(video.frames[:, 16, 16, 0], [0, 120, 228], atol=12)
 
 
 def test_data_uris():
-    (img,) = fetch(MediaLimits(), image(data_uri(MEDIA_FILES["30x15.png"], "image/png")))
+    (img,) = fetch(MediaLimits(), image_ref(data_uri(MEDIA_FILES["30x15.png"], "image/png")))
     assert img.size == (30, 15)
-    refused(MediaLimits(), image("data:image/png;base64,not base64!"), "not valid base64")
-    refused(MediaLimits(), image("data:image/png,rawbytes"), "must be base64")
-    refused(MediaLimits(), image(data_uri(MEDIA_FILES["30x15.png"], "text/plain")), "content type 'text/plain'")
+    fetch_refused(MediaLimits(), image_ref("data:image/png;base64,not base64!"), "not valid base64")
+    fetch_refused(MediaLimits(), image_ref("data:image/png,rawbytes"), "must be base64")
+    fetch_refused(
+        MediaLimits(), image_ref(data_uri(MEDIA_FILES["30x15.png"], "text/plain")), "content type 'text/plain'"
+    )
     ppm = io.BytesIO()
     Image.new("RGB", (4, 4)).save(ppm, format="PPM")  # a format Pillow reads but the fetcher does not accept
-    refused(MediaLimits(), image(data_uri(ppm.getvalue(), "image/x-portable-pixmap")), "not a decodable image")
+    fetch_refused(
+        MediaLimits(), image_ref(data_uri(ppm.getvalue(), "image/x-portable-pixmap")), "not a decodable image"
+    )
     playlist = b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://127.0.0.1/a.ts\n#EXT-X-ENDLIST\n"
-    refused(MediaLimits(), MediaRef("video", data_uri(playlist, "video/mp2t"), FIELD), "not a decodable video")
-    refused(
-        MediaLimits(max_bytes=100), image(data_uri(MEDIA_FILES["64x33.png"], "image/png")), "100 bytes", RequestTooLarge
+    fetch_refused(
+        MediaLimits(), MediaRef("video", data_uri(playlist, "video/mp2t"), MEDIA_FIELD), "not a decodable video"
+    )
+    fetch_refused(
+        MediaLimits(max_bytes=100),
+        image_ref(data_uri(MEDIA_FILES["64x33.png"], "image/png")),
+        "100 bytes",
+        RequestTooLarge,
     )
 
 
@@ -134,46 +122,48 @@ def test_local_files_only_inside_the_allowed_directory(tmp_path):
     (media / "escape.png").symlink_to(tmp_path / "secret.png")
     allowed = MediaLimits(allowed_local_media_path=str(media))
 
-    inside = fetch(allowed, image(str(media / "in.png")), image((media / "in.png").as_uri()))
+    inside = fetch(allowed, image_ref(str(media / "in.png")), image_ref((media / "in.png").as_uri()))
     assert [i.size for i in inside] == [(10, 20), (10, 20)]
     for url in (str(tmp_path / "secret.png"), f"{media}/../secret.png"):
-        refused(allowed, image(url), "outside the directory allowed")
+        fetch_refused(allowed, image_ref(url), "outside the directory allowed")
     for url in (str(media / "escape.png"), (media / "escape.png").as_uri()):
-        refused(allowed, image(url), "the file is a symbolic link; links are not followed")
-    refused(allowed, image(str(media / "missing.png")), "cannot read the file")
-    refused(allowed, image("in.png"), "absolute file path")  # relative
-    refused(MediaLimits(), image(str(media / "in.png")), "local files are not enabled")
-    refused(MediaLimits(), image((media / "in.png").as_uri()), "local files are not enabled")
+        fetch_refused(allowed, image_ref(url), "the file is a symbolic link; links are not followed")
+    fetch_refused(allowed, image_ref(str(media / "missing.png")), "cannot read the file")
+    fetch_refused(allowed, image_ref("in.png"), "absolute file path")  # relative
+    fetch_refused(MediaLimits(), image_ref(str(media / "in.png")), "local files are not enabled")
+    fetch_refused(MediaLimits(), image_ref((media / "in.png").as_uri()), "local files are not enabled")
 
 
 def test_unsupported_schemes_are_refused():
-    refused(MediaLimits(), image("ftp://example.com/a.png"), "must be an http")
-    refused(MediaLimits(), image("gopher://127.0.0.1/"), "must be an http")
-    refused(MediaLimits(), image("http://[bad"), "not a valid URL")
+    fetch_refused(MediaLimits(), image_ref("ftp://example.com/a.png"), "must be an http")
+    fetch_refused(MediaLimits(), image_ref("gopher://127.0.0.1/"), "must be an http")
+    fetch_refused(MediaLimits(), image_ref("http://[bad"), "not a valid URL")
 
 
 def test_http_refusals_name_the_field(media_base):
-    refused(LOCAL, image(f"{media_base}/10x20.png?type=text/html"), "content type 'text/html'")
-    refused(
+    fetch_refused(LOCAL, image_ref(f"{media_base}/10x20.png?type=text/html"), "content type 'text/html'")
+    fetch_refused(
         LOCAL,
-        MediaRef("video", f"{media_base}/10x20.png", FIELD),
+        MediaRef("video", f"{media_base}/10x20.png", MEDIA_FIELD),
         "expected video/\\* content, got content type 'image/png'",
     )
-    refused(LOCAL, image(f"{media_base}/notes.txt?type=image/png"), "not a decodable image")
-    refused(LOCAL, MediaRef("video", f"{media_base}/notes.txt?type=video/mp4", FIELD), "not a decodable video")
-    refused(LOCAL, image(f"{media_base}/missing.png"), "HTTP 404")
-    refused(
+    fetch_refused(LOCAL, image_ref(f"{media_base}/notes.txt?type=image/png"), "not a decodable image")
+    fetch_refused(
+        LOCAL, MediaRef("video", f"{media_base}/notes.txt?type=video/mp4", MEDIA_FIELD), "not a decodable video"
+    )
+    fetch_refused(LOCAL, image_ref(f"{media_base}/missing.png"), "HTTP 404")
+    fetch_refused(
         MediaLimits(allowed_networks=LOCAL.allowed_networks, fetch_timeout=0.3),
-        image(f"{media_base}/7x7.png?delay=1.5"),
+        image_ref(f"{media_base}/7x7.png?delay=1.5"),
         r"no complete HTTP response \(refused, reset or over 0.3 s\)",
     )
 
 
 def test_byte_limit_from_content_length_and_while_streaming(media_base):
-    refused(LOCAL, image(f"{media_base}/huge-length"), "over the limit of", RequestTooLarge)
+    fetch_refused(LOCAL, image_ref(f"{media_base}/huge-length"), "over the limit of", RequestTooLarge)
     # No Content-Length and 64 MiB on offer: reading stops at the limit (reading it all would time out instead).
     limits = MediaLimits(allowed_networks=LOCAL.allowed_networks, max_bytes=1_000_000, fetch_timeout=30)
-    refused(limits, image(f"{media_base}/endless"), "over the limit of 1000000 bytes", RequestTooLarge)
+    fetch_refused(limits, image_ref(f"{media_base}/endless"), "over the limit of 1000000 bytes", RequestTooLarge)
 
 
 def test_decompression_bomb_is_refused_before_decoding(media_base, monkeypatch):
@@ -182,29 +172,33 @@ def test_decompression_bomb_is_refused_before_decoding(media_base, monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     limits = MediaLimits(allowed_networks=LOCAL.allowed_networks, max_image_pixels=1_000_000)
-    refused(limits, image(f"{media_base}/bomb.png"), "5000x5000 is over the limit", RequestTooLarge)
-    refused(limits, image(data_uri(MEDIA_FILES["bomb.png"], "image/png")), "5000x5000", RequestTooLarge)
+    fetch_refused(limits, image_ref(f"{media_base}/bomb.png"), "5000x5000 is over the limit", RequestTooLarge)
+    fetch_refused(limits, image_ref(data_uri(MEDIA_FILES["bomb.png"], "image/png")), "5000x5000", RequestTooLarge)
 
 
 def test_redirects_are_followed_up_to_the_limit(media_base):
     limits = MediaLimits(allowed_networks=LOCAL.allowed_networks, max_redirects=2)
-    assert fetch(limits, image(f"{media_base}/hops/2?to=/10x20.png"))[0].size == (10, 20)
-    refused(limits, image(f"{media_base}/hops/3?to=/10x20.png"), "more than 2 redirects")
+    assert fetch(limits, image_ref(f"{media_base}/hops/2?to=/10x20.png"))[0].size == (10, 20)
+    fetch_refused(limits, image_ref(f"{media_base}/hops/3?to=/10x20.png"), "more than 2 redirects")
 
 
 def test_private_addresses_are_refused_by_default(media_base):
     port = urlsplit(media_base).port
-    refused(MediaLimits(), image(f"{media_base}/7x7.png"), "127.0.0.1 does not resolve to an address this server")
-    refused(MediaLimits(), image(f"http://localhost:{port}/7x7.png"), "localhost does not resolve to an address")
+    fetch_refused(
+        MediaLimits(), image_ref(f"{media_base}/7x7.png"), "127.0.0.1 does not resolve to an address this server"
+    )
+    fetch_refused(
+        MediaLimits(), image_ref(f"http://localhost:{port}/7x7.png"), "localhost does not resolve to an address"
+    )
 
 
 def test_a_redirect_into_a_disallowed_network_is_refused(media_base):
     """127.0.0.1 is allowed, 127.0.0.2 (a second server, that answers when allowed) is not."""
     with serve_media(MEDIA_FILES, "127.0.0.2") as other:
         hop = f"{media_base}/redirect?to={other}/7x7.png"
-        refused(LOCAL, image(hop), "127.0.0.2 does not resolve to an address this server may fetch from")
+        fetch_refused(LOCAL, image_ref(hop), "127.0.0.2 does not resolve to an address this server may fetch from")
         both = MediaLimits(allowed_networks=("127.0.0.1/32", "127.0.0.2/32"))
-        assert fetch(both, image(hop))[0].size == (7, 7)
+        assert fetch(both, image_ref(hop))[0].size == (7, 7)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +229,7 @@ def test_guard_allows_only_public_addresses(address, allowed):
 
 
 def test_the_first_failure_cancels_the_rest(media_base):
-    refs = [image(f"{media_base}/7x7.png?delay=2", "documents[0]"), image("ftp://x/a.png", "documents[1]")]
+    refs = [image_ref(f"{media_base}/7x7.png?delay=2", "documents[0]"), image_ref("ftp://x/a.png", "documents[1]")]
     with pytest.raises(InputError) as info:
         fetch(LOCAL, *refs)
     assert info.value.field == "documents[1]"

@@ -1,4 +1,4 @@
-"""Media budgets (issue 13, items 3 and 7): parts per request, decoded pixels per request and per process reserved
+"""Media budgets: parts per request, decoded pixels per request and per process reserved
 before decoding, video frames scaled down while decoding, and a cap on one request's concurrent fetches so it
 cannot starve other requests of connections."""
 
@@ -12,13 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 from rerankrt.server import create_app
 from rerankrt.server.media import MediaBusy, MediaFetcher, MediaLimits
 from rerankrt.server.media.decode import decode_image, decode_video
-from tests.support import image_bytes, mp4_bytes
-from tests.test_api_adapters import make_model, settings
-from tests.test_media import data_uri, image
+from tests.fakes import make_model, settings
+from tests.support import data_uri, image_bytes, image_ref, mp4_bytes
 
 MEDIA_FILES = {"small.png": image_bytes(Image.new("RGB", (8, 8)))}
 BIG_PNG = image_bytes(Image.new("1", (2000, 2000)))  # 4,000,000 pixels from a few kB
@@ -55,7 +54,7 @@ def test_video_frames_are_scaled_down_while_decoding_into_one_array():
 def test_a_request_over_its_pixel_budget_is_a_413_before_decoding_more():
     async def main():
         async with MediaFetcher(MediaLimits(max_request_pixels=10_000_000)) as fetcher:
-            refs = [image(data_uri(BIG_PNG, "image/png"), f"documents[{i}]") for i in range(10)]
+            refs = [image_ref(data_uri(BIG_PNG, "image/png"), f"documents[{i}]") for i in range(10)]
             with pytest.raises(RequestTooLarge, match="over the limit of 10000000 per request") as info:
                 await fetcher.fetch_all(refs)
             assert fetcher.pixels.used == 0  # released
@@ -67,7 +66,7 @@ def test_a_request_over_its_pixel_budget_is_a_413_before_decoding_more():
 def test_the_process_pixel_budget_is_shared_and_released():
     async def main():
         fetcher = MediaFetcher(MediaLimits(max_request_pixels=5_000_000, max_process_pixels=6_000_000))
-        ref = image(data_uri(BIG_PNG, "image/png"), "documents[0]")
+        ref = image_ref(data_uri(BIG_PNG, "image/png"), "documents[0]")
         with fetcher.budget() as first:
             await fetcher.fetch_all([ref], first)
             assert fetcher.pixels.used == 4_000_000
@@ -110,11 +109,11 @@ def test_one_request_cannot_starve_another_of_connections(media_base):
 
     async def main():
         fetcher = MediaFetcher(limits(allowed_networks=("127.0.0.1/32",), max_parts=200, fetch_timeout=5))
-        slow = [image(f"{media_base}/small.png?delay=3&n={i}", f"documents[{i}]") for i in range(150)]
+        slow = [image_ref(f"{media_base}/small.png?delay=3&n={i}", f"documents[{i}]") for i in range(150)]
         hog = asyncio.ensure_future(fetcher.fetch_all(slow))
         await asyncio.sleep(0.5)
         started = time.monotonic()
-        await fetcher.fetch_all([image(f"{media_base}/small.png", "documents[0]")])
+        await fetcher.fetch_all([image_ref(f"{media_base}/small.png", "documents[0]")])
         waited = time.monotonic() - started
         hog.cancel()
         await asyncio.gather(hog, return_exceptions=True)

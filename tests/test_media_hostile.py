@@ -1,5 +1,5 @@
 """The media fetcher against hostile requests: IPv6 forms of private addresses, DNS and port probing through its
-refusals, and local files swapped for links while they are read (issue 13, items 8, 11, 12)."""
+refusals, and local files swapped for links while they are read."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import pytest
 
 from rerankrt.errors import InputError
 from rerankrt.server.media import GuardedBackend, MediaFetcher, MediaLimits, MediaRef
-from tests.support import free_port
-from tests.test_media import fetch, image, png, refused
+from tests.support import fetch, fetch_refused, free_port, image_ref, png
 
 # --- the SSRF guard: every spelling of a private address ---------------------------------------
 
@@ -60,7 +59,9 @@ def test_a_network_allowed_for_ipv4_covers_its_ipv6_forms_only():
 
 def test_refusals_do_not_say_what_a_host_resolves_to(monkeypatch):
     port = free_port()
-    private = refused(MediaLimits(), image(f"http://localhost:{port}/a.png"), "does not resolve to an address")
+    private = fetch_refused(
+        MediaLimits(), image_ref(f"http://localhost:{port}/a.png"), "does not resolve to an address"
+    )
     assert "127.0.0.1" not in str(private) and "::1" not in str(private)
 
     real = socket.getaddrinfo
@@ -71,7 +72,7 @@ def test_refusals_do_not_say_what_a_host_resolves_to(monkeypatch):
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
-    missing = refused(MediaLimits(), image(f"http://no-such-host.test:{port}/a.png"), "does not resolve to")
+    missing = fetch_refused(MediaLimits(), image_ref(f"http://no-such-host.test:{port}/a.png"), "does not resolve to")
     assert str(missing).replace("no-such-host.test", "localhost") == str(private)  # an unknown name reads the same
 
 
@@ -121,7 +122,7 @@ def test_connection_failures_all_read_the_same(probed_ports):
     """Port scanning through the fetcher learns nothing from its messages (only timing, which it cannot hide)."""
     limits = MediaLimits(allowed_networks=("127.0.0.1/32",), fetch_timeout=0.5)
     messages = {
-        kind: refused(limits, image(f"http://127.0.0.1:{port}/a.png"), "could not fetch the image").message
+        kind: fetch_refused(limits, image_ref(f"http://127.0.0.1:{port}/a.png"), "could not fetch the image").message
         for kind, port in probed_ports.items()
     }
     assert len(set(messages.values())) == 1, messages
@@ -200,7 +201,7 @@ def test_every_local_file_failure_is_a_400(tmp_path):
     def run():
         for url in cases:
             try:
-                fetch(allowed, image(url, "documents[0]"))
+                fetch(allowed, image_ref(url, "documents[0]"))
             except InputError as error:
                 errors[url] = str(error)
             except Exception as error:  # noqa: BLE001 - what the server would answer with a 500

@@ -26,6 +26,8 @@ from rerankrt.server.settings import ServeSettings
 from rerankrt.testing.reference_qwen3_vl import messages
 from tests.support import image_bytes, mp4_bytes, rerankrt, running_server
 
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
+
 SCORE_TOLERANCE = 1e-3
 MAX_BYTES = 256 * 1024  # the test apps' media_max_bytes; big.png is over it
 
@@ -238,7 +240,7 @@ def test_chunking_splits_text_documents_only(qwen3_vl_artifact, media_base):
         whole = rerank(short, {**body, "raw_scores": True}).json()
     pieces, _ = chunk_documents(reranker.encoder, "panda", [long_text], None, 3)
     assert len(pieces) == 3
-    expected = reranker.score("panda", pieces).max()
+    expected = reranker.logits("panda", pieces).max()
     assert by_index(chunked.json())[0] == pytest.approx(float(expected), abs=1e-5)  # best chunk
     assert by_index(chunked.json())[1] == pytest.approx(by_index(whole)[1], abs=1e-5)  # scored whole, truncated
 

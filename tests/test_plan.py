@@ -4,71 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from rerankrt.artifact import FORMAT_VERSION, Engine, Graph, Manifest, Profile, SourceModel
+from rerankrt.artifact import Manifest
 from rerankrt.errors import ArtifactError, BackendUnavailableError
 from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import BACKEND_CHOICES, Request, ServingPlan, Skipped, plan_serving
-
-CPU = Machine(physical_cores=2)  # without OpenVINO
-OPENVINO_BF16 = Machine(physical_cores=2, openvino="2026.4.1", cpu_bf16=True)  # e.g. Xeon with AMX, Zen 4
-OPENVINO_NO_BF16 = Machine(physical_cores=2, openvino="2026.4.1", cpu_bf16=False)  # e.g. AVX2 only
-GPU = Machine(
-    physical_cores=8,
-    cuda=True,
-    compute_capability="9.0",
-    tensorrt="11.4.0.106",
-    onnxruntime_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
-)
-PROFILE = Profile(min=(1, 1), opt=(16, 256), max=(64, 512))
-
-
-def engine(precision: str, capability: str = "9.0", version: str = "11.4.0.106") -> Engine:
-    return Engine(
-        file=f"model.{precision}.sm{capability.replace('.', '')}.plan",
-        graph="model.onnx",
-        precision=precision,
-        compute_capability=capability,
-        tensorrt=version,
-        profile=PROFILE,
-    )
-
-
-def manifest(
-    precision: str = "fp32", variants=(), engines=(), family: str = "cross-encoder", roles=("scorer",)
-) -> Manifest:
-    graphs = {role: Graph(file=f"{role}.onnx" if role != "scorer" else "model.onnx", inputs=["x"], outputs=["y"])
-              for role in roles}  # fmt: skip
-    for variant in variants:
-        graphs[f"scorer.{variant}"] = Graph(file=f"model.{variant}.onnx", inputs=["input_ids"], outputs=["logits"])
-    return Manifest(
-        format_version=FORMAT_VERSION,
-        family=family,
-        source=SourceModel(
-            ref="/exports/model",
-            path="/nonexistent/model",
-            architecture="XLMRobertaFor...",
-            files={"model.safetensors": "0" * 64},
-        ),  # fmt: skip
-        max_length=512,
-        precision=precision,
-        opset=18,
-        graphs=graphs,
-        engines=list(engines),
-        encoder_files=[],
-        versions={},
-        files={},
-        created_at="2026-11-29T00:00:00+00:00",
-    )
-
-
-def plans(m: Manifest, machine: Machine, **request) -> list[ServingPlan | Skipped]:
-    return plan_serving(get_family(m.family), Request(**request), machine, manifest=m, folder="/a")
-
-
-def first(m: Manifest, machine: Machine, **request) -> ServingPlan:
-    return next(p for p in plans(m, machine, **request) if isinstance(p, ServingPlan))
+from tests.fakes import CPU, GPU, OPENVINO_BF16, OPENVINO_NO_BF16, engine, first, manifest, plans
 
 
 def test_fp32_asked_on_a_gpu_selects_the_fp32_engine():
@@ -201,9 +143,9 @@ def test_backend_choices_are_the_same_everywhere():
     from typing import get_args
 
     from rerankrt.cli import build_parser
-    from rerankrt.runtime.settings import EngineSettings
+    from rerankrt.runtime.settings import RerankerSettings
 
-    assert get_args(EngineSettings.model_fields["backend"].annotation) == BACKEND_CHOICES
+    assert get_args(RerankerSettings.model_fields["backend"].annotation) == BACKEND_CHOICES
     rerank = build_parser()._subparsers._group_actions[0].choices["rerank"]
     assert next(a for a in rerank._actions if a.dest == "backend").choices == BACKEND_CHOICES
 

@@ -43,9 +43,10 @@ def variants(model_dirs, tmp_path_factory) -> Variants:
 
 
 def fp32_scores(artifact_dirs, arch, docs):
-    return Reranker.load(str(artifact_dirs[arch]), backend="onnxruntime").score(QUERY, docs)
+    return Reranker.load(str(artifact_dirs[arch]), backend="onnxruntime").logits(QUERY, docs)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["xlmr", "bert", "qwen3"])
 def test_int8_variant_is_quantized_checked_and_served_on_cpu(variants, artifact_dirs, arch):
     """The fastest int8 recipe that passes the gate ships (the tiny Qwen3 needs the blockwise one)."""
@@ -83,11 +84,12 @@ def test_int8_variant_is_quantized_checked_and_served_on_cpu(variants, artifact_
     for backend in runtimes or ["onnxruntime"]:
         served = Reranker.load(str(folder), backend=backend)
         assert served.model.self_check.passed, served.model.self_check.summary()  # the golden set, gate's rule
-        int8 = served.score(QUERY, docs)
+        int8 = served.logits(QUERY, docs)
         assert not np.array_equal(int8, fp32)  # really another graph
         assert np.abs(sigmoid(int8) - sigmoid(fp32)).max() <= FIDELITY_THRESHOLDS.max_score_diff
 
 
+@pytest.mark.integration
 def test_bf16_variant_is_served_by_openvino_or_torch_with_bf16_weights_on_cpu(variants, artifact_dirs):
     folder = variants["xlmr", "bf16"]
     manifest = load_manifest(folder)
@@ -108,11 +110,12 @@ def test_bf16_variant_is_served_by_openvino_or_torch_with_bf16_weights_on_cpu(va
     assert (reranker.backend.name, reranker.backend.dtype) == ("torch", torch.bfloat16)
     assert next(reranker.backend.scorer.parameters()).dtype == torch.bfloat16
     docs = random_documents(np.random.default_rng(4), 8)
-    np.testing.assert_allclose(reranker.score(QUERY, docs), fp32_scores(artifact_dirs, "xlmr", docs), atol=0.05)
+    np.testing.assert_allclose(reranker.logits(QUERY, docs), fp32_scores(artifact_dirs, "xlmr", docs), atol=0.05)
     # asked for by name, onnxruntime still runs (the fp32 graph: it has no bf16 CPU kernels)
     assert Reranker.load(str(folder), backend="onnxruntime").model.plan.graphs["scorer"] == "model.onnx"
 
 
+@pytest.mark.integration
 def test_fp16_variant_is_a_gpu_graph_and_cpu_runs_fp32(variants):
     folder = variants["xlmr", "fp16"]
     manifest = load_manifest(folder)
@@ -120,6 +123,7 @@ def test_fp16_variant_is_a_gpu_graph_and_cpu_runs_fp32(variants):
     assert Reranker.load(str(folder), backend="onnxruntime").model.plan.graphs == {"scorer": "model.onnx"}
 
 
+@pytest.mark.integration
 def test_serving_precision_is_fp32_or_the_checked_variant(variants, model_dirs):
     folder = variants["xlmr", "int8"]
     assert Reranker.load(str(folder), precision="fp32").model.plan.graphs["scorer"] == "model.onnx"
@@ -146,6 +150,7 @@ def corrupting_quantizer(source, target, model_type=None, keep_float=(), method=
     return target
 
 
+@pytest.mark.integration
 def test_a_bad_variant_is_refused_unless_accepted(model_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr("rerankrt.export.variants.quantize_int8", corrupting_quantizer)
     with pytest.raises(ExportError, match="ranks too differently.*--accept-fidelity-loss"):
@@ -167,6 +172,7 @@ def test_a_bad_variant_is_refused_unless_accepted(model_dirs, tmp_path, monkeypa
         load_manifest(tmp_path / "ok")
 
 
+@pytest.mark.integration
 def test_the_next_int8_recipe_is_tried_when_the_fastest_misses(model_dirs, tmp_path, monkeypatch, caplog):
     from rerankrt.export.precision import quantize_int8
 
@@ -201,6 +207,7 @@ def test_unknown_precision_and_multimodal_variants_are_refused_before_work(token
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.integration
 def test_info_reports_the_variant_its_fidelity_and_the_cpu_knobs(variants):
     from rerankrt.info import collect, physical_cores
 
@@ -226,6 +233,7 @@ def test_external_data_files_are_found_by_either_naming(tmp_path):
     assert external_data_files(tmp_path / "other.onnx") == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["dynamic", "blockwise", "mixed"])
 def test_int8_recipes_quantize_run_and_keep_the_named_products_fp32(model_dirs, artifact_dirs, tmp_path, method):
     """Each recipe really quantizes the tiny BERT, the graph runs in ONNX Runtime close to fp32, and keep-float

@@ -1,6 +1,6 @@
 """Exact prefix reuse (families.prefix_reuse) for Qwen3-Reranker: the shared prompt once, each document after it,
 all through the one decoder graph (one copy of the weights), equal to the model card's code on ONNX Runtime,
-OpenVINO and torch, through the engine; the switch; older artifacts; the plan."""
+OpenVINO and torch, through the Reranker; the switch; older artifacts; the plan."""
 
 import asyncio
 import json
@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from rerankrt.artifact import Graph, load_manifest
-from rerankrt.families import DecoderYesNoFamily
+from rerankrt.families import Qwen3YesNoFamily
 from rerankrt.families.prefix_reuse import DECODER, PREFIX_LENGTH, DecoderModule, past_geometry
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker
-from rerankrt.runtime.engine import ScoreRequest
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from rerankrt.runtime.reranker import ScoreRequest
 from rerankrt.testing.reference import qwen3_card_scores, random_documents, random_text
-from tests import test_plan
+from tests import fakes
 from tests.conftest import QWEN_ARCHS
 
 BACKENDS = ("onnxruntime", "openvino", "torch")
@@ -67,6 +67,7 @@ def _cases(rng):
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", QWEN_ARCHS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_prefix_reuse_equals_the_model_card(artifact_dirs, model_dirs, arch, backend):
@@ -79,20 +80,21 @@ def test_prefix_reuse_equals_the_model_card(artifact_dirs, model_dirs, arch, bac
         _reuse(reranker).cache.clear()
         calls = _count_calls(reranker)
         _, logit = qwen3_card_scores(model_dirs[arch], query, docs, instruct, max_length)
-        np.testing.assert_allclose(reranker.score(query, docs, instruct), logit, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(reranker.logits(query, docs, instruct), logit, atol=1e-4, rtol=0)
         if len(docs) > 1:
             assert calls[CONTINUATION] >= 1, f"{backend}: the documents did not continue from a shared prefix"
     for reranker in rerankers.values():
         reranker.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_requests_with_different_prefixes_in_one_batch(artifact_dirs, model_dirs, backend):
     """Rows of three requests (one of them a single document) in one batch, left-padded: the two prefixes run in
     one call, each row continues from its own, a lone row runs whole, and a prefix seen before is taken from the
     cache."""
     rng = np.random.default_rng(5)
-    family = DecoderYesNoFamily()
+    family = Qwen3YesNoFamily()
     encoder = family.load_encoder(model_dirs["qwen3"])
     requests = [
         (random_text(rng, 2, 6), random_documents(rng, 4, max_words=50), None),
@@ -116,8 +118,9 @@ def test_requests_with_different_prefixes_in_one_batch(artifact_dirs, model_dirs
     reranker.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_requests_batched_together_through_the_engine(artifact_dirs, model_dirs, backend):
+def test_concurrent_requests_batched_together_through_the_reranker(artifact_dirs, model_dirs, backend):
     rng = np.random.default_rng(9)
     requests = [(random_text(rng, 2, 8), random_documents(rng, n, max_words=40)) for n in (5, 1, 4)]
     batches = []
@@ -135,6 +138,7 @@ def test_concurrent_requests_batched_together_through_the_engine(artifact_dirs, 
         np.testing.assert_allclose(scores.logits, qwen3_card_scores(model_dirs["qwen3"], query, docs)[1], atol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_switch_off_runs_every_pair_whole_with_the_same_scores(artifact_dirs, model_dirs, backend):
     rng = np.random.default_rng(2)
@@ -147,12 +151,13 @@ def test_switch_off_runs_every_pair_whole_with_the_same_scores(artifact_dirs, mo
         assert off.model.plan.graphs == {"scorer": "model.onnx"}  # the decoder graph is not even loaded
         assert set(off.backend.sessions) == {"scorer"}
     calls = _count_calls(on)
-    np.testing.assert_allclose(off.score(query, docs), on.score(query, docs), atol=1e-4, rtol=0)
-    assert calls[PREFIX] == 1 and calls[CONTINUATION] >= 1  # the prompt once, whatever batches the engine makes
+    np.testing.assert_allclose(off.logits(query, docs), on.logits(query, docs), atol=1e-4, rtol=0)
+    assert calls[PREFIX] == 1 and calls[CONTINUATION] >= 1  # the prompt once, whatever batches the Reranker makes
     on.close()
     off.close()
 
 
+@pytest.mark.integration
 def test_an_artifact_without_the_decoder_graph_still_serves(artifact_dirs, model_dirs, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(artifact_dirs["qwen3"], old)
@@ -165,17 +170,17 @@ def test_an_artifact_without_the_decoder_graph_still_serves(artifact_dirs, model
     query, docs = random_text(rng, 2, 8), random_documents(rng, 5, max_words=50)
     with Reranker.load(str(old), backend="onnxruntime") as reranker:
         assert set(reranker.model.plan.graphs) == {"scorer"}
-        np.testing.assert_allclose(reranker.score(query, docs), qwen3_card_scores(model_dirs["qwen3"], query, docs)[1],
+        np.testing.assert_allclose(reranker.logits(query, docs), qwen3_card_scores(model_dirs["qwen3"], query, docs)[1],
                                    atol=1e-4, rtol=0)  # fmt: skip
-    plain = OnnxRuntimeBackend(DecoderYesNoFamily(), artifact_dirs["qwen3"], {"scorer": "model.onnx"})
-    encoder = DecoderYesNoFamily().load_encoder(model_dirs["qwen3"])
+    plain = OnnxRuntimeBackend(Qwen3YesNoFamily(), artifact_dirs["qwen3"], {"scorer": "model.onnx"})
+    encoder = Qwen3YesNoFamily().load_encoder(model_dirs["qwen3"])
     batch = encoder.collate(encoder.encode(query, docs))
     assert PREFIX_LENGTH in batch
     np.testing.assert_allclose(plain.run(batch), qwen3_card_scores(model_dirs["qwen3"], query, docs)[1], atol=1e-4)
 
 
 def test_prefix_ends_before_the_document_and_is_the_same_for_every_document(tokenizer_dirs):
-    encoder = DecoderYesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
+    encoder = Qwen3YesNoFamily().load_encoder(tokenizer_dirs["qwen3"])
     pairs = encoder.encode("what is panda?", ["The giant panda", "", "hi", "The giant panda is a bear."])
     lengths = {int(pair[PREFIX_LENGTH][0]) for pair in pairs}
     assert len(lengths) == 1
@@ -185,11 +190,12 @@ def test_prefix_ends_before_the_document_and_is_the_same_for_every_document(toke
     assert encoder.tokenizer.decode(pairs[0]["input_ids"][:length]).rstrip().endswith("<Document>:")
 
 
+@pytest.mark.integration
 def test_the_masked_dummy_past_gets_exactly_zero_weight(model_dirs):
     """Rows without a past see a one-position past that is masked out: whatever it holds, the logits and present
     keys/values of the real tokens are bit-identical (every real query also sees its own key, so the masked one
     weighs exactly 0)."""
-    module = DecoderModule(DecoderYesNoFamily().load_export_model(model_dirs["qwen3"])).eval()
+    module = DecoderModule(Qwen3YesNoFamily().load_export_model(model_dirs["qwen3"])).eval()
     layers, heads, head_dim = past_geometry(module.body.config)
     torch.manual_seed(0)
     ids = torch.randint(3, 100, (2, 9))
@@ -207,6 +213,7 @@ def test_the_masked_dummy_past_gets_exactly_zero_weight(model_dirs):
         assert torch.equal(a.permute(1, 3, 0, 2, 4)[real], b.permute(1, 3, 0, 2, 4)[real])
 
 
+@pytest.mark.integration
 def test_export_verifies_both_serving_sets(artifact_dirs):
     manifest = load_manifest(artifact_dirs["qwen3"])
     assert {role: g.file for role, g in manifest.graphs.items()} == {"scorer": "model.onnx", DECODER: "decoder.onnx"}
@@ -214,6 +221,7 @@ def test_export_verifies_both_serving_sets(artifact_dirs):
     assert parity["passed"] and "(model.onnx)" in parity["candidate"] and "(decoder.onnx)" in parity["candidate"]
 
 
+@pytest.mark.integration
 def test_openvino_bf16_hint_with_prefix_reuse_passes_the_fidelity_gate(artifact_dirs, model_dirs):
     from rerankrt.export.parity import check_fidelity
     from rerankrt.runtime.machine import Machine
@@ -221,7 +229,7 @@ def test_openvino_bf16_hint_with_prefix_reuse_passes_the_fidelity_gate(artifact_
 
     openvino = import_openvino()  # without its telemetry
 
-    family = DecoderYesNoFamily()
+    family = Qwen3YesNoFamily()
     backend = OpenVinoBackend(family, artifact_dirs["qwen3"], {DECODER: "decoder.onnx"}, 2, Precision.BF16)
     encoder = family.load_encoder(artifact_dirs["qwen3"])
     calls = {"continuation": 0}
@@ -246,14 +254,14 @@ FILES = {"scorer": "model.onnx", "scorer.int8": "model.int8.onnx", DECODER: "dec
     ("machine", "artifact", "precision", "reuse", "expected"),
     [
         # ONNX Runtime: the decoder graph only where its scorer would be the fp32 graph
-        (test_plan.CPU, "int8", None, True, ("int8", {"scorer": "model.int8.onnx"})),
-        (test_plan.CPU, "int8", Precision.FP32, True, ("fp32", {DECODER: "decoder.onnx"})),
-        (test_plan.CPU, "int8", Precision.FP32, False, ("fp32", {"scorer": "model.onnx"})),
-        (test_plan.CPU, "bf16", None, True, ("fp32", {DECODER: "decoder.onnx"})),  # ONNX Runtime runs fp32 graphs
+        (fakes.CPU, "int8", None, True, ("int8", {"scorer": "model.int8.onnx"})),
+        (fakes.CPU, "int8", Precision.FP32, True, ("fp32", {DECODER: "decoder.onnx"})),
+        (fakes.CPU, "int8", Precision.FP32, False, ("fp32", {"scorer": "model.onnx"})),
+        (fakes.CPU, "bf16", None, True, ("fp32", {DECODER: "decoder.onnx"})),  # ONNX Runtime runs fp32 graphs
         # OpenVINO always runs fp32 graphs (bf16 is a compile hint): the decoder graph for bf16 too
-        (test_plan.OPENVINO_BF16, "bf16", None, True, ("bf16", {DECODER: "decoder.onnx"})),
-        (test_plan.OPENVINO_BF16, "bf16", None, False, ("bf16", {"scorer": "model.onnx"})),
-        (test_plan.OPENVINO_NO_BF16, "fp32", None, True, ("fp32", {DECODER: "decoder.onnx"})),
+        (fakes.OPENVINO_BF16, "bf16", None, True, ("bf16", {DECODER: "decoder.onnx"})),
+        (fakes.OPENVINO_BF16, "bf16", None, False, ("bf16", {"scorer": "model.onnx"})),
+        (fakes.OPENVINO_NO_BF16, "fp32", None, True, ("fp32", {DECODER: "decoder.onnx"})),
     ],
 )
 def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_without(
@@ -261,13 +269,13 @@ def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_with
 ):
     roles = [role for role in FILES if artifact == "int8" or role != "scorer.int8"]
     graphs = {role: Graph(file=FILES[role], inputs=["input_ids"], outputs=["logits"]) for role in roles}
-    manifest = test_plan.manifest(precision=artifact, family="decoder-yes-no").model_copy(update={"graphs": graphs})
+    manifest = fakes.manifest(precision=artifact, family="qwen3-yes-no").model_copy(update={"graphs": graphs})
     backend = "openvino" if machine.openvino else "onnxruntime"
-    plan = test_plan.first(manifest, machine, backend=backend, precision=precision, prefix_reuse=reuse)
+    plan = fakes.first(manifest, machine, backend=backend, precision=precision, prefix_reuse=reuse)
     assert (plan.precision.value, dict(plan.graphs)) == expected
 
 
 def test_plan_without_the_decoder_graph_serves_the_scorer_alone_with_reuse_on():
-    manifest = test_plan.manifest(family="decoder-yes-no", roles=("scorer",))
-    assert test_plan.first(manifest, test_plan.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
-    assert test_plan.first(manifest, test_plan.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}
+    manifest = fakes.manifest(family="qwen3-yes-no", roles=("scorer",))
+    assert fakes.first(manifest, fakes.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
+    assert fakes.first(manifest, fakes.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}

@@ -87,17 +87,19 @@ def cases():
 CASES = cases()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_scores_match_the_official_scoring(vl_rerankers, vl_official, backend, case):
     query, documents = CASES[case]
     expected_scores, expected_logits = vl_official.score([messages(as_side(query), as_side(d)) for d in documents])
-    logits = vl_rerankers[backend].score(query, documents)
+    logits = vl_rerankers[backend].logits(query, documents)
     scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
     assert np.abs(scores - expected_scores).max() <= SCORE_TOLERANCE
     assert np.abs(logits - expected_logits).max() <= LOGIT_TOLERANCE
 
 
+@pytest.mark.integration
 def test_token_ids_match_the_official_prompt(qwen3_vl_dir, vl_official):
     encoder = Qwen3VLFamily().load_encoder(qwen3_vl_dir)
     for query, documents in CASES.values():
@@ -107,6 +109,7 @@ def test_token_ids_match_the_official_prompt(qwen3_vl_dir, vl_official):
             assert pair["input_ids"].tolist() == ids[mask == 1].tolist()
 
 
+@pytest.mark.integration
 def test_detection_and_artifact(qwen3_vl_dir, qwen3_vl_artifact):
     assert isinstance(detect_family(qwen3_vl_dir)[0], Qwen3VLFamily)
     manifest = json.loads((qwen3_vl_artifact / "manifest.json").read_text())
@@ -118,6 +121,7 @@ def test_detection_and_artifact(qwen3_vl_dir, qwen3_vl_artifact):
     assert parity["passed"] and parity["max_abs_diff"] <= LOGIT_TOLERANCE
 
 
+@pytest.mark.integration
 def test_scorer_graph_has_no_vocabulary_projection(qwen3_vl_artifact, qwen3_vl_dir):
     import onnx
 
@@ -205,6 +209,7 @@ def test_pixels_match_the_transformers_processor(tokenizer_dirs):
     assert video.timestamps == (0.25, 1.0)  # frames at 0, 0.5, 1.0 s; the last one repeated
 
 
+@pytest.mark.integration
 def test_grid_inputs_match_the_vision_tower(model, qwen3_vl_dir):
     visual = model.model.visual
     geometry = VisionGeometry.from_config(json.loads((qwen3_vl_dir / "config.json").read_text())["vision_config"])
@@ -220,6 +225,7 @@ def test_grid_inputs_match_the_vision_tower(model, qwen3_vl_dir):
         torch.testing.assert_close(torch.from_numpy(sin), emb.sin(), atol=1e-6, rtol=0)
 
 
+@pytest.mark.integration
 def test_rope_positions_match_get_rope_index(model):
     config = model.config
     img, vid = config.image_token_id, config.video_token_id

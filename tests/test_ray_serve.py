@@ -26,8 +26,8 @@ pytest.importorskip("ray", reason="Ray Serve is not installed: pip install -e '.
 from rerankrt.server import create_app  # noqa: E402
 from rerankrt.server.ray_serve import REPLICA_HEADER, ReplicaLost, RerankrtReplica, deployment_options  # noqa: E402
 from rerankrt.server.settings import ServeSettings  # noqa: E402
+from tests.fakes import make_model  # noqa: E402
 from tests.support import ENV, FakeClock, free_port  # noqa: E402
-from tests.test_api_adapters import make_model  # noqa: E402
 
 REPLICA = REPLICA_HEADER.decode()
 DOCS = [f"The giant panda number {i} is a bear that eats bamboo in the mountains of Sichuan." for i in range(24)]
@@ -64,7 +64,7 @@ def test_health_check_scores_a_pair_when_idle_and_fails_a_stalled_scheduler():
     scheduler.clock = clock
     replica = SimpleNamespace(app=app, settings=config)  # check_health reads only these
     gate.set()
-    asyncio.run(RerankrtReplica.check_health(replica))  # idle: one pair through the engine
+    asyncio.run(RerankrtReplica.check_health(replica))  # idle: one pair through the Reranker
     gate.clear()
     busy = scheduler.submit(app.state.reranker.encoder.encode("what is panda", ["the panda"]))
     while scheduler.queued_pairs:  # until its pass is under way, held at the gate
@@ -279,7 +279,7 @@ def test_ray_serves_the_same_api_as_the_plain_server(ray_cluster):
         assert bad.status_code == 400 and bad.json()["param"] == "documents"  # our error body, through the proxy
         assert bad.headers.get_list("x-request-id") == [bad.headers["x-request-id"]]
         too_many = client.post(f"{base}/v1/rerank", json={"query": "q", "documents": ["d"] * 300})
-        # more pairs than a replica's --max-queued-pairs can ever hold: 413, no Retry-After (issue 13); overload
+        # more pairs than a replica's --max-queued-pairs can ever hold: 413, no Retry-After; overload
         # within it is a 503 + Retry-After (test_ray_overload_is_503_with_retry_after)
         assert too_many.status_code == 413 and "retry-after" not in too_many.headers
 

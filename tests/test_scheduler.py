@@ -17,7 +17,7 @@ from rerankrt.runtime.scheduler import (
     Scheduler,
     retry_after,
 )
-from rerankrt.runtime.settings import EngineSettings
+from rerankrt.runtime.settings import RerankerSettings
 from tests.support import FakeClock
 
 
@@ -340,8 +340,8 @@ def test_unknown_scheduling_is_refused():
     with pytest.raises(ValueError, match="unknown scheduling 'fifo': expected one of oldest-first, interleaved"):
         Scheduler(lambda batch: batch, collate, scheduling="fifo")
     with pytest.raises(ValidationError, match="scheduling"):
-        EngineSettings(model_path="m", scheduling="fifo")
-    assert EngineSettings(model_path="m").scheduling == "oldest-first"
+        RerankerSettings(model_path="m", scheduling="fifo")
+    assert RerankerSettings(model_path="m").scheduling == "oldest-first"
 
 
 # --- admission: deadlines against the measured throughput, on a fake clock ----------------------------------------

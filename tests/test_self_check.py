@@ -22,6 +22,8 @@ from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from tests.support import edit_manifest
 
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
+
 
 @pytest.fixture
 def openvino_off_by(monkeypatch):
@@ -98,7 +100,7 @@ def test_artifacts_without_a_golden_set_serve_as_before_with_a_warning(artifact_
         reranker = Reranker.load(str(folder))
     with reranker:
         assert reranker.model.self_check is None and "no golden set" in reranker.model.self_check_skipped
-        assert reranker.score("q", ["d"]).shape == (1,)
+        assert reranker.logits("q", ["d"]).shape == (1,)
     assert any("has no golden set" in r.getMessage() for r in caplog.records)
 
 

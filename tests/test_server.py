@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rerankrt.runtime import EngineSettings
+from rerankrt.runtime import RerankerSettings
 from rerankrt.runtime.loader import load_model
 from rerankrt.server import create_app
 from rerankrt.server.schemas import PANDA_EXAMPLE
@@ -12,6 +12,8 @@ from rerankrt.server.settings import ServeSettings
 from rerankrt.testing.reference import cross_encoder_logits, random_documents, random_text, sigmoid
 from tests.conftest import ARCHS
 from tests.support import HeldBackend, asgi_client
+
+pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
 
 PANDA = PANDA_EXAMPLE
 
@@ -139,7 +141,7 @@ def test_health_models_and_openapi(client, artifact_dirs):
 
 
 def test_inference_does_not_block_the_event_loop(artifact_dirs):
-    model = load_model(EngineSettings(model_path=str(artifact_dirs["xlmr"])))
+    model = load_model(RerankerSettings(model_path=str(artifact_dirs["xlmr"])))
     model.backend = held = HeldBackend(model.backend)
     app = create_app(ServeSettings(model_path="-", warmup=False), model)
 

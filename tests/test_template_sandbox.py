@@ -1,5 +1,5 @@
 """Prompt templates come from artifacts and --chat-template, so they are hostile until rendered sandboxed: no
-template can run code, at load or on a request, whatever the manifest's hashes say (issue 13, item 1)."""
+template can run code, at load or on a request, whatever the manifest's hashes say."""
 
 from __future__ import annotations
 
@@ -58,20 +58,21 @@ def test_a_hostile_template_is_refused_at_load(qwen3_folder, tmp_path, source):
         flag = tmp_path / "chat-template.jinja"
         flag.write_text(hostile)
     with pytest.raises(UnsupportedModelError, match="the template failed to render"):
-        get_family("decoder-yes-no").load_encoder(qwen3_folder, chat_template=flag)
+        get_family("qwen3-yes-no").load_encoder(qwen3_folder, chat_template=flag)
     assert not marker.exists()
 
 
 def test_a_template_escaping_on_requests_only_never_runs(qwen3_folder, tmp_path):
     marker = tmp_path / "ran"
     (qwen3_folder / TEMPLATE_FILE).write_text(ON_REQUEST.format(marker=marker))
-    encoder = get_family("decoder-yes-no").load_encoder(qwen3_folder)  # passes the load check
+    encoder = get_family("qwen3-yes-no").load_encoder(qwen3_folder)  # passes the load check
     assert len(encoder.encode("q", ["d"])) == 1
     with pytest.raises(RerankrtError, match="the template failed to render"):
         encoder.encode("q", ["d"], instruct="anything")
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_rewritten_hashes_do_not_help_a_hostile_artifact(artifact_dirs, tmp_path):
     """The manifest's hashes catch a changed file, not an attacker who rewrites them: the sandbox is what holds."""
     from rerankrt.runtime import Reranker

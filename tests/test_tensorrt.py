@@ -16,7 +16,14 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from rerankrt.artifact import MANIFEST_NAME, Engine, load_manifest, sha256_file
-from rerankrt.engines import (
+from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtError
+from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
+from rerankrt.families import get_family
+from rerankrt.precision import Precision
+from rerankrt.runtime import Reranker
+from rerankrt.runtime.plan import ServingPlan
+from rerankrt.runtime.tensorrt_backend import TensorRTBackend
+from rerankrt.tensorrt_engines import (
     ModelShape,
     engine_file_name,
     plan_engine_profile,
@@ -27,13 +34,6 @@ from rerankrt.engines import (
     split_rows,
     timing_cache_name,
 )
-from rerankrt.errors import ArtifactError, BackendUnavailableError, RerankrtError
-from rerankrt.export.precision import FP32_OPS, cast_graph, fp32_op_names
-from rerankrt.families import get_family
-from rerankrt.precision import Precision
-from rerankrt.runtime import Reranker
-from rerankrt.runtime.plan import ServingPlan
-from rerankrt.runtime.tensorrt_backend import TensorRTBackend
 from rerankrt.testing.reference import random_documents, random_text
 from tests.conftest import QWEN_ARCHS
 from tests.support import write_fake_artifact
@@ -172,6 +172,7 @@ def test_tensorrt_backend_says_why_it_cannot_run_here(tmp_path):
         TensorRTBackend(ServingPlan("tensorrt", "cuda", Precision.FP16, folder=folder))
 
 
+@pytest.mark.integration
 def test_multimodal_artifacts_are_refused_with_the_reason_everywhere(qwen3_vl_artifact):
     """Engines cover one-graph scorers: build-engine and the plan say so before touching TensorRT."""
     from rerankrt.export.tensorrt import build_engine
@@ -191,6 +192,7 @@ def scores(session, batch):
     return session.run(None, feeds)[0].reshape(-1)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["xlmr", *QWEN_ARCHS])
 def test_fp16_graph_keeps_norms_and_softmax_fp32_and_scores_close(artifact_dirs, tmp_path, arch):
     source = artifact_dirs[arch] / "model.onnx"
@@ -212,6 +214,7 @@ def test_fp16_graph_keeps_norms_and_softmax_fp32_and_scores_close(artifact_dirs,
     assert np.corrcoef(np.argsort(np.argsort(half)), np.argsort(np.argsort(reference)))[0, 1] > 0.9
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 def test_bf16_graph_retypes_every_half_tensor(artifact_dirs, tmp_path, arch):
     target = cast_graph(artifact_dirs[arch] / "model.onnx", tmp_path / "model.bf16.onnx", "bf16")
@@ -249,6 +252,7 @@ def test_bf16_graph_retypes_every_half_tensor(artifact_dirs, tmp_path, arch):
 # --- real engines (GPU with TensorRT only) -----------------------------------------------------------
 
 
+@pytest.mark.integration
 @needs_gpu
 @pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
 @pytest.mark.parametrize("precision, bound", [("fp32", 1e-4), ("fp16", 5e-2), ("bf16", 0.5)])
@@ -263,5 +267,5 @@ def test_engine_equals_torch_fp32(artifact_dirs, tmp_path, arch, precision, boun
     torch_reranker.backend.scorer.float()  # the fp32 reference, on the GPU
     rng = np.random.default_rng(9)
     query, docs = random_text(rng, 2, 10), random_documents(rng, 21)  # 21 > max_batch 8: split
-    got, want = trt_reranker.score(query, docs), torch_reranker.score(query, docs)
+    got, want = trt_reranker.logits(query, docs), torch_reranker.logits(query, docs)
     assert np.abs(got - want).max() <= bound  # fp32 exact; fp16/bf16 within their stated bounds

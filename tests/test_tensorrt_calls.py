@@ -13,11 +13,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rerankrt.artifact import MANIFEST_NAME, Engine, load_manifest, sha256_file
-from rerankrt.engines import plan_profile
 from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export import tensorrt as builder
 from rerankrt.export.graph_passes import integer_cumsums
 from rerankrt.runtime.tensorrt_backend import EngineError, EngineRunner
+from rerankrt.tensorrt_engines import plan_profile
 from tests.fake_tensorrt import BuilderFlag, DataType, FakeTensorRT, TensorIOMode
 from tests.support import write_fake_artifact
 
@@ -275,6 +275,7 @@ def test_an_engine_that_misses_the_self_check_is_deleted_and_not_listed(artifact
     assert not list(artifact.glob("*.plan")) and load_manifest(artifact).engines == []
 
 
+@pytest.mark.integration
 def test_the_self_check_runs_the_engine_plan_on_the_golden_set_by_the_export_rule(artifact_dirs, monkeypatch):
     """`self_check_engine` opens the engine's plan and judges it on the golden set: a runner standing in for the
     engine (the artifact's fp32 graph on ONNX Runtime, its logits moved as another GPU's kernels might move them)."""
@@ -318,7 +319,7 @@ def test_the_engine_runs_as_the_family_graph_in_profile_sized_executions(monkeyp
     executed = []
     execute = runner.execute
     monkeypatch.setattr(runner, "execute", lambda feeds, rows, handle: executed.append(rows) or execute(feeds, rows, 0))
-    run = get_family("decoder-yes-no").serving_pipeline(None, {"scorer": EngineGraph(runner, CpuStream())})
+    run = get_family("qwen3-yes-no").serving_pipeline(None, {"scorer": EngineGraph(runner, CpuStream())})
     batch = {"input_ids": np.ones((10, 5), np.int64), "attention_mask": np.ones((10, 5), np.int64),
              "prefix_length": np.full(10, 3, np.int64)}  # fmt: skip
     logits = run(batch)

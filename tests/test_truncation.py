@@ -1,7 +1,7 @@
-"""Per-request truncation is exact (issue 22): `max_length` (vLLM's truncate_prompt_tokens), `max_tokens_per_doc`
+"""Per-request truncation is exact: `max_length` (vLLM's truncate_prompt_tokens), `max_tokens_per_doc`
 and `truncation_side` cut the document's tokens as the tokenizer made them beside the query, in one encoding.
 
-Unit tier: each text family's encoder on its tiny offline tokenizer, behind the real engine with a backend that
+Unit tier: each text family's encoder on its tiny offline tokenizer, behind the real reranker with a backend that
 records the rows it is given. Every expected pair is the whole prompt's tokens less exactly the document tokens
 that must go: the query, the prompt template and the special tokens stay as they are.
 """
@@ -26,7 +26,7 @@ from rerankrt.runtime import Reranker, ScoreRequest
 from rerankrt.runtime.loader import LoadedModel
 from rerankrt.runtime.plan import ServingPlan
 from rerankrt.testing.tiny_gemma import build_gemma_tokenizer
-from tests.test_api_adapters import settings
+from tests.fakes import settings
 
 MAX_LENGTH = 160  # the encoders' own limit: long documents below run past it
 GEMMA_MAX_LENGTH = 2048  # FlagEmbedding's own cut (tests/test_gemma_family.py) leaves every document below whole
@@ -94,7 +94,7 @@ def load(arch: str, tokenizer_dirs):
     if arch == "gemma":
         tokenizer = build_gemma_tokenizer()
         return "bge-gemma-yes", BgeGemmaPairEncoder(tokenizer, GEMMA_MAX_LENGTH), gemma_prompt
-    family = {"qwen3": "decoder-yes-no", "qwen3-vl": "qwen3-vl-yes-no"}.get(arch, "cross-encoder")
+    family = {"qwen3": "qwen3-yes-no", "qwen3-vl": "qwen3-vl-yes-no"}.get(arch, "cross-encoder")
     encoder = get_family(family).load_encoder(tokenizer_dirs[arch], max_length=MAX_LENGTH)
     prompt = {"qwen3": template_prompt, "qwen3-vl": vl_prompt}.get(arch, cross_encoder_prompt)
     return family, encoder, prompt
@@ -106,15 +106,15 @@ def text_family(request, tokenizer_dirs):
     backend = RecordingBackend()
     plan = ServingPlan(backend="fake", device="cpu", precision=Precision.FP32)
     model = LoadedModel(get_family(family), encoder, backend, plan, name=f"{request.param}-truncation")
-    engine = Reranker(model, settings(max_documents_per_request=100))
-    yield request.param, engine, backend, prompt
-    engine.close()
+    reranker = Reranker(model, settings(max_documents_per_request=100))
+    yield request.param, reranker, backend, prompt
+    reranker.close()
 
 
-def served(engine, backend, document: str, **options) -> list[int]:
-    """The one row the engine sends to the model for `document`."""
+def served(reranker, backend, document: str, **options) -> list[int]:
+    """The one row the reranker sends to the model for `document`."""
     backend.rows.clear()
-    engine.score_request(ScoreRequest(QUERY, [document], **options))
+    reranker.score_request(ScoreRequest(QUERY, [document], **options))
     (row,) = backend.rows
     return row
 
@@ -132,13 +132,13 @@ def expected(ids: list[int], document: list[int], limit: int, side: str, per_doc
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("text", sorted(ADVERSARIAL))
 def test_max_length_cuts_the_document_to_exactly_the_limit(text_family, text, side):
-    arch, engine, backend, prompt = text_family
-    ids, document = prompt(engine.encoder, QUERY, ADVERSARIAL[text])
+    arch, reranker, backend, prompt = text_family
+    ids, document = prompt(reranker.encoder, QUERY, ADVERSARIAL[text])
     overhead = len(ids) - len(document)
     for limit in (overhead + 1, overhead + 7, overhead + 40, len(ids) - 1, len(ids), len(ids) + 5):
-        if limit > engine.encoder.max_length:
+        if limit > reranker.encoder.max_length:
             continue
-        row = served(engine, backend, ADVERSARIAL[text], max_length=limit, truncation_side=side)
+        row = served(reranker, backend, ADVERSARIAL[text], max_length=limit, truncation_side=side)
         assert len(row) <= limit
         if len(ids) >= limit:
             assert len(row) == limit, f"{arch}: {len(row)} tokens for max_length {limit}"
@@ -147,36 +147,36 @@ def test_max_length_cuts_the_document_to_exactly_the_limit(text_family, text, si
 
 @pytest.mark.parametrize("text", sorted(ADVERSARIAL))
 def test_max_tokens_per_doc_keeps_exactly_n_document_tokens(text_family, text):
-    _, engine, backend, prompt = text_family
-    ids, document = prompt(engine.encoder, QUERY, ADVERSARIAL[text])
-    limit = engine.encoder.max_length
+    _, reranker, backend, prompt = text_family
+    ids, document = prompt(reranker.encoder, QUERY, ADVERSARIAL[text])
+    limit = reranker.encoder.max_length
     room = limit - (len(ids) - len(document))  # document tokens that fit beside the query
     for n in (1, 2, 5, 13, room - 1, room, len(document), len(document) + 3):
-        row = served(engine, backend, ADVERSARIAL[text], max_tokens_per_doc=n, max_length=limit)
+        row = served(reranker, backend, ADVERSARIAL[text], max_tokens_per_doc=n, max_length=limit)
         assert len(row) == len(ids) - len(document) + min(n, len(document), room)
         assert row == expected(ids, document, limit, "right", n)
 
 
 @pytest.mark.parametrize("text", ["emoji", "cjk", "whitespace"])
 def test_the_models_own_limit_cuts_either_side(text_family, text):
-    arch, engine, backend, prompt = text_family
+    arch, reranker, backend, prompt = text_family
     if arch == "gemma":
         pytest.skip("FlagEmbedding's own cut (tests/test_gemma_family.py)")
     document = ADVERSARIAL[text] * 8
-    ids, positions = prompt(engine.encoder, QUERY, document)
+    ids, positions = prompt(reranker.encoder, QUERY, document)
     assert len(ids) > MAX_LENGTH
     for side in ("right", "left"):
-        row = served(engine, backend, document, truncation_side=side)
+        row = served(reranker, backend, document, truncation_side=side)
         assert row == expected(ids, positions, MAX_LENGTH, side, None)
 
 
 def test_a_limit_the_query_and_prompt_alone_exceed_is_refused(text_family):
-    _, engine, backend, prompt = text_family
-    ids, document = prompt(engine.encoder, QUERY, "a short document")
+    _, reranker, backend, prompt = text_family
+    ids, document = prompt(reranker.encoder, QUERY, "a short document")
     overhead = len(ids) - len(document)
-    served(engine, backend, "a short document", max_length=overhead)  # an empty document still fits
+    served(reranker, backend, "a short document", max_length=overhead)  # an empty document still fits
     with pytest.raises(InputError, match="the query and the prompt alone are over") as error:
-        served(engine, backend, "a short document", max_length=overhead - 1)
+        served(reranker, backend, "a short document", max_length=overhead - 1)
     assert error.value.field == "max_length"
 
 
@@ -194,9 +194,9 @@ def test_gemma_left_side_keeps_flagembeddings_length():
 
 
 def test_chunks_fit_the_requests_max_length(text_family):
-    _, engine, backend, prompt = text_family
-    ids, document = prompt(engine.encoder, QUERY, ADVERSARIAL["words"])
+    _, reranker, backend, prompt = text_family
+    ids, document = prompt(reranker.encoder, QUERY, ADVERSARIAL["words"])
     limit = len(ids) - len(document) + 20
     backend.rows.clear()
-    engine.score_request(ScoreRequest(QUERY, [ADVERSARIAL["words"]], max_chunks_per_doc=3, max_length=limit))
+    reranker.score_request(ScoreRequest(QUERY, [ADVERSARIAL["words"]], max_chunks_per_doc=3, max_length=limit))
     assert len(backend.rows) == 3 and all(len(row) <= limit for row in backend.rows)

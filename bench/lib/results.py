@@ -42,7 +42,7 @@ def machine() -> dict:
     }
     try:
         from rerankrt.runtime.machine import Machine
-    except ImportError:  # the engine's dependencies are missing (a bare GPU image): no features
+    except ImportError:  # rerankrt.runtime's dependencies are missing (a bare GPU image): no features
         return description
     return description | {"cpu_features": Machine.detect().describe_cpu()}
 

@@ -1,6 +1,6 @@
 """rerankrt: compile reranker models to ONNX/TensorRT and serve them.
 
-The library API is the scoring engine: `from rerankrt import Reranker` (see `rerankrt.runtime.engine`).
+The library API is the scoring engine: `from rerankrt import Reranker` (see `rerankrt.runtime.reranker`).
 """
 
 import os
@@ -13,12 +13,13 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
-__all__ = ["EngineSettings", "Ranked", "Reranker", "Scores", "ScoreRequest", "__version__"]
+__all__ = ["Ranked", "Reranker", "RerankerSettings", "Scores", "ScoreRequest", "__version__"]
+_RUNTIME = {*__all__[:-1], "EngineSettings"}  # EngineSettings: RerankerSettings' old name, kept working
 
 
 def __getattr__(name: str):
-    """The engine's names, imported on first use (so `rerankrt --version` does not load torch)."""
-    if name in __all__[:-1]:
+    """The Reranker's names, imported on first use (so `rerankrt --version` does not load torch)."""
+    if name in _RUNTIME:
         from rerankrt import runtime
 
         return getattr(runtime, name)

@@ -34,7 +34,7 @@ GOLDEN_NAME = "golden.json"  # pairs and their fp32 logits every plan must repro
 # loader of the model (TensorRT reads its timing cache while building; ONNX Runtime its engine cache).
 BUILD_LOCK = ".build-engine.lock"  # replicas sharing the folder build a GPU's engine once under it (flock)
 UNLISTED_FILES = frozenset({MANIFEST_NAME, BUILD_LOCK})
-TIMING_CACHE = re.compile(r"^tensorrt\.[\w.]+\.timing-cache$")  # one per GPU and TensorRT version (engines.py)
+TIMING_CACHE = re.compile(r"^tensorrt\.[\w.]+\.timing-cache$")  # one per GPU and TensorRT version (tensorrt_engines.py)
 UNLISTED_FOLDERS = frozenset({"onnxruntime-tensorrt-cache"})
 # Source-folder files that transformers' loaders do not read (other frameworks' weights, exports); `.bin` weights
 # are not read either when safetensors ones are there.
@@ -66,6 +66,9 @@ class Profile(BaseModel):
 
 
 class Engine(BaseModel):
+    """A TensorRT engine in the artifact ("engine" in rerankrt always means one; the scoring object is the
+    Reranker)."""
+
     file: str  # e.g. model.fp16.sm90.trt11.4.0.106.plan
     graph: str  # the ONNX file it was built from
     precision: Precision

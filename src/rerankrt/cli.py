@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings
 
 from rerankrt import __version__
 from rerankrt.errors import RerankrtError
-from rerankrt.families import family_names
+from rerankrt.families import canonical_family_name, family_names
 from rerankrt.logs import configure_logging
 from rerankrt.precision import ENGINE_PRECISIONS, INT8_METHODS, PRECISIONS, Precision
 from rerankrt.runtime.plan import BACKEND_CHOICES
@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--revision", help="Hub revision (branch, tag or commit) when MODEL is a Hub id")
     export.add_argument(
         "--family",
+        type=canonical_family_name,  # an old name (decoder-yes-no) is taken as the current one
         choices=family_names(),
-        help="the reranker family, for a checkpoint no family recognises by itself (a fine-tune under another name)",
+        help="the reranker family, for a checkpoint no family recognises by itself (a fine-tune under another name); "
+        "decoder-yes-no, the old name of qwen3-yes-no, is taken too",
     )
     export.add_argument(
         "--chat-template", type=Path, help="Jinja prompt template (prompt-based rerankers such as Qwen3)"

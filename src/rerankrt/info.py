@@ -57,11 +57,12 @@ def collect(artifact: Path | None = None) -> dict:
     info["serving_defaults"] = serving_defaults()
     if artifact is not None:
         from rerankrt.artifact import FIDELITY_NAME, GOLDEN_NAME, load_manifest
+        from rerankrt.families import canonical_family_name
 
         manifest = load_manifest(artifact, verify_hashes=False)
         info["artifact"] = {
             "path": str(artifact),
-            "family": manifest.family,
+            "family": canonical_family_name(manifest.family),  # an old name as the current one
             "family_reason": manifest.family_reason,
             "source": manifest.source.ref,
             "precision": manifest.precision.value,

@@ -36,7 +36,6 @@ INTEGERS = {
 POSITION_SOURCES = {"Range", "CumSum"}  # integer positions are made by these (arange, cumsum of the mask)
 ANGLES = {"Sin", "Cos"}
 LOOKUPS = {"Gather", "GatherElements", "GatherND"}  # a learned table's rows: weights, not arithmetic
-EXACT_FP32_INTEGERS = 2**24
 
 
 def value_types(graph: onnx.GraphProto) -> dict[str, int]:

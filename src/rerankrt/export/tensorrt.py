@@ -36,14 +36,6 @@ from rerankrt.artifact import (
     load_manifest,
     write_manifest,
 )
-from rerankrt.engines import (
-    ModelShape,
-    engine_file_name,
-    plan_engine_profile,
-    precision_problem,
-    select_engine,
-    timing_cache_name,
-)
 from rerankrt.errors import BackendUnavailableError, ExportError
 from rerankrt.export.graph_passes import float_cumsum
 from rerankrt.export.onnx_graph import describe_graph
@@ -55,6 +47,14 @@ from rerankrt.precision import Precision
 from rerankrt.runtime.loader import open_backend
 from rerankrt.runtime.plan import ServingPlan
 from rerankrt.runtime.self_check import GoldenSet, export_tolerance, run_self_check
+from rerankrt.tensorrt_engines import (
+    ModelShape,
+    engine_file_name,
+    plan_engine_profile,
+    precision_problem,
+    select_engine,
+    timing_cache_name,
+)
 
 log = logging.getLogger(__name__)
 

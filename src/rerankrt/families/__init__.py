@@ -22,14 +22,19 @@ from rerankrt.families.base import (
 )
 from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
-from rerankrt.families.decoder_yes_no import DecoderYesNoFamily
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
+from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily
 from rerankrt.model_source import read_config
 
-FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, DecoderYesNoFamily, Qwen3VLFamily, BgeGemmaFamily)
+FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, Qwen3YesNoFamily, Qwen3VLFamily, BgeGemmaFamily)
+
+# Old family names, still read wherever a family name is (manifests of artifacts exported before a rename, --family):
+# old -> current. Artifacts are written with the current name.
+FAMILY_ALIASES: dict[str, str] = {"decoder-yes-no": "qwen3-yes-no"}  # it was only ever Qwen3-Reranker
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_ALIASES",
     "MODEL_LIMITS",
     "Batch",
     "Content",
@@ -39,6 +44,7 @@ __all__ = [
     "PairEncoder",
     "Recognition",
     "Truncation",
+    "canonical_family_name",
     "detect_family",
     "family_names",
     "get_family",
@@ -49,7 +55,14 @@ def family_names() -> list[str]:
     return [family.name for family in FAMILIES]
 
 
+def canonical_family_name(name: str) -> str:
+    """The current name of a family named `name` (an old name in FAMILY_ALIASES -> the current one)."""
+    return FAMILY_ALIASES.get(name, name)
+
+
 def get_family(name: str) -> Family:
+    """The family named `name` (its current name or an old one)."""
+    name = canonical_family_name(name)
     for family in FAMILIES:
         if family.name == name:
             return family()

@@ -195,16 +195,17 @@ class PairEncoder(ABC):
     @abstractmethod
     def encode(
         self,
-        query: str,
-        documents: Sequence[str],
+        query: Content,
+        documents: Sequence[Content],
         instruct: str | None = None,
         truncate: bool = True,
         truncation: Truncation = MODEL_LIMITS,
     ) -> list[Features]:
-        """Encode each (query, document) pair, truncated to `max_length` and cut to `truncation` (`kept`); never
-        fails on long text.
+        """Encode each (query, document) pair, cut to `truncation` (`kept`) and to `max_length`: with `truncate`,
+        long text is cut, never refused; without it a pair over `max_length` is an InputError naming `documents[i]`.
 
-        With `truncate=False` a pair over `max_length` is an InputError naming `documents[i]`.
+        Content parts are for multimodal families' encoders (the server joins text parts into one string for the
+        others).
         """
 
     def use_prefix_reuse(self, on: bool) -> None:

@@ -1,6 +1,6 @@
-"""Serving-time code: the scoring engine, its serving plan, and the backends behind one interface."""
+"""Serving-time code: the Reranker (the scoring object), its serving plan, and the backends behind one interface."""
 
-from rerankrt.runtime.engine import Ranked, Reranker, ScoreRequest, Scores, sigmoid
-from rerankrt.runtime.settings import EngineSettings
+from rerankrt.runtime.reranker import Ranked, Reranker, ScoreRequest, Scores, sigmoid
+from rerankrt.runtime.settings import EngineSettings, RerankerSettings
 
-__all__ = ["EngineSettings", "Ranked", "Reranker", "ScoreRequest", "Scores", "sigmoid"]
+__all__ = ["EngineSettings", "Ranked", "Reranker", "RerankerSettings", "ScoreRequest", "Scores", "sigmoid"]

@@ -24,7 +24,7 @@ from rerankrt.runtime.backend import Backend
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving, this_machine
 from rerankrt.runtime.self_check import GoldenSet, SelfCheck, SelfCheckFailed, export_tolerance, run_self_check
-from rerankrt.runtime.settings import EngineSettings
+from rerankrt.runtime.settings import RerankerSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class LoadedModel:
     self_check_skipped: str | None = None  # why there is no self-check (no golden set, --no-self-check, no artifact)
 
 
-def load_model(settings: EngineSettings, machine: Machine | None = None) -> LoadedModel:
+def load_model(settings: RerankerSettings, machine: Machine | None = None) -> LoadedModel:
     """The model `settings.model_path` names (artifact folder, model folder or Hub id), on the first plan that loads."""
     machine = machine or this_machine()
     folder = Path(settings.model_path)
@@ -125,7 +125,7 @@ def open_first(
     raise BackendUnavailableError(f"no backend can run this model ({'; '.join(reasons)})")
 
 
-def _self_checker(settings: EngineSettings, folder: Path, manifest, family: Family, machine: Machine):
+def _self_checker(settings: RerankerSettings, folder: Path, manifest, family: Family, machine: Machine):
     """(the check each opened plan must pass, None) or (None, why there is none). The golden set is encoded as the
     export encoded it (the artifact's max_length and template), whatever --max-length or --chat-template serve."""
     if not settings.self_check:
@@ -158,7 +158,7 @@ def open_backend(plan: ServingPlan, family: Family) -> Backend:
     return backend_row(plan.backend).open(plan, family)
 
 
-def _request(settings: EngineSettings, encoder: PairEncoder) -> Request:
+def _request(settings: RerankerSettings, encoder: PairEncoder) -> Request:
     return Request(
         backend=settings.backend,
         precision=settings.precision,

@@ -38,7 +38,8 @@ SHAPE_CACHE_CAPACITY = 256  # prepared kernels kept per input shape, in OpenVINO
 
 
 def import_openvino():
-    """The openvino module, imported without its telemetry.
+    """The openvino module, imported without its telemetry and with oneDNN's primitive cache capped (at
+    SHAPE_CACHE_CAPACITY, read once as oneDNN loads: see the module docstring).
 
     `import openvino` sends a Google Analytics event ("general_import") and writes a client id under ~/intel unless
     the `openvino_telemetry` package is missing, in which case OpenVINO uses its own no-op stub: so it is made
@@ -57,7 +58,7 @@ def import_openvino():
 def compile_config(threads: int, precision: Precision) -> dict[str, str]:
     """The CPU plugin settings every rerankrt graph is compiled with (latency: one batch at a time)."""
     if precision not in PRECISION_HINTS:
-        raise BackendUnavailableError(f"the openvino backend computes fp32 or bf16, not {precision}")
+        raise BackendUnavailableError(f"the openvino backend runs fp32, bf16 and int8 plans, not {precision}")
     return {
         "INFERENCE_NUM_THREADS": str(threads),
         "NUM_STREAMS": "1",

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rerankrt.artifact import Engine, Manifest
-from rerankrt.engines import select_engine
 from rerankrt.errors import ArtifactError, BackendUnavailableError
 from rerankrt.families import Family
 from rerankrt.families.base import base_role, variant_role
 from rerankrt.precision import ENGINE_PRECISIONS, Precision
 from rerankrt.runtime.machine import Machine
+from rerankrt.tensorrt_engines import select_engine
 
 DEVICES = ("cuda", "cpu")  # `auto` tries every GPU path first, then the CPU ones
 # the graph variant ONNX Runtime runs per device, when the artifact was exported for it
@@ -41,7 +41,7 @@ class ServingPlan:
     precision: Precision  # what computes
     folder: Path | None = None  # the artifact folder (None for a plain model)
     graphs: Mapping[str, str] = field(default_factory=dict)  # role the family's pipeline runs -> file (engine file)
-    engine: Engine | None = None  # tensorrt
+    engine: Engine | None = None  # the TensorRT engine (backend tensorrt)
     weights: str | None = None  # torch: a folder or Hub id holding the original weights
     revision: str | None = None  # torch: the Hub revision of `weights`
     weight_files: Mapping[str, str] | None = None  # torch from an artifact: the files `weights` must hold, hashed
@@ -63,7 +63,7 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Request:
-    """What the user asked for (serve flags / EngineSettings)."""
+    """What the user asked for (serve flags / RerankerSettings)."""
 
     backend: str = "auto"
     precision: Precision | None = None  # None: the artifact's own

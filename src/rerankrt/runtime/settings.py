@@ -1,4 +1,4 @@
-"""What a scoring engine is loaded with: one settings object for the server, the CLI and Python users.
+"""What a Reranker is loaded with: one settings object for the server, the CLI and Python users.
 
 `server.settings.ServeSettings` extends it with the HTTP server's settings, and every field there and here is a
 `rerankrt serve` flag and a RERANKRT_* environment variable, documented by its description.
@@ -18,11 +18,13 @@ _AUTO = ", ".join(f"{backend} ({device})" for backend, device in AUTO_ORDER)
 _AUTO_BF16 = ", ".join(f"{backend} ({device})" for backend, device in auto_order(Precision.BF16) if device == "cpu")
 
 
-class EngineSettings(BaseModel):
+class RerankerSettings(BaseModel):
+    """A Reranker's options: `Reranker.load(path, **fields)` takes them as keywords."""
+
     model_config = {"protected_namespaces": ()}
 
     model_path: str = Field(
-        description="artifact folder written by `rerankrt export` (served with ONNX Runtime), "
+        description="artifact folder written by `rerankrt export` (served by its ONNX graphs or TensorRT engines), "
         "or a model folder / Hub id (served with torch, no export)"
     )
     backend: Literal[BACKEND_CHOICES] = Field(  # one per row of runtime.plan.BACKEND_TABLE, and auto
@@ -108,3 +110,6 @@ class EngineSettings(BaseModel):
         "is cut to it (truncate=true, chunking included) or refused with 413 (truncate=false); bounds tokenizer "
         "memory (default: 32 x max_length, more than max_length tokens of any real text)",
     )
+
+
+EngineSettings = RerankerSettings  # the old name, kept working for Python users

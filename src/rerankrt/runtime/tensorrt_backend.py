@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rerankrt.artifact import Engine
-from rerankrt.engines import split_rows
 from rerankrt.errors import BackendUnavailableError
 from rerankrt.families import Batch, Family
 from rerankrt.runtime.plan import ServingPlan
+from rerankrt.tensorrt_engines import split_rows
 
 log = logging.getLogger(__name__)
 

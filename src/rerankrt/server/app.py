@@ -1,11 +1,11 @@
-"""The FastAPI application, assembled: the engine, its state, the lifespan, error handlers, middleware, routers.
+"""The FastAPI application, assembled: the Reranker, its state, the lifespan, error handlers, middleware, routers.
 
 Each API shape is one adapter module (`sglang`, `sglang_score`, `cohere` for the {results} shape of Cohere, Jina
 and vLLM, `vllm`, `tei`, `infinity`, `tokens`, `sagemaker`) with its own schemas and field names, listed in
 `registry.SHAPES`; the registry's routes (`registry.ROUTERS`) include the paths several shapes share (/v1/rerank,
 /rerank, /v1/score, /score, /invocations), routed by the body and `--rerank-convention`. All of them go through
-`scoring.Scoring` to the one engine. `operations` serves /health, /v1/models and /metrics. Requests are encoded
-off the event loop, batched across requests by the engine's scheduler, and run on its inference thread; a
+`scoring.Scoring` to the one Reranker. `operations` serves /health, /v1/models and /metrics. Requests are encoded
+off the event loop, batched across requests by the Reranker's scheduler, and run on its inference thread; a
 multimodal request first fetches its media (server.content, server.media), within the same timeout and
 disconnect watch as its scoring.
 """

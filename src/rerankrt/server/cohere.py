@@ -91,18 +91,18 @@ class CohereRerankRequest(VLLMOptions):
     }  # fmt: skip
 
 
-def engine_options(body: CohereRerankRequest, scoring: Scoring) -> dict:
+def request_options(body: CohereRerankRequest, scoring: Scoring) -> dict:
     """Cohere's `max_tokens_per_doc` and vLLM's options as ScoreRequest fields, refusing what cannot be honoured."""
     options: dict = {}
     if body.max_tokens_per_doc is not None:
         if body.max_tokens_per_doc < 1:
             raise refuse("max_tokens_per_doc", "max_tokens_per_doc must be a positive integer")
         options["max_tokens_per_doc"] = body.max_tokens_per_doc
-    return options | body.engine_options(scoring)
+    return options | body.request_options(scoring)
 
 
 async def rerank(body: CohereRerankRequest, request: Request, scoring: Scoring, api_version: str = "2") -> JSONResponse:
-    options = engine_options(body, scoring)
+    options = request_options(body, scoring)
     if body.relevant_spans and str(body.relevant_spans.get("mode", "")).lower() not in ("", "off", "none", "disabled"):
         raise refuse("relevant_spans", "this server returns relevance scores only; it does not extract spans")
     documents = _documents(body)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rerankrt.errors import InputError
 from rerankrt.families import Content
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 from rerankrt.server.media import MediaFetcher, MediaRef, PixelBudget, Video
 from rerankrt.server.metrics import Metrics
 from rerankrt.server.schemas import ContentPart, ImagePart, TextPart

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from rerankrt.errors import InputError, RerankrtError
-from rerankrt.runtime.engine import RequestTimedOut, RequestTooLarge
+from rerankrt.runtime.reranker import RequestTimedOut, RequestTooLarge
 from rerankrt.runtime.scheduler import Overloaded
 from rerankrt.server.media import MediaBusy
 from rerankrt.server.schemas import ErrorResponse

@@ -1,7 +1,7 @@
 """Ray Serve: replicas of the rerankrt server behind Ray Serve's HTTP proxy (`rerankrt serve --ray`, `serve run`).
 
 The one module that imports ray (the `ray` extra). Each replica is a Ray actor that runs `create_app(settings)`:
-the same routes, one engine and one cross-request scheduler per replica, so batching stays inside a replica and Ray
+the same routes, one Reranker and one cross-request scheduler per replica, so batching stays inside a replica and Ray
 only routes whole requests. Every replica loads the same artifact path (shared storage, verified by each loader)
 and, on a GPU node, builds or checks the TensorRT engine for its own GPU first.
 
@@ -48,7 +48,7 @@ APP_NAME = "rerankrt"
 REPLICA_HEADER = b"x-rerankrt-replica"
 LOCK_FILE = BUILD_LOCK
 PROXY_CALLBACK = "rerankrt.server.ray_serve:proxy_middlewares"
-HEALTH_SCORE_TIMEOUT_S = 10.0  # the health check's own pair through an idle engine
+HEALTH_SCORE_TIMEOUT_S = 10.0  # the health check's own pair through an idle Reranker
 HEALTH_CHECK_PERIOD_S = 5.0
 HEALTH_CHECK_TIMEOUT_S = 20.0
 
@@ -78,12 +78,12 @@ class RerankrtReplica:
         return app
 
     async def check_health(self) -> None:
-        """Raise when the engine does not score: Ray then replaces this replica.
+        """Raise when the Reranker does not score: Ray then replaces this replica.
 
-        Idle, one pair goes through the whole engine (encode, scheduler, backend). Busy, a pair would wait behind
+        Idle, one pair goes through the whole Reranker (encode, scheduler, backend). Busy, a pair would wait behind
         the queue, so the check is that the inference thread lives and a forward pass ended within
         --request-timeout (past that the stall guard fails the waiting requests anyway)."""
-        from rerankrt.runtime.engine import ScoreRequest
+        from rerankrt.runtime.reranker import ScoreRequest
 
         app = self.app
         if not app.state.ready:
@@ -92,10 +92,10 @@ class RerankrtReplica:
         if not scheduler.alive:
             raise RuntimeError("the inference thread has stopped")
         if scheduler.idle:
-            request = ScoreRequest("health check", ["is the engine scoring?"])
+            request = ScoreRequest("health check", ["is the reranker scoring?"])
             scores = await asyncio.wait_for(app.state.reranker.ascore(request), HEALTH_SCORE_TIMEOUT_S)
             if len(scores.logits) != 1:
-                raise RuntimeError(f"the engine gave {len(scores.logits)} scores for one pair")
+                raise RuntimeError(f"the Reranker gave {len(scores.logits)} scores for one pair")
         elif scheduler.stalled_seconds > self.settings.request_timeout:
             raise RuntimeError(
                 f"{scheduler.queued_pairs} pairs queued and no forward pass finished for "

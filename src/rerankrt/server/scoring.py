@@ -1,15 +1,15 @@
-"""The one path from an API adapter to the engine: size check, media, scoring, inside the request guard.
+"""The one path from an API adapter to the Reranker: size check, media, scoring, inside the request guard.
 
 An adapter names each query and document with its own request field (`content.Input`) and awaits `Scoring.score`
 (one query against its documents) or `Scoring.score_pairwise` (each query against its own document). Both check
-the number of documents before any media is fetched, fetch the request's media in one go, and hand the engine a
-`ScoreRequest` that carries the adapter's field names, so the engine's errors name what the client sent. Sigmoid
-and ranking are the engine's (`Scores`).
+the number of documents before any media is fetched, fetch the request's media in one go, and hand the Reranker a
+`ScoreRequest` that carries the adapter's field names, so the Reranker's errors name what the client sent. Sigmoid
+and ranking are the Reranker's (`Scores`).
 
 --request-timeout is a deadline for what comes before inference: fetching media, encoding (503 past it), and
 admission: the scheduler refuses at once (503 + Retry-After) a request whose estimate, the work queued ahead of it
 and its own at the measured throughput, runs past the deadline. An admitted request runs to completion. The work
-runs under a guard that drops it (and the engine drops its queued pairs) when the client disconnects, or when the
+runs under a guard that drops it (and the Reranker drops its queued pairs) when the client disconnects, or when the
 backend stalls: no forward pass ended for --request-timeout while work waits (503).
 """
 
@@ -25,7 +25,7 @@ from fastapi import Depends, Request
 
 from rerankrt.errors import InputError
 from rerankrt.runtime import Reranker
-from rerankrt.runtime.engine import RequestTimedOut, ScoreRequest, Scores, within_deadline
+from rerankrt.runtime.reranker import RequestTimedOut, ScoreRequest, Scores, within_deadline
 from rerankrt.runtime.scheduler import CannotFinishInTime
 from rerankrt.server.content import Input, resolve
 from rerankrt.server.errors import ClientDisconnected
@@ -57,11 +57,11 @@ class Scoring:
         query: Input,
         documents: Sequence[Input],
         documents_field: str = "documents",
-        **engine_options,
+        **request_options,
     ) -> Scores:
         """`query` against each of `documents`; `documents_field` names the list in a too-many-documents 413;
-        `engine_options` are further `ScoreRequest` fields (max_tokens_per_doc, max_length, truncation_side)."""
-        work = self._score(options, query, documents, documents_field, engine_options)
+        `request_options` are further `ScoreRequest` fields (max_tokens_per_doc, max_length, truncation_side)."""
+        work = self._score(options, query, documents, documents_field, request_options)
         return await self.guarded(request, work)
 
     async def score_pairwise(
@@ -71,10 +71,10 @@ class Scoring:
         queries: Sequence[Input],
         documents: Sequence[Input],
         documents_field: str = "documents",
-        **engine_options,
+        **request_options,
     ) -> Scores:
-        """Each query against its document: media fetched in one go, then one engine call per pair, concurrently."""
-        work = self._score_pairwise(options, queries, documents, documents_field, engine_options)
+        """Each query against its document: media fetched in one go, then one Reranker call per pair, concurrently."""
+        work = self._score_pairwise(options, queries, documents, documents_field, request_options)
         return await self.guarded(request, work)
 
     async def guarded(self, request: Request, work: Awaitable[T]) -> T:
@@ -156,7 +156,7 @@ class Scoring:
 def _request(
     options: ScoringOptions, query: Input, query_content, documents: Sequence[Input], contents: list, extra: dict
 ) -> ScoreRequest:
-    """The engine's request, with the client's names for the query and each document."""
+    """The Reranker's request, with the client's names for the query and each document."""
     return ScoreRequest(
         query=query_content,
         documents=contents,
@@ -171,7 +171,7 @@ def _request(
 
 @contextmanager
 def _parts_named(inputs: Sequence[Input]) -> Iterator[None]:
-    """An engine error on part k of an input (`field[k]…`) named by that part's own field where the input has one
+    """A Reranker error on part k of an input (`field[k]…`) named by that part's own field where the input has one
     (vLLM's single `{"content": [...]}`: input k is part k alone, `text_2.content[k]`, not `text_2.content[k][0]`)."""
     try:
         yield

@@ -10,14 +10,14 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from rerankrt.runtime.settings import EngineSettings
+from rerankrt.runtime.settings import RerankerSettings
 from rerankrt.server.registry import CONVENTIONS, convention_help
 
 
-class ServeSettings(BaseSettings, EngineSettings):
+class ServeSettings(BaseSettings, RerankerSettings):
     """Every field is a `rerankrt serve` flag (--model-path, ...) and an env variable (RERANKRT_MODEL_PATH, ...).
 
-    The engine's fields (model, backend, precision, batching, limits) come from `runtime.settings.EngineSettings`.
+    The Reranker's fields (model, backend, precision, batching, limits) come from `runtime.settings.RerankerSettings`.
     """
 
     model_config = SettingsConfigDict(env_prefix="RERANKRT_", protected_namespaces=())
@@ -26,8 +26,8 @@ class ServeSettings(BaseSettings, EngineSettings):
     port: int = Field(30000, ge=1, le=65535, description="port to listen on")
     build_engine: bool = Field(
         True,
-        description="with --backend auto|tensorrt on a GPU with TensorRT: build the engine for this GPU at start "
-        "when the artifact has none (fp16; written into the artifact folder)",
+        description="with --backend auto|tensorrt on a GPU with TensorRT: build the TensorRT engine for this GPU at "
+        "start when the artifact has none (fp16; written into the artifact folder)",
     )
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size at most (413 beyond)")
     request_timeout: float = Field(
@@ -65,7 +65,7 @@ class ServeSettings(BaseSettings, EngineSettings):
     # server/ray_serve.py and docs/deploy.md. --host/--port are then the proxy's.
     ray: bool = Field(
         False,
-        description="serve on Ray Serve: --replicas copies of this server (one engine and one scheduler each) behind "
+        description="serve on Ray Serve: --replicas copies of this server (one Reranker and one scheduler each) behind "
         "Ray's HTTP proxy on --host/--port, same routes (needs the `ray` extra)",
     )
     ray_address: str | None = Field(

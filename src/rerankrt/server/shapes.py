@@ -145,7 +145,7 @@ async def error_in_shape(request: Request, exc: Exception, shape: ErrorShape) ->
 
 def shaped_route(shape: ErrorShape) -> type[APIRoute]:
     """A route class whose JSON bodies are parsed strictly (`bodies.parse_json`) and whose errors (validation, the
-    engine's, unexpected ones) come in the peer's `shape`."""
+    Reranker's, unexpected ones) come in the peer's `shape`."""
 
     class ShapedRoute(APIRoute):
         def get_route_handler(self):

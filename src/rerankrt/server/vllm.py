@@ -35,7 +35,7 @@ ScoreInputs = tagged(
 )  # fmt: skip
 
 
-class ScoreRequest(VLLMOptions):
+class VLLMScoreRequest(VLLMOptions):
     """vLLM's score request in any of its forms: text_1/text_2, queries/documents, queries/items, data_1/data_2.
 
     The first input is scored against each of the second (or pairwise when both are lists of equal length). As in
@@ -92,10 +92,10 @@ class ScoreResponse(BaseModel):
     usage: Usage
 
 
-async def score(body: ScoreRequest, request: Request, scoring: Scoring) -> JSONResponse:
+async def score(body: VLLMScoreRequest, request: Request, scoring: Scoring) -> JSONResponse:
     """vLLM's score API: scores of the first input against each of the second, in input order."""
     first, second = body.pair_fields()
-    options = body.engine_options(scoring)
+    options = body.request_options(scoring)
     scoring_body = body.scoring_body()
     queries, documents = _pairs(body, first, second)
     try:
@@ -120,7 +120,7 @@ OWN_FIELDS = ("text_1", "text_2", "queries", "data_1", "data_2")
 """The fields of vLLM's score forms that no other API's body has (`documents` and `items` are others' too)."""
 
 API = ApiShape(
-    "vllm-score", "vLLM's score", model=ScoreRequest, handle=score, errors=vllm_shape,
+    "vllm-score", "vLLM's score", model=VLLMScoreRequest, handle=score, errors=vllm_shape,
     claims=(
         Claim("/v1/score", fallback=True),
         Claim("/score", fallback=True),
@@ -142,7 +142,7 @@ def _inputs(value: str | ContentDocument | list, name: str) -> list[Input]:
     ]
 
 
-def _pairs(body: ScoreRequest, first_name: str, second_name: str) -> tuple[list[Input], list[Input]]:
+def _pairs(body: VLLMScoreRequest, first_name: str, second_name: str) -> tuple[list[Input], list[Input]]:
     first = _inputs(getattr(body, first_name), first_name)
     second = _inputs(getattr(body, second_name), second_name)
     if not first or not second:

@@ -34,8 +34,8 @@ class VLLMOptions(ScoringOptions):
     user: StrictStr | None = Field(None, description="vLLM / OpenAI: an end-user id, logged")
     mm_processor_kwargs: dict[str, Any] | None = Field(None, description="vLLM: refused when not empty")
 
-    def engine_options(self, scoring: Scoring) -> dict:
-        """`truncate_prompt_tokens` as the engine's `max_length`, refusing what cannot be honoured."""
+    def request_options(self, scoring: Scoring) -> dict:
+        """`truncate_prompt_tokens` as the ScoreRequest's `max_length`, refusing what cannot be honoured."""
         options: dict = {}
         tokens = self.truncate_prompt_tokens
         if tokens is not None:
@@ -75,7 +75,7 @@ class VLLMOptions(ScoringOptions):
 
 
 def renamed(error: InputError) -> InputError:
-    """The engine's `max_length` is these APIs' truncate_prompt_tokens."""
+    """The Reranker's `max_length` is these APIs' truncate_prompt_tokens."""
     if error.field == "max_length":
         return type(error)("truncate_prompt_tokens", error.message)
     return error

@@ -98,9 +98,6 @@ class VisualItem:
     grid_thw: tuple[int, int, int]
     timestamps: tuple[float, ...] = ()  # videos: seconds of each temporal patch (mean of its frames)
 
-    def tokens_per_frame(self, merge_size: int) -> int:
-        return self.grid_thw[1] * self.grid_thw[2] // (merge_size * merge_size)
-
 
 def _round_by(value: float, factor: int) -> int:
     return round(value / factor) * factor

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from rerankrt.errors import RerankrtError
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 
 
 class MediaBusy(RerankrtError):

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from rerankrt.errors import InputError, RerankrtError
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 from rerankrt.server.media.limits import MediaLimits
 
 # Pillow plugins read (JPEG covers MPO); not EPS, which runs Ghostscript

@@ -23,7 +23,7 @@ import httpx
 from PIL import Image
 
 from rerankrt.errors import InputError
-from rerankrt.runtime.engine import RequestTooLarge
+from rerankrt.runtime.reranker import RequestTooLarge
 from rerankrt.server.media.budget import PixelBudget, PixelPool
 from rerankrt.server.media.decode import Video, decode_image, decode_video
 from rerankrt.server.media.limits import MediaLimits

@@ -1,5 +1,5 @@
-"""The engine's budgets come before its work, and no request holds the encoding thread against others (issue 13,
-items 2, 5, 6): characters per text before tokenizing, 413 for what can never fit the queue, encoding in slices
+"""A Reranker's budgets come before its work, and no request holds the encoding thread against others:
+characters per text before tokenizing, 413 for what can never fit the queue, encoding in slices
 that interleave across requests and stop when the request is cancelled."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,18 +14,11 @@ from rerankrt.errors import InputError
 from rerankrt.families import get_family
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker, ScoreRequest
-from rerankrt.runtime.engine import SLICE_DOCUMENTS, TEXT_CHARS_PER_TOKEN, RequestTooLarge
 from rerankrt.runtime.loader import LoadedModel
 from rerankrt.runtime.plan import ServingPlan
+from rerankrt.runtime.reranker import SLICE_DOCUMENTS, TEXT_CHARS_PER_TOKEN, RequestTooLarge
 from rerankrt.server import create_app
-from tests.test_api_adapters import LONG, MAX_LENGTH, WordEncoder, make_model, settings
-
-
-class ZeroBackend:
-    name, device = "fake", "cpu"
-
-    def run(self, batch):
-        return np.zeros(len(batch["input_ids"]), dtype=np.float32)
+from tests.fakes import LONG, MAX_LENGTH, WordEncoder, ZeroBackend, make_model, settings
 
 
 class Spy:
@@ -48,7 +40,7 @@ class Spy:
         encoder.encode = encode
 
 
-def reranker(encoder, **options) -> Reranker:
+def make_reranker(encoder, **options) -> Reranker:
     plan = ServingPlan(backend="fake", device="cpu", precision=Precision.FP32)
     model = LoadedModel(get_family("cross-encoder"), encoder, ZeroBackend(), plan, name="budget-test")
     return Reranker(model, settings(max_documents_per_request=2000, **options))
@@ -60,25 +52,25 @@ def xlmr_encoder(tokenizer_dirs):
     return get_family("cross-encoder").load_encoder(tokenizer_dirs["xlmr"])
 
 
-# --- item 2: characters per text, before tokenizing --------------------------------------------------
+# --- characters per text, before tokenizing ----------------------------------------------------------
 
 
 def test_a_huge_single_word_is_cut_before_the_tokenizer_sees_it(xlmr_encoder):
     spy = Spy(xlmr_encoder)
-    engine = reranker(xlmr_encoder)
+    reranker = make_reranker(xlmr_encoder)
     limit = TEXT_CHARS_PER_TOKEN * xlmr_encoder.max_length
     try:
-        scores = engine.score("q", ["a" * 200_000, "short"])  # 28 MB of this took 9.6 GB to tokenize
+        scores = reranker.logits("q", ["a" * 200_000, "short"])  # 28 MB of this took 9.6 GB to tokenize
         assert len(scores) == 2
         assert spy.longest == limit
     finally:
-        engine.close()
+        reranker.close()
         del xlmr_encoder.encode
 
 
 def test_without_truncation_an_over_long_text_is_refused_before_tokenizing(xlmr_encoder):
     spy = Spy(xlmr_encoder)
-    engine = reranker(xlmr_encoder, max_text_chars=1000)
+    reranker = make_reranker(xlmr_encoder, max_text_chars=1000)
     try:
         for request, field in [
             (ScoreRequest("q", ["ok", "x" * 1001], truncate=False), "documents[1]"),
@@ -86,36 +78,36 @@ def test_without_truncation_an_over_long_text_is_refused_before_tokenizing(xlmr_
             (ScoreRequest("q", ["ok"], instruct="i" * 1001, truncate=False), "instruct"),
         ]:
             with pytest.raises(InputError, match="1001 characters, over the limit of 1000") as info:
-                engine.score_request(request)
+                reranker.score_request(request)
             assert info.value.field == field
         assert spy.calls == []
-        engine.score("q", ["x" * 5000], max_chunks_per_doc=3)  # chunking cuts too
+        reranker.logits("q", ["x" * 5000], max_chunks_per_doc=3)  # chunking cuts too
         assert spy.longest <= 1000
     finally:
-        engine.close()
+        reranker.close()
         del xlmr_encoder.encode
 
 
 def test_text_parts_are_cut_too():
     encoder = WordEncoder(max_length=10**6)
     spy = Spy(encoder)
-    engine = reranker(encoder, max_text_chars=100)
+    reranker = make_reranker(encoder, max_text_chars=100)
     try:
-        engine.score([{"type": "text", "text": "w " * 500}], [[{"type": "text", "text": "d " * 500}]])
+        reranker.logits([{"type": "text", "text": "w " * 500}], [[{"type": "text", "text": "d " * 500}]])
         assert spy.longest <= 1  # the query and document are part lists; their texts were cut
         with pytest.raises(InputError) as info:
-            engine.score("q", ["d", [{"type": "text", "text": "d " * 500}]], truncate=False)
+            reranker.logits("q", ["d", [{"type": "text", "text": "d " * 500}]], truncate=False)
         assert info.value.field == "documents[1][0]"
     finally:
-        engine.close()
+        reranker.close()
 
 
 def test_the_character_limit_follows_max_length_and_is_a_setting():
-    assert reranker(WordEncoder(max_length=100)).max_text_chars == TEXT_CHARS_PER_TOKEN * 100
-    assert reranker(WordEncoder(), max_text_chars=77).max_text_chars == 77
+    assert make_reranker(WordEncoder(max_length=100)).max_text_chars == TEXT_CHARS_PER_TOKEN * 100
+    assert make_reranker(WordEncoder(), max_text_chars=77).max_text_chars == 77
 
 
-# --- item 5: what can never fit the queue is a 413 ------------------------------------------------------
+# --- what can never fit the queue is a 413 --------------------------------------------------------------
 
 
 def test_more_pairs_than_the_queue_holds_is_a_413_not_a_503():
@@ -133,28 +125,28 @@ def test_more_pairs_than_the_queue_holds_is_a_413_not_a_503():
 def test_a_request_past_the_queue_stops_encoding_early():
     encoder = WordEncoder()
     spy = Spy(encoder)
-    engine = reranker(encoder, max_queued_pairs=40)
+    reranker = make_reranker(encoder, max_queued_pairs=40)
     try:
         with pytest.raises(RequestTooLarge, match="the 40 the queue can ever hold"):
-            engine.score("q", [LONG] * 400, max_chunks_per_doc=3)
+            reranker.logits("q", [LONG] * 400, max_chunks_per_doc=3)
         assert spy.documents < 100
     finally:
-        engine.close()
+        reranker.close()
 
 
-# --- item 6: one large request does not hold the encoding thread ---------------------------------------
+# --- one large request does not hold the encoding thread -----------------------------------------------
 
 
 def test_a_small_request_is_not_stuck_behind_a_large_one():
     encoder = WordEncoder()
     Spy(encoder, delay=0.002)  # 2 ms per document: the large request takes about 2 s to encode
-    engine = reranker(encoder, max_queued_pairs=10_000)
+    reranker = make_reranker(encoder, max_queued_pairs=10_000)
 
     async def main():
-        large = asyncio.ensure_future(engine.ascore(ScoreRequest("q", [f"document {i}" for i in range(1000)])))
+        large = asyncio.ensure_future(reranker.ascore(ScoreRequest("q", [f"document {i}" for i in range(1000)])))
         await asyncio.sleep(0.1)
         started = time.monotonic()
-        await engine.ascore(ScoreRequest("q", ["a small one"]))
+        await reranker.ascore(ScoreRequest("q", ["a small one"]))
         small = time.monotonic() - started
         await large
         return small
@@ -162,17 +154,17 @@ def test_a_small_request_is_not_stuck_behind_a_large_one():
     try:
         small = asyncio.run(main())
     finally:
-        engine.close()
+        reranker.close()
     assert small < 0.5, f"the small request waited {small:.2f} s for the large one"
 
 
 def test_a_cancelled_request_stops_encoding_at_the_next_slice():
     encoder = WordEncoder()
     spy = Spy(encoder, delay=0.002)
-    engine = reranker(encoder, max_queued_pairs=10_000)
+    reranker = make_reranker(encoder, max_queued_pairs=10_000)
 
     async def main():
-        task = asyncio.ensure_future(engine.ascore(ScoreRequest("q", [f"d {i}" for i in range(2000)])))
+        task = asyncio.ensure_future(reranker.ascore(ScoreRequest("q", [f"d {i}" for i in range(2000)])))
         await asyncio.sleep(0.2)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -183,20 +175,20 @@ def test_a_cancelled_request_stops_encoding_at_the_next_slice():
     try:
         at_cancel, later = asyncio.run(main())
     finally:
-        engine.close()
+        reranker.close()
     assert later <= at_cancel + SLICE_DOCUMENTS and later < 500, (at_cancel, later)
     assert max(spy.calls) <= SLICE_DOCUMENTS
 
 
 def test_slices_keep_results_in_order_and_errors_named():
-    engine = reranker(WordEncoder(max_length=MAX_LENGTH))
+    reranker = make_reranker(WordEncoder(max_length=MAX_LENGTH))
     try:
         documents = [f"q w{i}" if i % 7 else "q" for i in range(100)]
-        assert engine.score("q", documents).shape == (100,)
+        assert reranker.logits("q", documents).shape == (100,)
         with pytest.raises(Exception) as info:
-            engine.score("q", ["short"] * 40 + [LONG], truncate=False)
+            reranker.logits("q", ["short"] * 40 + [LONG], truncate=False)
         assert info.value.field == "documents[40]"
-        chunked = engine.score_request(ScoreRequest("q", ["x"] * 30 + [LONG], max_chunks_per_doc=3))
+        chunked = reranker.score_request(ScoreRequest("q", ["x"] * 30 + [LONG], max_chunks_per_doc=3))
         assert chunked.logits.shape == (31,)
     finally:
-        engine.close()
+        reranker.close()

@@ -1,5 +1,5 @@
-"""HTTP assertions ported from the peers' own test suites, run against rerankrt (unit tier: the in-memory engine of
-test_api_adapters; the assertions are about the API, not about trained weights).
+"""HTTP assertions ported from the peers' own test suites, run against rerankrt (the in-memory model of tests/fakes.py;
+the assertions are about the API, not about trained weights).
 
 vLLM, tests/entrypoints/pooling/score/test_online_rerank.py at 1a2174563c6da165dc1f932dda69e2e4cbfc33f0 and
 test_online_score.py at 21cc78625795b8bd3bcebf50edb613ce7271329b. Left out: the score thresholds and the
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
 from rerankrt.server import create_app
-from tests.test_api_adapters import make_model, settings
+from tests.fakes import make_model, settings
 
 MODEL_NAME = "fake-reranker"
 

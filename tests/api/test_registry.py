@@ -1,9 +1,6 @@
-"""The API-shape registry (server/registry.py): the shared paths pick exactly as the hand-written pickers did
-before the registry (kept here as the oracle), the --rerank-convention choices are the registry's, the API key
-covers every shape's own paths, and /ping answers as /health.
-
-Unit tier.
-"""
+"""The API-shape registry (server/registry.py): the shared paths pick the shape an oracle written by hand from the
+peers' rules picks, for every combination of body fields and convention; the --rerank-convention choices are the
+registry's, the API key covers every shape's own paths, and /ping answers as /health."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ from rerankrt.server import create_app, registry
 from rerankrt.server.middleware import API_PREFIXES
 from rerankrt.server.settings import ServeSettings
 from rerankrt.server.shapes import Claim
-from tests.test_api_adapters import make_model, settings
+from tests.fakes import make_model, settings
 
 SCORE_FORMS = ("text_1", "text_2", "queries", "data_1", "data_2")
 KEYS = ("texts", "documents", "query", "items", "label_token_ids", *SCORE_FORMS, "other")
@@ -27,7 +24,7 @@ NOT_OBJECTS = [[], ["texts"], "texts", 1, None]
 
 
 def oracle(path: str, data, convention: str) -> str | None:
-    """Which shape answers: the pickers of server/shared.py before the registry, restated."""
+    """Which shape answers, restated by hand from the peers' rules (independent of the registry it checks)."""
     is_object = isinstance(data, dict)
     if path in ("/v1/rerank", "/rerank"):
         if is_object and "texts" in data and "documents" not in data:

@@ -108,8 +108,8 @@ class YesNoPairEncoder(PairEncoder):
         return sorted([*save_tokenizer(self.tokenizer, out_dir), TEMPLATE_FILE])
 
 
-class DecoderYesNoFamily(prefix_reuse.PrefixReuseFamily):
-    name = "decoder-yes-no"
+class Qwen3YesNoFamily(prefix_reuse.PrefixReuseFamily):
+    name = "qwen3-yes-no"
     default_max_length = 8192
     export_hints = ExportHints(int8_keep_float=(r"(^|/)score/",))  # the folded one-logit head: tiny, sets the scale
     whole_reference = "transformers Qwen3ForSequenceClassification (folded yes - no head), whole pairs, fp32, cpu"

@@ -1,7 +1,7 @@
 """Real client libraries, unmodified, pointed at a server on 127.0.0.1 with the URL and option that the README's
 table gives: the Cohere SDK (v1 and v2 clients; in the dev extra) and LiteLLM's rerank providers (skipped when
-litellm is not installed; it is heavy). The clients only need HTTP, so the server is the in-memory engine of
-test_api_adapters in an in-process uvicorn (unit tier); test_served_clients.py runs the Cohere SDK against a
+litellm is not installed; it is heavy). The clients only need HTTP, so the server is the in-memory model of
+tests/fakes.py in an in-process uvicorn; test_served_clients.py runs the Cohere SDK against a
 served tiny model.
 """
 
@@ -16,14 +16,14 @@ import pytest
 import uvicorn
 
 from rerankrt.server import create_app
+from tests.fakes import BEST_FIRST, DOCS, QUERY, make_model, settings
 from tests.support import free_port
-from tests.test_api_adapters import BEST_FIRST, DOCS, QUERY, make_model, settings
 
 cohere = pytest.importorskip("cohere")
 
 
 class Served:
-    """An in-process uvicorn serving the in-memory engine with the given ServeSettings overrides."""
+    """An in-process uvicorn serving the in-memory Reranker with the given ServeSettings overrides."""
 
     def __init__(self, **options):
         self.port = free_port()
