@@ -233,7 +233,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type
     prefix = settings_class.model_config.get("env_prefix", "")
     for name, field in settings_class.model_fields.items():
         annotation = _unwrap_optional(field.annotation)
-        default = field.default.value if isinstance(field.default, Precision) else field.default
+        default = field.get_default(call_default_factory=True)
+        default = default.value if isinstance(default, Precision) else default
         notes = ["required"] if field.is_required() else [] if default is None else [f"default: {default}"]
         notes.append(f"env {prefix}{name.upper()}")
         kwargs: dict = {"dest": name, "default": None, "help": f"{field.description} ({'; '.join(notes)})"}
