@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     export.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (GPU, `gpu` extra)")
+    export.add_argument(
+        "--tune",
+        action="store_true",
+        help="then time every plan that passes the self-check on this machine and record the fastest, as the first "
+        "`rerankrt serve` here would (the timings stay outside the artifact: $RERANKRT_CACHE_DIR)",
+    )
     add_engine_arguments(export, "--engine-precision")
     export.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     export.set_defaults(run=run_export)
@@ -189,6 +195,12 @@ def run_export(args: argparse.Namespace) -> int:
         from rerankrt.export.tensorrt import build_engine
 
         build_engine(out, **engine_options(args))
+    if args.tune:
+        from rerankrt.runtime import Reranker
+
+        with Reranker.load(str(out), tune=True) as reranker:
+            timings = reranker.model.timings
+        print(f"plan timings for this machine: {timings.summary() if timings else 'not measured'}")
     return 0
 
 
