@@ -230,3 +230,18 @@ def test_a_real_artifact_is_timed_once_per_machine_and_served_by_its_fastest_pla
         assert third.model.plan.backend != "openvino"
         outcomes = {t.plan: t.outcome for t in third.model.timings.plans}
         assert [o for p, o in outcomes.items() if p.startswith("openvino")] == ["missed the self-check on this machine"]
+
+
+@pytest.mark.integration
+def test_export_tune_records_this_machines_timings(artifact_dirs, monkeypatch, tmp_path, capsys):
+    import rerankrt.export
+    from rerankrt.cli import build_parser, run_export
+    from rerankrt.info import plan_timings
+
+    monkeypatch.setenv("RERANKRT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(rerankrt.export, "export_model", lambda *args, **kwargs: None)  # the artifact is made
+    folder = artifact_dirs["bert"]
+    assert not plan_timings(folder)["measured"]
+    assert run_export(build_parser().parse_args(["export", "model", "--out", str(folder), "--tune"])) == 0
+    recorded = plan_timings(folder)
+    assert recorded["measured"] and f"{recorded['chosen']} is the fastest here" in capsys.readouterr().out
