@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 
 import numpy as np
 import pytest
@@ -46,13 +47,18 @@ class Bench:
         self.seconds, self.missing, self.broken = dict((p.describe(), s) for p, s in seconds), missing, broken
         self.opened: list[ServingPlan] = []
         self.timed: list[ServingPlan] = []
+        self.alive: weakref.WeakSet = weakref.WeakSet()  # backends not yet released
+        self.most_alive = 0
         monkeypatch.setattr(loader, "open_backend", self.open)
 
     def open(self, plan, family):
         if plan in self.broken:
             raise BackendUnavailableError("cannot load")
         self.opened.append(plan)
-        return Opened(plan)
+        self.most_alive = max(self.most_alive, len(self.alive) + 1)
+        backend = Opened(plan)
+        self.alive.add(backend)
+        return backend
 
     def check(self, backend, plan):
         return check_result(plan, plan not in self.missing)
@@ -78,7 +84,8 @@ def test_auto_serves_the_fastest_plan_and_records_every_timing(monkeypatch, cach
     with caplog.at_level(logging.INFO, logger="rerankrt"):
         backend, plan, check, timings = choose(bench, cache, [OV, ORT, TORCH])
     assert plan == ORT and backend.plan == ORT and check.passed
-    assert bench.timed == [OV, ORT, TORCH]
+    assert bench.timed == [OV, ORT, TORCH] and bench.opened == [OV, ORT, TORCH, ORT]  # timed, then the fastest
+    assert bench.most_alive == 1  # one model in memory at a time
     assert [(t.plan, t.seconds, t.outcome) for t in timings.plans] == [
         (OV.describe(), 0.9, "slower"), (ORT.describe(), 0.4, "served"), (TORCH.describe(), 1.5, "slower"),
     ]  # fmt: skip

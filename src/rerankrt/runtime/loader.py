@@ -11,6 +11,7 @@ at start (SelfCheckFailed), with the figures.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,52 +127,55 @@ def open_fastest(
     golden_size: tuple[int, int] = (0, 0),
 ) -> tuple[Backend, ServingPlan, SelfCheck, Timings | None]:
     """`auto` by measurement (`runtime.tuning`): the fastest plan of the first device that has one passing the
-    self-check. With timings recorded for this key, the recorded choice is opened first (falling back to the fixed
-    order when it no longer loads or passes); otherwise every candidate of that device is opened, checked and timed
-    (`timer`), one at a time, and the result is recorded. `golden_size`: (pairs, tokens) timed, for the record."""
+    self-check. Without timings recorded for this key, every candidate of that device is opened, checked, timed
+    (`timer`) and closed, one at a time (one model in memory at once), and the result recorded; then the plans that
+    passed are opened fastest first, as recorded ones are at a later start (a recorded plan that no longer loads or
+    passes gives way to the next). `golden_size`: (pairs, tokens) timed, for the record."""
     candidates = [plan for plan in plans if isinstance(plan, ServingPlan)]
     for plan in plans:
         if isinstance(plan, Skipped):
             log.info("backend %s (%s) not used: %s", plan.backend, plan.device, plan.reason)
-    recorded = cache.read()
-    if recorded is not None:
-        chosen = [plan for plan in candidates if plan.describe() == recorded.chosen]
-        if chosen:
-            log.info("plan timings of this machine (%s, measured %s): %s", cache.path, recorded.measured_at,
-                     recorded.summary())  # fmt: skip
-            rest = [plan for plan in candidates if plan is not chosen[0]]
-            backend, plan, result = open_first([chosen[0], *rest], family, "auto", check, False, encoder)
-            return backend, plan, result, recorded if plan is chosen[0] else None
-    best: tuple[float, Backend, ServingPlan, SelfCheck] | None = None  # the others are dropped as they are timed
+    by_name = {plan.describe(): plan for plan in candidates}
+    timings = cache.read()
+    if timings is not None and timings.chosen in by_name:
+        log.info("plan timings of this machine (%s, measured %s): %s", cache.path, timings.measured_at,
+                 timings.summary())  # fmt: skip
+        order = [by_name[timings.chosen], *(plan for plan in candidates if plan.describe() != timings.chosen)]
+    else:
+        timings = _time_plans(candidates, family, check, timer, golden_size)
+        cache.write(timings)
+        log.info("backend selected by measurement: %s", timings.summary())
+        timed = sorted((t for t in timings.plans if t.seconds is not None), key=lambda t: t.seconds)
+        order = [by_name[t.plan] for t in timed]
+    backend, plan, result = open_first(order, family, "auto", check, False, encoder)
+    return backend, plan, result, timings if plan.describe() == timings.chosen else None
+
+
+def _time_plans(
+    candidates: list[ServingPlan], family: Family, check: Checker, timer: Timer, golden_size: tuple[int, int]
+) -> Timings:
+    """Every candidate of the first device (cuda first, as the fixed order) that has one passing the self-check,
+    opened, checked and timed, then closed; a BackendUnavailableError naming each when none passes."""
     timings: list[PlanTiming] = []
-    for device in dict.fromkeys(plan.device for plan in candidates):  # cuda first, as the fixed order
+    for device in dict.fromkeys(plan.device for plan in candidates):
         for plan in (p for p in candidates if p.device == device):
-            opened = _open_checked(plan, family, "auto", check, False, encoder)
+            opened = _open_checked(plan, family, "auto", check, False, None)
             if isinstance(opened, str):
                 log.info("backend %s (%s) not used: %s", plan.backend, plan.device, opened)
                 timings.append(PlanTiming(plan.describe(), None, opened))
                 continue
             seconds = timer(opened[0], plan)
+            del opened  # its model leaves memory before the next one loads
+            gc.collect()
             log.info("timed %s: %.3f s for the golden set", plan.describe(), seconds)
             timings.append(PlanTiming(plan.describe(), seconds, "slower"))
-            if best is None or seconds < best[0]:
-                best = (seconds, opened[0], plan, opened[1])
-        if best is not None:
-            break
-    if best is None:
-        reasons = "; ".join(f"{t.plan}: {t.outcome}" for t in timings) or "no candidate plan"
-        raise BackendUnavailableError(f"no backend can run this model ({reasons})")
-    _, backend, plan, result = best
-    for timing in timings:
-        if timing.plan == plan.describe():
-            timing.outcome = "served"
-    measured = Timings(plan.describe(), measured_now(), *golden_size, timings)
-    cache.write(measured)
-    if encoder is not None:
-        encoder.use_prefix_reuse(plan.prefix_reuse)
-    log.info("backend selected by measurement: %s", measured.summary())
-    log.info("self-check: %s", result.summary())
-    return backend, plan, result, measured
+        timed = [t for t in timings if t.seconds is not None]
+        if timed:
+            fastest = min(timed, key=lambda t: t.seconds)
+            fastest.outcome = "served"
+            return Timings(fastest.plan, measured_now(), *golden_size, timings)
+    reasons = "; ".join(f"{t.plan}: {t.outcome}" for t in timings) or "no candidate plan"
+    raise BackendUnavailableError(f"no backend can run this model ({reasons})")
 
 
 def _open_checked(
