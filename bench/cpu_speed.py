@@ -42,6 +42,7 @@ import torch
 
 from bench.lib.infinity import ENGINES, PeerUnavailable, ensure_env, infinity_server
 from bench.lib.models import build_qwen3_sized, build_xlmr_sized, export_variant, qwen3_card_p_yes
+from bench.lib.peak import decoder_flops, encoder_flops, peak, row_precision, share_of_peak, this_cpu
 from bench.lib.plotting import cpu_speed_figure
 from bench.lib.results import RESULTS, log, machine, markdown_table, write_result
 from bench.lib.servers import rerankrt_serve
@@ -102,6 +103,24 @@ def measure(rows: dict, pairs: int, repeats: int, reference_name: str) -> dict:
         row["ratio"] = row["pairs_per_s"] / base
         row["max_abs_score_diff_vs_baseline"] = float(np.abs(outputs[name] - outputs[reference_name]).max())
     return results
+
+
+def add_peak_shares(section: dict, rows: dict, rate: str, flops_per_pair: float) -> None:
+    """Each row's achieved arithmetic as a share of the machine's peak at the precision it computes in (and of the
+    fp32 peak), and the peaks themselves in `section` (bench/lib/peak.py has the formula)."""
+    cpu = this_cpu()
+    section["peak"] = {precision: peak(cpu, precision) for precision in ("fp32", "bf16", "int8")}
+    for name, row in rows.items():
+        if rate in row:
+            precision = row.get("precision") or row_precision(name)
+            row["flops_per_pair"] = flops_per_pair
+            row["share_of_peak"] = share_of_peak(flops_per_pair, row[rate], cpu, precision)
+            row["share_of_fp32_peak"] = share_of_peak(flops_per_pair, row[rate], cpu, "fp32")
+
+
+def mean_flops(flops, config_file: Path, lengths: list[int]) -> float:
+    config = json.loads(config_file.read_text())
+    return float(np.mean([flops(config, length) for length in lengths]))
 
 
 # rerankrt through `rerankrt serve`: (row, export precision, export options, serve flags). The artifacts are
@@ -264,6 +283,7 @@ def cross_encoder_section(name: str, args) -> dict:
         "exports": {"int8": int8_export, "bf16": bf16_export, "int8 mixed": mixed_export},
         "in_process": results,
     }
+    add_peak_shares(section, results, "pairs_per_s", mean_flops(encoder_flops, model_dir / "config.json", lengths))
     if not args.no_http:
         bodies = burst_requests(tokenizer, args.requests, args.docs)
         lengths = [
@@ -292,6 +312,7 @@ def cross_encoder_section(name: str, args) -> dict:
             "infinity_best_docs_per_s": max(infinity) if infinity else None,
         }
         section["http"] = http
+        add_peak_shares(section, ran, "docs_per_s", mean_flops(encoder_flops, model_dir / "config.json", lengths))
     return section
 
 
@@ -322,12 +343,14 @@ def qwen3_section(pairs: int, args) -> dict:
         reranker.max_batch_size = 8
     results = measure(rows, len(docs), args.repeats, baseline_name)
     lengths = [len(p["input_ids"]) for p in load_encoder(int8_art).encode(query, docs)]
-    return {
+    section = {
         "pairs": len(docs),
         "pair_tokens_mean": float(np.mean(lengths)),
         "exports": {"int8": int8_export},
         "in_process": results,
     }
+    add_peak_shares(section, results, "pairs_per_s", mean_flops(decoder_flops, model_dir / "config.json", lengths))
+    return section
 
 
 def minilm_section(args) -> dict:
@@ -523,9 +546,22 @@ def fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
+def share(row: dict) -> str:
+    """ "12.3% (24.6%)": the row's share of the peak at its precision (and of the fp32 peak)."""
+    if row.get("share_of_peak") is None:
+        return ""
+    return f"{row['share_of_peak']:.1%} ({row['share_of_fp32_peak']:.1%})"
+
+
 def markdown_report(data: dict) -> str:
     """bench/results/cpu_speed.md: every section's tables, as docs/benchmarks.md quotes them."""
     out = [f"# CPU speed (bench/cpu_speed.py)\n\nMachine: {data['machine']}"]
+    peaks = next((section["peak"] for section in data["sections"].values() if "peak" in section), None)
+    if peaks:
+        out.append("Peak of this machine (bench/lib/peak.py): " + "; ".join(
+            f"{precision} {p['ops_per_s'] / 1e9:.0f} G ops/s ({p['cores']} cores x {p['ghz']:.2f} GHz x "
+            f"{p['ops_per_cycle_per_core']}, {p['basis']})" for precision, p in peaks.items()
+        ))  # fmt: skip
     for name, section in data["sections"].items():
         out.append(f"## {name} (run {section.get('run_at')})")
         if "in_process" in section:
@@ -535,11 +571,13 @@ def markdown_report(data: dict) -> str:
                     fmt(r["pairs_per_s"], ".2f"),
                     f"{r['ratio']:.2f}x",
                     fmt(r["max_abs_score_diff_vs_baseline"], ".1e"),
+                    share(r),
                 ]
                 for row, r in section["in_process"].items()
             ]
             out.append(f"In-process, {section['pairs']} pairs:")
-            out.append(markdown_table(["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline"], rows))
+            header = ["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline", "share of peak (fp32 peak)"]
+            out.append(markdown_table(header, rows))
         if "http" in section:
             w = section["http_workload"]
             out.append(
@@ -549,16 +587,17 @@ def markdown_report(data: dict) -> str:
                 "sentence-transformers in-process; Δscore against sentence-transformers on the first request."
             )
             header = ["row", "precision", "docs/s", "vs Infinity best", "vs sentence-transformers", "p50 s", "p95 s",
-                      "p99 s", "p50 / wall", "max abs Δscore"]  # fmt: skip
+                      "p99 s", "p50 / wall", "max abs Δscore", "share of peak (fp32 peak)"]  # fmt: skip
             rows = []
             for row, r in section["http"].items():
                 if "skipped" in r:
-                    rows.append([row, "skipped: " + r["skipped"].splitlines()[0].replace("|", "/")] + [""] * 8)
+                    rows.append([row, "skipped: " + r["skipped"].splitlines()[0].replace("|", "/")] + [""] * 9)
                     continue
                 rows.append([
                     row, r["precision"], f"{r['docs_per_s']:.2f}", fmt(r["vs_infinity_best"], ".2f"),
                     f"{r['vs_sentence_transformers']:.2f}", f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}",
                     f"{r['p99_s']:.1f}", f"{r['p50_over_wall']:.2f}", f"{r['max_abs_score_diff_vs_baseline']:.1e}",
+                    share(r),
                 ])  # fmt: skip
             out.append(markdown_table(header, rows))
         if "cross_encoder" in section:

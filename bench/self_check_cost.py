@@ -1,5 +1,7 @@
-"""What the serving-time self-check costs at start: full-size random-weight models, exported here, loaded with
-`Reranker.load` (auto) with the self-check on and off; the self-check's own seconds, pairs and tokens, per plan.
+"""What the serving-time self-check and choosing the plan by measurement cost at start: full-size random-weight
+models, exported here, loaded with `Reranker.load` (auto): by the fixed order with the self-check on and off (the
+self-check's own seconds, pairs and tokens), and by measurement (`tune`) at a first start (every plan opened,
+checked and timed; an empty timings folder) and at a later one (the recorded plan only).
 
     .venv/bin/python -m bench.self_check_cost                         # bge-reranker-base's shape, fp32 and int8
     .venv/bin/python -m bench.self_check_cost --models xlmr-base qwen3-0.6b
@@ -11,6 +13,8 @@ Results: bench/results/self_check_cost.json (the machine's CPU features, `cpu_fe
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
 from bench.lib.models import build_qwen3_sized, build_xlmr_sized, export_variant
@@ -26,11 +30,18 @@ BUILDERS = {  # bge-reranker-base's and Qwen3-Reranker-0.6B's shapes; xlmr-tiny 
 }
 
 
-def measure(folder: Path) -> dict:
-    with_check, reranker = once(lambda: Reranker.load(str(folder)))
+def measure(folder: Path, timings: Path) -> dict:
+    with_check, reranker = once(lambda: Reranker.load(str(folder), tune=False))
     check = reranker.model.self_check
     reranker.close()
-    without, reranker = once(lambda: Reranker.load(str(folder), self_check=False))
+    without, reranker = once(lambda: Reranker.load(str(folder), self_check=False, tune=False))
+    reranker.close()
+    os.environ["RERANKRT_CACHE_DIR"] = str(timings / folder.parent.name / folder.name)
+    shutil.rmtree(os.environ["RERANKRT_CACHE_DIR"], ignore_errors=True)
+    first_start, reranker = once(lambda: Reranker.load(str(folder), tune=True))
+    measured = reranker.model.timings
+    reranker.close()
+    later_start, reranker = once(lambda: Reranker.load(str(folder), tune=True))
     reranker.close()
     row = {
         "plan": check.plan,
@@ -41,6 +52,10 @@ def measure(folder: Path) -> dict:
         "max_logit_diff": check.max_logit_diff,
         "load_seconds_with_self_check": round(with_check, 2),
         "load_seconds_without": round(without, 2),
+        "load_seconds_tuned_first_start": round(first_start, 2),
+        "load_seconds_tuned_later_start": round(later_start, 2),
+        "tuned_choice": measured.chosen,
+        "tuned_golden_set_seconds": {t.plan: t.seconds if t.seconds is not None else t.outcome for t in measured.plans},
     }
     log(f"{folder.name}: {row}")
     return row
@@ -62,7 +77,7 @@ def main() -> None:
             folder = args.workdir / name / precision
             if not (folder / "manifest.json").exists():
                 export_variant(model_dir, folder, precision)
-            rows[f"{name} {precision}"] = measure(folder)
+            rows[f"{name} {precision}"] = measure(folder, args.workdir / "timings")
     result = {"machine": machine(), "rows": rows}
     print(write_result("self_check_cost", result, args.results))
 

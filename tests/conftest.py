@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+# `auto` by the fixed order, so that no test depends on which runtime is faster on the CPU it lands on (the tests of
+# choosing by measurement ask for it: tests/test_tuning.py); plan timings, where measured, never under $HOME
+os.environ["RERANKRT_TUNE"] = "0"
+os.environ["RERANKRT_CACHE_DIR"] = tempfile.mkdtemp(prefix="rerankrt-test-cache-")
 
 from rerankrt.testing import tiny_models  # noqa: E402
 from tests.support import serve_media  # noqa: E402
@@ -118,3 +123,23 @@ def media_base(request):
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO, logger="rerankrt")
+
+
+@pytest.fixture
+def openvino_off_by(monkeypatch):
+    """`shift(rows) -> logit offsets`: OpenVINO's logits on this "machine" move by that much, row by row."""
+
+    from rerankrt.runtime.openvino_backend import OpenVinoGraph
+
+    def install(shift):
+        real = OpenVinoGraph.run
+
+        def run(self, feeds, outputs=None):
+            values = real(self, feeds, outputs)
+            if self.graph_path.name.startswith("model"):  # the scorer graph's logits
+                values[0] = values[0] + shift(len(values[0])).reshape(values[0].shape).astype(values[0].dtype)
+            return values
+
+        monkeypatch.setattr(OpenVinoGraph, "run", run)
+
+    return install

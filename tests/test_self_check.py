@@ -1,7 +1,8 @@
 """The serving-time self-check: an artifact's golden set, scored by the chosen plan on this machine before traffic.
 
 A runtime that computes other numbers here than the export accepted is made by wrapping OpenVINO's real graph
-runner so its logits move (as a CPU with other kernels would move them); everything else is the real pipeline.
+runner so its logits move (as a CPU with other kernels would move them: conftest's `openvino_off_by`); everything
+else is the real pipeline.
 """
 
 from __future__ import annotations
@@ -16,31 +17,13 @@ from fastapi.testclient import TestClient
 
 from rerankrt.artifact import GOLDEN_NAME, load_manifest, sha256_file
 from rerankrt.errors import ArtifactError
-from rerankrt.runtime import Reranker, openvino_backend
+from rerankrt.runtime import Reranker
 from rerankrt.runtime.self_check import GoldenSet, SelfCheckFailed
 from rerankrt.server import create_app
 from rerankrt.server.settings import ServeSettings
 from tests.support import edit_manifest
 
 pytestmark = pytest.mark.integration  # every test here builds, exports or serves a model
-
-
-@pytest.fixture
-def openvino_off_by(monkeypatch):
-    """`shift(rows) -> logit offsets`: OpenVINO's logits on this "machine" move by that much, row by row."""
-
-    def install(shift):
-        real = openvino_backend.OpenVinoGraph.run
-
-        def run(self, feeds, outputs=None):
-            values = real(self, feeds, outputs)
-            if self.graph_path.name.startswith("model"):  # the scorer graph's logits
-                values[0] = values[0] + shift(len(values[0])).reshape(values[0].shape).astype(values[0].dtype)
-            return values
-
-        monkeypatch.setattr(openvino_backend.OpenVinoGraph, "run", run)
-
-    return install
 
 
 def test_export_stores_a_hashed_golden_set_and_auto_serves_a_plan_that_passes_it(artifact_dirs):

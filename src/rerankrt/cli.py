@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     export.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (GPU, `gpu` extra)")
+    export.add_argument(
+        "--tune",
+        action="store_true",
+        help="then time every plan that passes the self-check on this machine and record the fastest, as the first "
+        "`rerankrt serve` here would (the timings stay outside the artifact: $RERANKRT_CACHE_DIR)",
+    )
     add_engine_arguments(export, "--engine-precision")
     export.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     export.set_defaults(run=run_export)
@@ -189,6 +195,12 @@ def run_export(args: argparse.Namespace) -> int:
         from rerankrt.export.tensorrt import build_engine
 
         build_engine(out, **engine_options(args))
+    if args.tune:
+        from rerankrt.runtime import Reranker
+
+        with Reranker.load(str(out), tune=True) as reranker:
+            timings = reranker.model.timings
+        print(f"plan timings for this machine: {timings.summary() if timings else 'not measured'}")
     return 0
 
 
@@ -233,7 +245,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type
     prefix = settings_class.model_config.get("env_prefix", "")
     for name, field in settings_class.model_fields.items():
         annotation = _unwrap_optional(field.annotation)
-        default = field.default.value if isinstance(field.default, Precision) else field.default
+        default = field.get_default(call_default_factory=True)
+        default = default.value if isinstance(default, Precision) else default
         notes = ["required"] if field.is_required() else [] if default is None else [f"default: {default}"]
         notes.append(f"env {prefix}{name.upper()}")
         kwargs: dict = {"dest": name, "default": None, "help": f"{field.description} ({'; '.join(notes)})"}

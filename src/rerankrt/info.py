@@ -71,11 +71,25 @@ def collect(artifact: Path | None = None) -> dict:
             "engines": [engine.file for engine in manifest.engines],
             "golden_set": GOLDEN_NAME in manifest.files,  # what a plan must reproduce where it serves (self-check)
         }
+        info["artifact"]["plan_timings"] = plan_timings(artifact)
         if (artifact / FIDELITY_NAME).is_file():
             report = json.loads((artifact / FIDELITY_NAME).read_text())
             keys = ("passed", "accepted", "max_score_diff", "top1_agreement", "top3_agreement", "swap_rate")
             info["artifact"]["fidelity"] = {key: report.get(key) for key in keys}
     return info
+
+
+def plan_timings(artifact: Path, threads: int | None = None) -> dict:
+    """What `auto` measured for this artifact on this machine (runtime.tuning), at `threads` (default: as serve)."""
+    from rerankrt.artifact import MANIFEST_NAME
+    from rerankrt.runtime.tuning import TimingCache, TimingKey
+
+    machine = this_machine()
+    cache = TimingCache(TimingKey.of(artifact / MANIFEST_NAME, machine, threads or machine.physical_cores))
+    recorded = cache.read()
+    if recorded is None:
+        return {"file": str(cache.path), "measured": False, "note": "measured at the first start with auto"}
+    return {"file": str(cache.path), "measured": True, **recorded.to_dict()}
 
 
 def serving_defaults() -> dict:

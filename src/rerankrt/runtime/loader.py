@@ -11,20 +11,23 @@ at start (SelfCheckFailed), with the figures.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rerankrt.artifact import GOLDEN_NAME, PARITY_NAME, is_artifact, load_manifest
+from rerankrt.artifact import GOLDEN_NAME, MANIFEST_NAME, PARITY_NAME, is_artifact, load_manifest
 from rerankrt.errors import ArtifactError, BackendUnavailableError, UnsupportedModelError
 from rerankrt.families import Family, PairEncoder, Recognition, detect_family, get_family
 from rerankrt.model_source import resolve_model
+from rerankrt.precision import Precision
 from rerankrt.runtime.backend import Backend
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving, this_machine
 from rerankrt.runtime.self_check import GoldenSet, SelfCheck, SelfCheckFailed, export_tolerance, run_self_check
 from rerankrt.runtime.settings import RerankerSettings
+from rerankrt.runtime.tuning import PlanTiming, TimingCache, TimingKey, Timings, measured_now, time_golden
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +44,14 @@ class LoadedModel:
     recognition: Recognition | None = None  # why the family (plain model folders are detected at load)
     self_check: SelfCheck | None = None  # the plan's run of the golden set here (None: not checked, see below)
     self_check_skipped: str | None = None  # why there is no self-check (no golden set, --no-self-check, no artifact)
+    timings: Timings | None = None  # the measurement `auto` chose the plan by (runtime.tuning), None: fixed order
 
 
 def load_model(settings: RerankerSettings, machine: Machine | None = None) -> LoadedModel:
     """The model `settings.model_path` names (artifact folder, model folder or Hub id), on the first plan that loads."""
     machine = machine or this_machine()
     folder = Path(settings.model_path)
-    checker, skipped = None, "a plain model folder has no golden set"
+    golden, skipped = None, "a plain model folder has no golden set"
     if is_artifact(folder):
         manifest = load_manifest(folder)
         try:
@@ -63,7 +67,7 @@ def load_model(settings: RerankerSettings, machine: Machine | None = None) -> Lo
         # a Hub id names the model; a local export is named by its folder, never the exporter's own path
         name = settings.served_model_name or (manifest.source.ref if manifest.source.revision else folder.name)
         plans = plan_serving(family, _request(settings, encoder), machine, manifest=manifest, folder=folder)
-        checker, skipped = _self_checker(settings, folder, manifest, family, machine)
+        golden, skipped = _golden_runs(settings, folder, manifest, family, machine)
     else:
         source = resolve_model(settings.model_path, settings.revision)
         family, recognition = detect_family(source.path)
@@ -73,11 +77,20 @@ def load_model(settings: RerankerSettings, machine: Machine | None = None) -> Lo
         plans = plan_serving(family, _request(settings, encoder), machine, model_ref=str(source.path))
     log.info("model %s: family %s (%s), max_length %d", name, family.name, recognition.reason, encoder.max_length)
     explicit = settings.backend != "auto" or settings.precision is not None
-    backend, plan, check = open_first(plans, family, settings.backend, checker, explicit, encoder)
-    return LoadedModel(family, encoder, backend, plan, name, recognition, check, None if check else skipped)
+    if golden is not None and settings.tune and not explicit:
+        key = TimingKey.of(folder / MANIFEST_NAME, machine, settings.threads or machine.physical_cores)
+        backend, plan, check, timings = open_fastest(
+            plans, family, golden.check, golden.time, TimingCache(key), encoder, golden.size()
+        )
+    else:
+        checker = golden.check if golden is not None else None
+        backend, plan, check = open_first(plans, family, settings.backend, checker, explicit, encoder)
+        timings = None
+    return LoadedModel(family, encoder, backend, plan, name, recognition, check, None if check else skipped, timings)
 
 
 Checker = Callable[[Backend, ServingPlan], SelfCheck]
+Timer = Callable[[Backend, ServingPlan], float]
 
 
 def open_first(
@@ -93,41 +106,141 @@ def open_first(
     prefixes as each plan tried runs them."""
     reasons = []
     for plan in plans:
-        if isinstance(plan, Skipped):
-            reason = plan.reason
-        else:
-            try:
-                backend = open_backend(plan, family)
-            except BackendUnavailableError as exc:
-                reason = str(exc)
-            except Exception as exc:  # auto: any load failure means log it and try the next one
-                if choice != "auto":
-                    raise
-                reason = f"{type(exc).__name__}: {exc}"
-            else:
-                if encoder is not None:
-                    encoder.use_prefix_reuse(plan.prefix_reuse)
-                result = check(backend, plan) if check is not None else None
-                if result is None or result.passed:
-                    log.info("backend selected: %s", plan.describe())
-                    if result is not None:
-                        log.info("self-check: %s", result.summary())
-                    return backend, plan, result
-                if explicit:
-                    raise SelfCheckFailed(
-                        f"self-check: {result.summary()}; this plan is not served here (serve another --backend or "
-                        "--precision, or re-export on this kind of CPU)"
-                    )
-                log.warning("self-check: %s; trying the next plan", result.summary())
-                reason = "missed the self-check on this machine"
-        log.info("backend %s (%s) not used: %s", plan.backend, plan.device, reason)
-        reasons.append(f"{plan.backend} ({plan.device}): {reason}")
+        opened = _open_checked(plan, family, choice, check, explicit, encoder)
+        if not isinstance(opened, str):
+            log.info("backend selected: %s", plan.describe())
+            if opened[1] is not None:
+                log.info("self-check: %s", opened[1].summary())
+            return opened[0], plan, opened[1]
+        log.info("backend %s (%s) not used: %s", plan.backend, plan.device, opened)
+        reasons.append(f"{plan.backend} ({plan.device}): {opened}")
     raise BackendUnavailableError(f"no backend can run this model ({'; '.join(reasons)})")
 
 
-def _self_checker(settings: RerankerSettings, folder: Path, manifest, family: Family, machine: Machine):
-    """(the check each opened plan must pass, None) or (None, why there is none). The golden set is encoded as the
-    export encoded it (the artifact's max_length and template), whatever --max-length or --chat-template serve."""
+def open_fastest(
+    plans: list[ServingPlan | Skipped],
+    family: Family,
+    check: Checker,
+    timer: Timer,
+    cache: TimingCache,
+    encoder: PairEncoder | None = None,
+    golden_size: tuple[int, int] = (0, 0),
+) -> tuple[Backend, ServingPlan, SelfCheck, Timings | None]:
+    """`auto` by measurement (`runtime.tuning`): the fastest plan of the first device that has one passing the
+    self-check. Without timings recorded for this key, every candidate of that device is opened, checked, timed
+    (`timer`) and closed, one at a time (one model in memory at once), and the result recorded; then the plans that
+    passed are opened fastest first, as recorded ones are at a later start (a recorded plan that no longer loads or
+    passes gives way to the next). `golden_size`: (pairs, tokens) timed, for the record."""
+    candidates = [plan for plan in plans if isinstance(plan, ServingPlan)]
+    for plan in plans:
+        if isinstance(plan, Skipped):
+            log.info("backend %s (%s) not used: %s", plan.backend, plan.device, plan.reason)
+    by_name = {plan.describe(): plan for plan in candidates}
+    timings = cache.read()
+    if timings is not None and timings.chosen in by_name:
+        log.info("plan timings of this machine (%s, measured %s): %s", cache.path, timings.measured_at,
+                 timings.summary())  # fmt: skip
+        order = [by_name[timings.chosen], *(plan for plan in candidates if plan.describe() != timings.chosen)]
+    else:
+        timings = _time_plans(candidates, family, check, timer, golden_size)
+        cache.write(timings)
+        log.info("backend selected by measurement: %s", timings.summary())
+        timed = sorted((t for t in timings.plans if t.seconds is not None), key=lambda t: t.seconds)
+        order = [by_name[t.plan] for t in timed]
+    backend, plan, result = open_first(order, family, "auto", check, False, encoder)
+    return backend, plan, result, timings if plan.describe() == timings.chosen else None
+
+
+def _time_plans(
+    candidates: list[ServingPlan], family: Family, check: Checker, timer: Timer, golden_size: tuple[int, int]
+) -> Timings:
+    """Every candidate of the first device (cuda first, as the fixed order) that has one passing the self-check,
+    opened, checked and timed, then closed; a BackendUnavailableError naming each when none passes."""
+    timings: list[PlanTiming] = []
+    for device in dict.fromkeys(plan.device for plan in candidates):
+        for plan in (p for p in candidates if p.device == device):
+            opened = _open_checked(plan, family, "auto", check, False, None)
+            if isinstance(opened, str):
+                log.info("backend %s (%s) not used: %s", plan.backend, plan.device, opened)
+                timings.append(PlanTiming(plan.describe(), None, opened))
+                continue
+            seconds = timer(opened[0], plan)
+            del opened  # its model leaves memory before the next one loads
+            gc.collect()
+            log.info("timed %s: %.3f s for the golden set", plan.describe(), seconds)
+            timings.append(PlanTiming(plan.describe(), seconds, "slower"))
+        timed = [t for t in timings if t.seconds is not None]
+        if timed:
+            fastest = min(timed, key=lambda t: t.seconds)
+            fastest.outcome = "served"
+            return Timings(fastest.plan, measured_now(), *golden_size, timings)
+    reasons = "; ".join(f"{t.plan}: {t.outcome}" for t in timings) or "no candidate plan"
+    raise BackendUnavailableError(f"no backend can run this model ({reasons})")
+
+
+def _open_checked(
+    plan: ServingPlan | Skipped,
+    family: Family,
+    choice: str,
+    check: Checker | None,
+    explicit: bool,
+    encoder: PairEncoder | None,
+) -> tuple[Backend, SelfCheck | None] | str:
+    """The plan's backend and its self-check, or why it is not used (a SelfCheckFailed when `explicit`)."""
+    if isinstance(plan, Skipped):
+        return plan.reason
+    try:
+        backend = open_backend(plan, family)
+    except BackendUnavailableError as exc:
+        return str(exc)
+    except Exception as exc:  # auto: any load failure means log it and try the next one
+        if choice != "auto":
+            raise
+        return f"{type(exc).__name__}: {exc}"
+    if encoder is not None:
+        encoder.use_prefix_reuse(plan.prefix_reuse)
+    result = check(backend, plan) if check is not None else None
+    if result is None or result.passed:
+        return backend, result
+    if explicit:
+        raise SelfCheckFailed(
+            f"self-check: {result.summary()}; this plan is not served here (serve another --backend or "
+            "--precision, or re-export on this kind of CPU)"
+        )
+    log.warning("self-check: %s; trying the next plan", result.summary())
+    return "missed the self-check on this machine"
+
+
+@dataclass
+class GoldenRuns:
+    """The artifact's golden set, encoded as the export encoded it (the artifact's max_length and template, whatever
+    --max-length or --chat-template serve), to check a plan (`check`) and to time it (`time`)."""
+
+    encoder: PairEncoder
+    golden: GoldenSet
+    tolerance: float
+    machine: Machine
+
+    def _pairs(self, plan: ServingPlan) -> list:
+        self.encoder.use_prefix_reuse(plan.prefix_reuse)
+        return [pair for group in self.golden.groups for pair in self.encoder.encode(group.query, group.documents)]
+
+    def check(self, backend: Backend, plan: ServingPlan) -> SelfCheck:
+        self.encoder.use_prefix_reuse(plan.prefix_reuse)
+        return run_self_check(backend.run, self.encoder, self.golden, plan.precision, plan.describe(),
+                              self.machine.describe_cpu(), self.tolerance)  # fmt: skip
+
+    def time(self, backend: Backend, plan: ServingPlan) -> float:
+        return time_golden(backend.run, self.encoder, self._pairs(plan), self.golden.batch_size)
+
+    def size(self) -> tuple[int, int]:
+        """(pairs, tokens) of the golden set as encoded without prefix marks."""
+        pairs = self._pairs(ServingPlan("", "cpu", Precision.FP32))
+        return len(pairs), sum(len(pair["input_ids"]) for pair in pairs)
+
+
+def _golden_runs(settings: RerankerSettings, folder: Path, manifest, family: Family, machine: Machine):
+    """(the golden set to check each opened plan with, None) or (None, why there is none)."""
     if not settings.self_check:
         log.warning(
             "self-check off (--no-self-check): the plan is served without proof that this machine computes what "
@@ -142,15 +255,7 @@ def _self_checker(settings: RerankerSettings, folder: Path, manifest, family: Fa
         return None, "the artifact has no golden set (re-export it)"
     golden = GoldenSet.read(folder / GOLDEN_NAME)
     tolerance = export_tolerance(folder, PARITY_NAME)
-    encoder = family.load_encoder(folder, manifest.max_length)
-
-    def check(backend: Backend, plan: ServingPlan) -> SelfCheck:
-        encoder.use_prefix_reuse(plan.prefix_reuse)
-        return run_self_check(
-            backend.run, encoder, golden, plan.precision, plan.describe(), machine.describe_cpu(), tolerance
-        )
-
-    return check, None
+    return GoldenRuns(family.load_encoder(folder, manifest.max_length), golden, tolerance, machine), None
 
 
 def open_backend(plan: ServingPlan, family: Family) -> Backend:

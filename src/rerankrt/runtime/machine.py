@@ -30,6 +30,17 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it ("" elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def physical_cores(cpuinfo: str | None = None) -> int:
     """Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is unavailable."""
     cores: set[tuple[str, str]] = set()
@@ -66,6 +77,7 @@ class Machine:
     cpu_bf16: bool = False  # the CPU computes bf16 natively (BF16_FLAGS)
     cpu_features: tuple[str, ...] = ()  # those of CPU_FEATURES the CPU has (logged beside a self-check's figures)
     packages: tuple[tuple[str, str], ...] = ()  # (distribution, version) installed, of those backend rows need
+    cpu_model: str = ""  # the CPU's model name (plan timings are kept per CPU model, runtime.tuning)
 
     def package(self, name: str) -> str | None:
         """The installed version of a distribution a backend row needs (`BackendRow.package`), or None."""
@@ -97,6 +109,7 @@ class Machine:
             bool(BF16_FLAGS & flags),
             tuple(f for f in CPU_FEATURES if f in flags),
             found,
+            cpu_model(),
         )
 
     def describe_cpu(self) -> str:

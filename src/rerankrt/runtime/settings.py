@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +18,12 @@ from rerankrt.runtime.plan import AUTO_ORDER, BACKEND_CHOICES, auto_order
 
 _AUTO = ", ".join(f"{backend} ({device})" for backend, device in AUTO_ORDER)
 _AUTO_BF16 = ", ".join(f"{backend} ({device})" for backend, device in auto_order(Precision.BF16) if device == "cpu")
+
+
+def tune_default(environ: Mapping[str, str]) -> bool:
+    """Plans chosen by measurement unless RERANKRT_TUNE says 0/false/no/off (as the server reads it, so a process
+    sets it once for both; the test suite does, so that no test depends on which runtime is faster on its CPU)."""
+    return environ.get("RERANKRT_TUNE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class RerankerSettings(BaseModel):
@@ -68,6 +76,14 @@ class RerankerSettings(BaseModel):
         description="before serving, score the artifact's golden set with the chosen plan on this machine and refuse "
         "a plan that misses what the export accepted (auto tries the next; a plan asked for by name is an error); "
         "--no-self-check skips it and with it the proof that this CPU computes the export's numbers (seconds at start)",
+    )
+    tune: bool = Field(
+        default_factory=lambda: tune_default(os.environ),
+        description="auto: at the first start of an artifact on a machine, time every plan that passes the self-check "
+        "(on the golden set) and serve the fastest; the timings are kept per artifact, CPU, thread count and runtime "
+        "versions in $RERANKRT_CACHE_DIR (default ~/.cache/rerankrt), so later starts check the recorded choice only; "
+        "--no-tune serves the first plan of the fixed order that passes (--backend and --precision always do); "
+        "RERANKRT_TUNE=0 turns it off for Reranker.load too",
     )
     max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
     max_batch_tokens: int = Field(

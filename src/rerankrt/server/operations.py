@@ -35,7 +35,21 @@ async def health(request: Request) -> JSONResponse:
     how the plan's self-check went on this machine."""
     if not request.app.state.ready:
         return error_response(503, "model is loading", headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ok", "self_check": self_check_summary(request.app.state.reranker.model)})
+    model = request.app.state.reranker.model
+    return JSONResponse({"status": "ok", "self_check": self_check_summary(model), "plan": plan_choice(model)})
+
+
+def plan_choice(model) -> dict:
+    """The plan that serves and how it was chosen: by measurement here (runtime.tuning, with every plan's time on
+    the golden set) or by the fixed order."""
+    timings = model.timings
+    if timings is None:
+        return {"serving": model.plan.describe(), "chosen_by": "fixed order"}
+    seconds = {
+        timing.plan: timing.seconds if timing.seconds is not None else timing.outcome for timing in timings.plans
+    }
+    return {"serving": model.plan.describe(), "chosen_by": "measurement", "measured_at": timings.measured_at,
+            "golden_set_seconds": seconds}  # fmt: skip
 
 
 def self_check_summary(model) -> dict:
