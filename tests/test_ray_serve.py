@@ -79,14 +79,14 @@ def test_health_check_scores_a_pair_when_idle_and_fails_a_stalled_scheduler():
     app.state.reranker.close()
 
 
-def test_autoscaling_bounds_are_checked_by_the_cli():
-    from tests.support import rerankrt
+def test_autoscaling_bounds_are_checked_by_the_cli(capsys):
+    """Refused while the flags are read, before anything starts (in-process: `rerankrt serve` is cli.main)."""
+    from rerankrt.cli import main
 
-    result = rerankrt("serve", "--model-path", "m", "--ray", "--autoscale-min-replicas", "2")
-    assert result.returncode == 2
-    assert "--autoscale-min-replicas and --autoscale-max-replicas go together" in result.stderr
-    result = rerankrt("serve", "--model-path", "m", "--autoscale-min-replicas", "3", "--autoscale-max-replicas", "2")
-    assert "--autoscale-min-replicas 3 is above --autoscale-max-replicas 2" in result.stderr
+    assert main(["serve", "--model-path", "m", "--ray", "--autoscale-min-replicas", "2"]) == 2
+    assert "--autoscale-min-replicas and --autoscale-max-replicas go together" in capsys.readouterr().err
+    assert main(["serve", "--model-path", "m", "--autoscale-min-replicas", "3", "--autoscale-max-replicas", "2"]) == 2
+    assert "--autoscale-min-replicas 3 is above --autoscale-max-replicas 2" in capsys.readouterr().err
 
 
 def run_asgi(app) -> tuple[int, dict[str, str], bytes]:
