@@ -104,8 +104,9 @@ def test_bf16_variant_is_served_by_openvino_or_torch_with_bf16_weights_on_cpu(va
             "openvino bf16 hint on model.onnx, cpu",
         ]
         assert all(p["passed"] for p in report["paths_checked"])
-    else:  # bf16 would be emulated: OpenVINO computes the fp32 graph in fp32, the gate checked torch's bf16
-        assert chosen.model.plan.precision == "fp32" and report["method"] == "torch"
+    else:  # bf16 would be emulated: OpenVINO computes the fp32 graph in fp32, the gate checked torch's bf16 (golden)
+        assert chosen.model.plan.precision == "fp32"
+        assert report["method"] == "torch, golden set only (bf16 emulated on this CPU)"
     reranker = Reranker.load(str(folder), backend="torch")
     assert (reranker.backend.name, reranker.backend.dtype) == ("torch", torch.bfloat16)
     assert next(reranker.backend.scorer.parameters()).dtype == torch.bfloat16
@@ -113,6 +114,27 @@ def test_bf16_variant_is_served_by_openvino_or_torch_with_bf16_weights_on_cpu(va
     np.testing.assert_allclose(reranker.logits(QUERY, docs), fp32_scores(artifact_dirs, "xlmr", docs), atol=0.05)
     # asked for by name, onnxruntime still runs (the fp32 graph: it has no bf16 CPU kernels)
     assert Reranker.load(str(folder), backend="onnxruntime").model.plan.graphs["scorer"] == "model.onnx"
+
+
+@pytest.mark.integration
+def test_a_bf16_export_on_a_cpu_without_bf16_checks_the_golden_set_only_and_says_so(model_dirs, tmp_path, monkeypatch):
+    """Where bf16 is emulated (an AVX2-only CPU: here made up by hiding the bf16 flags), the gate runs torch's bf16 on
+    the golden set's pairs only, instead of minutes of emulated bf16 on its generated ones, and says what it left to
+    the serving-time self-check; the artifact serves as ever."""
+    from rerankrt.artifact import GOLDEN_NAME
+    from rerankrt.runtime import machine
+    from rerankrt.runtime.self_check import GoldenSet
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "fma"})
+    folder = tmp_path / "xlmr-bf16"
+    export_model(str(model_dirs["xlmr"]), folder, precision="bf16")
+    report = json.loads((folder / FIDELITY_NAME).read_text())
+    golden = GoldenSet.read(folder / GOLDEN_NAME)
+    assert report["passed"] and report["method"] == "torch, golden set only (bf16 emulated on this CPU)"
+    assert (report["pairs"], report["queries"]) == (golden.pairs, len(golden.groups))
+    assert "serving-time self-check" in report["not_checked"]
+    with Reranker.load(str(folder), backend="torch") as served:  # its self-check judges the bf16 plan
+        assert served.model.plan.precision == "bf16" and served.model.self_check.passed
 
 
 @pytest.mark.integration

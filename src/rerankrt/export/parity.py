@@ -171,6 +171,7 @@ class FidelityReport:
     failures: list[str] = field(default_factory=list)
     method: str = ""  # how the variant was made (int8: dynamic | blockwise | mixed; bf16: the CPU paths checked)
     paths_checked: list[dict] = field(default_factory=list)  # bf16: each CPU path that may serve it, its outcome
+    not_checked: str = ""  # what the gate left to the serving-time self-check on this machine, and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,9 +188,13 @@ def check_fidelity(
     queries: int = 8,
     docs_per_query: int = 8,
     batch_size: int = 8,
+    samples: list[tuple[str, list[str]]] | None = None,
 ) -> FidelityReport:
-    """Score generated queries with the fp32 torch scorer and the variant; passed when every threshold holds."""
-    samples = generate_queries(encoder, seed, queries, docs_per_query)
+    """Score generated queries (or `samples`: (query, documents) with `docs_per_query` documents each) with the fp32
+    torch scorer and the variant; passed when every threshold holds."""
+    if samples is None:
+        samples = generate_queries(encoder, seed, queries, docs_per_query)
+    queries = len(samples)
     ref, cand, _ = _score_both(encoder, samples, lambda batch: run_torch(reference, batch), candidate, batch_size)
     agreed = agreement(ref, cand, docs_per_query, thresholds.tie)
     spearmans, _, _ = rank_agreement(ref, cand, docs_per_query)
