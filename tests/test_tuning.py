@@ -76,7 +76,7 @@ def cache(tmp_path):
 
 
 def choose(bench, cache, plans):
-    return loader.open_fastest(plans, None, bench.check, bench.time, cache, None, (24, 2000))
+    return loader.open_fastest(plans, None, bench.check, bench.time, cache, None)
 
 
 def test_auto_serves_the_fastest_plan_and_records_every_timing(monkeypatch, cache, caplog):
@@ -197,13 +197,9 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert cache_folder() == tmp_path / "mine" / "plan-timings"
 
 
-def test_time_golden_takes_the_faster_pass_of_the_self_checks_batches():
-    class Encoder:
-        def collate(self, pairs):
-            return pairs
-
+def test_time_golden_runs_the_self_checks_batches_in_each_pass():
     seen = []
-    assert time_golden(seen.append, Encoder(), list(range(5)), 2, repeats=3) >= 0
+    assert time_golden(seen.append, [[0, 1], [2, 3], [4]], repeats=3) >= 0
     assert seen == [[0, 1], [2, 3], [4]] * 3
 
 
@@ -252,3 +248,19 @@ def test_export_tune_records_this_machines_timings(artifact_dirs, monkeypatch, t
     assert run_export(build_parser().parse_args(["export", "model", "--out", str(folder), "--tune"])) == 0
     recorded = plan_timings(folder)
     assert recorded["measured"] and f"{recorded['chosen']} is the fastest here" in capsys.readouterr().out
+
+
+def test_the_golden_set_is_timed_in_the_self_checks_batches():
+    from rerankrt.runtime.self_check import GoldenGroup, GoldenSet, golden_batches
+
+    class Encoder:
+        def encode(self, query, documents):
+            return [f"{query}|{document}" for document in documents]
+
+        def collate(self, pairs):
+            return list(pairs)
+
+    group = GoldenGroup(query="q", documents=["a", "b", "c", "d", "e"], logits=[0.0] * 5)
+    golden = GoldenSet(reference="made up", seed=0, batch_size=2, groups=[group])
+    pairs, batches = golden_batches(Encoder(), golden)
+    assert len(pairs) == 5 and batches == [["q|a", "q|b"], ["q|c", "q|d"], ["q|e"]]

@@ -22,11 +22,17 @@ from rerankrt.artifact import GOLDEN_NAME, MANIFEST_NAME, PARITY_NAME, is_artifa
 from rerankrt.errors import ArtifactError, BackendUnavailableError, UnsupportedModelError
 from rerankrt.families import Family, PairEncoder, Recognition, detect_family, get_family
 from rerankrt.model_source import resolve_model
-from rerankrt.precision import Precision
 from rerankrt.runtime.backend import Backend
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving, this_machine
-from rerankrt.runtime.self_check import GoldenSet, SelfCheck, SelfCheckFailed, export_tolerance, run_self_check
+from rerankrt.runtime.self_check import (
+    GoldenSet,
+    SelfCheck,
+    SelfCheckFailed,
+    export_tolerance,
+    golden_batches,
+    run_self_check,
+)
 from rerankrt.runtime.settings import RerankerSettings
 from rerankrt.runtime.tuning import PlanTiming, TimingCache, TimingKey, Timings, measured_now, time_golden
 
@@ -81,7 +87,7 @@ def load_model(settings: RerankerSettings, machine: Machine | None = None) -> Lo
     if golden is not None and settings.tune and not explicit:
         key = TimingKey.of(folder / MANIFEST_NAME, machine, settings.threads or machine.physical_cores)
         backend, plan, check, timings = open_fastest(
-            plans, family, golden.check, golden.time, TimingCache(key), encoder, golden.size()
+            plans, family, golden.check, golden.time, TimingCache(key), encoder
         )
     else:
         checker = golden.check if golden is not None else None
@@ -125,13 +131,12 @@ def open_fastest(
     timer: Timer,
     cache: TimingCache,
     encoder: PairEncoder | None = None,
-    golden_size: tuple[int, int] = (0, 0),
 ) -> tuple[Backend, ServingPlan, SelfCheck, Timings | None]:
     """`auto` by measurement (`runtime.tuning`): the fastest plan of the first device that has one passing the
     self-check. Without timings recorded for this key, every candidate of that device is opened, checked, timed
     (`timer`) and closed, one at a time (one model in memory at once), and the result recorded; then the plans that
     passed are opened fastest first, as recorded ones are at a later start (a recorded plan that no longer loads or
-    passes gives way to the next). `golden_size`: (pairs, tokens) timed, for the record."""
+    passes gives way to the next)."""
     candidates = [plan for plan in plans if isinstance(plan, ServingPlan)]
     for plan in plans:
         if isinstance(plan, Skipped):
@@ -143,7 +148,7 @@ def open_fastest(
                  timings.summary())  # fmt: skip
         order = [by_name[timings.chosen], *(plan for plan in candidates if plan.describe() != timings.chosen)]
     else:
-        timings = _time_plans(candidates, family, check, timer, golden_size)
+        timings = _time_plans(candidates, family, check, timer)
         cache.write(timings)
         log.info("backend selected by measurement: %s", timings.summary())
         timed = sorted((t for t in timings.plans if t.seconds is not None), key=lambda t: t.seconds)
@@ -152,9 +157,7 @@ def open_fastest(
     return backend, plan, result, timings if plan.describe() == timings.chosen else None
 
 
-def _time_plans(
-    candidates: list[ServingPlan], family: Family, check: Checker, timer: Timer, golden_size: tuple[int, int]
-) -> Timings:
+def _time_plans(candidates: list[ServingPlan], family: Family, check: Checker, timer: Timer) -> Timings:
     """Every candidate of the first device (cuda first, as the fixed order) that has one passing the self-check,
     opened, checked and timed, then closed; a BackendUnavailableError naming each when none passes."""
     timings: list[PlanTiming] = []
@@ -166,6 +169,7 @@ def _time_plans(
                 timings.append(PlanTiming(plan.describe(), None, opened))
                 continue
             seconds = timer(opened[0], plan)
+            golden = opened[1].pairs, opened[1].tokens  # what was timed, for the record
             released = weakref.ref(opened[0])
             del opened  # its model leaves memory before the next one loads (a full collection only if it is held)
             if released() is not None:
@@ -176,7 +180,7 @@ def _time_plans(
         if timed:
             fastest = min(timed, key=lambda t: t.seconds)
             fastest.outcome = "served"
-            return Timings(fastest.plan, measured_now(), *golden_size, timings)
+            return Timings(fastest.plan, measured_now(), *golden, timings)
     reasons = "; ".join(f"{t.plan}: {t.outcome}" for t in timings) or "no candidate plan"
     raise BackendUnavailableError(f"no backend can run this model ({reasons})")
 
@@ -224,22 +228,14 @@ class GoldenRuns:
     tolerance: float
     machine: Machine
 
-    def _pairs(self, plan: ServingPlan) -> list:
-        self.encoder.use_prefix_reuse(plan.prefix_reuse)
-        return [pair for group in self.golden.groups for pair in self.encoder.encode(group.query, group.documents)]
-
     def check(self, backend: Backend, plan: ServingPlan) -> SelfCheck:
         self.encoder.use_prefix_reuse(plan.prefix_reuse)
         return run_self_check(backend.run, self.encoder, self.golden, plan.precision, plan.describe(),
                               self.machine.describe_cpu(), self.tolerance)  # fmt: skip
 
     def time(self, backend: Backend, plan: ServingPlan) -> float:
-        return time_golden(backend.run, self.encoder, self._pairs(plan), self.golden.batch_size)
-
-    def size(self) -> tuple[int, int]:
-        """(pairs, tokens) of the golden set as encoded without prefix marks."""
-        pairs = self._pairs(ServingPlan("", "cpu", Precision.FP32))
-        return len(pairs), sum(len(pair["input_ids"]) for pair in pairs)
+        self.encoder.use_prefix_reuse(plan.prefix_reuse)
+        return time_golden(backend.run, golden_batches(self.encoder, self.golden)[1])
 
 
 def _golden_runs(settings: RerankerSettings, folder: Path, manifest, family: Family, machine: Machine):

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from rerankrt.errors import ArtifactError, RerankrtError
-from rerankrt.families import Batch, PairEncoder
+from rerankrt.families import Batch, Features, PairEncoder
 from rerankrt.precision import Precision
 from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, FP32_TOLERANCE, FidelityThresholds, agreement
 
@@ -131,6 +131,14 @@ def judge_rule(precision: Precision, tolerance: float, thresholds: FidelityThres
     )
 
 
+def golden_batches(encoder: PairEncoder, golden: GoldenSet) -> tuple[list[Features], list[Batch]]:
+    """The golden set's pairs as `encoder` makes them, and their padded batches in arrival order (as the export
+    checks them): what the self-check scores and the measured choice times (`runtime.tuning`)."""
+    pairs = [pair for group in golden.groups for pair in encoder.encode(group.query, group.documents)]
+    step = golden.batch_size
+    return pairs, [encoder.collate(pairs[i : i + step]) for i in range(0, len(pairs), step)]
+
+
 def run_self_check(
     run: Callable[[Batch], np.ndarray],
     encoder: PairEncoder,
@@ -141,14 +149,11 @@ def run_self_check(
     tolerance: float = FP32_TOLERANCE,
     thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
 ) -> SelfCheck:
-    """The golden set through `run` (padded batches in arrival order, as the export checks), judged by the export's
-    rule for `precision`: fp32 within `tolerance` in logits, anything else by `thresholds`."""
-    pairs = [pair for g in golden.groups for pair in encoder.encode(g.query, g.documents)]
+    """The golden set through `run` (`golden_batches`), judged by the export's rule for `precision`: fp32 within
+    `tolerance` in logits, anything else by `thresholds`."""
+    pairs, batches = golden_batches(encoder, golden)
     started = time.perf_counter()
-    logits = np.concatenate(
-        [np.asarray(run(encoder.collate(pairs[i : i + golden.batch_size])), dtype=np.float64).reshape(-1)
-         for i in range(0, len(pairs), golden.batch_size)]
-    )  # fmt: skip
+    logits = np.concatenate([np.asarray(run(batch), dtype=np.float64).reshape(-1) for batch in batches])
     seconds = time.perf_counter() - started
     precision = Precision(precision)
     agreed = agreement(golden.logits, logits, golden.docs_per_query, thresholds.tie)

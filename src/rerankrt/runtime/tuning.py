@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rerankrt.families import Features, PairEncoder
+from rerankrt.artifact import sha256_file
+from rerankrt.families import Batch
 from rerankrt.runtime.machine import Machine, package_version
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,7 @@ class TimingKey:
     @classmethod
     def of(cls, manifest_file: Path, machine: Machine, threads: int) -> TimingKey:
         runtimes = tuple((name, version) for name in RUNTIMES if (version := package_version(name)))
-        digest = hashlib.sha256(manifest_file.read_bytes()).hexdigest()
-        return cls(digest, machine.cpu_model, machine.cpu_features, threads, runtimes)
+        return cls(sha256_file(manifest_file), machine.cpu_model, machine.cpu_features, threads, runtimes)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "features": list(self.features), "runtimes": dict(self.runtimes)}
@@ -142,12 +142,9 @@ def _seconds(value) -> float | None:
     return seconds
 
 
-def time_golden(
-    run: Callable, encoder: PairEncoder, pairs: Sequence[Features], batch_size: int, repeats: int = TIMING_REPEATS
-) -> float:
-    """Seconds for `pairs` through `run` in batches of `batch_size` (the self-check's batches): the fastest of
-    `repeats` passes. Run it after the self-check, whose pass is the warm-up (first-shape compilation)."""
-    batches = [encoder.collate(list(pairs[i : i + batch_size])) for i in range(0, len(pairs), batch_size)]
+def time_golden(run: Callable, batches: Sequence[Batch], repeats: int = TIMING_REPEATS) -> float:
+    """Seconds for `batches` (the self-check's, `self_check.golden_batches`) through `run`: the fastest of `repeats`
+    passes. Run it after the self-check, whose pass is the warm-up (first-shape compilation)."""
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
