@@ -50,13 +50,12 @@ def clock_ghz() -> float:
         return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6
     except (OSError, ValueError):
         pass
+    from rerankrt.runtime.machine import cpuinfo_field
+
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                return float(line.split(":", 1)[1]) / 1e3
-    except (OSError, ValueError):
-        pass
-    return 0.0
+        return float(cpuinfo_field("cpu MHz") or 0) / 1e3
+    except ValueError:
+        return 0.0
 
 
 def vector_kind(cpu: Cpu) -> str:

@@ -19,26 +19,26 @@ CPU_FEATURES = (
 )  # fmt: skip
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo ("flags", "model name", "cpu MHz"), None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    return set((cpuinfo_field("flags") or "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name as Linux reports it ("" elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("model name") or ""
 
 
 def physical_cores(cpuinfo: str | None = None) -> int:
