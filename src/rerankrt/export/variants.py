@@ -72,13 +72,17 @@ def build_variant(
         raise ExportError(f"precision {precision!r}: choose one of int8, bf16, fp16")
     precision = Precision(precision)
     reference = family.wrap_scorer(torch_model).eval()
+    # bf16 emulated here (no bf16 instructions): the golden set's pairs only, the rest left to the self-check
+    golden_only = golden is not None and precision == Precision.BF16 and not cpu_computes_bf16()
+    if golden_only:
+        log.warning("bf16: %s", EMULATED_BF16)
     graph = None
-    candidates = _candidates(precision, family, reference, fusion, folder, fp32_graph, role, int8_method)
+    candidates = _candidates(precision, family, reference, fusion, folder, fp32_graph, role, int8_method, golden_only)
     for method, candidate in candidates:
         for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
             (folder / file).unlink()
         graph, paths = candidate()  # every CPU path that may serve it: all must pass
-        report = _check_every_path(encoder, reference, paths, method, precision, thresholds, golden)
+        report = _check_every_path(encoder, reference, paths, method, precision, thresholds, golden, golden_only)
         if report.passed:
             return graph, report
     # none passed: the last candidate is the closest to fp32
@@ -93,13 +97,17 @@ def build_variant(
     return graph, report
 
 
-def _candidates(precision, family, reference, fusion, folder, fp32_graph, role, int8_method: str | None = None):
+def _candidates(
+    precision, family, reference, fusion, folder, fp32_graph, role, int8_method: str | None = None,
+    golden_only: bool = False,
+):  # fmt: skip
     """(method, build -> (graph or None, {name: runner})) for each way to make `precision`, fastest first
-    (int8: only `int8_method` when given); the runners are every CPU path that may serve it here."""
+    (int8: only `int8_method` when given); the runners are every CPU path that may serve it here. `golden_only`:
+    bf16 is checked on the golden set alone (the method says so)."""
     if precision == Precision.BF16:
         problem = bf16_hint_problem()
         method = "torch" if problem else "torch, openvino bf16 hint"
-        if not cpu_computes_bf16():
+        if golden_only:
             method = f"{method}, golden set only (bf16 emulated on this CPU)"
         yield method, lambda: (None, _bf16_paths(family, reference, folder, fp32_graph, role, problem))
         return
@@ -157,11 +165,11 @@ def cpu_computes_bf16() -> bool:
 
 def bf16_hint_problem() -> str | None:
     """Why OpenVINO's bf16 hint cannot serve bf16 on this machine, or None when it can (then the gate checks it)."""
-    from rerankrt.runtime.machine import BF16_FLAGS, cpu_flags, openvino_version
+    from rerankrt.runtime.machine import BF16_FLAGS, openvino_version
 
     if openvino_version() is None:
         return "openvino is not installed"
-    if not BF16_FLAGS & cpu_flags():
+    if not cpu_computes_bf16():
         return f"the CPU has none of {', '.join(sorted(BF16_FLAGS))} (OpenVINO would compute fp32)"
     return None
 
@@ -182,13 +190,13 @@ def _bf16_paths(family, reference, folder: Path, fp32_graph: ExportedGraph, role
     return paths
 
 
-def _check_every_path(encoder, reference, paths: Mapping, method, precision, thresholds, golden) -> FidelityReport:
-    """Each path's fidelity report (its failures include the golden set's, judged as the self-check will); the one
-    kept is the first that misses (else the last), with every path's outcome in `paths_checked`."""
+def _check_every_path(
+    encoder, reference, paths: Mapping, method, precision, thresholds, golden, golden_only: bool = False
+) -> FidelityReport:
+    """Each path's fidelity report (its failures include the golden set's, judged as the self-check will; with
+    `golden_only`, on the golden set's pairs alone); the one kept is the first that misses (else the last), with every
+    path's outcome in `paths_checked`."""
     reports = []
-    golden_only = golden is not None and precision == Precision.BF16 and not cpu_computes_bf16()
-    if golden_only:
-        log.warning("bf16: %s", EMULATED_BF16)
     for name, run in paths.items():
         if golden_only:  # bf16 emulated here: the golden set's pairs only, judged by the gate's rule
             samples = [(group.query, group.documents) for group in golden.groups]
