@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from rerankrt.runtime.machine import CPU_FEATURES, cpu_flags, physical_cores
+from rerankrt.runtime.machine import CPU_FEATURES, Machine, cpu_flags, physical_cores
 from rerankrt.runtime.plan import availability, this_machine
 
 PACKAGES = (
@@ -53,7 +53,8 @@ def collect(artifact: Path | None = None) -> dict:
             "name": torch.cuda.get_device_name(),
             "capability": ".".join(map(str, torch.cuda.get_device_capability())),
         }
-    info["backends"] = availability(this_machine())  # per backend and device: "available", or why not
+    machine = this_machine()
+    info["backends"] = availability(machine)  # per backend and device: "available", or why not
     info["serving_defaults"] = serving_defaults()
     if artifact is not None:
         from rerankrt.artifact import FIDELITY_NAME, GOLDEN_NAME, load_manifest
@@ -71,7 +72,7 @@ def collect(artifact: Path | None = None) -> dict:
             "engines": [engine.file for engine in manifest.engines],
             "golden_set": GOLDEN_NAME in manifest.files,  # what a plan must reproduce where it serves (self-check)
         }
-        info["artifact"]["plan_timings"] = plan_timings(artifact)
+        info["artifact"]["plan_timings"] = plan_timings(artifact, machine)
         if (artifact / FIDELITY_NAME).is_file():
             report = json.loads((artifact / FIDELITY_NAME).read_text())
             keys = ("passed", "accepted", "max_score_diff", "top1_agreement", "top3_agreement", "swap_rate")
@@ -79,12 +80,13 @@ def collect(artifact: Path | None = None) -> dict:
     return info
 
 
-def plan_timings(artifact: Path, threads: int | None = None) -> dict:
-    """What `auto` measured for this artifact on this machine (runtime.tuning), at `threads` (default: as serve)."""
+def plan_timings(artifact: Path, machine: Machine | None = None, threads: int | None = None) -> dict:
+    """What `auto` measured for this artifact on `machine` (default: this one) (runtime.tuning), at `threads`
+    (default: as serve)."""
     from rerankrt.artifact import MANIFEST_NAME
     from rerankrt.runtime.tuning import TimingCache, TimingKey
 
-    machine = this_machine()
+    machine = machine or this_machine()
     cache = TimingCache(TimingKey.of(artifact / MANIFEST_NAME, machine, threads or machine.physical_cores))
     recorded = cache.read()
     if recorded is None:
