@@ -55,7 +55,7 @@ def measure(folder: Path, timings: Path) -> dict:
         "load_seconds_tuned_first_start": round(first_start, 2),
         "load_seconds_tuned_later_start": round(later_start, 2),
         "tuned_choice": measured.chosen,
-        "tuned_golden_set_seconds": {t.plan: t.seconds if t.seconds is not None else t.outcome for t in measured.plans},
+        "tuned_golden_set_seconds": measured.by_plan(),
     }
     log(f"{folder.name}: {row}")
     return row

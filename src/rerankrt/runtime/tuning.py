@@ -91,6 +91,10 @@ class Timings:
                  for t in self.plans]  # fmt: skip
         return f"{self.chosen} is the fastest here ({'; '.join(parts)}; golden set, {self.pairs} pairs)"
 
+    def by_plan(self) -> dict[str, float | str]:
+        """Each plan's seconds, or why it was not timed."""
+        return {t.plan: t.seconds if t.seconds is not None else t.outcome for t in self.plans}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -45,11 +45,8 @@ def plan_choice(model) -> dict:
     timings = model.timings
     if timings is None:
         return {"serving": model.plan.describe(), "chosen_by": "fixed order"}
-    seconds = {
-        timing.plan: timing.seconds if timing.seconds is not None else timing.outcome for timing in timings.plans
-    }
     return {"serving": model.plan.describe(), "chosen_by": "measurement", "measured_at": timings.measured_at,
-            "golden_set_seconds": seconds}  # fmt: skip
+            "golden_set_seconds": timings.by_plan()}  # fmt: skip
 
 
 def self_check_summary(model) -> dict:
