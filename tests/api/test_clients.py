@@ -1,6 +1,6 @@
 """Real client libraries, unmodified, pointed at a server on 127.0.0.1 with the URL and option that the README's
-table gives: the Cohere SDK (v1 and v2 clients; in the dev extra) and LiteLLM's rerank providers (skipped when
-litellm is not installed; it is heavy). The clients only need HTTP, so the server is the in-memory model of
+table gives: the Cohere SDK (v1 and v2 clients; in the dev extra) and LiteLLM's rerank providers and infinity_client
+(each skipped when not installed). The clients only need HTTP, so the server is the in-memory model of
 tests/fakes.py in an in-process uvicorn; test_served_clients.py runs the Cohere SDK against a
 served tiny model.
 """
@@ -127,12 +127,14 @@ def test_litellm_providers(litellm, request, provider, base, path):
 # --- infinity_client (pins httpx < 0.28, so not in the dev extra; run when installed) -----------
 
 
-def test_infinity_client(infinity_base):
+@pytest.mark.parametrize("base", ["default_base", "results_base", "infinity_base"])
+def test_infinity_client(request, base):
+    """Under every convention: its body (`raw_scores`, `return_documents`, `model`) says it is Infinity's."""
     infinity_client = pytest.importorskip("infinity_client")
     from infinity_client.api.default import models, rerank
     from infinity_client.models import HTTPValidationError, RerankInput
 
-    client = infinity_client.Client(base_url=infinity_base)
+    client = infinity_client.Client(base_url=request.getfixturevalue(base))
     result = rerank.sync(client=client, body=RerankInput(query=QUERY, documents=DOCS, return_documents=True, top_n=2))
     assert [(r.index, r.document) for r in result.results] == [(i, DOCS[i]) for i in BEST_FIRST[:2]]
     invalid = rerank.sync(client=client, body=RerankInput(query="", documents=DOCS))
