@@ -19,7 +19,7 @@ from tests.fakes import make_model, settings
 
 SCORE_FORMS = ("text_1", "text_2", "queries", "data_1", "data_2")
 INFINITY_CLIENT = ("raw_scores", "return_documents", "model")  # what infinity_client always sends
-KEYS = ("texts", "documents", "query", "items", "label_token_ids", *SCORE_FORMS, *INFINITY_CLIENT, "other")
+KEYS = ("texts", "documents", "query", "items", "label_token_ids", "passages", *SCORE_FORMS, *INFINITY_CLIENT, "other")
 BODIES = [dict.fromkeys(keys, 1) for n in range(len(KEYS) + 1) for keys in itertools.combinations(KEYS, n)]
 NOT_OBJECTS = [[], ["texts"], "texts", 1, None]
 
@@ -47,6 +47,8 @@ def oracle(path: str, data, convention: str) -> str | None:
         return "sglang-score"
     if "texts" in data:
         return "tei"
+    if "passages" in data:
+        return "nim"
     return "results" if "documents" in data else None
 
 

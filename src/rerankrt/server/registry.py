@@ -16,14 +16,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from rerankrt.errors import InputError
-from rerankrt.server import cohere, infinity, operations, sagemaker, sglang, sglang_score, tei, tokens, vllm
+from rerankrt.server import cohere, infinity, nim, operations, sagemaker, sglang, sglang_score, tei, tokens, vllm
 from rerankrt.server.bodies import read_json
 from rerankrt.server.schemas import ERRORS
 from rerankrt.server.shapes import ApiShape, Claim, error_in_shape, serve_claim
 
 SHAPES: tuple[ApiShape, ...] = (
     sglang.API, vllm.API, sglang_score.API, cohere.API, tei.API, tokens.API, operations.API, infinity.API,
-    sagemaker.API,
+    sagemaker.API, nim.API,
 )  # fmt: skip
 """In the order the app serves their own routes, which is also the order claims of one tier are tried in."""
 
