@@ -38,7 +38,8 @@ def test_health_models_metrics_and_openapi():
     assert 'rerankrt_requests_total{route="/v1/score",status="400"} 1.0' in metrics.text
     assert list(spec["paths"]) == [
         "/v1/rerank", "/rerank", "/v1/score", "/score", "/invocations", "/v2/rerank", "/predict", "/tokenize",
-        "/detokenize", "/v1/tokenize", "/v1/detokenize", "/health", "/v1/models", "/models", "/ping",
+        "/detokenize", "/v1/tokenize", "/v1/detokenize", "/health", "/v1/models", "/models", "/ping", "/v1/ranking",
+        "/v1/retrieval/{model_id}/reranking",
     ]  # fmt: skip
     body = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"oneOf": [{"$ref": "#/components/schemas/VLLMScoreRequest"},

@@ -1,6 +1,7 @@
 """Real client libraries, unmodified, pointed at a server on 127.0.0.1 with the URL and option that the README's
-table gives: the Cohere SDK (v1 and v2 clients; in the dev extra) and LiteLLM's rerank providers (skipped when
-litellm is not installed; it is heavy). The clients only need HTTP, so the server is the in-memory model of
+table gives: the Cohere SDK (v1 and v2 clients; in the dev extra) and LiteLLM's rerank providers, infinity_client
+and langchain-nvidia-ai-endpoints' NVIDIARerank (each skipped when not installed: docs/development.md says how to
+run them). The clients only need HTTP, so the server is the in-memory model of
 tests/fakes.py in an in-process uvicorn; test_served_clients.py runs the Cohere SDK against a
 served tiny model.
 """
@@ -16,7 +17,7 @@ import pytest
 import uvicorn
 
 from rerankrt.server import create_app
-from tests.fakes import BEST_FIRST, DOCS, QUERY, make_model, settings
+from tests.fakes import BEST_FIRST, DOCS, LOGITS, QUERY, make_model, settings
 from tests.support import free_port
 
 cohere = pytest.importorskip("cohere")
@@ -127,12 +128,14 @@ def test_litellm_providers(litellm, request, provider, base, path):
 # --- infinity_client (pins httpx < 0.28, so not in the dev extra; run when installed) -----------
 
 
-def test_infinity_client(infinity_base):
+@pytest.mark.parametrize("base", ["default_base", "results_base", "infinity_base"])
+def test_infinity_client(request, base):
+    """Under every convention: its body (`raw_scores`, `return_documents`, `model`) says it is Infinity's."""
     infinity_client = pytest.importorskip("infinity_client")
     from infinity_client.api.default import models, rerank
     from infinity_client.models import HTTPValidationError, RerankInput
 
-    client = infinity_client.Client(base_url=infinity_base)
+    client = infinity_client.Client(base_url=request.getfixturevalue(base))
     result = rerank.sync(client=client, body=RerankInput(query=QUERY, documents=DOCS, return_documents=True, top_n=2))
     assert [(r.index, r.document) for r in result.results] == [(i, DOCS[i]) for i in BEST_FIRST[:2]]
     invalid = rerank.sync(client=client, body=RerankInput(query="", documents=DOCS))
@@ -140,7 +143,50 @@ def test_infinity_client(infinity_base):
     assert models.sync(client=client).data[0].id == "fake-reranker"
 
 
+# --- langchain-nvidia-ai-endpoints (langchain-core and langsmith: not in the dev extra; run when installed) ----
+
+
+def test_langchain_nvidia_rerank(default_base):
+    """NVIDIARerank pointed at a self-hosted NIM (`base_url=.../v1`): it posts {base_url}/ranking; with no model it
+    takes the one /v1/models lists."""
+    endpoints = pytest.importorskip("langchain_nvidia_ai_endpoints")
+    from langchain_core.documents import Document
+
+    documents = [Document(page_content=d) for d in DOCS]
+    ranker = endpoints.NVIDIARerank(base_url=f"{default_base}/v1", model="fake-reranker", top_n=2, truncate="NONE")
+    ranked = ranker.compress_documents(query=QUERY, documents=documents)
+    assert [d.page_content for d in ranked] == [DOCS[i] for i in BEST_FIRST[:2]]
+    assert ranked[0].metadata["relevance_score"] == 2.0  # the logit, as NIM's
+    with pytest.raises(Exception, match=r"\[400\] passages\[0\]: the pair is"):
+        ranker.compress_documents(query=QUERY, documents=[Document(page_content="panda " * 40)])
+
+
 # --- clients too heavy to install: the requests they send and what they read, copied from their source -------
+
+
+def test_nim_clients_request(default_base):
+    """langchain-nvidia-ai-endpoints, langchain_nvidia_ai_endpoints/reranking.py (NVIDIARerank._prepare_payload,
+    _process_response) at langchain-ai/langchain-nvidia@47a96a45a21b7d162dcaf72ae92ebb2b64287278: POST
+    {base_url}/ranking {model, query: {text}, passages: [{text}], truncate?}, reads result["rankings"] as
+    (index, logit). LiteLLM's `nvidia_nim/`, litellm/llms/nvidia_nim/rerank/transformation.py at
+    BerriAI/litellm@029d10098301619c2f8a919d261271dc485745ec: POST {api_base}/v1/retrieval/{model}/reranking with
+    the model's "_" as "." in the body and top_n as `top_k`; reads each ranking's "index" and "logit"."""
+    passages = [{"text": d} for d in DOCS]
+    langchain = httpx.post(
+        f"{default_base}/v1/ranking",
+        json={"model": "fake-reranker", "query": {"text": QUERY}, "passages": passages, "truncate": "END"},
+    ).json()
+    assert [(r["index"], r["logit"]) for r in langchain["rankings"]] == [(i, LOGITS[i]) for i in BEST_FIRST]
+    litellm = httpx.post(
+        f"{default_base}/v1/retrieval/nvidia/llama-3_2-nv-rerankqa-1b-v2/reranking",
+        json={
+            "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+            "query": {"text": QUERY},
+            "passages": passages,
+            "top_k": 2,
+        },
+    )
+    assert [(r["index"], r["logit"]) for r in litellm.json()["rankings"]] == [(i, LOGITS[i]) for i in BEST_FIRST[:2]]
 
 
 def test_llama_index_tei_reranker_request(default_base):

@@ -22,6 +22,26 @@ def test_infinity_convention(infinity_client, path):
     assert infinity_client.post(path, json={"query": QUERY, "texts": DOCS}).json()[0]["index"] == 1  # TEI still
 
 
+# What infinity_client's RerankInput(query=..., documents=...).to_dict() sends to POST /rerank: its defaults too
+# (infinity_client/models/rerank_input.py, infinity-client 0.0.78).
+INFINITY_CLIENT_BODY = {"query": QUERY, "documents": DOCS, "return_documents": False, "raw_scores": False,
+                        "model": "default/not-specified"}  # fmt: skip
+
+
+@pytest.mark.parametrize("convention", ["client", "results_client", "infinity_client"])
+def test_infinity_clients_body_is_infinitys_under_every_convention(request, convention):
+    client = request.getfixturevalue(convention)
+    answer = client.post("/rerank", json={**INFINITY_CLIENT_BODY, "return_documents": True, "top_n": 2}).json()
+    assert answer["object"] == "rerank" and answer["results"][0]["document"] == DOCS[1]  # a string, not {"text"}
+    assert [r["index"] for r in answer["results"]] == [1, 2]
+    invalid = client.post("/rerank", json={**INFINITY_CLIENT_BODY, "query": ""})
+    assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["body", "query"]
+    if convention != "infinity_client":  # a body without all three is still the convention's
+        partial = {key: value for key, value in INFINITY_CLIENT_BODY.items() if key != "model"}
+        assert "object" not in client.post("/rerank", json={**partial, "raw_scores": True}).json()
+        assert isinstance(client.post("/v1/rerank", json=INFINITY_CLIENT_BODY).json(), list) == (convention == "client")
+
+
 def test_infinity_fields_are_declared(infinity_client):
     fields = {"return_documents": True, "raw_scores": True, "top_n": 1, "model": "m"}
     for field, value in fields.items():

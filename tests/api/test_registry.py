@@ -18,7 +18,8 @@ from rerankrt.server.shapes import Claim
 from tests.fakes import make_model, settings
 
 SCORE_FORMS = ("text_1", "text_2", "queries", "data_1", "data_2")
-KEYS = ("texts", "documents", "query", "items", "label_token_ids", *SCORE_FORMS, "other")
+INFINITY_CLIENT = ("raw_scores", "return_documents", "model")  # what infinity_client always sends
+KEYS = ("texts", "documents", "query", "items", "label_token_ids", "passages", *SCORE_FORMS, *INFINITY_CLIENT, "other")
 BODIES = [dict.fromkeys(keys, 1) for n in range(len(KEYS) + 1) for keys in itertools.combinations(KEYS, n)]
 NOT_OBJECTS = [[], ["texts"], "texts", 1, None]
 
@@ -29,6 +30,8 @@ def oracle(path: str, data, convention: str) -> str | None:
     if path in ("/v1/rerank", "/rerank"):
         if is_object and "texts" in data and "documents" not in data:
             return "tei"
+        if path == "/rerank" and is_object and "texts" not in data and all(key in data for key in INFINITY_CLIENT):
+            return "infinity"
         if convention == "infinity":
             return "infinity"
         if path == "/v1/rerank":
@@ -44,6 +47,8 @@ def oracle(path: str, data, convention: str) -> str | None:
         return "sglang-score"
     if "texts" in data:
         return "tei"
+    if "passages" in data:
+        return "nim"
     return "results" if "documents" in data else None
 
 
@@ -83,7 +88,7 @@ def test_the_conventions_are_the_registrys():
 def test_a_claim_says_when_it_takes_a_body():
     with pytest.raises(ValueError, match="needs fields, a convention or fallback"):
         Claim("/rerank")
-    with pytest.raises(ValueError, match="`without` narrows `fields`"):
+    with pytest.raises(ValueError, match="`without` narrows `fields` or `all_of`"):
         Claim("/rerank", without=("texts",), convention="x")
     claim = Claim("/rerank", fields=("a", "b"), without=("c",), convention="x")
     assert claim.takes({"b": 1}, "x") and not claim.takes({"b": 1, "c": 1}, "x") and not claim.takes({"b": 1}, "y")
@@ -91,6 +96,11 @@ def test_a_claim_says_when_it_takes_a_body():
         not claim.takes(["a"], "x")
         and claim.describe() == "a body with `a` or `b` and no `c`, with --rerank-convention x"
     )
+    every = Claim("/rerank", all_of=("a", "b"), without=("c",))
+    assert every.tier == 0 and every.takes({"a": 1, "b": 1}, "y") and not every.takes({"a": 1}, "y")
+    assert not every.takes({"a": 1, "b": 1, "c": 1}, "y") and every.describe() == "a body with `a` and `b` and no `c`"
+    both = Claim("/rerank", fields=("a", "b"), all_of=("d",))
+    assert both.takes({"b": 1, "d": 1}, "y") and not both.takes({"d": 1}, "y") and not both.takes({"a": 1}, "y")
 
 
 def test_the_api_key_covers_every_shapes_own_paths():

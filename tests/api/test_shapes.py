@@ -65,6 +65,8 @@ PEER_FIELDS = {
         "raw_scores": True, "return_text": True, "truncate": False, "truncation_direction": "Left"}),
     "/predict (TEI)": ("/predict", {"inputs": [QUERY, DOCS[0]]}, {
         "raw_scores": True, "truncate": False, "truncation_direction": "Left"}),
+    "/v1/ranking (NIM)": ("/v1/ranking", {"query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS]}, {
+        "model": "m", "truncate": "NONE", "top_k": 1}),
     "/tokenize": ("/tokenize", {"prompt": QUERY}, {"add_special_tokens": False, "return_token_strs": True,
                                                    "model": "m"}),
     "/detokenize": ("/detokenize", {"tokens": [1, 2]}, {"skip_special_tokens": False, "model": "m"}),

@@ -1,5 +1,9 @@
 """Infinity's rerank API (`POST /rerank`, and `/v1/rerank`, with `--rerank-convention infinity`) and `GET /models`.
 
+Under any convention, a body on `/rerank` with `raw_scores`, `return_documents` and `model` (and no TEI `texts`) is
+Infinity's: infinity_client sends all three on every call (they have defaults), so it works unmodified. No other
+peer's client sends `raw_scores` (elsewhere a rerankrt extension); a body without all three stays the convention's.
+
 Request: `query`, `documents` (strings), `return_documents` (default false), `raw_scores` (the logit instead of
 sigmoid), `top_n`, `model`. Response: `{"object": "rerank", "results": [{"relevance_score", "index",
 "document"}], "model", "usage", "id", "created"}` with `document` a string (or null). A client mistake is a 422
@@ -18,6 +22,9 @@ from rerankrt.server.content import Input
 from rerankrt.server.schemas import NonEmptyStr, ScoringOptions
 from rerankrt.server.scoring import Scoring
 from rerankrt.server.shapes import ApiShape, Claim, infinity_shape, respond
+
+INFINITY_CLIENT_FIELDS = ("raw_scores", "return_documents", "model")
+"""What infinity_client's RerankInput always sends besides `query` and `documents` (each has a default)."""
 
 
 class InfinityRerankRequest(ScoringOptions):
@@ -67,5 +74,9 @@ async def models(request: Request) -> JSONResponse:
 API = ApiShape(
     "infinity", "Infinity's rerank (422 for a client mistake)", router=router,
     model=InfinityRerankRequest, handle=rerank, errors=infinity_shape,
-    claims=(Claim("/v1/rerank", convention="infinity"), Claim("/rerank", convention="infinity")),
+    claims=(
+        Claim("/rerank", all_of=INFINITY_CLIENT_FIELDS, without=("texts",)),
+        Claim("/v1/rerank", convention="infinity"),
+        Claim("/rerank", convention="infinity"),
+    ),
 )  # fmt: skip

@@ -16,14 +16,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from rerankrt.errors import InputError
-from rerankrt.server import cohere, infinity, operations, sagemaker, sglang, sglang_score, tei, tokens, vllm
+from rerankrt.server import cohere, infinity, nim, operations, sagemaker, sglang, sglang_score, tei, tokens, vllm
 from rerankrt.server.bodies import read_json
 from rerankrt.server.schemas import ERRORS
 from rerankrt.server.shapes import ApiShape, Claim, error_in_shape, serve_claim
 
 SHAPES: tuple[ApiShape, ...] = (
     sglang.API, vllm.API, sglang_score.API, cohere.API, tei.API, tokens.API, operations.API, infinity.API,
-    sagemaker.API,
+    sagemaker.API, nim.API,
 )  # fmt: skip
 """In the order the app serves their own routes, which is also the order claims of one tier are tried in."""
 
@@ -117,12 +117,14 @@ ROUTERS: tuple[APIRouter, ...] = (_shared_router(), *(shape.router for shape in 
 
 def convention_help() -> str:
     """What each `--rerank-convention` does, in words, from the claims (the flag's --help)."""
-    said, otherwise, by_fields = [], [], []
+    said, otherwise, by_fields = [], [], {}
     for path in SHARED_PATHS:
         if not any(claim.convention for _, claim in CLAIMS[path]):
             continue
         otherwise += [f"{path} is {shape.title}" for shape, claim in CLAIMS[path] if claim.tier == 2]
-        by_fields += [f"{claim.describe()} is {shape.title}" for shape, claim in CLAIMS[path] if claim.tier == 0]
+        for shape, claim in CLAIMS[path]:
+            if claim.tier == 0:
+                by_fields.setdefault(f"{claim.describe()} is {shape.title}", []).append(path)
     for convention in CONVENTIONS:
         answers = []
         for shape in SHAPES:
@@ -130,9 +132,10 @@ def convention_help() -> str:
             if paths:
                 answers.append(f"{' and '.join(paths)} {'is' if len(paths) == 1 else 'are'} {shape.title}")
         said.append(f"{convention}{' (default)' if convention == CONVENTIONS[0] else ''}: {', '.join(answers)}")
+    before = "; ".join(f"{rule} on {' and '.join(paths)}" for rule, paths in by_fields.items())
     return (
         f"what the shared rerank paths answer: {'; '.join(said)}; otherwise {', '.join(otherwise)}. Before any "
-        f"convention, {'; '.join(dict.fromkeys(by_fields))} (docs/api.md)"
+        f"convention, {before} (docs/api.md)"
     )
 
 

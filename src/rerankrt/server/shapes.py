@@ -171,6 +171,8 @@ class Claim:
     """When a body on a path several API shapes share is this shape's (`registry.pick` decides among them).
 
     - `fields`: the body is a JSON object with one of these fields and none of `without`;
+    - `all_of`: the body is a JSON object with every one of these fields (and, with `fields`, one of those too)
+      and none of `without`: a client that always sends the same fields says who it is;
     - `convention`: only under this `--rerank-convention` (the conventions are those the claims name);
     - `fallback`: tried after every other claim on the path (with `fields`, still only such a body).
 
@@ -180,38 +182,44 @@ class Claim:
 
     path: str
     fields: tuple[str, ...] = ()
+    all_of: tuple[str, ...] = ()
     without: tuple[str, ...] = ()
     convention: str | None = None
     fallback: bool = False
     handle: Handler | None = None
 
     def __post_init__(self):
-        if not (self.fields or self.convention or self.fallback):
+        if not (self.fields or self.all_of or self.convention or self.fallback):
             raise ValueError(f"a claim on {self.path} needs fields, a convention or fallback=True")
-        if self.without and not self.fields:
-            raise ValueError(f"a claim on {self.path}: `without` narrows `fields`, which it lacks")
+        if self.without and not (self.fields or self.all_of):
+            raise ValueError(f"a claim on {self.path}: `without` narrows `fields` or `all_of`, which it lacks")
 
     @property
     def tier(self) -> int:
         """0: by the body's fields, 1: by the convention alone, 2: a fallback."""
-        return 2 if self.fallback else 0 if self.fields else 1
+        return 2 if self.fallback else 0 if self.fields or self.all_of else 1
 
     def takes(self, data: Any, convention: str) -> bool:
         if self.convention is not None and self.convention != convention:
             return False
-        if not self.fields:
+        if not (self.fields or self.all_of):
             return True
         return (
             isinstance(data, dict)
-            and any(field in data for field in self.fields)
+            and (not self.fields or any(field in data for field in self.fields))
+            and all(field in data for field in self.all_of)
             and not any(field in data for field in self.without)
         )
 
     def describe(self) -> str:
         """When it takes a body, in words (for the OpenAPI description and --help)."""
         said = []
-        if self.fields:
-            said.append("a body with " + " or ".join(f"`{f}`" for f in self.fields))
+        if self.fields or self.all_of:
+            named = [" or ".join(f"`{f}`" for f in self.fields)] if self.fields else []
+            if self.all_of:
+                named.append(", ".join(f"`{f}`" for f in self.all_of[:-1]) + f" and `{self.all_of[-1]}`"
+                             if len(self.all_of) > 1 else f"`{self.all_of[0]}`")  # fmt: skip
+            said.append("a body with " + " and ".join(named))
             if self.without:
                 said[-1] += " and no " + " or ".join(f"`{f}`" for f in self.without)
         if self.convention:
