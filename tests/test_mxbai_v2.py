@@ -24,10 +24,7 @@ from rerankrt.export import export_model  # noqa: E402
 from rerankrt.families import MODEL_LIMITS, Truncation, detect_family, family_names  # noqa: E402
 from rerankrt.families.mxbai_v2 import MxbaiPairEncoder, MxbaiV2Family, fixed_length  # noqa: E402
 from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily  # noqa: E402
-from rerankrt.testing.tiny_models import (
-    CORPUS,  # noqa: E402
-    build_qwen3,  # noqa: E402
-)
+from rerankrt.testing.tiny_models import CORPUS, build_qwen3  # noqa: E402
 from rerankrt.testing.tiny_mxbai import PROMPT_TEXT, build_tiny_mxbai  # noqa: E402
 
 pytestmark = pytest.mark.integration
