@@ -181,3 +181,23 @@ def test_scores_equal_sentence_transformers_cross_encoder(conversion, artifact):
         np.testing.assert_allclose(reranker.logits(query, documents), logits, atol=1e-4, rtol=0)
         scores = {result.index: result.score for result in reranker.rerank(query, documents)}
     np.testing.assert_allclose([scores[i] for i in range(len(documents))], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.integration
+def test_forced_cross_encoder_scores_the_plain_pair(tmp_path):
+    """An unnamed conversion is refused; `--family cross-encoder` serves it on the plain tokenizer pair, as
+    transformers' class scores that pair."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = build_qwen3_seq_cls(tmp_path / "plain", named=False)
+    with pytest.raises(UnsupportedModelError, match="--family"):
+        detect_family(model_dir)
+    export_model(str(model_dir), tmp_path / "artifact", family="cross-encoder")
+    assert json.loads((tmp_path / "artifact" / "manifest.json").read_text())["family"] == "cross-encoder"
+    query, documents = samples(5)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected = model(**tokenizer([query] * len(documents), documents, padding=True, return_tensors="pt")).logits
+    with Reranker.load(str(tmp_path / "artifact"), backend="onnxruntime", threads=1) as reranker:
+        np.testing.assert_allclose(reranker.logits(query, documents), expected[:, 0].numpy(), atol=1e-4, rtol=0)
