@@ -67,6 +67,7 @@ def test_an_unnamed_one_is_refused_unless_forced(tmp_path):
     message = str(info.value)
     assert f"{ARCHITECTURE} with 1 labels" in message and "--family" in message
     assert all(name in message for name in family_names())
+    assert f"exactly one label, but {ARCHITECTURE}" in message and "--family cross-encoder" in message
     family, recognition = detect_family(folder, forced="qwen3-seq-cls")
     assert isinstance(family, Qwen3SeqClsFamily) and "forced" in recognition.reason
     assert isinstance(detect_family(folder, forced="cross-encoder")[0], CrossEncoderFamily)

@@ -117,7 +117,8 @@ class CrossEncoderFamily(Family):
 
     @classmethod
     def describe(cls) -> str:
-        return "cross-encoder (a *ForSequenceClassification checkpoint with exactly one label)"
+        aside = ", ".join(sorted(PROMPT_CONVERSIONS))
+        return f"cross-encoder (a *ForSequenceClassification checkpoint with exactly one label, but {aside})"
 
     def load_encoder(
         self, model_dir: Path, max_length: int | None = None, chat_template: Path | None = None
