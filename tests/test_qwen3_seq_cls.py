@@ -8,6 +8,7 @@ conversions are (one-label head W[yes] - W[no]); the reference is the conversion
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,25 @@ from rerankrt.testing.tiny_qwen3_seq_cls import (
 BACKENDS = ("onnxruntime", "openvino", "torch")
 
 
-def seq_cls_config(out: Path, named: bool = True, labels: int = 1) -> Path:
-    """A weightless folder as a conversion's (config.json says Qwen3ForSequenceClassification), for recognition."""
-    build_qwen3(out, weights=False, named=False)
+@pytest.fixture(scope="module")
+def qwen3_files(tmp_path_factory) -> Path:
+    """A tiny Qwen3-Reranker's config and tokenizer, no weights, no card (built once: training the tokenizer)."""
+    return build_qwen3(tmp_path_factory.mktemp("tokenizers") / "qwen3", weights=False, named=False)
+
+
+@pytest.fixture
+def seq_cls_config(qwen3_files):
+    """`make(out, named, labels)`: a weightless folder as a conversion's (config.json says
+    Qwen3ForSequenceClassification), for recognition and the encoder."""
+
+    def make(out: Path, named: bool = True, labels: int = 1) -> Path:
+        shutil.copytree(qwen3_files, out)
+        return _as_seq_cls(out, named, labels)
+
+    return make
+
+
+def _as_seq_cls(out: Path, named: bool, labels: int) -> Path:
     config = json.loads((out / "config.json").read_text())
     config["architectures"] = [ARCHITECTURE]
     config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
@@ -48,19 +65,19 @@ def seq_cls_config(out: Path, named: bool = True, labels: int = 1) -> Path:
 # --- recognition (unit) -----------------------------------------------------------------------------------------
 
 
-def test_a_named_conversion_is_the_prompt_family(tmp_path):
+def test_a_named_conversion_is_the_prompt_family(tmp_path, seq_cls_config):
     family, recognition = detect_family(seq_cls_config(tmp_path / "conversion"))
     assert isinstance(family, Qwen3SeqClsFamily) and recognition.family == "qwen3-seq-cls"
     assert ARCHITECTURE in recognition.reason and "Qwen/Qwen3-Reranker-0.6B" in recognition.reason
     assert "prompt applies" in recognition.reason
 
 
-def test_a_folder_named_so_is_recognised_without_a_card(tmp_path):
+def test_a_folder_named_so_is_recognised_without_a_card(tmp_path, seq_cls_config):
     folder = seq_cls_config(tmp_path / "Qwen3-Reranker-0.6B-seq-cls", named=False)
     assert isinstance(detect_family(folder)[0], Qwen3SeqClsFamily)
 
 
-def test_an_unnamed_one_is_refused_unless_forced(tmp_path):
+def test_an_unnamed_one_is_refused_unless_forced(tmp_path, seq_cls_config):
     folder = seq_cls_config(tmp_path / "some-classifier", named=False)
     with pytest.raises(UnsupportedModelError) as info:
         detect_family(folder)
@@ -73,18 +90,18 @@ def test_an_unnamed_one_is_refused_unless_forced(tmp_path):
     assert isinstance(detect_family(folder, forced="cross-encoder")[0], CrossEncoderFamily)
 
 
-def test_two_labels_are_no_ones(tmp_path):
+def test_two_labels_are_no_ones(tmp_path, seq_cls_config):
     with pytest.raises(UnsupportedModelError, match="with 2 labels"):
         detect_family(seq_cls_config(tmp_path / "two", labels=2))
 
 
-def test_the_cross_encoder_leaves_the_conversions_to_the_prompt_family(tmp_path):
+def test_the_cross_encoder_leaves_the_conversions_to_the_prompt_family(tmp_path, seq_cls_config):
     assert ARCHITECTURE in PROMPT_CONVERSIONS
     config = json.loads((seq_cls_config(tmp_path / "conversion") / "config.json").read_text())
     assert CrossEncoderFamily.recognise(config, tmp_path / "conversion") is None
 
 
-def test_pairs_are_the_cards_formatted_pair_tokens(tmp_path):
+def test_pairs_are_the_cards_formatted_pair_tokens(tmp_path, seq_cls_config):
     """The encoder's ids are the card's (format_queries(q), format_document(d)) tokenized as a pair."""
     folder = seq_cls_config(tmp_path / "conversion")
     encoder = Qwen3SeqClsFamily().load_encoder(folder)
@@ -103,7 +120,7 @@ def test_pairs_are_the_cards_formatted_pair_tokens(tmp_path):
         assert ours == theirs["input_ids"]
 
 
-def test_the_logit_names_no_label_tokens(tmp_path):
+def test_the_logit_names_no_label_tokens(tmp_path, seq_cls_config):
     family = Qwen3SeqClsFamily()
     assert family.label_tokens(family.load_encoder(seq_cls_config(tmp_path / "conversion"))) is None
 
