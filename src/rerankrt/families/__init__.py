@@ -23,6 +23,7 @@ from rerankrt.families.base import (
 from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.mxbai_v2 import MxbaiV2Family
+from rerankrt.families.qwen3_seq_cls import Qwen3SeqClsFamily
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
 from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily
 from rerankrt.model_source import read_config
@@ -33,6 +34,7 @@ FAMILIES: tuple[type[Family], ...] = (
     Qwen3VLFamily,
     BgeGemmaFamily,
     MxbaiV2Family,
+    Qwen3SeqClsFamily,
 )
 
 # Old family names, still read wherever a family name is (manifests of artifacts exported before a rename, --family):

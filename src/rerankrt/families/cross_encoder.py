@@ -38,6 +38,10 @@ FUSABLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert",
 # A query may take at most this share of the token budget; the rest is the document's.
 QUERY_SHARE = 3 / 4
 
+# Decoder rerankers converted to a one-label head (families.qwen3_seq_cls) expect their prompt, which a plain
+# tokenizer pair lacks: the cross-encoder does not claim them (`--family cross-encoder` still takes one).
+PROMPT_CONVERSIONS = frozenset({"Qwen3ForSequenceClassification"})
+
 
 def num_labels(config: dict) -> int:
     """transformers stores the label count as id2label; without it the default is 2."""
@@ -107,13 +111,14 @@ class CrossEncoderFamily(Family):
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
         found = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
-        if not found or num_labels(config) != 1:
+        if not found or num_labels(config) != 1 or found[0] in PROMPT_CONVERSIONS:
             return None
         return f"{found[0]} with one label: the head's logit is the score"
 
     @classmethod
     def describe(cls) -> str:
-        return "cross-encoder (a *ForSequenceClassification checkpoint with exactly one label)"
+        aside = ", ".join(sorted(PROMPT_CONVERSIONS))
+        return f"cross-encoder (a *ForSequenceClassification checkpoint with exactly one label, but {aside})"
 
     def load_encoder(
         self, model_dir: Path, max_length: int | None = None, chat_template: Path | None = None
