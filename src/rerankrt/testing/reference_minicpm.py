@@ -108,5 +108,7 @@ class LayerwiseReference:
             scores[rows] = pooled.numpy()
         return scores
 
-    def score(self, query: str, passages: Sequence[str], cutoff: int, max_length: int = 512) -> np.ndarray:
-        return self.logits([(query, p) for p in passages], cutoff, max_length)
+    def score(
+        self, query: str, passages: Sequence[str], cutoff: int, max_length: int = 512, batch_size: int = 4
+    ) -> np.ndarray:
+        return self.logits([(query, p) for p in passages], cutoff, max_length, batch_size)

@@ -117,8 +117,9 @@ def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
     return weights
 
 
-def build_tiny_minicpm(out: Path, seed: int = 0, named: bool = True, **config_overrides) -> Path:
-    """The tiny checkpoint in `out` (config.json, model.safetensors, tokenizer, model card unless `named=False`)."""
+def build_tiny_minicpm(out: Path, seed: int = 0, named: bool = True, weights: bool = True, **config_overrides) -> Path:
+    """The tiny checkpoint in `out`: config.json, model.safetensors (unless `weights=False`: detection and encoders
+    need none), tokenizer, model card (unless `named=False`)."""
     from safetensors.torch import save_file
 
     tokenizer = build_minicpm_tokenizer()
@@ -126,8 +127,9 @@ def build_tiny_minicpm(out: Path, seed: int = 0, named: bool = True, **config_ov
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in random_weights(config, seed).items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})  # fmt: skip
+    if weights:
+        tensors = {k: v.contiguous() for k, v in random_weights(config, seed).items()}
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(out)
     if named:
         model_card(out, BASE_MODEL)
