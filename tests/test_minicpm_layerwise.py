@@ -31,7 +31,7 @@ from rerankrt.testing.reference_gemma import flag_inputs  # noqa: E402
 from rerankrt.testing.reference_minicpm import LayerwiseReference  # noqa: E402
 from rerankrt.testing.tiny_gemma import CORPUS  # noqa: E402
 from rerankrt.testing.tiny_minicpm import LAYERS, START_LAYER, build_tiny_minicpm  # noqa: E402
-from tests.support import edit_manifest  # noqa: E402
+from tests.support import edit_manifest, rerankrt  # noqa: E402
 
 WORDS = sorted({w for line in CORPUS for w in line.replace("\n", " ").split()}) + ["Yes", "No", "熊猫", "zebra"]
 CUT = 3  # the cut-off the second artifact is exported with (the tiny model has heads for layers 2..6)
@@ -269,3 +269,15 @@ def test_a_plain_folder_serves_the_default_cutoff(minicpm_dir, reference):
         np.testing.assert_allclose(
             reranker.logits(query, docs), reference.score(query, docs, LAYERS), atol=1e-4, rtol=0
         )
+
+
+@pytest.mark.integration
+def test_the_command_line_takes_and_checks_family_options(tokenizer_dir, tmp_path):
+    result = rerankrt("export", str(tokenizer_dir), "--out", str(tmp_path / "a"), "--family-option", "cutoff_layer=9")
+    assert result.returncode != 0 and "cutoff_layer=9" in result.stderr and "2 to 6" in result.stderr
+    result = rerankrt("export", str(tokenizer_dir), "--out", str(tmp_path / "b"), "--family-option", "cutoff_layer")
+    assert result.returncode == 2 and "expected NAME=VALUE" in result.stderr
+    twice = ("--family-option", "cutoff_layer=2", "--family-option", "cutoff_layer=3")
+    result = rerankrt("export", str(tokenizer_dir), "--out", str(tmp_path / "c"), *twice)
+    assert result.returncode != 0 and "given twice" in result.stderr
+    assert not any((tmp_path / name).exists() for name in "abc")
