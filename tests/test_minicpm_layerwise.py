@@ -281,3 +281,19 @@ def test_the_command_line_takes_and_checks_family_options(tokenizer_dir, tmp_pat
     result = rerankrt("export", str(tokenizer_dir), "--out", str(tmp_path / "c"), *twice)
     assert result.returncode != 0 and "given twice" in result.stderr
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_hidden_layers": "many"}, "not a number"),
+        ({"hidden_size": None}, "not a positive number"),
+        ({"num_attention_heads": 0}, "not a positive number"),
+        ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "only linear scaling"),
+    ],
+)
+def test_a_broken_config_is_refused_by_name(tmp_path, change, message):
+    path = build_tiny_minicpm(tmp_path / "bge-reranker-v2-minicpm-layerwise", weights=False, **change)
+    with pytest.raises(UnsupportedModelError, match=message):
+        LayerwiseFamily().configure({}, path)
+        LayerwiseFamily().load_export_model(path)

@@ -104,25 +104,32 @@ class LayerwiseConfig:
 
         c = self.raw
         rope = c.get("rope_scaling")
-        if rope is not None:
-            if not isinstance(rope, Mapping) or rope.get("type") != "linear":
-                raise UnsupportedModelError(f"rope_scaling {rope!r}: only linear scaling (or none) is supported")
-            rope = {"rope_type": "linear", "factor": float(rope["factor"])}
-        heads = int(c["num_attention_heads"])
-        return LlamaConfig(
-            vocab_size=int(c["vocab_size"]), hidden_size=int(c["hidden_size"]),
-            intermediate_size=int(c["intermediate_size"]), num_hidden_layers=cutoff, num_attention_heads=heads,
-            num_key_value_heads=int(c.get("num_key_value_heads") or heads), head_dim=int(c["hidden_size"]) // heads,
-            hidden_act=c.get("hidden_act", "silu"), max_position_embeddings=int(c.get("max_position_embeddings", 2048)),
-            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_theta=float(c.get("rope_theta", 10000.0)),
-            rope_scaling=rope, attention_bias=bool(c.get("attention_bias", False)), mlp_bias=False,
-            tie_word_embeddings=False, pad_token_id=pad, num_labels=1,
-            architectures=["LlamaForSequenceClassification"],
-        )  # fmt: skip
+        if rope is not None and (not isinstance(rope, Mapping) or rope.get("type") != "linear"):
+            raise UnsupportedModelError(f"rope_scaling {rope!r}: only linear scaling (or none) is supported")
+        try:
+            heads = int(c["num_attention_heads"])
+            return LlamaConfig(
+                vocab_size=int(c["vocab_size"]), hidden_size=int(c["hidden_size"]),
+                intermediate_size=int(c["intermediate_size"]), num_hidden_layers=cutoff, num_attention_heads=heads,
+                num_key_value_heads=int(c.get("num_key_value_heads") or heads),
+                head_dim=int(c["hidden_size"]) // heads, hidden_act=c.get("hidden_act", "silu"),
+                max_position_embeddings=int(c.get("max_position_embeddings", 2048)),
+                rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_theta=float(c.get("rope_theta", 10000.0)),
+                rope_scaling=rope and {"rope_type": "linear", "factor": float(rope["factor"])},
+                attention_bias=bool(c.get("attention_bias", False)), mlp_bias=False, tie_word_embeddings=False,
+                pad_token_id=pad, num_labels=1, architectures=["LlamaForSequenceClassification"],
+            )  # fmt: skip
+        except KeyError as exc:
+            raise UnsupportedModelError(f"config.json has no {exc}") from exc
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            raise UnsupportedModelError(f"config.json: a size that is not a positive number ({exc})") from exc
 
 
 def read_layerwise_config(model_dir: Path) -> LayerwiseConfig:
-    config = LayerwiseConfig.of(read_config(model_dir))
+    try:
+        config = LayerwiseConfig.of(read_config(model_dir))
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedModelError(f"{model_dir}/config.json: a layerwise field is not a number ({exc})") from exc
     if config.head_type != HEAD_TYPE:
         raise UnsupportedModelError(
             f"{model_dir}: head_type {config.head_type!r}; FlagEmbedding scores only with one-logit {HEAD_TYPE!r} heads"
@@ -153,6 +160,8 @@ def read_tensors(model_dir: Path, keys: list[str]) -> dict[str, torch.Tensor]:
     ):
         if (folder / index_name).is_file():
             weight_map = json.loads((folder / index_name).read_text()).get("weight_map", {})
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise UnsupportedModelError(f"{folder / index_name}: its weight_map is not names of files")
             if missing := [key for key in keys if key not in weight_map]:
                 raise UnsupportedModelError(f"{folder / index_name}: no {missing[0]!r}")
             files: dict[str, list[str]] = {}
