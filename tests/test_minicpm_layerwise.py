@@ -297,3 +297,39 @@ def test_a_broken_config_is_refused_by_name(tmp_path, change, message):
     with pytest.raises(UnsupportedModelError, match=message):
         LayerwiseFamily().configure({}, path)
         LayerwiseFamily().load_export_model(path)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("form", ["safetensors-shards", "bin", "bin-shards"])
+def test_sharded_and_pytorch_weights_load_the_same(minicpm_dir, tmp_path, form):
+    """The weight reader takes an index of shards and PyTorch .bin files, as a Hub checkpoint may have them."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "bge-reranker-v2-minicpm-layerwise"
+    shutil.copytree(minicpm_dir, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = [names[::2], names[1::2]] if form.endswith("shards") else [names]
+    suffix = "bin" if form.startswith("bin") else "safetensors"
+    stem = "pytorch_model" if suffix == "bin" else "model"
+    weight_map = {}
+    for i, keys in enumerate(shards):
+        file = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{suffix}" if len(shards) > 1 else f"{stem}.{suffix}"
+        part = {key: tensors[key] for key in keys}
+        if suffix == "bin":
+            torch.save(part, folder / file)
+        else:
+            save_file(part, str(folder / file))
+        weight_map |= dict.fromkeys(keys, file)
+    if len(shards) > 1:
+        (folder / f"{stem}.{suffix}.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    family = LayerwiseFamily()
+    encoder = family.load_encoder(folder)
+    batch = encoder.collate(encoder.encode("what is panda?", ["hi", "The giant panda is a bear species."]))
+    batch.pop("prefix_length", None)
+    expected = run_torch(LayerwiseFamily().load_scorer(minicpm_dir), batch)
+    np.testing.assert_array_equal(run_torch(family.load_scorer(folder), batch), expected)
