@@ -148,4 +148,5 @@ def test_info_reports_the_machine_and_the_artifact(artifact_dirs):
     graphs = {"scorer": "model.onnx", "decoder": "decoder.onnx"}  # the decoder graph: prefix reuse
     assert info["artifact"]["precision"] == "fp32" and info["artifact"]["graphs"] == graphs
     reason = info["artifact"]["family_reason"]  # why the family was chosen, recorded at export
+    assert info["artifact"]["family_options"] == {}  # --family-option at export: none
     assert reason.startswith("detected: Qwen3ForCausalLM") and "Qwen3-Reranker" in reason

@@ -88,6 +88,7 @@ class Manifest(BaseModel):
     format_version: int
     family: str
     family_reason: str | None = None  # how the family was chosen: detected from what, or forced with --family
+    family_options: dict[str, str] = {}  # the family's export options, resolved (--family-option; Family.configure)
     source: SourceModel
     max_length: int
     precision: Precision = Precision.FP32  # what serves by default (checked in fidelity.json)

@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat-template", type=Path, help="Jinja prompt template (prompt-based rerankers such as Qwen3)"
     )
     export.add_argument(
+        "--family-option",
+        type=option_pair,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an export option of the family, recorded in the artifact (repeatable); e.g. cutoff_layer=28 picks the "
+        "scoring layer of a layerwise reranker (docs/export.md)",
+    )
+    export.add_argument(
         "--precision",
         default="fp32",
         choices=PRECISIONS,
@@ -173,6 +182,24 @@ def run_build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def option_pair(text: str) -> tuple[str, str]:
+    """NAME=VALUE, for --family-option."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    return name.strip(), value.strip()
+
+
+def family_options(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """--family-option pairs as a dict; a name given twice is an error."""
+    options: dict[str, str] = {}
+    for name, value in pairs:
+        if name in options:
+            raise SystemExit(f"--family-option {name}: given twice")
+        options[name] = value
+    return options
+
+
 def run_export(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     from rerankrt.export import export_model
@@ -186,6 +213,7 @@ def run_export(args: argparse.Namespace) -> int:
         revision=args.revision,
         family=args.family,
         chat_template=args.chat_template,
+        family_options=family_options(args.family_option),
         force=args.force,
         precision=args.precision,
         accept_fidelity_loss=args.accept_fidelity_loss,

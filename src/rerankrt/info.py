@@ -65,6 +65,7 @@ def collect(artifact: Path | None = None) -> dict:
             "path": str(artifact),
             "family": canonical_family_name(manifest.family),  # an old name as the current one
             "family_reason": manifest.family_reason,
+            "family_options": manifest.family_options,  # --family-option at export, resolved
             "source": manifest.source.ref,
             "precision": manifest.precision.value,
             "max_length": manifest.max_length,

@@ -69,6 +69,7 @@ def export_model(
     revision: str | None = None,
     family: str | None = None,
     chat_template: Path | None = None,
+    family_options: dict[str, str] | None = None,
     force: bool = False,
     tolerance: float = FP32_TOLERANCE,
     precision: Precision | str = Precision.FP32,
@@ -77,7 +78,8 @@ def export_model(
 ) -> Manifest:
     """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest.
 
-    `precision` other than fp32 adds that variant (checked for fidelity) and makes it the one served.
+    `precision` other than fp32 adds that variant (checked for fidelity) and makes it the one served;
+    `family_options` are the family's export options (`Family.options`), recorded resolved in the manifest.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
@@ -91,10 +93,12 @@ def export_model(
     source = resolve_model(model, revision)
     config = source.config()
     chosen, recognition = detect_family(source.path, family)
+    options = chosen.configure(family_options or {}, source.path)  # before anything is loaded
     if problem := chosen.precision_problem(precision):
         raise ExportError(f"precision {precision}: {problem}")
     encoder = chosen.load_encoder(source.path, max_length, chat_template)
-    log.info("family %s (%s), max_length %d", chosen.name, recognition.reason, encoder.max_length)
+    log.info("family %s (%s), max_length %d, options %s", chosen.name, recognition.reason, encoder.max_length,
+             options or "none")  # fmt: skip
     step = Steps(4 + (precision != Precision.FP32))
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -163,6 +167,7 @@ def export_model(
                 format_version=FORMAT_VERSION,
                 family=chosen.name,
                 family_reason=recognition.reason,
+                family_options=options,
                 source=SourceModel(
                     ref=model,
                     revision=source.revision,

@@ -275,6 +275,9 @@ class Family(ABC):
     `serving_graphs` chooses; `serving_pipeline` runs it)."""
     export_hints: ClassVar[ExportHints] = ExportHints()
     """int8 keep-float and sensitive products, onnxruntime fusion, where a nested config keeps the sizes."""
+    options: ClassVar[Mapping[str, str]] = {}
+    """Export options the family takes (`rerankrt export --family-option NAME=VALUE`): name -> what it sets. The
+    manifest records them resolved (`family_options`) and `configure` is given them again when the artifact loads."""
 
     @classmethod
     @abstractmethod
@@ -289,6 +292,17 @@ class Family(ABC):
     def describe(cls) -> str:
         """One line for error messages: which checkpoints the family takes."""
         return cls.name
+
+    def configure(self, options: Mapping[str, str], model_dir: Path) -> dict[str, str]:
+        """Take the export `options` for the checkpoint (or artifact) in `model_dir`, before anything is loaded;
+        returns them resolved (defaults filled in) as the manifest records them. An UnsupportedModelError names an
+        option the family does not take or a value it refuses."""
+        if unknown := sorted(set(options) - set(self.options)):
+            takes = ", ".join(self.options) or "none"
+            raise UnsupportedModelError(
+                f"--family-option {unknown[0]}: the {self.name} family takes no such option (it takes: {takes})"
+            )
+        return dict(options)
 
     @abstractmethod
     def load_encoder(

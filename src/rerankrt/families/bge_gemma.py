@@ -93,6 +93,7 @@ class BgeGemmaPairEncoder(PairEncoder):
 
     input_names = ("input_ids", "attention_mask")
     prefix_reuse = True
+    model_name = "bge-reranker-v2-gemma"  # for the errors
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
@@ -110,9 +111,13 @@ class BgeGemmaPairEncoder(PairEncoder):
         self.max_length = max_length
         self.query_max_length = self.flag_max_length * QUERY_SHARE[0] // QUERY_SHARE[1]
         self.pair_limit = self.flag_max_length + len(self.sep) + len(self.prompt)
-        bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-        self.head = [bos] if bos is not None and bos != pad else []
+        self.head = self.first_tokens(tokenizer)
         self.cut_left = tokenizer.truncation_side == "left"
+
+    def first_tokens(self, tokenizer) -> list[int]:
+        """What precedes "A: {query}": bos when it exists and differs from pad (FlagLLMReranker)."""
+        bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+        return [bos] if bos is not None and bos != pad else []
 
     def _tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -133,7 +138,7 @@ class BgeGemmaPairEncoder(PairEncoder):
         if instruct is not None and instruct.strip():  # "" is no instruction, as for the other families
             raise InputError(
                 "instruct",
-                "bge-reranker-v2-gemma scores with the fixed prompt it was fine-tuned with and takes no instruction",
+                f"{self.model_name} scores with the fixed prompt it was fine-tuned with and takes no instruction",
             )
         if not documents:
             return []

@@ -334,9 +334,12 @@ def _zeros(shape: tuple, like):
     return like.new_zeros(shape)
 
 
-def graph_pipeline(folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
+def graph_pipeline(
+    folder: Path, graphs: Mapping[str, GraphRunner], geometry: tuple[int, int, int] | None = None
+) -> Callable[[Batch], np.ndarray]:
     """run(batch) -> logits over the loaded graphs: the decoder graph alone when it is there (prefix reuse), else
-    the scorer graph alone (prefix reuse off, a reduced-precision scorer, or an artifact without the decoder)."""
+    the scorer graph alone (prefix reuse off, a reduced-precision scorer, or an artifact without the decoder).
+    `geometry`: the decoder graph's (layers, kv_heads, head_dim) when config.json's are not its (a cut-off)."""
     if DECODER not in graphs:
         scorer = graphs[SCORER]
 
@@ -346,7 +349,7 @@ def graph_pipeline(folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[
 
         return plain
     decoder = graphs[DECODER]
-    layers, heads, head_dim = past_geometry(json.loads((Path(folder) / "config.json").read_text()))
+    layers, heads, head_dim = geometry or past_geometry(json.loads((Path(folder) / "config.json").read_text()))
 
     def run(feeds: Batch, keys: np.ndarray, values: np.ndarray, present: bool) -> tuple:
         outputs = decoder.run({**feeds, "past_keys": keys, "past_values": values},

@@ -63,6 +63,7 @@ def load_model(settings: RerankerSettings, machine: Machine | None = None) -> Lo
         manifest = load_manifest(folder)
         try:
             family = get_family(manifest.family)
+            family.configure(manifest.family_options, folder)
         except UnsupportedModelError as exc:
             raise ArtifactError(f"{folder / 'manifest.json'}: {exc}") from exc
         if settings.max_length is not None and settings.max_length > manifest.max_length:

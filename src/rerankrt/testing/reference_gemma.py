@@ -24,9 +24,14 @@ DEFAULT_PROMPT = (
 
 
 def flag_inputs(
-    tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 512, query_max_length: int | None = None
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    max_length: int = 512,
+    query_max_length: int | None = None,
+    always_bos: bool = False,
 ) -> list[list[int]]:
-    """Each (query, passage) as FlagLLMReranker's unpadded input_ids."""
+    """Each (query, passage) as FlagLLMReranker's unpadded input_ids (`always_bos`: LayerWiseLLMReranker's, which
+    puts bos first even where it is the pad token)."""
     if query_max_length is None:
         query_max_length = max_length * 3 // 4
     queries = ["A: " + q for q, _ in pairs]  # query_instruction_for_rerank "A: ", format "{}{}"
@@ -36,7 +41,7 @@ def flag_inputs(
     prompt_ids = tokenizer(DEFAULT_PROMPT, add_special_tokens=False)["input_ids"]
     sep_ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
     encode_max_length = max_length + len(sep_ids) + len(prompt_ids)
-    use_bos = tokenizer.bos_token_id is not None and tokenizer.bos_token_id != tokenizer.pad_token_id
+    use_bos = always_bos or (tokenizer.bos_token_id is not None and tokenizer.bos_token_id != tokenizer.pad_token_id)
     out = []
     for q_ids, p_ids in zip(q_inputs["input_ids"], p_inputs["input_ids"], strict=True):
         item = tokenizer.prepare_for_model(
