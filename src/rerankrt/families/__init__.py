@@ -22,6 +22,7 @@ from rerankrt.families.base import (
 )
 from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
+from rerankrt.families.packed import PackedScorer, pad_stream  # the torch backend's packed path (families.packed)
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
 from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily
 from rerankrt.model_source import read_config
@@ -41,6 +42,7 @@ __all__ = [
     "Family",
     "Features",
     "GraphRunner",
+    "PackedScorer",
     "PairEncoder",
     "Recognition",
     "Truncation",
@@ -48,6 +50,7 @@ __all__ = [
     "detect_family",
     "family_names",
     "get_family",
+    "pad_stream",
 ]
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rerankrt.families import packed
 from rerankrt.families.base import (
     SCORER,
     Batch,
@@ -63,7 +64,7 @@ from rerankrt.precision import Precision
 
 DECODER = "decoder"
 ROLES = (DECODER,)
-PREFIX_LENGTH = "prefix_length"
+PREFIX_LENGTH = packed.PREFIX_LENGTH
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids", "past_mask", "past_keys", "past_values")
 DECODER_OUTPUTS = ("logits", "present_keys", "present_values")
 MIN_PREFIX_TOKENS = 16  # shorter shared prefixes are not worth a second call (bench: prefix_reuse)
@@ -418,6 +419,11 @@ class PrefixReuseFamily(Family):
             return ServingGraphs(reuse, prefix_reuse=True)
         scorer = graphs_in((SCORER,), roles, precision)
         return scorer if isinstance(scorer, str) else ServingGraphs(scorer)
+
+    def packed_module(self, scorer: torch.nn.Module) -> torch.nn.Module | str:
+        """The folded classifier on packed streams: pairs back to back, or (rows carrying `prefix_length`) the
+        shared prefix once and each document after it in the same sequence (multi-item, `families.packed`)."""
+        return packed.DecoderPacked(scorer.classifier)
 
     def parity_samples(self, encoder: PairEncoder) -> list | None:
         """The parity check's samples (None: the exporter's generated text)."""
