@@ -97,7 +97,9 @@ class RerankerSettings(BaseModel):
         "--no-tune serves the first plan of the fixed order that passes (--backend and --precision always do); "
         "RERANKRT_TUNE=0 turns it off for Reranker.load too",
     )
-    max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
+    max_batch_size: int = Field(
+        32, ge=1, description="pairs per forward pass at most (packed batches: max_batch_tokens alone bounds them)"
+    )
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"
     )
