@@ -22,6 +22,7 @@ runtime) may replace the module's call.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -265,12 +266,11 @@ class DecoderPacked(PackedModule):
         return self.classifier.score(hidden.last_hidden_state)[0, :, 0].float()
 
 
-def _old_encoder_masks() -> bool:
-    """transformers 4.x BERT-like models take a custom mask as [batch, T, T] of 0/1 (get_extended_attention_mask);
-    5.x as a 4-D mask (passed through as given)."""
-    import transformers
-
-    return int(transformers.__version__.split(".")[0]) < 5
+def _old_encoder_masks(base: torch.nn.Module) -> bool:
+    """True for BERT-like models written the transformers 4.x way (per-implementation attention classes, a custom
+    mask taken as [batch, T, T] of 0/1 by get_extended_attention_mask); those of 5.x take a 4-D mask as given."""
+    module = sys.modules[type(base).__module__]
+    return any(name.endswith("_SELF_ATTENTION_CLASSES") for name in vars(module))
 
 
 class EncoderPacked(PackedModule):
@@ -283,7 +283,7 @@ class EncoderPacked(PackedModule):
         super().__init__()
         self.model, self.position_offset, self.pooled = model, position_offset, pooled
         self.base = getattr(model, model.base_model_prefix)
-        self.old_masks = _old_encoder_masks()
+        self.old_masks = _old_encoder_masks(self.base)
 
     def transformer(self) -> torch.nn.Module:
         return self.base
