@@ -191,6 +191,17 @@ def test_streams_run_padded_to_their_bucket_compiled_once_each_and_longer_ones_e
     assert dict(runner.compile_requests) == {8: 1, 16: 1, 32: 1} and runner.eager_runs == 1
 
 
+def test_warm_up_compiles_each_bucket_once_within_its_bound(caplog):
+    compiled = []
+    runner = GraphBuckets(_Mixer(), (8, 16), compile=lambda m: compiled.append(m) or m)
+    with caplog.at_level("INFO", logger="rerankrt.runtime.cuda_graphs"):
+        assert runner.warm_up("cpu", seconds=-1) == []  # the bound spent before the first bucket
+        assert runner.warm_up("cpu", seconds=600) == [8, 16]
+    assert "compile on first use" in caplog.text and "buckets [8, 16] tokens warmed" in caplog.text
+    runner(_stream(12, 0))
+    assert len(compiled) == 2 and dict(runner.compile_requests) == {8: 1, 16: 1}
+
+
 def test_padding_tokens_are_a_group_of_their_own():
     padded = pad_stream(_stream(5, 0), 8)
     assert padded["group"][0, 5:].tolist() == [PAD_GROUP] * 3 and padded["input_ids"].shape == (1, 8)

@@ -311,7 +311,7 @@ class EncoderPacked(PackedModule):
 class PackedScorer:
     """`scorer(batch) -> float32 logits [batch]` on packed streams of at most `budget` tokens through `module`
     (or `run_stream(tensors) -> logits [T]`, a runner over it); multi-item groups when rows carry `prefix_length`
-    and `multi_item`. `last_streams` records the streams of the last batch (lengths, for benchmarks and tests)."""
+    and `multi_item`. `streams_run` keeps the streams of the last batch (for benchmarks and tests)."""
 
     def __init__(
         self,
@@ -325,7 +325,12 @@ class PackedScorer:
         self.module, self.budget, self.device = module, budget, device
         self.multi_item, self.min_prefix = multi_item and module.causal, min_prefix
         self.run_stream = run_stream or (lambda tensors: module(**tensors))
-        self.last_streams: list[int] = []
+        self.streams_run: list[Stream] = []
+
+    @property
+    def last_streams(self) -> list[int]:
+        """The lengths of the last batch's streams."""
+        return [len(stream) for stream in self.streams_run]
 
     def streams(self, batch: Batch) -> list[Stream]:
         if self.multi_item and PREFIX_LENGTH in batch:
@@ -334,8 +339,7 @@ class PackedScorer:
 
     def __call__(self, batch: Batch) -> np.ndarray:
         out = np.empty(len(batch["input_ids"]), dtype=np.float32)
-        streams = self.streams(batch)
-        self.last_streams = [len(stream) for stream in streams]
+        streams = self.streams_run = self.streams(batch)
         with torch.inference_mode():
             for stream in streams:
                 logits = self.run_stream(stream.tensors(self.device))
