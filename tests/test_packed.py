@@ -336,3 +336,18 @@ def test_the_reranker_serves_packed_batches_on_the_torch_backend(model_dirs, arc
     finally:
         packed.close()
         padded.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("arch", ["xlmr", "qwen3"])
+def test_packed_batches_pass_an_artifacts_self_check(artifact_dirs, arch):
+    """The torch backend's packed path (multi-item for Qwen3: the golden set's rows carry their prefix) scores the
+    artifact's golden set within what the export accepted, judged by the unchanged fidelity rule."""
+    from rerankrt.runtime import Reranker
+
+    reranker = Reranker.load(str(artifact_dirs[arch]), backend="torch", threads=1, packed_batches=True)
+    try:
+        assert reranker.backend.packed is not None and reranker.model.encoder.prefix_reuse == (arch == "qwen3")
+        assert reranker.model.self_check is not None and reranker.model.self_check.passed
+    finally:
+        reranker.close()
