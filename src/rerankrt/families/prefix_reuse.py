@@ -38,6 +38,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -404,6 +405,7 @@ class PrefixReuseFamily(Family):
     scorer that reuses prefixes, and the parity check of both against the folded classifier on whole rows."""
 
     whole_reference: str  # how the parity reference is described: the folded classifier, whole pairs
+    packed: ClassVar[bool] = False  # the torch backend may pack its batches (tests/test_packed.py proves it exact)
 
     def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
         """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
@@ -422,7 +424,10 @@ class PrefixReuseFamily(Family):
 
     def packed_module(self, scorer: torch.nn.Module) -> torch.nn.Module | str:
         """The folded classifier on packed streams: pairs back to back, or (rows carrying `prefix_length`) the
-        shared prefix once and each document after it in the same sequence (multi-item, `families.packed`)."""
+        shared prefix once and each document after it in the same sequence (multi-item, `families.packed`); for
+        the families that declare `packed` (proven exact for them), else their batches stay padded."""
+        if not self.packed:
+            return super().packed_module(scorer)
         return packed.DecoderPacked(scorer.classifier)
 
     def parity_samples(self, encoder: PairEncoder) -> list | None:
