@@ -264,7 +264,8 @@ class Packed:
     it ran (`last`)."""
 
     def __init__(self, model_dir: Path, dtype: torch.dtype, device: str, budget: int, graphs: bool, warmup_s: float):
-        from rerankrt.families import PackedScorer, detect_family
+        from rerankrt.families import detect_family
+        from rerankrt.families.packed import PackedScorer
         from rerankrt.runtime.cuda_graphs import GraphBuckets, reduce_overhead
 
         family, _ = detect_family(model_dir)

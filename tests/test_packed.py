@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from rerankrt.families import PackedScorer, get_family
+from rerankrt.families import get_family
 from rerankrt.families.base import ClassifierLogitScorer, run_torch
 from rerankrt.families.packed import (
     PAD_GROUP,
     PREFIX_LENGTH,
+    PackedScorer,
     additive_mask,
     allowed,
     block_mask,

@@ -24,7 +24,6 @@ from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
 from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily
-from rerankrt.families.packed import PackedScorer, pad_stream  # noqa: I001 (the torch backend's packed path)
 from rerankrt.model_source import read_config
 
 FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, Qwen3YesNoFamily, Qwen3VLFamily, BgeGemmaFamily)
@@ -42,7 +41,6 @@ __all__ = [
     "Family",
     "Features",
     "GraphRunner",
-    "PackedScorer",
     "PairEncoder",
     "Recognition",
     "Truncation",
@@ -50,7 +48,6 @@ __all__ = [
     "detect_family",
     "family_names",
     "get_family",
-    "pad_stream",
 ]
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from rerankrt.families import pad_stream
+from rerankrt.families.packed import pad_stream
 
 log = logging.getLogger(__name__)
 

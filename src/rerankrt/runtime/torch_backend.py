@@ -15,7 +15,8 @@ import torch
 
 from rerankrt.artifact import check_source_files
 from rerankrt.errors import BackendUnavailableError, UnsupportedModelError
-from rerankrt.families import Batch, Family, PackedScorer
+from rerankrt.families import Batch, Family
+from rerankrt.families.packed import PackedScorer
 from rerankrt.model_source import resolve_model
 from rerankrt.precision import Precision
 from rerankrt.runtime.cuda_graphs import GraphBuckets, bucket_sizes
