@@ -405,7 +405,7 @@ class PrefixReuseFamily(Family):
     scorer that reuses prefixes, and the parity check of both against the folded classifier on whole rows."""
 
     whole_reference: str  # how the parity reference is described: the folded classifier, whole pairs
-    packed: ClassVar[bool] = False  # the torch backend may pack its batches (tests/test_packed.py proves it exact)
+    packed_batches: ClassVar[bool] = False  # the torch backend packs its batches (proven exact: tests/test_packed.py)
 
     def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
         """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
@@ -425,8 +425,8 @@ class PrefixReuseFamily(Family):
     def packed_module(self, scorer: torch.nn.Module) -> torch.nn.Module | str:
         """The folded classifier on packed streams: pairs back to back, or (rows carrying `prefix_length`) the
         shared prefix once and each document after it in the same sequence (multi-item, `families.packed`); for
-        the families that declare `packed` (proven exact for them), else their batches stay padded."""
-        if not self.packed:
+        the families that declare `packed_batches` (proven exact for them), else their batches stay padded."""
+        if not self.packed_batches:
             return super().packed_module(scorer)
         return packed.DecoderPacked(scorer.classifier)
 
