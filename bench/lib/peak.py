@@ -18,6 +18,10 @@ clock); turbo and throttling move the real one, so a share is an estimate to com
 Model FLOPs count the matrix products of real (unpadded) tokens: an encoder of L layers, hidden h, FFN f does per
 pair of s tokens L x (2 s (4 h^2 + 2 h f) + 4 s^2 h); a decoder with q heads, kv heads, head size d: L x (2 s (h q d
 + 2 h kv d + q d h + 3 h f) + 4 s^2 q d). Embeddings, norms and the one-logit head are left out (under 1%).
+A sequence whose queries see only part of it (multi-item scoring: each item sees the shared prefix and itself) does
+the attention term for the (query, key) pairs it computes: `decoder_flops_parts` gives both terms.
+
+GPUs: the dense bf16 tensor-core peak from the vendor's data sheet, by the device's name (GPU_BF16_PEAK).
 """
 
 from __future__ import annotations
@@ -107,12 +111,38 @@ def encoder_flops(config: dict, tokens: int) -> float:
 
 def decoder_flops(config: dict, tokens: int) -> float:
     """Matrix-product FLOPs of one pair of `tokens` through a Qwen-like decoder `config` (grouped-query attention)."""
+    per_token, per_query_key = decoder_flops_parts(config)
+    return per_token * tokens + per_query_key * tokens * tokens
+
+
+def decoder_flops_parts(config: dict) -> tuple[float, float]:
+    """(FLOPs per token of the projections, FLOPs per (query, key) pair of attention) of a Qwen-like decoder."""
     layers, hidden, ffn = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
     head_dim = config.get("head_dim") or hidden // heads
     projections = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * ffn
-    return layers * (2 * tokens * projections + 4 * tokens * tokens * heads * head_dim)
+    return layers * 2 * projections, layers * 4 * heads * head_dim
+
+
+# dense bf16 tensor-core operations/s by a substring of the device name, most specific first (data sheets)
+GPU_BF16_PEAK = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+)
+
+
+def gpu_bf16_peak(name: str) -> float | None:
+    """The dense bf16 peak of the GPU called `name` (torch.cuda.get_device_name), None when not in the table."""
+    return next((ops for key, ops in GPU_BF16_PEAK if key in name), None)
 
 
 def share_of_peak(flops_per_pair: float, pairs_per_s: float, cpu: Cpu, precision: str) -> float | None:

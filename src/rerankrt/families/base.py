@@ -356,6 +356,11 @@ class Family(ABC):
 
         return run
 
+    def packed_module(self, scorer: torch.nn.Module) -> torch.nn.Module | str:
+        """The `families.packed.PackedModule` over this family's torch scorer (`load_scorer`'s, the same weights):
+        padding-free packed batches on the torch backend; or why this family's batches stay padded."""
+        return f"the {self.name} family has no packed path (its batches stay padded)"
+
     def label_tokens(self, encoder: PairEncoder) -> tuple[int, int] | None:
         """The (yes, no) token ids when the graph's logit is logit(yes) - logit(no) at the next-token position,
         so a softmax over those two tokens is [sigmoid(logit), 1 - sigmoid(logit)]; None when the logit is anything

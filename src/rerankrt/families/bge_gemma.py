@@ -209,6 +209,7 @@ class BgeGemmaFamily(prefix_reuse.PrefixReuseFamily):
     default_max_length = FLAG_MAX_LENGTH  # in FlagEmbedding's terms: the encoder adds twice the prompt's tokens
     export_hints = ExportHints(int8_keep_float=(r"(^|/)score/",))  # the folded one-logit head: tiny, sets the scale
     whole_reference = "transformers GemmaForSequenceClassification (folded Yes head), whole pairs, fp32, cpu"
+    packed_batches = True  # padding-free batches and multi-item scoring on the torch backend (families.packed)
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:

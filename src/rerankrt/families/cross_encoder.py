@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from rerankrt.errors import UnsupportedModelError
+from rerankrt.families import packed
 from rerankrt.families.base import (
     MODEL_LIMITS,
     ExportHints,
@@ -139,3 +140,16 @@ class CrossEncoderFamily(Family):
         return AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=dtype, trust_remote_code=False
         ).eval()
+
+    def packed_module(self, scorer: torch.nn.Module) -> torch.nn.Module | str:
+        """BERT-like checkpoints (the model types onnxruntime fuses: BERT, RoBERTa, XLM-R, CamemBERT): positions
+        restart per pair from the embeddings' offset (RoBERTa-like: padding_idx + 1), token types per pair."""
+        model = scorer.model
+        model_type = model.config.model_type
+        if model_type not in FUSABLE_MODEL_TYPES:
+            return f"packed batches are proven for {', '.join(FUSABLE_MODEL_TYPES)} only, not {model_type}"
+        base = getattr(model, model.base_model_prefix)
+        padding_idx = getattr(base.embeddings, "padding_idx", None)
+        offset = 0 if padding_idx is None else padding_idx + 1
+        pooled = getattr(base, "pooler", None) is not None and isinstance(model.classifier, torch.nn.Linear)
+        return packed.EncoderPacked(model, offset, pooled)

@@ -39,10 +39,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from rerankrt.families import packed
 from rerankrt.families.base import (
     SCORER,
     Batch,
@@ -63,7 +65,7 @@ from rerankrt.precision import Precision
 
 DECODER = "decoder"
 ROLES = (DECODER,)
-PREFIX_LENGTH = "prefix_length"
+PREFIX_LENGTH = packed.PREFIX_LENGTH
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids", "past_mask", "past_keys", "past_values")
 DECODER_OUTPUTS = ("logits", "present_keys", "present_values")
 MIN_PREFIX_TOKENS = 16  # shorter shared prefixes are not worth a second call (bench: prefix_reuse)
@@ -406,6 +408,7 @@ class PrefixReuseFamily(Family):
     scorer that reuses prefixes, and the parity check of both against the folded classifier on whole rows."""
 
     whole_reference: str  # how the parity reference is described: the folded classifier, whole pairs
+    packed_batches: ClassVar[bool] = False  # the torch backend packs its batches (proven exact: tests/test_packed.py)
 
     def graphs(self, export_model: torch.nn.Module, encoder: PairEncoder) -> list[GraphSpec]:
         """The plain scorer (optimum's export of the folded classifier), then the prefix-reuse decoder graph."""
@@ -421,6 +424,14 @@ class PrefixReuseFamily(Family):
             return ServingGraphs(reuse, prefix_reuse=True)
         scorer = graphs_in((SCORER,), roles, precision)
         return scorer if isinstance(scorer, str) else ServingGraphs(scorer)
+
+    def packed_module(self, scorer: torch.nn.Module) -> torch.nn.Module | str:
+        """The folded classifier on packed streams: pairs back to back, or (rows carrying `prefix_length`) the
+        shared prefix once and each document after it in the same sequence (multi-item, `families.packed`); for
+        the families that declare `packed_batches` (proven exact for them), else their batches stay padded."""
+        if not self.packed_batches:
+            return super().packed_module(scorer)
+        return packed.DecoderPacked(scorer.classifier)
 
     def parity_samples(self, encoder: PairEncoder) -> list | None:
         """The parity check's samples (None: the exporter's generated text)."""

@@ -113,6 +113,7 @@ class Qwen3YesNoFamily(prefix_reuse.PrefixReuseFamily):
     default_max_length = 8192
     export_hints = ExportHints(int8_keep_float=(r"(^|/)score/",))  # the folded one-logit head: tiny, sets the scale
     whole_reference = "transformers Qwen3ForSequenceClassification (folded yes - no head), whole pairs, fp32, cpu"
+    packed_batches = True  # padding-free batches and multi-item scoring on the torch backend (families.packed)
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:

@@ -271,4 +271,7 @@ def _request(settings: RerankerSettings, encoder: PairEncoder) -> Request:
         threads=settings.threads,
         tensorrt_ep=settings.onnxruntime_tensorrt_ep,
         prefix_reuse=settings.prefix_reuse,
+        packed=settings.packed_batches,
+        cuda_graphs=settings.cuda_graphs,
+        max_batch_tokens=settings.max_batch_tokens,
     )

@@ -132,10 +132,12 @@ class Reranker:
         self.model = model
         self.settings = settings
         padding = settings.max_padding_ratio or default_padding_ratio(model.backend.device)
+        # packed batches (torch): the token budget alone bounds a batch; every pair holds at least one token
+        packed = getattr(model.backend, "packed", None) is not None
         self.scheduler = Scheduler(
             model.backend.run,
             model.encoder.collate,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=settings.max_batch_tokens if packed else settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             max_queued_pairs=settings.max_queued_pairs,
             batch_wait_ms=settings.batch_wait_ms,

@@ -71,6 +71,18 @@ class RerankerSettings(BaseModel):
         description="decoder rerankers (Qwen3-Reranker): run the prompt that pairs share (instruction, query) once and "
         "each document after it, exact; --no-prefix-reuse runs every pair whole (for comparison)",
     )
+    packed_batches: bool | None = Field(
+        None,
+        description="torch backend: padding-free packed batches (pairs back to back in one sequence, attention kept "
+        "within each pair; decoder rerankers with prefix reuse score a query's documents as items after one shared "
+        "prefix), each forward pass at most max_batch_tokens real tokens; exact (default: on for CUDA, off on CPU, "
+        "where it is not measured faster)",
+    )
+    cuda_graphs: bool = Field(
+        True,
+        description="torch on CUDA with packed batches: CUDA graphs (torch.compile reduce-overhead) for bucketed token "
+        "counts, warmed at start within a time bound; a longer stream runs eagerly; --no-cuda-graphs runs all eagerly",
+    )
     self_check: bool = Field(
         True,
         description="before serving, score the artifact's golden set with the chosen plan on this machine and refuse "
@@ -85,7 +97,9 @@ class RerankerSettings(BaseModel):
         "--no-tune serves the first plan of the fixed order that passes (--backend and --precision always do); "
         "RERANKRT_TUNE=0 turns it off for Reranker.load too",
     )
-    max_batch_size: int = Field(32, ge=1, description="pairs per forward pass at most")
+    max_batch_size: int = Field(
+        32, ge=1, description="pairs per forward pass at most (packed batches: max_batch_tokens alone bounds them)"
+    )
     max_batch_tokens: int = Field(
         16384, ge=1, description="padded tokens (pairs x longest pair) per forward pass at most"
     )
