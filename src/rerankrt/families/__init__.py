@@ -21,12 +21,19 @@ from rerankrt.families.base import (
     Truncation,
 )
 from rerankrt.families.bge_gemma import BgeGemmaFamily
+from rerankrt.families.colbert import ColbertFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.qwen3_vl import Qwen3VLFamily
 from rerankrt.families.qwen3_yes_no import Qwen3YesNoFamily
 from rerankrt.model_source import read_config
 
-FAMILIES: tuple[type[Family], ...] = (CrossEncoderFamily, Qwen3YesNoFamily, Qwen3VLFamily, BgeGemmaFamily)
+FAMILIES: tuple[type[Family], ...] = (
+    CrossEncoderFamily,
+    Qwen3YesNoFamily,
+    Qwen3VLFamily,
+    BgeGemmaFamily,
+    ColbertFamily,
+)
 
 # Old family names, still read wherever a family name is (manifests of artifacts exported before a rename, --family):
 # old -> current. Artifacts are written with the current name.
