@@ -28,8 +28,10 @@ def build_colbert(
     expansion: bool = True,
     attend_to_expansion: bool = False,
     bias: bool = False,
+    weights: bool = True,
 ) -> Path:
-    """A two-layer BertModel with a Dense projection to `dim`, saved the way PyLate's ColBERT.save writes it."""
+    """A two-layer BertModel with a Dense projection to `dim`, saved the way PyLate's ColBERT.save writes it
+    (without `weights`: the configs and the tokenizer only, enough to recognise and encode)."""
     from transformers import BertConfig, BertModel
 
     out = Path(out)
@@ -47,7 +49,11 @@ def build_colbert(
         initializer_range=0.2,
     )
     torch.manual_seed(seed)
-    BertModel(config).save_pretrained(out)
+    if weights:
+        BertModel(config).save_pretrained(out)
+    else:
+        config.architectures = [BertModel.__name__]
+        config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -85,8 +91,9 @@ def build_colbert(
             }
         )
     )
-    save_file({f"linear.{k}": v.detach().contiguous() for k, v in linear.state_dict().items()},
-              dense / "model.safetensors")  # fmt: skip
+    if weights:
+        state = {f"linear.{k}": v.detach().contiguous() for k, v in linear.state_dict().items()}
+        save_file(state, dense / "model.safetensors")
     return out
 
 
