@@ -364,6 +364,12 @@ class Family(ABC):
 
         return run
 
+    def torch_graphs(self, scorer: torch.nn.Module, device: str) -> Mapping[str, GraphRunner] | None:
+        """The torch backend's graphs, by the roles `serving_pipeline` reads, made of the torch scorer's modules when
+        the family's pipeline does more than run one graph (late interaction: the cache, MaxSim); None (default): the
+        torch backend runs the scorer on the whole batch."""
+        return None
+
     def use_document_cache(self, cache: EncodingCache | None) -> None:
         """The document cache the pipelines made from now on use (families with `document_encodings` read it); the
         loader calls it with each plan it opens, scoped to that artifact and plan."""

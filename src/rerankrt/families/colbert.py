@@ -341,9 +341,26 @@ class ColbertFamily(Family):
         args = tuple(torch.from_numpy(sample[name]) for name in names)
         return [TorchGraph(ENCODER, "encoder.onnx", export_model, args, names, ("token_embeddings",), axes)]
 
+    def torch_graphs(self, scorer: torch.nn.Module, device: str) -> Mapping[str, GraphRunner]:
+        return {ENCODER: TorchEncoder(scorer.embed, device)}
+
     def serving_pipeline(self, folder: Path, graphs: Mapping[str, GraphRunner]) -> Callable[[Batch], np.ndarray]:
         """Queries and the documents the cache misses through the encoder graph, then MaxSim per pair."""
         return MaxSimPipeline(graphs[ENCODER], self.document_cache).run
+
+
+class TorchEncoder:
+    """The torch scorer's `TokenEmbeddings` as the encoder graph (a `GraphRunner`), for the torch backend."""
+
+    def __init__(self, embed: TokenEmbeddings, device: str):
+        self.embed = embed
+        self.device = device
+        self.input_names = ["input_ids", "attention_mask", "token_type_ids"][: 2 + embed.takes_token_types]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        with torch.inference_mode():
+            tensors = {name: torch.from_numpy(values).to(self.device) for name, values in feeds.items()}
+            return [self.embed(**tensors).float().cpu().numpy()]
 
 
 class MaxSimPipeline:

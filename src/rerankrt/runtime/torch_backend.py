@@ -35,6 +35,8 @@ class TorchBackend:
         self.device = device
         self.dtype = DTYPES[Precision(precision)]
         self.scorer = family.load_scorer(model_dir, dtype=self.dtype, device=device)
+        graphs = family.torch_graphs(self.scorer, device)
+        self.pipeline = family.serving_pipeline(Path(model_dir), graphs) if graphs is not None else None
 
     @classmethod
     def from_plan(cls, plan: ServingPlan, family: Family) -> TorchBackend:
@@ -47,6 +49,8 @@ class TorchBackend:
         return cls(family, weights, plan.device, plan.precision, plan.threads)
 
     def run(self, batch: Batch) -> np.ndarray:
+        if self.pipeline is not None:  # the family's own pipeline over the scorer's modules (Family.torch_graphs)
+            return self.pipeline(batch)
         with torch.inference_mode():
             inputs = {name: torch.from_numpy(values).to(self.device) for name, values in batch.items()}
             return self.scorer(**inputs).float().cpu().numpy()
