@@ -29,9 +29,11 @@ def build_colbert(
     attend_to_expansion: bool = False,
     bias: bool = False,
     weights: bool = True,
+    shape: dict | None = None,
 ) -> Path:
     """A two-layer BertModel with a Dense projection to `dim`, saved the way PyLate's ColBERT.save writes it
-    (without `weights`: the configs and the tokenizer only, enough to recognise and encode)."""
+    (without `weights`: the configs and the tokenizer only, enough to recognise and encode). `shape`: BertConfig
+    arguments that replace the tiny sizes (benchmarks build answerai-colbert-small-v1's)."""
     from transformers import BertConfig, BertModel
 
     out = Path(out)
@@ -47,6 +49,7 @@ def build_colbert(
         type_vocab_size=2,
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=0.2,
+        **(shape or {}),
     )
     torch.manual_seed(seed)
     if weights:
