@@ -166,8 +166,8 @@ def reference_scores(folder: Path, query: str, documents: list[str]) -> np.ndarr
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"expansion": False}, {"attend_to_expansion": True}, {"bias": True, "dim": 8}],
-    ids=["expansion", "no-expansion", "attend-expansion", "bias"],
+    [{}, {"expansion": False}, {"attend_to_expansion": True}, {"bias": True, "dim": 8}, {"body": "modernbert"}],
+    ids=["expansion", "no-expansion", "attend-expansion", "bias", "modernbert"],
 )
 def test_the_torch_scorer_is_maxsim_on_padded_mixed_lengths(variant, tmp_path):
     from rerankrt.families.base import run_torch
@@ -209,6 +209,22 @@ def test_served_scores_equal_the_reference_cached_or_not(backend, colbert_model,
     with Reranker.load(str(colbert_artifact), backend=backend, document_cache_bytes=0) as uncached:
         assert uncached.document_cache is None
         assert np.abs(uncached.logits(QUERY, documents) - expected).max() <= TOLERANCE
+
+
+@pytest.mark.integration
+def test_a_modernbert_colbert_serves_on_every_backend(tmp_path):
+    """GTE-ModernColBERT's kind: ModernBERT (no token types, local attention shorter than the documents), BPE."""
+    from rerankrt import Reranker
+    from rerankrt.export import export_model
+
+    model = build_colbert(tmp_path / "model", seed=5, body="modernbert")
+    export_model(str(model), tmp_path / "artifact")
+    documents = mixed_documents(3)
+    expected = reference_scores(model, QUERY, documents)
+    for backend in ("onnxruntime", "openvino", "torch"):
+        with Reranker.load(str(tmp_path / "artifact"), backend=backend) as reranker:
+            assert "token_type_ids" not in reranker.encoder.input_names
+            assert np.abs(reranker.logits(QUERY, documents) - expected).max() <= TOLERANCE, backend
 
 
 @pytest.mark.integration

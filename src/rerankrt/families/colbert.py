@@ -158,13 +158,17 @@ class ColbertEncoder(PairEncoder):
     ) -> list[Features]:
         # `instruct` has no place in a ColBERT encoding
         encoded_query = self.encode_query(query)
-        special = self.tokenizer.num_special_tokens_to_add(pair=False) + (self.document_prefix_id is not None)
-        tokens = self.tokenizer(list(documents), add_special_tokens=False, truncation=False, verbose=False)
+        marker = self.document_prefix_id is not None
+        encoded = self.tokenizer(list(documents), truncation=False, verbose=False)  # the template's special tokens
         pairs = []
-        for i, ids in enumerate(tokens["input_ids"]):
-            start, stop = self.kept(i, len(ids), special, truncate, truncation)
-            full = self.tokenizer.build_inputs_with_special_tokens(ids[start:stop])
-            full = self._with_marker(full, self.document_prefix_id)
+        for i in range(len(documents)):
+            ids = np.asarray(encoded["input_ids"][i], dtype=np.int64)
+            text = np.asarray([sequence == 0 for sequence in encoded.sequence_ids(i)], dtype=bool)
+            start, tokens = (int(text.argmax()) if text.any() else 0), int(text.sum())
+            cut = self.kept(i, tokens, len(ids) - tokens + marker, truncate, truncation)
+            keep = ~text
+            keep[start + cut[0] : start + cut[1]] = True
+            full = self._with_marker(ids[keep].tolist(), self.document_prefix_id)
             scored = [int(token not in self.skip_ids) for token in full]
             pairs.append({**self._arrays(full, [1] * len(full), scored), **encoded_query})
         return pairs

@@ -14,9 +14,58 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rerankrt.testing.tiny_models import build_bert_tokenizer
+from rerankrt.testing.tiny_models import CORPUS, build_bert_tokenizer
 
 QUERY_PREFIX, DOCUMENT_PREFIX = "[Q] ", "[D] "  # PyLate's defaults, added to the vocabulary as whole tokens
+
+
+def build_modernbert_tokenizer():
+    """A byte-level BPE with ModernBERT's special tokens and [CLS] $A [SEP] template (GTE-ModernColBERT's kind)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=500, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator([line for _ in range(20) for line in CORPUS], trainer=trainer)
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tok.add_special_tokens(specials)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def _body(kind: str, tokenizer, shape: dict | None):
+    """The encoder body's class and config: BERT, or ModernBERT with a local attention window shorter than the
+    documents (global attention every other layer)."""
+    from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel
+
+    if kind == "modernbert":
+        ids = {name: tokenizer.convert_tokens_to_ids(f"[{name.upper()}]") for name in ("cls", "sep", "pad")}
+        tiny = dict(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+            num_attention_heads=4, max_position_embeddings=512, local_attention=16, global_attn_every_n_layers=2,
+            pad_token_id=ids["pad"], cls_token_id=ids["cls"], sep_token_id=ids["sep"], bos_token_id=ids["cls"],
+            eos_token_id=ids["sep"], initializer_range=0.2,
+        )  # fmt: skip
+        return ModernBertModel, ModernBertConfig(**(tiny | (shape or {})))
+    tiny = dict(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=512, type_vocab_size=2, pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
+    )  # fmt: skip
+    return BertModel, BertConfig(**(tiny | (shape or {})))
 
 
 def build_colbert(
@@ -30,32 +79,20 @@ def build_colbert(
     bias: bool = False,
     weights: bool = True,
     shape: dict | None = None,
+    body: str = "bert",
 ) -> Path:
-    """A two-layer BertModel with a Dense projection to `dim`, saved the way PyLate's ColBERT.save writes it
-    (without `weights`: the configs and the tokenizer only, enough to recognise and encode). `shape`: BertConfig
-    arguments that replace the tiny sizes (benchmarks build answerai-colbert-small-v1's)."""
-    from transformers import BertConfig, BertModel
-
+    """A small BertModel (`body="modernbert"`: ModernBertModel) with a Dense projection to `dim`, saved the way
+    PyLate's ColBERT.save writes it (without `weights`: the configs and the tokenizer only, enough to recognise and
+    encode). `shape`: config arguments that replace the tiny sizes (benchmarks build answerai-colbert-small-v1's)."""
     out = Path(out)
-    tokenizer = build_bert_tokenizer()
+    tokenizer = build_modernbert_tokenizer() if body == "modernbert" else build_bert_tokenizer()
     tokenizer.add_tokens([QUERY_PREFIX, DOCUMENT_PREFIX])
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,
-        **(shape or {}),
-    )
+    model_class, config = _body(body, tokenizer, shape)
     torch.manual_seed(seed)
     if weights:
-        BertModel(config).save_pretrained(out)
+        model_class(config).save_pretrained(out)
     else:
-        config.architectures = [BertModel.__name__]
+        config.architectures = [model_class.__name__]
         config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     modules = [
