@@ -64,6 +64,19 @@ def test_a_transformer_and_dense_without_colbert_settings_is_not_claimed(colbert
     assert detect_family(plain, forced="colbert")[0].name == "colbert"
 
 
+@pytest.mark.parametrize("settings", ['[1, 2]', '{"query_length": "32"}', '{"skiplist_words": [1]}',
+                                      '{"document_length": 2}'])  # fmt: skip
+def test_settings_that_are_not_pylates_are_refused_naming_the_file(settings, colbert_dir, tmp_path):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    for file in colbert_dir.iterdir():
+        if file.is_file():
+            (folder / file.name).write_bytes(file.read_bytes())
+    (folder / "config_sentence_transformers.json").write_text(settings)
+    with pytest.raises(UnsupportedModelError, match="config_sentence_transformers.json"):
+        get_family("colbert").load_encoder(folder)
+
+
 def test_the_query_is_marked_and_expanded_with_mask_to_query_length(colbert_dir):
     encoder = get_family("colbert").load_encoder(colbert_dir)
     pair = encoder.encode("what is panda?", ["hi"])[0]

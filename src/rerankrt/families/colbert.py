@@ -51,8 +51,14 @@ MODULES_FILE = "modules.json"
 SETTINGS_FILE = "config_sentence_transformers.json"
 QUERY = "query_"  # the query's arrays in a pair's Features carry this prefix; the document's have none
 SCORED = "scored"  # per token: 1 where it takes part in MaxSim (the encoder decides: expansion, skiplist, padding)
-DENSE_TYPES = ("pylate.models.Dense.Dense", "sentence_transformers.models.Dense")
-TRANSFORMER_TYPE = "sentence_transformers.models.Transformer"
+PYLATE_DENSE = "pylate.models.Dense.Dense"
+MODULE_PACKAGES = ("sentence_transformers", "pylate")  # whose module classes modules.json may name
+
+
+def _is_module(entry: Mapping, name: str) -> bool:
+    """modules.json's `type` names sentence-transformers' module `name` (any of its module paths) or PyLate's."""
+    kind = entry.get("type")
+    return isinstance(kind, str) and kind.endswith(f".{name}") and kind.split(".")[0] in MODULE_PACKAGES
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,19 @@ class ColbertSettings:
     @classmethod
     def read(cls, folder: Path) -> ColbertSettings:
         path = Path(folder) / SETTINGS_FILE
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        known = {k: saved[k] for k in cls.__dataclass_fields__ if saved.get(k) is not None}
-        settings = cls(**known)
-        if not settings.do_query_expansion:  # PyLate: no expansion tokens, nothing to attend to
-            settings = ColbertSettings(**{**asdict(settings), "attend_to_expansion_tokens": False})
-        if settings.query_length < 3 or settings.document_length < 3:
-            raise UnsupportedModelError(f"{path}: query_length and document_length must leave room for text")
+        try:
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+            known = {k: saved[k] for k in cls.__dataclass_fields__ if saved.get(k) is not None}
+            settings = cls(**known)
+            if not settings.do_query_expansion:  # PyLate: no expansion tokens, nothing to attend to
+                settings = ColbertSettings(**{**asdict(settings), "attend_to_expansion_tokens": False})
+            lengths_ok = settings.query_length >= 3 and settings.document_length >= 3
+            texts_ok = all(isinstance(w, str) for w in [settings.query_prefix, settings.document_prefix,
+                                                          *settings.skiplist_words])  # fmt: skip
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UnsupportedModelError(f"{path}: not PyLate's settings ({exc})") from exc
+        if not (lengths_ok and texts_ok):
+            raise UnsupportedModelError(f"{path}: query_length and document_length of 3 or more and text markers")
         return settings
 
 
@@ -94,10 +106,10 @@ def read_modules(model_dir: Path) -> list[dict] | None:
 
 def dense_paths(modules: Sequence[Mapping]) -> list[str] | None:
     """The Dense modules' folders when the modules are exactly a transformer at the root then Dense projections."""
-    if len(modules) < 2 or modules[0].get("type") != TRANSFORMER_TYPE or modules[0].get("path", "") != "":
+    if len(modules) < 2 or not _is_module(modules[0], "Transformer") or modules[0].get("path", "") != "":
         return None
     rest = modules[1:]
-    if not all(m.get("type") in DENSE_TYPES and isinstance(m.get("path"), str) for m in rest):
+    if not all(_is_module(m, "Dense") and isinstance(m.get("path"), str) for m in rest):
         return None
     return [m["path"] for m in rest]
 
@@ -132,7 +144,8 @@ class ColbertEncoder(PairEncoder):
         return ids if marker is None else [ids[0], marker, *ids[1:]]
 
     def encode_query(self, query: str) -> Features:
-        """[CLS] [Q] query [SEP], cut to query_length; with expansion padded to it with [MASK]."""
+        """[CLS] [Q] query [SEP], cut to query_length (always, as PyLate cuts it: `truncate` is about documents);
+        with expansion padded to it with [MASK]."""
         settings = self.settings
         room = settings.query_length - (self.query_prefix_id is not None)
         ids = self.tokenizer(query, truncation=True, max_length=room, verbose=False)["input_ids"]
@@ -305,7 +318,7 @@ class ColbertFamily(Family):
         saved = saved if isinstance(saved, dict) else {}
         if saved.get("model_type") == "ColBERT" or saved.get("similarity_fn_name") == "MaxSim":
             why = f"{SETTINGS_FILE} declares {'ColBERT' if saved.get('model_type') == 'ColBERT' else 'MaxSim'}"
-        elif any(m.get("type") == DENSE_TYPES[0] for m in modules):
+        elif any(m.get("type") == PYLATE_DENSE for m in modules):
             why = "modules.json has PyLate's Dense"
         else:
             return None  # a plain sentence-transformers encoder with a projection is not known to be ColBERT
