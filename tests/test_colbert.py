@@ -284,11 +284,13 @@ def test_the_api_answers_maxsim_and_the_metrics_count_the_cache(colbert_model, c
         body = {"query": QUERY, "documents": documents}
         plain = client.post("/v1/rerank", json=body).json()
         raw = client.post("/v1/rerank", json={**body, "raw_scores": True}).json()
+        cohere = client.post("/v2/rerank", json=body).json()["results"]
         metrics = client.get("/metrics").text
     assert [r["index"] for r in plain] == list(np.argsort(-expected, kind="stable"))
     for result in plain:
         assert abs(result["score"] - expected[result["index"]]) <= TOLERANCE  # MaxSim itself, not a sigmoid
     assert plain == raw
+    assert {r["index"]: r["relevance_score"] for r in cohere} == {r["index"]: r["score"] for r in plain}
     counted = dict(line.split() for line in metrics.splitlines() if line.startswith("rerankrt_doc_cache_"))
     assert float(counted["rerankrt_doc_cache_hits_total"]) >= len(documents)
     assert float(counted["rerankrt_doc_cache_misses_total"]) >= len(documents)
