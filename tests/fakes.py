@@ -145,6 +145,7 @@ class FakeFamily:
     name: str
     multimodal: bool
     labels: tuple[int, int] | None = None  # a yes/no family's (yes, no) token ids
+    logit_scores: bool = True  # Family.logit_scores: its scores are logits (sigmoid unless raw)
 
     def label_tokens(self, encoder) -> tuple[int, int] | None:
         return self.labels

@@ -177,7 +177,7 @@ def export_model(
                 ),
                 max_length=encoder.max_length,
                 precision=precision,
-                opset=graphs[SCORER].opset,
+                opset=graphs.get(SCORER, next(iter(graphs.values()))).opset,  # the scorer's, or the one graph's
                 graphs={
                     role: {"file": g.files[0], "inputs": g.inputs, "outputs": g.outputs} for role, g in graphs.items()
                 },

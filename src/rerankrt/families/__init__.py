@@ -21,6 +21,7 @@ from rerankrt.families.base import (
     Truncation,
 )
 from rerankrt.families.bge_gemma import BgeGemmaFamily
+from rerankrt.families.colbert import ColbertFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
 from rerankrt.families.minicpm_layerwise import LayerwiseFamily
 from rerankrt.families.mxbai_v2 import MxbaiV2Family
@@ -37,6 +38,7 @@ FAMILIES: tuple[type[Family], ...] = (
     MxbaiV2Family,
     Qwen3SeqClsFamily,
     LayerwiseFamily,
+    ColbertFamily,
 )
 
 # Old family names, still read wherever a family name is (manifests of artifacts exported before a rename, --family):

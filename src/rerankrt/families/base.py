@@ -100,6 +100,20 @@ class ParityCheck:
     batch_size: int = 8
 
 
+class EncodingCache(Protocol):
+    """Per-document encodings kept across requests, as the runtime gives them to a family that declares
+    `document_encodings` (`Family.use_document_cache`): keyed by the family's content hash of an encoded document,
+    within the one artifact and serving plan the runtime scoped it to."""
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        """The encoding stored under `key`, or None (a miss)."""
+        ...
+
+    def put(self, key: bytes, value: np.ndarray) -> None:
+        """Keep `value` under `key` while the memory budget allows."""
+        ...
+
+
 class GraphRunner(Protocol):
     """One loaded graph, as the runtime hands it to `Family.serving_pipeline`."""
 
@@ -278,6 +292,14 @@ class Family(ABC):
     options: ClassVar[Mapping[str, str]] = {}
     """Export options the family takes (`rerankrt export --family-option NAME=VALUE`): name -> what it sets. The
     manifest records them resolved (`family_options`) and `configure` is given them again when the artifact loads."""
+    logit_scores: ClassVar[bool] = True
+    """True when a pair's score is a logit (the HTTP APIs answer sigmoid(logit), or the logit asked raw); False when
+    it is a similarity that is the score itself (late interaction's MaxSim): raw or not, the APIs answer it."""
+    document_encodings: ClassVar[bool] = False
+    """True when a pair's score comes from the query and the document encoded apart (late interaction): the runtime
+    then gives `serving_pipeline` a cache of document encodings across requests (`use_document_cache`)."""
+    document_cache: EncodingCache | None = None
+    """The cache the runtime set for the next `serving_pipeline` (None: no cache)."""
 
     @classmethod
     @abstractmethod
@@ -360,6 +382,17 @@ class Family(ABC):
         """The `families.packed.PackedModule` over this family's torch scorer (`load_scorer`'s, the same weights):
         padding-free packed batches on the torch backend; or why this family's batches stay padded."""
         return f"the {self.name} family has no packed path (its batches stay padded)"
+
+    def torch_graphs(self, scorer: torch.nn.Module, device: str) -> Mapping[str, GraphRunner] | None:
+        """The torch backend's graphs, by the roles `serving_pipeline` reads, made of the torch scorer's modules when
+        the family's pipeline does more than run one graph (late interaction: the cache, MaxSim); None (default): the
+        torch backend runs the scorer on the whole batch."""
+        return None
+
+    def use_document_cache(self, cache: EncodingCache | None) -> None:
+        """The document cache the pipelines made from now on use (families with `document_encodings` read it); the
+        loader calls it with each plan it opens, scoped to that artifact and plan."""
+        self.document_cache = cache
 
     def label_tokens(self, encoder: PairEncoder) -> tuple[int, int] | None:
         """The (yes, no) token ids when the graph's logit is logit(yes) - logit(no) at the next-token position,

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rerankrt.artifact import GOLDEN_NAME, MANIFEST_NAME, PARITY_NAME, is_artifact, load_manifest
+from rerankrt.artifact import GOLDEN_NAME, MANIFEST_NAME, PARITY_NAME, is_artifact, load_manifest, sha256_file
 from rerankrt.errors import ArtifactError, BackendUnavailableError, UnsupportedModelError
 from rerankrt.families import Family, PairEncoder, Recognition, detect_family, get_family
 from rerankrt.model_source import resolve_model
 from rerankrt.runtime.backend import Backend
+from rerankrt.runtime.document_cache import DocumentCache
 from rerankrt.runtime.machine import Machine
 from rerankrt.runtime.plan import Request, ServingPlan, Skipped, backend_row, plan_serving, this_machine
 from rerankrt.runtime.self_check import (
@@ -52,6 +53,7 @@ class LoadedModel:
     self_check: SelfCheck | None = None  # the plan's run of the golden set here (None: not checked, see below)
     self_check_skipped: str | None = None  # why there is no self-check (no golden set, --no-self-check, no artifact)
     timings: Timings | None = None  # the measurement `auto` chose the plan by (runtime.tuning), None: fixed order
+    document_cache: DocumentCache | None = None  # documents' encodings across requests (families that declare them)
 
 
 def load_model(settings: RerankerSettings, machine: Machine | None = None) -> LoadedModel:
@@ -84,17 +86,29 @@ def load_model(settings: RerankerSettings, machine: Machine | None = None) -> Lo
         name = settings.served_model_name or (source.ref if source.revision else source.path.name)
         plans = plan_serving(family, _request(settings, encoder), machine, model_ref=str(source.path))
     log.info("model %s: family %s (%s), max_length %d", name, family.name, recognition.reason, encoder.max_length)
+    documents = _document_cache(settings, family, folder)
     explicit = settings.backend != "auto" or settings.precision is not None
     if golden is not None and settings.tune and not explicit:
         key = TimingKey.of(folder / MANIFEST_NAME, machine, settings.threads or machine.physical_cores)
         backend, plan, check, timings = open_fastest(
-            plans, family, golden.check, golden.time, TimingCache(key), encoder
+            plans, family, golden.check, golden.time, TimingCache(key), encoder, documents
         )
     else:
         checker = golden.check if golden is not None else None
-        backend, plan, check = open_first(plans, family, settings.backend, checker, explicit, encoder)
+        backend, plan, check = open_first(plans, family, settings.backend, checker, explicit, encoder, documents)
         timings = None
-    return LoadedModel(family, encoder, backend, plan, name, recognition, check, None if check else skipped, timings)
+    return LoadedModel(
+        family, encoder, backend, plan, name, recognition, check, None if check else skipped, timings, documents
+    )
+
+
+def _document_cache(settings: RerankerSettings, family: Family, folder: Path) -> DocumentCache | None:
+    """The model's document cache: for families that declare document encodings, with a budget; keyed by the
+    artifact (its manifest's hash, or a plain folder's path) and, per plan opened, the plan."""
+    if not family.document_encodings or settings.document_cache_bytes == 0:
+        return None
+    artifact = sha256_file(folder / MANIFEST_NAME) if is_artifact(folder) else str(folder.resolve())
+    return DocumentCache(settings.document_cache_bytes, artifact)
 
 
 Checker = Callable[[Backend, ServingPlan], SelfCheck]
@@ -108,13 +122,14 @@ def open_first(
     check: Checker | None = None,
     explicit: bool = False,
     encoder: PairEncoder | None = None,
+    documents: DocumentCache | None = None,
 ) -> tuple[Backend, ServingPlan, SelfCheck | None]:
     """The backend of the first plan that loads and passes `check` here; every one that does not is logged with its
     reason. A plan asked for by name (`explicit`) that misses the check is a SelfCheckFailed. `encoder` marks
-    prefixes as each plan tried runs them."""
+    prefixes as each plan tried runs them; `documents` is scoped to each plan tried."""
     reasons = []
     for plan in plans:
-        opened = _open_checked(plan, family, choice, check, explicit, encoder)
+        opened = _open_checked(plan, family, choice, check, explicit, encoder, documents)
         if not isinstance(opened, str):
             log.info("backend selected: %s", plan.describe())
             if opened[1] is not None:
@@ -132,6 +147,7 @@ def open_fastest(
     timer: Timer,
     cache: TimingCache,
     encoder: PairEncoder | None = None,
+    documents: DocumentCache | None = None,
 ) -> tuple[Backend, ServingPlan, SelfCheck, Timings | None]:
     """`auto` by measurement (`runtime.tuning`): the fastest plan of the first device that has one passing the
     self-check. Without timings recorded for this key, every candidate of that device is opened, checked, timed
@@ -149,22 +165,24 @@ def open_fastest(
                  timings.summary())  # fmt: skip
         order = [by_name[timings.chosen], *(plan for plan in candidates if plan.describe() != timings.chosen)]
     else:
-        timings = _time_plans(candidates, family, check, timer)
+        timings = _time_plans(candidates, family, check, timer, documents)
         cache.write(timings)
         log.info("backend selected by measurement: %s", timings.summary())
         timed = sorted((t for t in timings.plans if t.seconds is not None), key=lambda t: t.seconds)
         order = [by_name[t.plan] for t in timed]
-    backend, plan, result = open_first(order, family, "auto", check, False, encoder)
+    backend, plan, result = open_first(order, family, "auto", check, False, encoder, documents)
     return backend, plan, result, timings if plan.describe() == timings.chosen else None
 
 
-def _time_plans(candidates: list[ServingPlan], family: Family, check: Checker, timer: Timer) -> Timings:
+def _time_plans(
+    candidates: list[ServingPlan], family: Family, check: Checker, timer: Timer, documents: DocumentCache | None
+) -> Timings:
     """Every candidate of the first device (cuda first, as the fixed order) that has one passing the self-check,
     opened, checked and timed, then closed; a BackendUnavailableError naming each when none passes."""
     timings: list[PlanTiming] = []
     for device in dict.fromkeys(plan.device for plan in candidates):
         for plan in (p for p in candidates if p.device == device):
-            opened = _open_checked(plan, family, "auto", check, False, None)
+            opened = _open_checked(plan, family, "auto", check, False, None, documents)
             if isinstance(opened, str):
                 log.info("backend %s (%s) not used: %s", plan.backend, plan.device, opened)
                 timings.append(PlanTiming(plan.describe(), None, opened))
@@ -193,10 +211,13 @@ def _open_checked(
     check: Checker | None,
     explicit: bool,
     encoder: PairEncoder | None,
+    documents: DocumentCache | None = None,
 ) -> tuple[Backend, SelfCheck | None] | str:
     """The plan's backend and its self-check, or why it is not used (a SelfCheckFailed when `explicit`)."""
     if isinstance(plan, Skipped):
         return plan.reason
+    if documents is not None:
+        family.use_document_cache(documents.scope(plan.describe()))
     try:
         backend = open_backend(plan, family)
     except BackendUnavailableError as exc:

@@ -111,10 +111,11 @@ class Ranked:
 class Scores:
     logits: np.ndarray  # float32, one per document in request order (a chunked document's best chunk)
     tokens: int  # tokens fed to the model, padding excluded
+    logit_scores: bool = True  # False: the values are similarities (MaxSim), the score raw or not (Family.logit_scores)
 
     def values(self, raw: bool = False) -> np.ndarray:
-        """sigmoid(logit) per document, or the logits themselves (float64)."""
-        return self.logits.astype(np.float64) if raw else sigmoid(self.logits)
+        """sigmoid(logit) per document, or the logits themselves (float64); a similarity is its own score."""
+        return self.logits.astype(np.float64) if raw or not self.logit_scores else sigmoid(self.logits)
 
     def ranked(self, top_n: int | None = None, raw: bool = False) -> list[Ranked]:
         """Documents best first (ties by index), cut to top_n (None or 0: all)."""
@@ -187,6 +188,11 @@ class Reranker:
     @property
     def backend(self):
         return self.model.backend
+
+    @property
+    def document_cache(self):
+        """The documents' encodings kept across requests (runtime.document_cache), or None."""
+        return self.model.document_cache
 
     def describe(self) -> dict:
         plan = self.model.plan
@@ -362,11 +368,12 @@ class Reranker:
             raise _renamed(exc, request, owners) from exc  # owners: the request's own document indices
         return pairs, owners
 
-    @staticmethod
-    def _collect(request: ScoreRequest, owners: np.ndarray, pairs: Sequence[Features], logits: np.ndarray) -> Scores:
+    def _collect(
+        self, request: ScoreRequest, owners: np.ndarray, pairs: Sequence[Features], logits: np.ndarray
+    ) -> Scores:
         per_document = np.full(len(request.documents), -np.inf, dtype=np.float32)
         np.maximum.at(per_document, owners, logits)
-        return Scores(per_document, sum(len(p["input_ids"]) for p in pairs))
+        return Scores(per_document, sum(len(p["input_ids"]) for p in pairs), self.family.logit_scores)
 
 
 def _measured_seconds_per_token(model: LoadedModel) -> float | None:

@@ -132,6 +132,12 @@ class RerankerSettings(BaseModel):
         description="pairs waiting for inference at most; beyond, requests get 503 with Retry-After (a request "
         "that alone holds more pairs, chunks included, gets 413: it could never fit)",
     )
+    document_cache_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="bytes of documents' token embeddings kept across requests, least recently used out first, for "
+        "late-interaction models (ColBERT: a corpus reranked again is encoded once); 0 turns the cache off",
+    )
     max_documents_per_request: int = Field(1000, ge=1, description="documents per request at most (413 beyond)")
     max_text_chars: int | None = Field(
         None,

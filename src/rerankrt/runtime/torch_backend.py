@@ -47,6 +47,8 @@ class TorchBackend:
         self.device = device
         self.dtype = DTYPES[Precision(precision)]
         self.scorer = family.load_scorer(model_dir, dtype=self.dtype, device=device)
+        graphs = family.torch_graphs(self.scorer, device)
+        self.pipeline = family.serving_pipeline(Path(model_dir), graphs) if graphs is not None else None
         self.packed: PackedScorer | None = None
         if packed_tokens:
             self.packed = self._packed(family, packed_tokens, cuda_graphs and device == "cuda")
@@ -76,6 +78,8 @@ class TorchBackend:
         return cls(family, weights, plan.device, plan.precision, plan.threads, plan.packed_tokens, plan.cuda_graphs)
 
     def run(self, batch: Batch) -> np.ndarray:
+        if self.pipeline is not None:  # the family's own pipeline over the scorer's modules (Family.torch_graphs)
+            return self.pipeline(batch)
         if self.packed is not None:
             return self.packed(batch)
         with torch.inference_mode():

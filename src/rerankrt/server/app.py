@@ -42,6 +42,7 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     metrics.queue_pairs.set_function(lambda: reranker.scheduler.queued_pairs)
     metrics.queue_seconds.set_function(lambda: reranker.scheduler.pending_seconds)
     metrics.seconds_per_token.set_function(lambda: reranker.scheduler.seconds_per_token or 0.0)
+    metrics.watch_document_cache(lambda: reranker.document_cache)
     check = reranker.model.self_check
     metrics.self_check_max_dlogit.set(check.max_logit_diff if check is not None else float("nan"))
     scoring = Scoring(reranker, settings.request_timeout, metrics)

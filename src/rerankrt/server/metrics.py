@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Callable, Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from rerankrt.runtime.document_cache import DocumentCache
 from rerankrt.runtime.scheduler import BatchStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -67,6 +71,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
+    def watch_document_cache(self, cache: Callable[[], DocumentCache | None]) -> None:
+        """Export the document cache's hits, misses, evictions and bytes (read at each scrape; 0 without one)."""
+        self.registry.register(DocumentCacheCollector(cache))
+
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.pairs)
         self.padding_ratio.observe(1 - stats.tokens / stats.padded_tokens)
@@ -80,3 +88,28 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DocumentCacheCollector:
+    """rerankrt_doc_cache_{hits,misses,evictions}_total and rerankrt_doc_cache_bytes, from the cache's own counts."""
+
+    def __init__(self, cache: Callable[[], DocumentCache | None]):
+        self.cache = cache
+
+    def describe(self) -> list[Metric]:
+        return list(self._metrics(None))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics(self.cache())
+
+    @staticmethod
+    def _metrics(cache: DocumentCache | None) -> Iterator[Metric]:
+        counts = (cache.hits, cache.misses, cache.evictions, cache.bytes) if cache is not None else (0, 0, 0, 0)
+        yield CounterMetricFamily("rerankrt_doc_cache_hits", "documents whose encodings came from the cache",
+                                  value=counts[0])  # fmt: skip
+        yield CounterMetricFamily("rerankrt_doc_cache_misses", "documents encoded and offered to the cache",
+                                  value=counts[1])  # fmt: skip
+        yield CounterMetricFamily("rerankrt_doc_cache_evictions", "entries the byte budget pushed out",
+                                  value=counts[2])  # fmt: skip
+        yield GaugeMetricFamily("rerankrt_doc_cache_bytes", "bytes of document encodings held (the budget: "
+                                "--document-cache-bytes)", value=counts[3])  # fmt: skip

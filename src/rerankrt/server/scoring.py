@@ -141,7 +141,8 @@ class Scoring:
                     for task in scoring:
                         task.cancel()
                     raise
-        return Scores(np.concatenate([r.logits for r in results]), sum(r.tokens for r in results))
+        logits = np.concatenate([r.logits for r in results])
+        return Scores(logits, sum(r.tokens for r in results), self.reranker.family.logit_scores)
 
     def _pixels(self):
         """The request's budget of decoded pixels (nothing to budget for a text-only model)."""
