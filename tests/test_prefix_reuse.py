@@ -13,6 +13,7 @@ import torch
 from rerankrt.artifact import Graph, load_manifest
 from rerankrt.families import Qwen3YesNoFamily
 from rerankrt.families.prefix_reuse import DECODER, PREFIX_LENGTH, DecoderModule, past_geometry
+from rerankrt.info import collect
 from rerankrt.precision import Precision
 from rerankrt.runtime import Reranker
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -247,14 +248,22 @@ def test_openvino_bf16_hint_with_prefix_reuse_passes_the_fidelity_gate(artifact_
         assert backend.sessions[DECODER].compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
 
 
-FILES = {"scorer": "model.onnx", "scorer.int8": "model.int8.onnx", DECODER: "decoder.onnx"}
+FILES = {
+    "scorer": "model.onnx",
+    "scorer.int8": "model.int8.onnx",
+    DECODER: "decoder.onnx",
+    f"{DECODER}.int8": "decoder.int8.onnx",
+}
 
 
 @pytest.mark.parametrize(
     ("machine", "artifact", "precision", "reuse", "expected"),
     [
         # ONNX Runtime: the decoder graph only where its scorer would be the fp32 graph
-        (fakes.CPU, "int8", None, True, ("int8", {"scorer": "model.int8.onnx"})),
+        (fakes.CPU, "int8", None, True, ("int8", {"scorer": "model.int8.onnx"})),  # an artifact without decoder.int8
+        (fakes.CPU, "int8+", None, True, ("int8", {DECODER: "decoder.int8.onnx"})),
+        (fakes.CPU, "int8+", None, False, ("int8", {"scorer": "model.int8.onnx"})),
+        (fakes.OPENVINO_BF16, "int8+", None, True, ("int8", {DECODER: "decoder.int8.onnx"})),
         (fakes.CPU, "int8", Precision.FP32, True, ("fp32", {DECODER: "decoder.onnx"})),
         (fakes.CPU, "int8", Precision.FP32, False, ("fp32", {"scorer": "model.onnx"})),
         (fakes.CPU, "bf16", None, True, ("fp32", {DECODER: "decoder.onnx"})),  # ONNX Runtime runs fp32 graphs
@@ -267,9 +276,14 @@ FILES = {"scorer": "model.onnx", "scorer.int8": "model.int8.onnx", DECODER: "dec
 def test_plan_loads_the_decoder_graph_alone_with_reuse_and_the_scorer_alone_without(
     machine, artifact, precision, reuse, expected
 ):
-    roles = [role for role in FILES if artifact == "int8" or role != "scorer.int8"]
+    roles = {  # "int8+": an int8 artifact with the decoder's int8 variant too
+        "int8": ["scorer", "scorer.int8", DECODER],
+        "int8+": list(FILES),
+    }.get(artifact, ["scorer", DECODER])
     graphs = {role: Graph(file=FILES[role], inputs=["input_ids"], outputs=["logits"]) for role in roles}
-    manifest = fakes.manifest(precision=artifact, family="qwen3-yes-no").model_copy(update={"graphs": graphs})
+    manifest = fakes.manifest(precision=artifact.rstrip("+"), family="qwen3-yes-no").model_copy(
+        update={"graphs": graphs}
+    )
     backend = "openvino" if machine.openvino else "onnxruntime"
     plan = fakes.first(manifest, machine, backend=backend, precision=precision, prefix_reuse=reuse)
     assert (plan.precision.value, dict(plan.graphs)) == expected
@@ -279,3 +293,63 @@ def test_plan_without_the_decoder_graph_serves_the_scorer_alone_with_reuse_on():
     manifest = fakes.manifest(family="qwen3-yes-no", roles=("scorer",))
     assert fakes.first(manifest, fakes.OPENVINO_BF16, backend="openvino").graphs == {"scorer": "model.onnx"}
     assert fakes.first(manifest, fakes.CPU, backend="onnxruntime").graphs == {"scorer": "model.onnx"}
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(model_dirs, tmp_path_factory):
+    from rerankrt.export import export_model
+
+    out = tmp_path_factory.mktemp("int8") / "qwen3"
+    export_model(str(model_dirs["qwen3"]), out, precision="int8", accept_fidelity_loss=True)
+    return out
+
+
+@pytest.mark.integration
+def test_int8_artifact_has_a_gated_decoder_variant_that_serves_with_reuse(int8_artifact, model_dirs):
+    """The decoder graph gets the int8 variant the scorer's passed with, gated as served (prefix reuse on); an int8
+    serving then reuses prefixes on it, within the gate's rank thresholds of the fp32 card."""
+    manifest = load_manifest(int8_artifact)
+    assert {"decoder.int8", "scorer.int8"} <= set(manifest.graphs)
+    fidelity = json.loads((int8_artifact / "fidelity.json").read_text())
+    reuse = fidelity["prefix_reuse"]
+    assert reuse["role"] == DECODER and reuse["passed"] and reuse["method"] == fidelity["method"], reuse
+    shown = collect(int8_artifact)["artifact"]["fidelity"]["prefix_reuse"]  # rerankrt info ARTIFACT
+    assert shown["passed"] and shown["role"] == DECODER and "max_score_diff" in shown
+    rng = np.random.default_rng(7)
+    query, docs = random_text(rng, 3, 10), random_documents(rng, 8, max_words=60)
+    card = np.asarray(qwen3_card_scores(model_dirs["qwen3"], query, docs)[0])
+    for backend in ("onnxruntime", "openvino"):
+        reranker = Reranker.load(str(int8_artifact), backend=backend, threads=1)
+        plan = reranker.model.plan
+        assert plan.graphs == {DECODER: "decoder.int8.onnx"} and plan.precision == Precision.INT8
+        calls = _count_calls(reranker)
+        scores = reranker.rerank(query, docs)
+        assert calls[CONTINUATION] >= 1, f"{backend}: the documents did not continue from a shared prefix"
+        got = np.array([s.score for s in sorted(scores, key=lambda s: s.index)])
+        assert np.argmax(got) == np.argmax(card), (backend, got, card)
+        assert np.max(np.abs(got - card)) < 0.1, backend  # the gate's max |Δscore|
+
+
+@pytest.mark.integration
+def test_a_decoder_variant_that_misses_the_gate_is_not_shipped(artifact_dirs, model_dirs, tmp_path):
+    """The scorer's variant is the artifact's; a decoder variant that misses is dropped with the reason (int8
+    servings then run whole prompts), its files gone."""
+    from rerankrt.export.onnx_graph import describe_graph
+    from rerankrt.export.parity import FidelityThresholds
+    from rerankrt.export.variants import build_prefix_reuse_variant, prefix_reuse_source
+    from rerankrt.runtime.self_check import GoldenSet
+
+    family = Qwen3YesNoFamily()
+    folder = tmp_path / "qwen3"
+    shutil.copytree(artifact_dirs["qwen3"], folder)
+    roles = list(load_manifest(folder).graphs)
+    assert prefix_reuse_source(family, roles) == (DECODER, DECODER)
+    impossible = FidelityThresholds(max_score_diff=0.0, min_top1_agreement=1.0, min_top3_agreement=1.0, max_swap_rate=0)
+    golden = GoldenSet.read(folder / "golden.json")
+    graph, report = build_prefix_reuse_variant(
+        Precision.INT8, "blockwise", family, family.load_export_model(model_dirs["qwen3"]),
+        family.load_encoder(folder), folder, describe_graph(folder, ["decoder.onnx"]), golden,
+        role=DECODER, thresholds=impossible,
+    )  # fmt: skip
+    assert graph is None and report["passed"] is False and "ranks too differently" in report["dropped"]
+    assert not list(folder.glob("decoder.int8*"))

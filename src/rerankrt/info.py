@@ -78,6 +78,11 @@ def collect(artifact: Path | None = None) -> dict:
             report = json.loads((artifact / FIDELITY_NAME).read_text())
             keys = ("passed", "accepted", "max_score_diff", "top1_agreement", "top3_agreement", "swap_rate")
             info["artifact"]["fidelity"] = {key: report.get(key) for key in keys}
+            if reuse := report.get("prefix_reuse"):  # the decoder graph's variant (prefix reuse), or why none
+                keys = ("role", "passed", "method", "max_score_diff", "dropped", "not_checked")
+                info["artifact"]["fidelity"]["prefix_reuse"] = {
+                    k: reuse[k] for k in keys if reuse.get(k) not in ("", None)
+                }
     return info
 
 

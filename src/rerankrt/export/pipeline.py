@@ -33,7 +33,7 @@ from rerankrt.artifact import (
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import export_graph
 from rerankrt.export.parity import FP32_TOLERANCE, check_parity, golden_set
-from rerankrt.export.variants import build_variant, variant_source
+from rerankrt.export.variants import build_prefix_reuse_variant, build_variant, prefix_reuse_source, variant_source
 from rerankrt.families import detect_family
 from rerankrt.families.base import SCORER, variant_role
 from rerankrt.model_source import resolve_model
@@ -153,10 +153,19 @@ def export_model(
                     golden=golden,
                     role=role,
                 )
-                (staging / FIDELITY_NAME).write_text(_json(fidelity.to_dict()))
-                variant_files.append(FIDELITY_NAME)
                 if variant is not None:
                     graphs[variant_role(fp32_role, precision)] = variant
+                report = fidelity.to_dict()
+                if reuse := prefix_reuse_source(chosen, list(graphs)):  # the decoder graph in the same precision
+                    role, fp32_role = reuse
+                    variant, report["prefix_reuse"] = build_prefix_reuse_variant(
+                        precision, fidelity.method, chosen, torch_model, encoder, staging, graphs[fp32_role], golden,
+                        role=role,
+                    )  # fmt: skip
+                    if variant is not None:
+                        graphs[variant_role(fp32_role, precision)] = variant
+                (staging / FIDELITY_NAME).write_text(_json(report))
+                variant_files.append(FIDELITY_NAME)
         del torch_model
 
         with step("writing tokenizer files"):

@@ -44,6 +44,51 @@ def variant_source(family: Family, roles: Sequence[str]) -> tuple[str, str]:
     return next(iter(choice.graphs.items()))
 
 
+def prefix_reuse_source(family: Family, roles: Sequence[str]) -> tuple[str, str] | None:
+    """(role, fp32 role) of the one graph the family serves with prefix reuse (the decoder graph of the prompt-based
+    decoders), when that is another graph than `variant_source`'s; else None. Its variants let a reduced-precision
+    serving reuse prefixes too."""
+    choice = family.serving_graphs(list(roles), Precision.FP32, prefix_reuse=True)
+    if isinstance(choice, str) or not choice.prefix_reuse or len(choice.graphs) != 1:
+        return None
+    source = next(iter(choice.graphs.items()))
+    return None if source == variant_source(family, roles) else source
+
+
+def build_prefix_reuse_variant(
+    precision: Precision,
+    method: str,
+    family: Family,
+    torch_model: torch.nn.Module,
+    encoder: PairEncoder,
+    folder: Path,
+    fp32_graph: ExportedGraph,
+    golden: GoldenSet | None,
+    thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
+    *,
+    role: str,
+) -> tuple[ExportedGraph | None, dict]:
+    """The `precision` variant of the prefix-reuse graph (`prefix_reuse_source`), made the way the scorer's passed
+    (`method`, an int8 recipe) and gated like it, run with prefix reuse as served; and its report. One that misses
+    is not shipped (reduced-precision servings then run whole prompts): the report says why. bf16 has no graph:
+    OpenVINO's bf16 hint on the fp32 graph is checked where this CPU computes bf16."""
+    if precision == Precision.BF16 and (problem := bf16_hint_problem()):
+        return None, {"role": role, "passed": None, "not_checked": f"OpenVINO computes it in fp32 here: {problem}"}
+    int8_method = method if precision == Precision.INT8 else None
+    try:
+        graph, report = build_variant(
+            precision, family, None, torch_model, encoder, folder, fp32_graph, thresholds=thresholds,
+            int8_method=int8_method, golden=golden, role=role,
+        )  # fmt: skip
+    except ExportError as exc:
+        for file in folder.glob(f"{_variant_stem(fp32_graph, precision)}*"):
+            file.unlink()
+        log.warning("the %s %s graph is not shipped (%s servings run whole prompts): %s", precision, role,
+                    precision, exc)  # fmt: skip
+        return None, {"role": role, "passed": False, "dropped": str(exc)}
+    return graph, {"role": role, **report.to_dict()}
+
+
 def build_variant(
     precision: str,
     family: Family,
@@ -222,13 +267,18 @@ def _check_every_path(
 
 
 def _build_graph(precision, method, folder: Path, fp32_graph: ExportedGraph, fusion, family) -> ExportedGraph:
-    source, target = folder / fp32_graph.files[0], folder / f"model.{precision}.onnx"
+    source, target = folder / fp32_graph.files[0], folder / f"{_variant_stem(fp32_graph, precision)}.onnx"
     if precision == Precision.INT8:
         hints = family.export_hints
         quantize_int8(source, target, fusion, hints.int8_keep_float, method, hints.int8_sensitive)
     else:
         cast_graph(source, target, precision)
     return describe_graph(folder, [target.name, *(p.name for p in external_data_files(target))])
+
+
+def _variant_stem(fp32_graph: ExportedGraph, precision: Precision) -> str:
+    """model.onnx -> model.int8, decoder.onnx -> decoder.int8 (the variant's file name, before .onnx)."""
+    return f"{Path(fp32_graph.files[0]).stem}.{precision}"
 
 
 def _log(report: FidelityReport) -> None:
