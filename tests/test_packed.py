@@ -236,14 +236,17 @@ def test_families_without_a_packed_path_say_why():
 # --- tiny models: exact against padded batches and whole prompts ------------------------------------------------
 
 ENCODERS = ("xlmr", "bert")
-DECODERS = ("qwen3", "qwen3-untied", "gemma")
+DECODERS = ("qwen3", "qwen3-untied", "gemma", "mxbai", "minicpm")
 
 
 @pytest.fixture(scope="module")
 def tiny_dirs(model_dirs, tmp_path_factory):
     from rerankrt.testing.tiny_gemma import build_tiny_gemma
+    from rerankrt.testing.tiny_minicpm import build_tiny_minicpm
+    from rerankrt.testing.tiny_mxbai import build_tiny_mxbai
 
-    return {**model_dirs, "gemma": build_tiny_gemma(tmp_path_factory.mktemp("gemma") / "gemma")}
+    builders = {"gemma": build_tiny_gemma, "mxbai": build_tiny_mxbai, "minicpm": build_tiny_minicpm}
+    return {**model_dirs, **{arch: build(tmp_path_factory.mktemp(arch) / arch) for arch, build in builders.items()}}
 
 
 def _loaded(tiny_dirs, arch):

@@ -251,6 +251,7 @@ class LayerwisePairEncoder(BgeGemmaPairEncoder):
 class LayerwiseFamily(prefix_reuse.PrefixReuseFamily):
     name = "bge-minicpm-layerwise"
     default_max_length = FLAG_MAX_LENGTH  # in FlagEmbedding's terms: the encoder adds twice the prompt's tokens
+    packed_batches = True  # padding-free batches and multi-item scoring on the torch backend (families.packed)
     export_hints = ExportHints(int8_keep_float=(r"(^|/)score/",))  # the one-logit head: tiny, sets the scale
     options = {
         CUTOFF: "the layer whose head scores (start_layer..num_hidden_layers, default 28 where the checkpoint has it, "

@@ -190,6 +190,7 @@ class MxbaiPairEncoder(PairEncoder):
 class MxbaiV2Family(prefix_reuse.PrefixReuseFamily):
     name = "mxbai-rerank-v2"
     default_max_length = MXBAI_MAX_LENGTH  # in mxbai's terms: the encoder adds the fixed prompt's tokens
+    packed_batches = True  # padding-free batches and multi-item scoring on the torch backend (families.packed)
     export_hints = ExportHints(int8_keep_float=(r"(^|/)score/",))  # the folded one-logit head: tiny, sets the scale
     whole_reference = 'transformers Qwen2ForSequenceClassification (folded "1" - "0" head), whole pairs, fp32, cpu'
 
