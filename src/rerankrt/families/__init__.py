@@ -22,6 +22,7 @@ from rerankrt.families.base import (
 )
 from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
+from rerankrt.families.gte_new import GteNewFamily
 from rerankrt.families.minicpm_layerwise import LayerwiseFamily
 from rerankrt.families.mxbai_v2 import MxbaiV2Family
 from rerankrt.families.qwen3_seq_cls import Qwen3SeqClsFamily
@@ -37,6 +38,7 @@ FAMILIES: tuple[type[Family], ...] = (
     MxbaiV2Family,
     Qwen3SeqClsFamily,
     LayerwiseFamily,
+    GteNewFamily,
 )
 
 # Old family names, still read wherever a family name is (manifests of artifacts exported before a rename, --family):

@@ -42,6 +42,9 @@ QUERY_SHARE = 3 / 4
 # tokenizer pair lacks: the cross-encoder does not claim them (`--family cross-encoder` still takes one).
 PROMPT_CONVERSIONS = frozenset({"Qwen3ForSequenceClassification"})
 
+# Remote-code classifiers ported natively by their own family (transformers has no such class).
+NATIVE_PORTS = frozenset({"NewForSequenceClassification"})  # families.gte_new
+
 
 def num_labels(config: dict) -> int:
     """transformers stores the label count as id2label; without it the default is 2."""
@@ -111,13 +114,13 @@ class CrossEncoderFamily(Family):
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
         found = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
-        if not found or num_labels(config) != 1 or found[0] in PROMPT_CONVERSIONS:
+        if not found or num_labels(config) != 1 or found[0] in PROMPT_CONVERSIONS | NATIVE_PORTS:
             return None
         return f"{found[0]} with one label: the head's logit is the score"
 
     @classmethod
     def describe(cls) -> str:
-        aside = ", ".join(sorted(PROMPT_CONVERSIONS))
+        aside = ", ".join(sorted(PROMPT_CONVERSIONS | NATIVE_PORTS))
         return f"cross-encoder (a *ForSequenceClassification checkpoint with exactly one label, but {aside})"
 
     def load_encoder(
