@@ -53,11 +53,12 @@ def test_recognised_as_gte_new_not_as_a_cross_encoder(gte_dir):
 
 def test_the_encoder_is_the_xlmr_pair_template_padded_right(gte_dir):
     encoder = GteNewFamily().load_encoder(gte_dir)
-    assert encoder.max_length == 2048 and encoder.input_names == ("input_ids", "attention_mask")
+    assert encoder.max_length == 512 and encoder.input_names == ("input_ids", "attention_mask")
     pair = encoder.encode("what is panda?", ["hi"])[0]
     tokens = encoder.tokenizer.convert_ids_to_tokens(pair["input_ids"].tolist())
     assert tokens[0] == "<s>" and tokens.count("</s>") == 3 and tokens[-1] == "</s>"
     assert encoder.padding_side == "right"
+    assert GteNewFamily().load_encoder(gte_dir, max_length=2048).max_length == 2048  # the positions it has
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -272,7 +272,7 @@ def load_gte_new(model_dir: Path, dtype: torch.dtype | None = None) -> GteNewSco
 
 class GteNewFamily(Family):
     name = "gte-new"
-    default_max_length = 8192  # the model card scores up to 8192 tokens
+    default_max_length = 512  # the model card's snippet cuts pairs at 512; --max-length takes up to 8192
     export_hints = ExportHints(int8_keep_float=(r"(^|/)classifier/",))  # the one-logit head: tiny, sets the scale
 
     @classmethod
