@@ -45,6 +45,17 @@ PROMPT_CONVERSIONS = frozenset({"Qwen3ForSequenceClassification"})
 # Remote-code classifiers ported natively by their own family (transformers has no such class).
 NATIVE_PORTS = frozenset({"NewForSequenceClassification"})  # families.gte_new
 
+# jina-reranker-v2 names transformers' XLM-R class but maps it to its own flash-attention code, whose weights have
+# other names: families.jina_v2 takes it (loaded as a plain XLM-R, its weights would be left out, silently).
+FLASH_XLMR_CLASS = "modeling_xlm_roberta.XLMRobertaForSequenceClassification"
+
+
+def flash_xlmr(config: dict) -> bool:
+    """config.json maps AutoModelForSequenceClassification to Jina's flash-attention XLM-R remote code."""
+    auto_map = config.get("auto_map")
+    target = auto_map.get("AutoModelForSequenceClassification") if isinstance(auto_map, dict) else None
+    return isinstance(target, str) and target.split("--")[-1] == FLASH_XLMR_CLASS
+
 
 def num_labels(config: dict) -> int:
     """transformers stores the label count as id2label; without it the default is 2."""
@@ -114,7 +125,7 @@ class CrossEncoderFamily(Family):
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
         found = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
-        if not found or num_labels(config) != 1 or found[0] in PROMPT_CONVERSIONS | NATIVE_PORTS:
+        if not found or num_labels(config) != 1 or found[0] in PROMPT_CONVERSIONS | NATIVE_PORTS or flash_xlmr(config):
             return None
         return f"{found[0]} with one label: the head's logit is the score"
 
