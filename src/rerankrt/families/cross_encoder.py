@@ -46,7 +46,7 @@ PROMPT_CONVERSIONS = frozenset({"Qwen3ForSequenceClassification"})
 NATIVE_PORTS = frozenset({"NewForSequenceClassification"})  # families.gte_new
 
 # jina-reranker-v2 names transformers' XLM-R class but maps it to its own flash-attention code, whose weights have
-# other names: families.jina_v2 takes it (loaded as a plain XLM-R, its weights would be left out, silently).
+# other names (transformers refuses the folder without trust_remote_code): families.jina_v2 takes it.
 FLASH_XLMR_CLASS = "modeling_xlm_roberta.XLMRobertaForSequenceClassification"
 
 
