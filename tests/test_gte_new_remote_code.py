@@ -3,7 +3,7 @@
 tiny checkpoint, against the native port, the served ONNX artifact and the CI reference.
 
 The remote code is not part of rerankrt and cannot be downloaded here: the module skips unless
-RERANKRT_GTE_NEW_IMPL names a folder holding the two files (docs/development.md, "The GTE remote code"). The CI tier
+RERANKRT_GTE_NEW_IMPL names a folder holding the two files (docs/development.md, "Remote modeling code"). The CI tier
 proves the same numbers against `rerankrt.testing.reference_gte` (tests/test_gte_new.py), which this module also
 checks against the authors' code.
 """
@@ -32,7 +32,7 @@ FILES = ("modeling.py", "configuration.py")
 if not IMPL or not all((Path(IMPL) / name).is_file() for name in FILES):
     pytest.skip(
         "RERANKRT_GTE_NEW_IMPL does not name a folder with Alibaba-NLP/new-impl's modeling.py and configuration.py "
-        "(docs/development.md: The GTE remote code)",
+        "(docs/development.md: Remote modeling code)",
         allow_module_level=True,
     )
 
