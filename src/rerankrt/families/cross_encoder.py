@@ -131,7 +131,8 @@ class CrossEncoderFamily(Family):
 
     @classmethod
     def describe(cls) -> str:
-        aside = ", ".join(sorted(PROMPT_CONVERSIONS | NATIVE_PORTS))
+        aside = ", ".join(sorted(PROMPT_CONVERSIONS)) + " nor remote-code ports (" + ", ".join(sorted(NATIVE_PORTS))
+        aside += ", Jina's flash-attention XLM-R)"
         return f"cross-encoder (a *ForSequenceClassification checkpoint with exactly one label, but {aside})"
 
     def load_encoder(
