@@ -23,6 +23,8 @@ from rerankrt.families.base import (
 from rerankrt.families.bge_gemma import BgeGemmaFamily
 from rerankrt.families.colbert import ColbertFamily
 from rerankrt.families.cross_encoder import CrossEncoderFamily, num_labels
+from rerankrt.families.gte_new import GteNewFamily
+from rerankrt.families.jina_v2 import JinaV2Family
 from rerankrt.families.minicpm_layerwise import LayerwiseFamily
 from rerankrt.families.mxbai_v2 import MxbaiV2Family
 from rerankrt.families.qwen3_seq_cls import Qwen3SeqClsFamily
@@ -39,6 +41,8 @@ FAMILIES: tuple[type[Family], ...] = (
     Qwen3SeqClsFamily,
     LayerwiseFamily,
     ColbertFamily,
+    GteNewFamily,
+    JinaV2Family,
 )
 
 # Old family names, still read wherever a family name is (manifests of artifacts exported before a rename, --family):

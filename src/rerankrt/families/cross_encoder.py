@@ -43,6 +43,20 @@ QUERY_SHARE = 3 / 4
 # tokenizer pair lacks: the cross-encoder does not claim them (`--family cross-encoder` still takes one).
 PROMPT_CONVERSIONS = frozenset({"Qwen3ForSequenceClassification"})
 
+# Remote-code classifiers ported natively by their own family (transformers has no such class).
+NATIVE_PORTS = frozenset({"NewForSequenceClassification"})  # families.gte_new
+
+# jina-reranker-v2 names transformers' XLM-R class but maps it to its own flash-attention code, whose weights have
+# other names (transformers refuses the folder without trust_remote_code): families.jina_v2 takes it.
+FLASH_XLMR_CLASS = "modeling_xlm_roberta.XLMRobertaForSequenceClassification"
+
+
+def flash_xlmr(config: dict) -> bool:
+    """config.json maps AutoModelForSequenceClassification to Jina's flash-attention XLM-R remote code."""
+    auto_map = config.get("auto_map")
+    target = auto_map.get("AutoModelForSequenceClassification") if isinstance(auto_map, dict) else None
+    return isinstance(target, str) and target.split("--")[-1] == FLASH_XLMR_CLASS
+
 
 def num_labels(config: dict) -> int:
     """transformers stores the label count as id2label; without it the default is 2."""
@@ -112,13 +126,14 @@ class CrossEncoderFamily(Family):
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
         found = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
-        if not found or num_labels(config) != 1 or found[0] in PROMPT_CONVERSIONS:
+        if not found or num_labels(config) != 1 or found[0] in PROMPT_CONVERSIONS | NATIVE_PORTS or flash_xlmr(config):
             return None
         return f"{found[0]} with one label: the head's logit is the score"
 
     @classmethod
     def describe(cls) -> str:
-        aside = ", ".join(sorted(PROMPT_CONVERSIONS))
+        aside = ", ".join(sorted(PROMPT_CONVERSIONS)) + " nor remote-code ports (" + ", ".join(sorted(NATIVE_PORTS))
+        aside += ", Jina's flash-attention XLM-R)"
         return f"cross-encoder (a *ForSequenceClassification checkpoint with exactly one label, but {aside})"
 
     def load_encoder(
