@@ -16,18 +16,21 @@ from rerankrt.errors import InputError, UnsupportedModelError
 from rerankrt.families import detect_family, get_family
 from rerankrt.runtime.document_cache import DocumentCache
 from rerankrt.runtime.reranker import Scores
-from rerankrt.testing.tiny_colbert import build_colbert
+from rerankrt.testing.tiny_colbert import PUBLISHED, build_colbert
 from rerankrt.testing.tiny_models import CORPUS
 
 TOLERANCE = 1e-4
 QUERY = "what is panda? the giant panda, a bear"
+QUERIES = [QUERY, "  Panda  ", "Is it a BEAR?"]  # cut to query_length; expanded with [MASK]; whitespace, case
 
 
 def mixed_documents(seed: int, count: int = 9) -> list[str]:
-    """Documents of mixed lengths (empty, short, over max_length), with punctuation for the skiplist."""
+    """Documents of mixed lengths (empty, short, over max_length), with punctuation for the skiplist, every third
+    one with whitespace around it and capitals (what a byte-level BPE and do_lower_case see)."""
     rng = np.random.default_rng(seed)
     words = " ".join(CORPUS).split()
     documents = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 70, size=count - 1)]
+    documents = [f"  {d.title()}\n" if i % 3 == 1 else d for i, d in enumerate(documents)]
     return ["", *documents]
 
 
@@ -109,6 +112,45 @@ def test_documents_are_marked_cut_and_skip_punctuation(colbert_dir):
     assert refused.value.field == "documents[1]"
 
 
+def test_texts_are_stripped_and_lower_cased_as_sentence_transformers_tokenizes_them(tmp_path):
+    """A byte-level BPE reads surrounding whitespace and case: sentence-transformers strips the text, and lower-cases
+    it with sentence_bert_config.json's do_lower_case, before PyLate marks and pads it."""
+    folder = build_colbert(tmp_path / "bpe", weights=False, body="modernbert", lower_case=True)
+    encoder = get_family("colbert").load_encoder(folder)
+    assert encoder.tokenizer(" Panda")["input_ids"] != encoder.tokenizer("panda")["input_ids"]
+    spaced, plain = (
+        encoder.encode("  What IS a Panda?\n", ["\t A BEAR  ", "  "]),
+        encoder.encode("what is a panda?", ["a bear", ""]),
+    )
+    for got, expected in zip(spaced, plain, strict=True):
+        assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)
+
+
+def test_published_settings_encode_as_pylate_reads_them(tmp_path):
+    """answerai-colbert-small-v1's: markers from the vocabulary, no do_query_expansion (PyLate's default, on), and
+    a tokenizer.json that pads and truncates by itself (the encoder's own lengths win)."""
+    folder = build_colbert(tmp_path / "answerai", weights=False, **PUBLISHED["answerai-colbert-small-v1"])
+    assert get_family("colbert").recognise({}, folder) is not None
+    encoder = get_family("colbert").load_encoder(folder)
+    tokenizer = encoder.tokenizer
+    pair, long = encoder.encode("panda", ["a bear", " ".join(CORPUS * 3)])
+    assert pair["query_input_ids"][1] == tokenizer.convert_tokens_to_ids("[unused0]") != tokenizer.unk_token_id
+    assert len(pair["query_input_ids"]) == 32 and pair["input_ids"][1] == tokenizer.convert_tokens_to_ids("[unused1]")
+    assert len(pair["input_ids"]) == 5 and len(long["input_ids"]) == encoder.max_length == 300
+
+
+def test_a_prefix_missing_from_the_vocabulary_is_refused(colbert_dir, tmp_path):
+    folder = tmp_path / "no-marker"
+    folder.mkdir()
+    for file in colbert_dir.iterdir():
+        if file.is_file():
+            (folder / file.name).write_bytes(file.read_bytes())
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({**settings, "query_prefix": "[QUERY]"}))
+    with pytest.raises(UnsupportedModelError, match=r"\[QUERY\]"):
+        get_family("colbert").load_encoder(folder)
+
+
 def test_documents_pad_and_queries_stack_in_a_batch(colbert_dir):
     encoder = get_family("colbert").load_encoder(colbert_dir)
     batch = encoder.collate(encoder.encode("q", ["a b c d e f g", "hi"]))
@@ -176,22 +218,29 @@ def reference_scores(folder: Path, query: str, documents: list[str]) -> np.ndarr
     return np.asarray(ReferenceColbert(folder).scores(query, documents), dtype=np.float32)
 
 
+VARIANTS = {
+    "expansion": {},
+    "no-expansion": {"expansion": False},
+    "attend-expansion": {"attend_to_expansion": True},
+    "bias": {"bias": True, "dim": 8},
+    "modernbert": {"body": "modernbert"},
+    "modernbert-lower-case": {"body": "modernbert", "lower_case": True},
+    **PUBLISHED,
+}
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize(
-    "variant",
-    [{}, {"expansion": False}, {"attend_to_expansion": True}, {"bias": True, "dim": 8}, {"body": "modernbert"}],
-    ids=["expansion", "no-expansion", "attend-expansion", "bias", "modernbert"],
-)
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_the_torch_scorer_is_maxsim_on_padded_mixed_lengths(variant, tmp_path):
     from rerankrt.families.base import run_torch
 
-    folder = build_colbert(tmp_path / "model", seed=7, **variant)
+    folder = build_colbert(tmp_path / "model", seed=7, **VARIANTS[variant])
     family = get_family("colbert")
-    encoder = family.load_encoder(folder)
+    encoder, scorer = family.load_encoder(folder), family.load_scorer(folder)
     documents = mixed_documents(1)
-    got = run_torch(family.load_scorer(folder), encoder.collate(encoder.encode(QUERY, documents)))
-    expected = reference_scores(folder, QUERY, documents)
-    assert np.abs(got - expected).max() <= TOLERANCE
+    for query in QUERIES:
+        got = run_torch(scorer, encoder.collate(encoder.encode(query, documents)))
+        assert np.abs(got - reference_scores(folder, query, documents)).max() <= TOLERANCE, query
 
 
 @pytest.mark.integration
@@ -312,18 +361,29 @@ def pylate_problem() -> str | None:
 @pytest.mark.pylate
 @pytest.mark.integration
 @pytest.mark.skipif(pylate_problem() is not None, reason=str(pylate_problem()))
-def test_served_scores_equal_pylate(colbert_model, colbert_artifact):
+@pytest.mark.parametrize("variant", ["tiny", *PUBLISHED])
+def test_served_scores_equal_pylate(variant, colbert_model, colbert_artifact, tmp_path):
+    """PyLate's own ColBERT.encode (its batches padded, its skiplist and expansion) and colbert_scores, for the tiny
+    model and the published checkpoints' settings, on short (expanded), cut, spaced and capitalised queries."""
     import torch
     from pylate import models, scores
 
     from rerankrt import Reranker
+    from rerankrt.export import export_model
 
+    model_dir, artifact = colbert_model, colbert_artifact
+    if variant != "tiny":
+        model_dir, artifact = build_colbert(tmp_path / "model", seed=9, **PUBLISHED[variant]), tmp_path / "artifact"
+        export_model(str(model_dir), artifact)
     documents = mixed_documents(6, count=10)
-    model = models.ColBERT(str(colbert_model), device="cpu")
-    query = model.encode([QUERY], is_query=True)[0]
-    embedded = model.encode(documents, is_query=False)
-    expected = [float(scores.colbert_scores(torch.as_tensor(query)[None], torch.as_tensor(d)[None])[0, 0])
-                for d in embedded]  # fmt: skip
+    model = models.ColBERT(str(model_dir), device="cpu")
+    embedded = [torch.as_tensor(d)[None] for d in model.encode(documents, is_query=False)]
+    expected = {}
+    for query in QUERIES:
+        encoded = torch.as_tensor(model.encode([query], is_query=True)[0])[None]
+        expected[query] = np.asarray([float(scores.colbert_scores(encoded, d)[0, 0]) for d in embedded])
     for backend in ("onnxruntime", "openvino", "torch"):
-        with Reranker.load(str(colbert_artifact), backend=backend) as reranker:
-            assert np.abs(reranker.logits(QUERY, documents) - np.asarray(expected)).max() <= TOLERANCE
+        with Reranker.load(str(artifact), backend=backend) as reranker:
+            worst = max(float(np.abs(reranker.logits(q, documents) - expected[q]).max()) for q in QUERIES)
+        print(f"PyLate parity, {variant}, {backend}: max |score - PyLate's| = {worst:.2e}")
+        assert worst <= TOLERANCE, backend

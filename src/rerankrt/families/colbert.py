@@ -3,13 +3,15 @@ and Dense projections (modules.json, `1_Dense/`), with PyLate's settings in conf
 (answerai-colbert-small-v1: BERT -> 96, GTE-ModernColBERT-v1: ModernBERT -> 128).
 
 Query and document are encoded apart by one graph (`encoder`: a batch of texts -> L2-normalised token embeddings),
-as PyLate's `ColBERT.tokenize`/`encode` prepare them: a marker token (`query_prefix` "[Q] ", `document_prefix`
-"[D] ") after [CLS]; the query cut to `query_length` and, with `do_query_expansion`, padded to it with [MASK]
-(attended to only with `attend_to_expansion_tokens`, scored always); the document cut to `document_length` (the
-artifact's max_length), its punctuation tokens (`skiplist_words`) and padding left out of the scoring. The score of
-a pair is MaxSim, `sum over query tokens q of max over document tokens d of <q, d>` (pylate.scores.colbert_scores of
-the pair alone). It is a similarity, not a logit (`logit_scores` False); documents' embeddings are kept across
-requests in the runtime's document cache, keyed by a hash of the encoded document (`document_encodings`).
+as PyLate's `ColBERT.tokenize`/`encode` prepare them: the text stripped of surrounding whitespace (and lower-cased
+with sentence_bert_config.json's `do_lower_case`) as sentence-transformers' Transformer.tokenize does; a marker
+token (`query_prefix` "[Q] ", `document_prefix` "[D] ") after [CLS]; the query cut to `query_length` and, with
+`do_query_expansion`, padded to it with [MASK] (attended to only with `attend_to_expansion_tokens`, scored always);
+the document cut to `document_length` (the artifact's max_length), its punctuation tokens (`skiplist_words`) and
+padding left out of the scoring. The score of a pair is MaxSim, `sum over query tokens q of max over document
+tokens d of <q, d>` (pylate.scores.colbert_scores of the pair alone). It is a similarity, not a logit
+(`logit_scores` False); documents' embeddings are kept across requests in the runtime's document cache, keyed by a
+hash of the encoded document (`document_encodings`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ ENCODER = "encoder"
 """The one graph: input_ids, attention_mask (token_type_ids where the body takes them) -> token_embeddings."""
 MODULES_FILE = "modules.json"
 SETTINGS_FILE = "config_sentence_transformers.json"
+TRANSFORMER_FILE = "sentence_bert_config.json"  # the Transformer module's: do_lower_case
 QUERY = "query_"  # the query's arrays in a pair's Features carry this prefix; the document's have none
 SCORED = "scored"  # per token: 1 where it takes part in MaxSim (the encoder decides: expansion, skiplist, padding)
 PYLATE_DENSE = "pylate.models.Dense.Dense"
@@ -72,24 +75,33 @@ class ColbertSettings:
     do_query_expansion: bool = True
     attend_to_expansion_tokens: bool = False
     skiplist_words: list[str] = field(default_factory=lambda: list(string.punctuation))
+    do_lower_case: bool = False  # sentence_bert_config.json's, not config_sentence_transformers.json's
 
     @classmethod
     def read(cls, folder: Path) -> ColbertSettings:
         path = Path(folder) / SETTINGS_FILE
         try:
             saved = json.loads(path.read_text()) if path.is_file() else {}
-            known = {k: saved[k] for k in cls.__dataclass_fields__ if saved.get(k) is not None}
-            settings = cls(**known)
+            known = {k: saved[k] for k in cls.__dataclass_fields__ if saved.get(k) is not None and k != "do_lower_case"}
+            settings = cls(**known, do_lower_case=_lower_case(Path(folder) / TRANSFORMER_FILE))
             if not settings.do_query_expansion:  # PyLate: no expansion tokens, nothing to attend to
                 settings = ColbertSettings(**{**asdict(settings), "attend_to_expansion_tokens": False})
             lengths_ok = settings.query_length >= 3 and settings.document_length >= 3
             texts_ok = all(isinstance(w, str) for w in [settings.query_prefix, settings.document_prefix,
                                                           *settings.skiplist_words])  # fmt: skip
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise UnsupportedModelError(f"{path}: not PyLate's settings ({exc})") from exc
         if not (lengths_ok and texts_ok):
             raise UnsupportedModelError(f"{path}: query_length and document_length of 3 or more and text markers")
         return settings
+
+
+def _lower_case(path: Path) -> bool:
+    """sentence_bert_config.json's do_lower_case (sentence-transformers lower-cases the text itself with it)."""
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if not isinstance(saved, dict) or not isinstance(saved.get("do_lower_case", False), bool):
+        raise ValueError(f"{path.name}: do_lower_case must be true or false")
+    return saved.get("do_lower_case", False)
 
 
 def read_modules(model_dir: Path) -> list[dict] | None:
@@ -138,7 +150,19 @@ class ColbertEncoder(PairEncoder):
         self.skip_ids = frozenset(tokenizer.convert_tokens_to_ids(w) for w in settings.skiplist_words)
 
     def _marker(self, prefix: str) -> int | None:
-        return self.tokenizer.convert_tokens_to_ids(prefix) if prefix else None
+        """The prefix's token id. PyLate adds a prefix missing from the vocabulary with a freshly initialised
+        embedding, so a checkpoint without it has no one answer: refused."""
+        if not prefix:
+            return None
+        token = self.tokenizer.convert_tokens_to_ids(prefix)
+        if token is None or (token == self.tokenizer.unk_token_id and prefix != self.tokenizer.unk_token):
+            raise UnsupportedModelError(f"the tokenizer has no token {prefix!r} (the query or document prefix)")
+        return token
+
+    def text(self, text: str) -> str:
+        """The text as sentence-transformers tokenizes it: stripped, lower-cased with `do_lower_case`."""
+        text = text.strip()
+        return text.lower() if self.settings.do_lower_case else text
 
     def _with_marker(self, ids: list[int], marker: int | None) -> list[int]:
         return ids if marker is None else [ids[0], marker, *ids[1:]]
@@ -148,7 +172,7 @@ class ColbertEncoder(PairEncoder):
         with expansion padded to it with [MASK]."""
         settings = self.settings
         room = settings.query_length - (self.query_prefix_id is not None)
-        ids = self.tokenizer(query, truncation=True, max_length=room, verbose=False)["input_ids"]
+        ids = self.tokenizer(self.text(query), truncation=True, max_length=room, verbose=False)["input_ids"]
         mask = [1] * len(ids)
         if settings.do_query_expansion:
             pad = room - len(ids)
@@ -172,7 +196,7 @@ class ColbertEncoder(PairEncoder):
         # `instruct` has no place in a ColBERT encoding
         encoded_query = self.encode_query(query)
         marker = self.document_prefix_id is not None
-        encoded = self.tokenizer(list(documents), truncation=False, verbose=False)  # the template's special tokens
+        encoded = self.tokenizer([self.text(d) for d in documents], truncation=False, verbose=False)
         pairs = []
         for i in range(len(documents)):
             ids = np.asarray(encoded["input_ids"][i], dtype=np.int64)
@@ -199,8 +223,11 @@ class ColbertEncoder(PairEncoder):
         return batch
 
     def save(self, out_dir: Path) -> list[str]:
-        (Path(out_dir) / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
-        return sorted({*save_tokenizer(self.tokenizer, out_dir), SETTINGS_FILE})
+        settings = asdict(self.settings)
+        lower_case = settings.pop("do_lower_case")
+        (Path(out_dir) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        (Path(out_dir) / TRANSFORMER_FILE).write_text(json.dumps({"do_lower_case": lower_case}) + "\n")
+        return sorted({*save_tokenizer(self.tokenizer, out_dir), SETTINGS_FILE, TRANSFORMER_FILE})
 
 
 class DenseChain(torch.nn.Module):

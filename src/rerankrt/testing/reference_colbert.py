@@ -27,6 +27,8 @@ class ReferenceColbert:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.q_id = self.tokenizer.convert_tokens_to_ids(st.get("query_prefix", "[Q] "))
         self.d_id = self.tokenizer.convert_tokens_to_ids(st.get("document_prefix", "[D] "))
+        transformer = folder / "sentence_bert_config.json"
+        self.lower = transformer.is_file() and json.loads(transformer.read_text()).get("do_lower_case", False)
         self.skip = {self.tokenizer.convert_tokens_to_ids(w) for w in st.get("skiplist_words", string.punctuation)}
         self.model = AutoModel.from_pretrained(folder).eval()
         modules = json.loads((folder / "modules.json").read_text())
@@ -43,8 +45,12 @@ class ReferenceColbert:
                 hidden = torch.nn.functional.linear(hidden, weight, bias)
             return torch.nn.functional.normalize(hidden, p=2, dim=1)
 
+    def _text(self, text: str) -> str:
+        """sentence-transformers' Transformer.tokenize: stripped, lower-cased with do_lower_case."""
+        return text.strip().lower() if self.lower else text.strip()
+
     def query(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(text, truncation=True, max_length=self.query_length - 1)["input_ids"]
+        ids = self.tokenizer(self._text(text), truncation=True, max_length=self.query_length - 1)["input_ids"]
         mask = [1] * len(ids)
         if self.expansion:
             pad = self.query_length - 1 - len(ids)
@@ -57,7 +63,7 @@ class ReferenceColbert:
 
     def document(self, text: str, max_length: int | None = None) -> torch.Tensor:
         length = max_length or self.document_length
-        ids = self.tokenizer(text, truncation=True, max_length=length - 1)["input_ids"]
+        ids = self.tokenizer(self._text(text), truncation=True, max_length=length - 1)["input_ids"]
         ids = [ids[0], self.d_id, *ids[1:]]
         kept = torch.tensor([i not in self.skip for i in ids])
         return self._embed(ids, [1] * len(ids))[kept]

@@ -18,6 +18,21 @@ from rerankrt.testing.tiny_models import CORPUS, build_bert_tokenizer
 
 QUERY_PREFIX, DOCUMENT_PREFIX = "[Q] ", "[D] "  # PyLate's defaults, added to the vocabulary as whole tokens
 
+PUBLISHED = {
+    # PyLate's conversion of the Stanford checkpoint: BERT (uncased WordPiece) -> 96, the unused0/1 markers in its
+    # vocabulary, tokenizer.json padding with [MASK] and truncating at 299, settings as PyLate 1.1 wrote them
+    "answerai-colbert-small-v1": dict(
+        dim=96, query_length=32, document_length=300, prefixes=("[unused0]", "[unused1]"), tokenizer_defaults=True,
+        legacy_settings=True,
+    ),
+    # ModernBERT (byte-level BPE) -> 128, [Q] / [D] added tokens
+    "GTE-ModernColBERT-v1": dict(
+        dim=128, query_length=32, document_length=300, body="modernbert", legacy_settings=True,
+    ),
+}  # fmt: skip
+"""The published checkpoints' settings (their config_sentence_transformers.json, modules.json, 1_Dense/config.json,
+sentence_bert_config.json, tokenizer kind) on a tiny body: `build_colbert(out, **PUBLISHED[name])`."""
+
 
 def build_modernbert_tokenizer():
     """A byte-level BPE with ModernBERT's special tokens and [CLS] $A [SEP] template (GTE-ModernColBERT's kind)."""
@@ -80,13 +95,23 @@ def build_colbert(
     weights: bool = True,
     shape: dict | None = None,
     body: str = "bert",
+    prefixes: tuple[str, str] = (QUERY_PREFIX, DOCUMENT_PREFIX),
+    lower_case: bool = False,
+    tokenizer_defaults: bool = False,
+    legacy_settings: bool = False,
 ) -> Path:
     """A small BertModel (`body="modernbert"`: ModernBertModel) with a Dense projection to `dim`, saved the way
     PyLate's ColBERT.save writes it (without `weights`: the configs and the tokenizer only, enough to recognise and
-    encode). `shape`: config arguments that replace the tiny sizes (benchmarks build answerai-colbert-small-v1's)."""
+    encode). `shape`: config arguments that replace the tiny sizes (benchmarks build answerai-colbert-small-v1's).
+    `prefixes`: the query and document markers, added to the vocabulary; `lower_case`: sentence_bert_config.json's
+    do_lower_case; `tokenizer_defaults`: tokenizer.json pads with [MASK] and truncates at document_length - 1;
+    `legacy_settings`: config_sentence_transformers.json without model_type and do_query_expansion."""
     out = Path(out)
     tokenizer = build_modernbert_tokenizer() if body == "modernbert" else build_bert_tokenizer()
-    tokenizer.add_tokens([QUERY_PREFIX, DOCUMENT_PREFIX])
+    tokenizer.add_tokens([prefix for prefix in prefixes if prefix])
+    if tokenizer_defaults:
+        tokenizer.backend_tokenizer.enable_padding(pad_id=tokenizer.mask_token_id, pad_token=tokenizer.mask_token)
+        tokenizer.backend_tokenizer.enable_truncation(max_length=document_length - 1)
     model_class, config = _body(body, tokenizer, shape)
     torch.manual_seed(seed)
     if weights:
@@ -100,23 +125,22 @@ def build_colbert(
         {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
     ]
     (out / "modules.json").write_text(json.dumps(modules, indent=2))
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 511, "do_lower_case": False}))
-    (out / "config_sentence_transformers.json").write_text(
-        json.dumps(
-            {
-                "model_type": "ColBERT",
-                "similarity_fn_name": "MaxSim",
-                "query_prefix": QUERY_PREFIX,
-                "document_prefix": DOCUMENT_PREFIX,
-                "query_length": query_length,
-                "document_length": document_length,
-                "attend_to_expansion_tokens": attend_to_expansion,
-                "skiplist_words": list(string.punctuation),
-                "do_query_expansion": expansion,
-            },
-            indent=2,
-        )
-    )
+    transformer = {"max_seq_length": document_length - 1, "do_lower_case": lower_case}
+    (out / "sentence_bert_config.json").write_text(json.dumps(transformer))
+    settings = {
+        "model_type": "ColBERT",
+        "similarity_fn_name": "MaxSim",
+        "query_prefix": prefixes[0],
+        "document_prefix": prefixes[1],
+        "query_length": query_length,
+        "document_length": document_length,
+        "attend_to_expansion_tokens": attend_to_expansion,
+        "skiplist_words": list(string.punctuation),
+        "do_query_expansion": expansion,
+    }
+    if legacy_settings:
+        settings = {k: v for k, v in settings.items() if k not in ("model_type", "do_query_expansion")}
+    (out / "config_sentence_transformers.json").write_text(json.dumps(settings, indent=2))
     dense = out / "1_Dense"
     dense.mkdir(exist_ok=True)
     linear = torch.nn.Linear(config.hidden_size, dim, bias=bias)
