@@ -77,6 +77,11 @@ def collect(artifact: Path | None = None) -> dict:
             report = json.loads((artifact / FIDELITY_NAME).read_text())
             keys = ("passed", "accepted", "max_score_diff", "top1_agreement", "top3_agreement", "swap_rate")
             info["artifact"]["fidelity"] = {key: report.get(key) for key in keys}
+            info["artifact"]["fidelity"]["method"] = report.get("method")
+            if search := report.get("search"):  # the int8 search: what it kept fp32 and why
+                info["artifact"]["fidelity"]["search"] = {
+                    key: search.get(key) for key in ("recipe", "products", "kept_fp32", "stopped", "seconds")
+                }
     return info
 
 

@@ -37,7 +37,7 @@ from rerankrt.export.variants import build_variant, variant_source
 from rerankrt.families import detect_family
 from rerankrt.families.base import SCORER, variant_role
 from rerankrt.model_source import resolve_model
-from rerankrt.precision import Precision
+from rerankrt.precision import INT8_SEARCH_BUDGET_S, Precision, int8_search_budget
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,17 @@ def export_model(
     precision: Precision | str = Precision.FP32,
     accept_fidelity_loss: bool = False,
     int8_method: str | None = None,
+    int8_search_budget_s: float = INT8_SEARCH_BUDGET_S,
 ) -> Manifest:
     """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest.
 
-    `precision` other than fp32 adds that variant (checked for fidelity) and makes it the one served.
+    `precision` other than fp32 adds that variant (checked for fidelity) and makes it the one served;
+    `int8_search_budget_s`: the int8 search's time budget (export/int8_search.py).
     """
+    try:
+        int8_search_budget_s = int8_search_budget(int8_search_budget_s)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
@@ -146,6 +152,7 @@ def export_model(
                     graphs[fp32_role],
                     accept_fidelity_loss,
                     int8_method=int8_method,
+                    int8_search_budget_s=int8_search_budget_s,
                     golden=golden,
                     role=role,
                 )
