@@ -16,10 +16,28 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.int8_recipes import natural_fidelity, session
 from bench.lib.results import log, machine, write_result
 from bench.lib.timing import repeat
 from bench.lib.trained_minilm import build_cross_encoder, queries_with_documents
+
+
+def session(path: Path, threads: int = 2):
+    """`path` in an ONNX Runtime session on `threads` threads: batch -> logits."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return lambda batch: sess.run(None, {k: v for k, v in batch.items() if k in names})[0].reshape(-1)
+
+
+def natural_fidelity(reference: np.ndarray, logits: np.ndarray) -> dict:
+    """The gate's figures and verdict on natural text (queries of 8 documents)."""
+    from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, agreement
+
+    found = agreement(reference, logits, 8)
+    return {**vars(found), "failures": FIDELITY_THRESHOLDS.failures(found)}
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def test_a_tight_gate_makes_the_search_put_back_the_worst_products_and_record_th
     # in the served graph the kept products are the fp32 nodes of those names, the rest are quantized
     graph = onnx.load(str(tmp_path / "art" / load_manifest(tmp_path / "art").graphs["scorer.int8"].file)).graph
     ops = {node.name: node.op_type for node in graph.node}
-    assert all(ops.get(name) in ("MatMul", "Attention") for name in kept), [(n, ops.get(n)) for n in kept]
+    assert all(ops.get(name) in ("MatMul", "Gemm", "Attention") for name in kept), [(n, ops.get(n)) for n in kept]
     if len(kept) < search["products"]:
         assert {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention"} & set(ops.values())
     shown = collect(tmp_path / "art")["artifact"]["fidelity"]  # `rerankrt info`

@@ -56,7 +56,12 @@ FP32_OPS = [
 ONNX_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 QUANTIZED_OPS = ["MatMul", "Attention"]  # not Gather: embedding lookups cost no arithmetic
 QUANTIZE_METHODS = ("dynamic", "static", "blockwise", "mixed")  # static: the int8 search's (needs calibration)
-RECIPE_OPS = {"dynamic": {"MatMul", "Attention"}, "static": {"MatMul"}, "blockwise": {"MatMul"}, "mixed": {"MatMul"}}
+RECIPE_OPS = {
+    "dynamic": {"MatMul", "Gemm", "Attention"},
+    "static": {"MatMul"},
+    "blockwise": {"MatMul"},
+    "mixed": {"MatMul"},
+}
 """The weight products each recipe quantizes (dynamic's graph is fused: Attention holds Q/K/V)."""
 INT8_BLOCK = 32
 
