@@ -164,7 +164,7 @@ def test_backend_order_follows_the_precision():  # which graph runs per device: 
     assert bf16[:3] == AUTO_ORDER[:3] and bf16[3:] == (("openvino", "cpu"), ("torch", "cpu"), ("onnxruntime", "cpu"))
 
 
-def corrupting_quantizer(source, target, model_type=None, keep_float=(), method="dynamic", sensitive=()):
+def corrupting_quantizer(source, target, model_type=None, keep_float=(), method="dynamic", sensitive=(), **options):
     """A broken 'quantizer': the fp32 graph with its classifier weights reversed and blown up."""
     model = onnx.load(str(source))
     for init in model.graph.initializer:
@@ -177,11 +177,13 @@ def corrupting_quantizer(source, target, model_type=None, keep_float=(), method=
 @pytest.mark.integration
 def test_a_bad_variant_is_refused_unless_accepted(model_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr("rerankrt.export.variants.quantize_int8", corrupting_quantizer)
+    # every recipe, the search's too (its budget cut short: it cannot mend a corrupt quantizer), is refused
     with pytest.raises(ExportError, match="ranks too differently.*--accept-fidelity-loss"):
-        export_model(str(model_dirs["xlmr"]), tmp_path / "bad", precision="int8")
+        export_model(str(model_dirs["xlmr"]), tmp_path / "bad", precision="int8", int8_search_budget_s=0.01)
     assert not (tmp_path / "bad").exists()
 
-    manifest = export_model(str(model_dirs["xlmr"]), tmp_path / "ok", precision="int8", accept_fidelity_loss=True)
+    manifest = export_model(str(model_dirs["xlmr"]), tmp_path / "ok", precision="int8", accept_fidelity_loss=True,
+                            int8_search_budget_s=0.01)  # fmt: skip
     report = json.loads((tmp_path / "ok" / FIDELITY_NAME).read_text())
     assert (report["passed"], report["accepted"]) == (False, True) and report["failures"]
     assert load_manifest(tmp_path / "ok").precision == manifest.precision == "int8"
@@ -200,10 +202,10 @@ def test_a_bad_variant_is_refused_unless_accepted(model_dirs, tmp_path, monkeypa
 def test_the_next_int8_recipe_is_tried_when_the_fastest_misses(model_dirs, tmp_path, monkeypatch, caplog):
     from rerankrt.export.precision import quantize_int8
 
-    def dynamic_broken(source, target, model_type=None, keep_float=(), method="dynamic", sensitive=()):
+    def dynamic_broken(source, target, model_type=None, keep_float=(), method="dynamic", sensitive=(), **options):
         if method == "dynamic":
             return corrupting_quantizer(source, target)
-        return quantize_int8(source, target, model_type, keep_float, method, sensitive)
+        return quantize_int8(source, target, model_type, keep_float, method, sensitive, **options)
 
     monkeypatch.setattr("rerankrt.export.variants.quantize_int8", dynamic_broken)
     export_model(str(model_dirs["xlmr"]), tmp_path / "art", precision="int8")

@@ -17,7 +17,7 @@ from rerankrt import __version__
 from rerankrt.errors import RerankrtError
 from rerankrt.families import canonical_family_name, family_names
 from rerankrt.logs import configure_logging
-from rerankrt.precision import ENGINE_PRECISIONS, INT8_METHODS, PRECISIONS, Precision
+from rerankrt.precision import ENGINE_PRECISIONS, INT8_METHODS, INT8_SEARCH_BUDGET_S, PRECISIONS, Precision
 from rerankrt.runtime.plan import BACKEND_CHOICES
 
 log = logging.getLogger("rerankrt")
@@ -80,8 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--int8-method",
         choices=INT8_METHODS,
-        help="with --precision int8: try this recipe only (default: dynamic, blockwise, mixed in turn until one passes "
-        "the fidelity gate; docs/precision.md)",
+        help="with --precision int8: try this recipe only (default: dynamic, blockwise, mixed, search in turn until "
+        "one passes the fidelity gate; search: the model's own products kept fp32; docs/precision.md)",
+    )
+    export.add_argument(
+        "--int8-search-budget",
+        type=budget_seconds,
+        default=INT8_SEARCH_BUDGET_S,
+        metavar="SECONDS",
+        help=f"time budget of the int8 search (default {INT8_SEARCH_BUDGET_S:.0f}); when spent it stops and says so",
     )
     export.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     export.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (GPU, `gpu` extra)")
@@ -133,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     rerank.set_defaults(run=run_rerank)
     return parser
+
+
+def budget_seconds(text: str) -> float:
+    """argparse type of --int8-search-budget: a clear error for anything but seconds > 0."""
+    from rerankrt.precision import int8_search_budget
+
+    try:
+        return int8_search_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, precision_flag: str = "--precision") -> None:
@@ -218,6 +235,7 @@ def run_export(args: argparse.Namespace) -> int:
         precision=args.precision,
         accept_fidelity_loss=args.accept_fidelity_loss,
         int8_method=args.int8_method,
+        int8_search_budget_s=args.int8_search_budget,
     )
     if args.tensorrt:
         from rerankrt.export.tensorrt import build_engine

@@ -83,6 +83,11 @@ def collect(artifact: Path | None = None) -> dict:
                 info["artifact"]["fidelity"]["prefix_reuse"] = {
                     k: reuse[k] for k in keys if reuse.get(k) not in ("", None)
                 }
+            info["artifact"]["fidelity"]["method"] = report.get("method")
+            if search := report.get("search"):  # the int8 search: what it kept fp32 and why
+                info["artifact"]["fidelity"]["search"] = {
+                    key: search.get(key) for key in ("recipe", "products", "kept_fp32", "stopped", "seconds")
+                }
     return info
 
 

@@ -169,9 +169,10 @@ class FidelityReport:
     seed: int
     thresholds: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
-    method: str = ""  # how the variant was made (int8: dynamic | blockwise | mixed; bf16: the CPU paths checked)
+    method: str = ""  # how the variant was made (int8: a recipe, or "search: ..."; bf16: the CPU paths checked)
     paths_checked: list[dict] = field(default_factory=list)  # bf16: each CPU path that may serve it, its outcome
     not_checked: str = ""  # what the gate left to the serving-time self-check on this machine, and why
+    search: dict = field(default_factory=dict)  # int8 search: the recipe, what was kept fp32 and why (int8_search)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,7 +37,7 @@ from rerankrt.export.variants import build_prefix_reuse_variant, build_variant, 
 from rerankrt.families import detect_family
 from rerankrt.families.base import SCORER, variant_role
 from rerankrt.model_source import resolve_model
-from rerankrt.precision import Precision
+from rerankrt.precision import INT8_SEARCH_BUDGET_S, Precision, int8_search_budget
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,18 @@ def export_model(
     precision: Precision | str = Precision.FP32,
     accept_fidelity_loss: bool = False,
     int8_method: str | None = None,
+    int8_search_budget_s: float = INT8_SEARCH_BUDGET_S,
 ) -> Manifest:
     """Export `model` (Hub id or folder) to the artifact folder `out`; return its manifest.
 
     `precision` other than fp32 adds that variant (checked for fidelity) and makes it the one served;
     `family_options` are the family's export options (`Family.options`), recorded resolved in the manifest.
+    `int8_search_budget_s`: the int8 search's time budget (export/int8_search.py).
     """
+    try:
+        int8_search_budget_s = int8_search_budget(int8_search_budget_s)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
@@ -150,6 +156,7 @@ def export_model(
                     graphs[fp32_role],
                     accept_fidelity_loss,
                     int8_method=int8_method,
+                    int8_search_budget_s=int8_search_budget_s,
                     golden=golden,
                     role=role,
                 )
@@ -160,7 +167,7 @@ def export_model(
                     role, fp32_role = reuse
                     variant, report["prefix_reuse"] = build_prefix_reuse_variant(
                         precision, fidelity.method, chosen, torch_model, encoder, staging, graphs[fp32_role], golden,
-                        role=role,
+                        role=role, int8_search_budget_s=int8_search_budget_s,
                     )  # fmt: skip
                     if variant is not None:
                         graphs[variant_role(fp32_role, precision)] = variant

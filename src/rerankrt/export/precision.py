@@ -9,12 +9,14 @@ through half precision, and fp32 graph inputs and outputs. bf16 is the same
 graph with every fp16 tensor re-typed as bf16 (weights rounded from the fp32
 originals to nearest even).
 
-int8 (for CPUs with AVX-512 VNNI / AVX2), three recipes (`quantize_int8`):
-dynamic quantization of the fused graph (fastest), blockwise 8-bit weights
-(MatMulNBits; closer to fp32), or blockwise with the family's most sensitive
-products also kept fp32 (mixed; docs/precision.md has the sensitivity pass that
-chose them). Embedding lookups, products of two activations and the layers
-named in `keep_float` stay fp32.
+int8 (for CPUs with AVX-512 VNNI / AVX2), four recipes (`quantize_int8`):
+dynamic quantization of the fused graph (fastest), static QDQ (activation
+ranges calibrated on sample batches; the int8 search's), blockwise 8-bit
+weights (MatMulNBits; closer to fp32), or blockwise with the family's most
+sensitive products also kept fp32 (mixed; docs/precision.md has the sensitivity
+pass that chose them). Embedding lookups, products of two activations and the
+layers named in `keep_float` stay fp32. `export/int8_search.py` searches each
+model's own products to keep fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,6 @@ from rerankrt.export.graph_passes import (
     outer_products_as_mul,
     position_arithmetic,
 )
-from rerankrt.precision import INT8_METHODS
 
 # Ops whose arithmetic stays fp32: layer/RMS norms (fused or decomposed) and softmax.
 FP32_OPS = [
@@ -54,6 +55,14 @@ FP32_OPS = [
 ]
 ONNX_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 QUANTIZED_OPS = ["MatMul", "Attention"]  # not Gather: embedding lookups cost no arithmetic
+QUANTIZE_METHODS = ("dynamic", "static", "blockwise", "mixed")  # static: the int8 search's (needs calibration)
+RECIPE_OPS = {
+    "dynamic": {"MatMul", "Gemm", "Attention"},
+    "static": {"MatMul"},
+    "blockwise": {"MatMul"},
+    "mixed": {"MatMul"},
+}
+"""The weight products each recipe quantizes (dynamic's graph is fused: Attention holds Q/K/V)."""
 INT8_BLOCK = 32
 
 log = logging.getLogger(__name__)
@@ -158,20 +167,25 @@ def quantize_int8(
     keep_float: Sequence[str] = (),
     method: str = "dynamic",
     sensitive: Sequence[str] = (),
+    calibration: Sequence[Mapping[str, np.ndarray]] = (),
 ) -> Path:
     """Write `source` with int8 weight matrix products as `target`; `keep_float`: regexes of node names to skip.
 
     dynamic: the graph fused first when `fusion` names onnxruntime's optimizer model type for it (the family's
     `ExportHints.fusion_type`, e.g. "bert"), weights per output channel, activations per tensor at run time
     (MatMulInteger): the fastest on VNNI/AVX2 CPUs.
+    static: QDQ, weights per output channel, activations per tensor with ranges calibrated (min/max) on the graph
+    feeds `calibration`: int8 x int8 products with no run-time range (VNNI), and OpenVINO reads it.
     blockwise: weights in blocks of INT8_BLOCK input rows with a scale each, activations quantized per block at run
     time (MatMulNBits, 8 bits, int8 compute): slower, markedly closer to fp32 on sensitive models.
     mixed: blockwise, with the products named by `sensitive` (regexes) also kept fp32.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if method not in INT8_METHODS:
-        raise ValueError(f"int8 method {method!r}: expected one of {', '.join(INT8_METHODS)}")
+    if method not in QUANTIZE_METHODS:
+        raise ValueError(f"int8 method {method!r}: expected one of {', '.join(QUANTIZE_METHODS)}")
+    if method == "static" and not calibration:
+        raise ValueError("int8 method 'static' needs calibration feeds")
     if method == "mixed":
         keep_float = (*keep_float, *sensitive)
     large = bool(external_data_files(source))
@@ -190,6 +204,8 @@ def quantize_int8(
                 use_external_data_format=large,
                 extra_options={"DefaultTensorType": TensorProto.FLOAT},  # fused ops carry no type for the quantizer
             )
+        elif method == "static":
+            _quantize_static(graph, target, excluded, calibration, large)
         else:  # blockwise, mixed
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -204,6 +220,45 @@ def quantize_int8(
             quantizer.process()
             quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
     return target
+
+
+def _quantize_static(
+    source: Path, target: Path, excluded: list[str], calibration: Sequence[Mapping[str, np.ndarray]], large: bool
+) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calibration)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(
+        source,
+        target,
+        Feeds(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=sorted(RECIPE_OPS["static"]),
+        per_channel=True,
+        activation_type=QuantType.QUInt8,  # u8 x s8: what VNNI multiplies
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+        use_external_data_format=large,
+        extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True},
+    )
+
+
+def int8_products(graph: Path, method: str, keep_float: Sequence[str] = ()) -> list[str]:
+    """Names of the weight products `method` quantizes in `graph` (those `keep_float` names excepted)."""
+    nodes = onnx.load(str(graph), load_external_data=False).graph
+    excluded = set(_int8_exclusions(nodes, keep_float)[0])
+    return [n.name for n in nodes.node if n.op_type in RECIPE_OPS[method] and n.name not in excluded]
+
+
+def fuse_for_int8(source: Path, target: Path, fusion: str | None) -> Path:
+    """The graph the dynamic recipe quantizes: `source` fused as onnxruntime's model type `fusion` (or itself)."""
+    return _fuse(source, target, fusion, bool(external_data_files(source)))
 
 
 def external_data_files(graph: Path) -> list[Path]:

@@ -2,7 +2,8 @@
 
 - int8: the fp32 graph quantized by onnxruntime for CPUs: dynamically (fastest)
   or, when that misses the fidelity thresholds, blockwise (closer to fp32), then
-  blockwise with the family's sensitive products in fp32 (mixed).
+  blockwise with the family's sensitive products in fp32 (mixed), then the search
+  for the model's own products to keep fp32 (`int8_search`).
 - fp16: the fp32 graph cast to fp16 with norms and softmax in fp32 (GPUs).
 - bf16: no graph of its own. onnxruntime has no bf16 CPU kernels, so on CPU the
   torch backend (weights in bf16, AVX512-BF16/AMX through oneDNN) and, on a CPU
@@ -15,18 +16,28 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import ExportedGraph, describe_graph
-from rerankrt.export.parity import FIDELITY_THRESHOLDS, FidelityReport, FidelityThresholds, check_fidelity
+from rerankrt.export.parity import (
+    FIDELITY_THRESHOLDS,
+    FidelityReport,
+    FidelityThresholds,
+    check_fidelity,
+    generate_queries,
+)
 from rerankrt.export.precision import cast_graph, external_data_files, quantize_int8
 from rerankrt.families import Family, PairEncoder
 from rerankrt.families.base import run_torch
-from rerankrt.precision import INT8_METHODS, Precision
+from rerankrt.precision import INT8_METHODS, INT8_SEARCH_BUDGET_S, Precision, int8_search_budget
 from rerankrt.runtime.self_check import GoldenSet, run_self_check
 
 log = logging.getLogger(__name__)
@@ -67,6 +78,7 @@ def build_prefix_reuse_variant(
     thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
     *,
     role: str,
+    int8_search_budget_s: float = INT8_SEARCH_BUDGET_S,
 ) -> tuple[ExportedGraph | None, dict]:
     """The `precision` variant of the prefix-reuse graph (`prefix_reuse_source`), made the way the scorer's passed
     (`method`, an int8 recipe) and gated like it, run with prefix reuse as served; and its report. One that misses
@@ -74,11 +86,13 @@ def build_prefix_reuse_variant(
     OpenVINO's bf16 hint on the fp32 graph is checked where this CPU computes bf16."""
     if precision == Precision.BF16 and (problem := bf16_hint_problem()):
         return None, {"role": role, "passed": None, "not_checked": f"OpenVINO computes it in fp32 here: {problem}"}
-    int8_method = method if precision == Precision.INT8 else None
+    # the recipe the scorer's variant passed with ("search: blockwise, 2 of 36 products kept fp32" -> a search of
+    # the decoder graph's own products)
+    int8_method = method.split(":", 1)[0] if precision == Precision.INT8 else None
     try:
         graph, report = build_variant(
             precision, family, None, torch_model, encoder, folder, fp32_graph, thresholds=thresholds,
-            int8_method=int8_method, golden=golden, role=role,
+            int8_method=int8_method, golden=golden, role=role, int8_search_budget_s=int8_search_budget_s,
         )  # fmt: skip
     except ExportError as exc:
         for file in folder.glob(f"{_variant_stem(fp32_graph, precision)}*"):
@@ -103,16 +117,22 @@ def build_variant(
     golden: GoldenSet | None = None,
     *,
     role: str,
+    int8_search_budget_s: float = INT8_SEARCH_BUDGET_S,
 ) -> tuple[ExportedGraph | None, FidelityReport]:
     """Build the `precision` variant of `fp32_graph` in `folder` and check it, run by the family's pipeline as
     `role` (`variant_source`), against the fp32 torch scorer (and on the artifact's `golden` set, as the
     serving-time self-check will judge it: a variant that passes the gate passes it here).
 
     Raises ExportError when it misses a threshold, unless `accept_fidelity_loss` (then the report says so).
-    `int8_method`: that int8 recipe only (default: each of INT8_METHODS until one passes).
+    `int8_method`: that int8 recipe only (default: each of INT8_METHODS until one passes); `int8_search_budget_s`:
+    the int8 search's time budget (seconds).
     """
     if int8_method is not None and int8_method not in INT8_METHODS:
         raise ExportError(f"int8 method {int8_method!r}: choose one of {', '.join(INT8_METHODS)}")
+    try:
+        int8_search_budget_s = int8_search_budget(int8_search_budget_s)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     if precision not in (p.value for p in Precision) or precision == Precision.FP32:
         raise ExportError(f"precision {precision!r}: choose one of int8, bf16, fp16")
     precision = Precision(precision)
@@ -121,17 +141,26 @@ def build_variant(
     golden_only = golden is not None and precision == Precision.BF16 and not cpu_computes_bf16()
     if golden_only:
         log.warning("bf16: %s", EMULATED_BF16)
-    graph = None
-    candidates = _candidates(precision, family, reference, fusion, folder, fp32_graph, role, int8_method, golden_only)
-    for method, candidate in candidates:
-        for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
-            (folder / file).unlink()
-        graph, paths = candidate()  # every CPU path that may serve it: all must pass
-        report = _check_every_path(encoder, reference, paths, method, precision, thresholds, golden, golden_only)
-        if report.passed:
-            return graph, report
+    graph, report = None, None
+    search = {"encoder": encoder, "thresholds": thresholds, "budget_s": int8_search_budget_s}
+    candidates = _candidates(
+        precision, family, reference, fusion, folder, fp32_graph, role, int8_method, golden_only, search
+    )
+    with closing(candidates):  # the search's work folder goes when the loop ends
+        for method, candidate in candidates:
+            for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
+                (folder / file).unlink()
+            graph, paths, record = candidate()  # every CPU path that may serve it: all must pass
+            report = _check_every_path(encoder, reference, paths, method, precision, thresholds, golden, golden_only)
+            report.search = record.to_dict() if record is not None else {}
+            if report.passed:
+                return graph, report
+    if report is None:
+        raise ExportError(f"no {precision} variant to check: the int8 search found no weight products to quantize")
     # none passed: the last candidate is the closest to fp32
     problems = "; ".join(report.failures)
+    if report.search.get("stopped"):
+        problems = f"{problems}; the int8 search stopped: {report.search['stopped']}"
     if not accept_fidelity_loss:
         raise ExportError(
             f"the {precision} variant ranks too differently from fp32 ({problems}); export fp32, or pass "
@@ -144,36 +173,100 @@ def build_variant(
 
 def _candidates(
     precision, family, reference, fusion, folder, fp32_graph, role, int8_method: str | None = None,
-    golden_only: bool = False,
+    golden_only: bool = False, search: Mapping | None = None,
 ):  # fmt: skip
-    """(method, build -> (graph or None, {name: runner})) for each way to make `precision`, fastest first
-    (int8: only `int8_method` when given); the runners are every CPU path that may serve it here. `golden_only`:
-    bf16 is checked on the golden set alone (the method says so)."""
+    """(method, build -> (graph or None, {name: runner}, int8 search record or None)) for each way to make
+    `precision`, fastest first (int8: only `int8_method` when given); the runners are every CPU path that may serve
+    it here. `golden_only`: bf16 is checked on the golden set alone (the method says so). `search`: the int8
+    search's encoder, thresholds and budget_s."""
     if precision == Precision.BF16:
         problem = bf16_hint_problem()
         method = "torch" if problem else "torch, openvino bf16 hint"
         if golden_only:
             method = f"{method}, golden set only (bf16 emulated on this CPU)"
-        yield method, lambda: (None, _bf16_paths(family, reference, folder, fp32_graph, role, problem))
+        yield method, lambda: (None, _bf16_paths(family, reference, folder, fp32_graph, role, problem), None)
         return
     methods = (int8_method or INT8_METHODS) if precision == Precision.INT8 else ("cast",)
     methods = (methods,) if isinstance(methods, str) else methods
     for method in methods:
+        if method == "search":
+            yield from _search_candidates(family, fusion, folder, fp32_graph, role, **search)
+            continue
 
         def build(method=method):
-            from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
             graph = _build_graph(precision, method, folder, fp32_graph, fusion, family)
-            paths = {
-                f"onnxruntime {precision} graph ({method}), cpu": OnnxRuntimeBackend(
-                    family, folder, {role: graph.files[0]}
-                ).run
-            }
-            if precision == Precision.INT8:  # OpenVINO serves the int8 graphs it can read: check its run too
-                paths.update(_openvino_int8_path(family, folder, graph, role, method))
-            return graph, paths
+            return graph, _cpu_paths(precision, family, folder, graph, role, method), None
 
         yield method, build
+
+
+def _cpu_paths(precision, family, folder: Path, graph: ExportedGraph, role: str, method: str) -> dict:
+    """{name: runner} of every CPU path that may serve the variant `graph`."""
+    from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    paths = {
+        f"onnxruntime {precision} graph ({method}), cpu": OnnxRuntimeBackend(family, folder, {role: graph.files[0]}).run
+    }
+    if precision == Precision.INT8:  # OpenVINO serves the int8 graphs it can read: check its run too
+        paths.update(_openvino_int8_path(family, folder, graph, role, method))
+    return paths
+
+
+def _search_candidates(family, fusion, folder: Path, fp32_graph: ExportedGraph, role: str, encoder, thresholds,
+                       budget_s: float):  # fmt: skip
+    """The int8 search's candidates (`_candidates`), each copied into `folder` as the graph's int8 file when built
+    (model.int8.onnx, decoder.int8.onnx)."""
+    from rerankrt.export import int8_search
+    from rerankrt.runtime.onnxruntime_backend import GraphSession, OnnxRuntimeBackend
+
+    samples = generate_queries(
+        encoder, int8_search.CALIBRATION_SEED, int8_search.CALIBRATION_QUERIES, int8_search.CALIBRATION_DOCUMENTS
+    )
+    pairs = [pair for query, docs in samples for pair in encoder.encode(query, docs)]
+    batches = [encoder.collate(pairs[i : i + 8]) for i in range(0, len(pairs), 8)]
+    source = folder / fp32_graph.files[0]
+    recorder = _RecordingGraph(GraphSession(source))  # the graph feeds the static recipe calibrates on
+    run = family.serving_pipeline(folder, {role: recorder})
+    for batch in batches:
+        run(batch)
+
+    def score(graph: Path) -> np.ndarray:
+        backend = OnnxRuntimeBackend(family, folder, {role: str(graph.relative_to(folder))})
+        return np.concatenate([backend.run(batch) for batch in batches])
+
+    def quantize(source, target, keep_float, method, calibration):
+        return quantize_int8(source, target, None, keep_float, method, calibration=calibration)
+
+    work = Path(tempfile.mkdtemp(dir=folder, prefix=".int8-search-"))
+    try:
+        search = int8_search.Int8Search(
+            source, work, quantize, score, recorder.feeds, thresholds, int8_search.CALIBRATION_DOCUMENTS, fusion,
+            family.export_hints.int8_keep_float, budget_s,
+        )  # fmt: skip
+        for trial, record in search.candidates():
+
+            def build(trial=trial, record=record):
+                files = sorted(p.name for p in trial.folder.iterdir())
+                for name in files:
+                    shutil.copy2(trial.folder / name, folder / name)
+                name = f"{_variant_stem(fp32_graph, Precision.INT8)}.onnx"
+                graph = describe_graph(folder, [name, *(f for f in files if f != name)])
+                return graph, _cpu_paths(Precision.INT8, family, folder, graph, role, trial.recipe), record
+
+            yield record.method(), build
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _RecordingGraph:
+    """A graph runner that keeps every feed it is given (a `GraphRunner`)."""
+
+    def __init__(self, session):
+        self.session, self.input_names, self.feeds = session, session.input_names, []
+
+    def run(self, feeds, outputs=None):
+        self.feeds.append({name: np.array(value) for name, value in feeds.items()})
+        return self.session.run(feeds, outputs)
 
 
 def _openvino_int8_path(family, folder: Path, graph: ExportedGraph, role: str, method: str) -> dict:

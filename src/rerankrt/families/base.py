@@ -151,7 +151,8 @@ class ExportHints:
     """Regexes on ONNX node names whose matrix products stay fp32 in int8 variants (the one-logit head)."""
     int8_sensitive: tuple[str, ...] = ()
     """Regexes on ONNX node names the "mixed" int8 recipe also keeps fp32: the products whose int8 error moves
-    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md)."""
+    rankings most (a sensitivity pass on trained weights: bench/int8_recipes.py, docs/precision.md). The int8
+    search does not read them: it measures each model's own (export/int8_search.py)."""
     fusion: Mapping[str, str] = field(default_factory=dict)
     """config.json `model_type` -> onnxruntime's transformer optimizer model type, for the checkpoints its optimizer
     can fuse before dynamic int8 quantization (`fusion_type`)."""
