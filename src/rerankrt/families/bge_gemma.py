@@ -57,7 +57,7 @@ from rerankrt.families.base import (
     resolve_max_length,
     save_tokenizer,
 )
-from rerankrt.families.yes_no import fold_head, head_row, pad_token_id, single_token_id
+from rerankrt.families.yes_no import load_folded, pad_token_id, single_token_id
 
 ARCHITECTURE = "GemmaForCausalLM"
 NAME_PATTERN = r"bge-reranker-v2-gemma"
@@ -241,11 +241,4 @@ class BgeGemmaFamily(prefix_reuse.PrefixReuseFamily):
         return BgeGemmaPairEncoder(tokenizer, resolve_max_length(model_dir, max_length, default))
 
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        tokenizer = load_fast_tokenizer(model_dir)
-        yes = yes_token_id(tokenizer, str(model_dir))
-        causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
-        if getattr(causal_lm.config, "final_logit_softcapping", None):
-            raise UnsupportedModelError(f"{model_dir}: soft-capped logits cannot be folded to one row")
-        return fold_head(causal_lm, head_row(causal_lm, yes), pad_token_id(tokenizer))
+        return load_folded(model_dir, dtype, yes_token_id)  # W[Yes]

@@ -57,7 +57,7 @@ from rerankrt.families.base import (
     resolve_max_length,
     save_tokenizer,
 )
-from rerankrt.families.yes_no import fold_head, head_row, pad_token_id, single_token_id
+from rerankrt.families.yes_no import load_folded, pad_token_id, single_token_id
 
 ARCHITECTURE = "Qwen2ForCausalLM"
 NAME_PATTERN = r"mxbai-rerank-[a-z]+-v2(?!\d)"  # base, large (and any later size)
@@ -226,9 +226,4 @@ class MxbaiV2Family(prefix_reuse.PrefixReuseFamily):
         return answer_ids(encoder.tokenizer)
 
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        tokenizer = load_fast_tokenizer(model_dir)
-        yes, no = answer_ids(tokenizer, str(model_dir))
-        causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
-        return fold_head(causal_lm, head_row(causal_lm, yes) - head_row(causal_lm, no), pad_token_id(tokenizer))
+        return load_folded(model_dir, dtype, answer_ids)  # W["1"] - W["0"]

@@ -43,9 +43,8 @@ from rerankrt.families.yes_no import (
     TEMPLATE_FILE,
     PromptTemplate,
     dropped_tokens,
-    fold_head,
     has_yes_no_tokens,
-    head_row,
+    load_folded,
     pad_token_id,
     template_source,
     yes_no_ids,
@@ -144,13 +143,7 @@ class Qwen3YesNoFamily(prefix_reuse.PrefixReuseFamily):
         return yes_no_ids(encoder.tokenizer)
 
     def load_export_model(self, model_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        tokenizer = load_fast_tokenizer(model_dir)
-        yes, no = yes_no_ids(tokenizer, str(model_dir))
-        causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
-        row = head_row(causal_lm, yes) - head_row(causal_lm, no)
-        return fold_head(causal_lm, row, pad_token_id(tokenizer))
+        return load_folded(model_dir, dtype, yes_no_ids)  # W[yes] - W[no]
 
     def parity_samples(self, encoder: PairEncoder) -> list[tuple[str, list[str]]]:
         return parity_samples(encoder)

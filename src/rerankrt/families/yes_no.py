@@ -14,8 +14,10 @@ which refuses attribute access to Python internals (no code runs from a template
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from jinja2 import StrictUndefined, TemplateError
@@ -177,6 +179,21 @@ def head_row(causal_lm, token_id: int) -> torch.Tensor:
     if getattr(lm_head, "bias", None) is not None:
         raise UnsupportedModelError(f"{type(causal_lm).__name__}: an LM head with a bias is not supported")
     return lm_head.weight[token_id].detach().float()
+
+
+def load_folded(model_dir: Path, dtype: torch.dtype | None, ids: Callable[[Any, str], int | tuple[int, int]]):
+    """The causal LM in `model_dir` with its LM head folded to one fp32 row (`fold_head`): W[a] when `ids(tokenizer,
+    origin)` gives one token id, W[a] - W[b] for a pair. The ids are looked up before the weights are read."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_fast_tokenizer(model_dir)
+    found = ids(tokenizer, str(model_dir))
+    causal_lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
+    if getattr(causal_lm.config, "final_logit_softcapping", None):
+        raise UnsupportedModelError(f"{model_dir}: soft-capped logits cannot be folded to one row")
+    first, *second = (found,) if isinstance(found, int) else found
+    row = head_row(causal_lm, first) - (head_row(causal_lm, second[0]) if second else 0)
+    return fold_head(causal_lm, row, pad_token_id(tokenizer))
 
 
 def fold_head(causal_lm, row: torch.Tensor, pad_token_id: int) -> torch.nn.Module:
