@@ -53,11 +53,10 @@ from rerankrt.families.base import (
     PairEncoder,
     Truncation,
     load_fast_tokenizer,
-    named,
     resolve_max_length,
     save_tokenizer,
 )
-from rerankrt.families.yes_no import load_folded, pad_token_id, single_token_id
+from rerankrt.families.yes_no import load_folded, named_with_answers, pad_token_id, single_token_id
 
 ARCHITECTURE = "GemmaForCausalLM"
 NAME_PATTERN = r"bge-reranker-v2-gemma"
@@ -213,14 +212,7 @@ class BgeGemmaFamily(prefix_reuse.PrefixReuseFamily):
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
-        if ARCHITECTURE not in (config.get("architectures") or []):
-            return None
-        name = named(model_dir, config, NAME_PATTERN)
-        if name is None:
-            return None
-        try:
-            yes_token_id(load_fast_tokenizer(model_dir))
-        except (OSError, ValueError, UnsupportedModelError):
+        if (name := named_with_answers(config, model_dir, ARCHITECTURE, NAME_PATTERN, yes_token_id)) is None:
             return None
         return f"{ARCHITECTURE} with a single-token {YES!r}, a bge-reranker-v2-gemma by name {name!r}"
 

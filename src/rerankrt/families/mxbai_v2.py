@@ -53,11 +53,10 @@ from rerankrt.families.base import (
     PairEncoder,
     Truncation,
     load_fast_tokenizer,
-    named,
     resolve_max_length,
     save_tokenizer,
 )
-from rerankrt.families.yes_no import load_folded, pad_token_id, single_token_id
+from rerankrt.families.yes_no import load_folded, named_with_answers, pad_token_id, single_token_id
 
 ARCHITECTURE = "Qwen2ForCausalLM"
 NAME_PATTERN = r"mxbai-rerank-[a-z]+-v2(?!\d)"  # base, large (and any later size)
@@ -196,14 +195,7 @@ class MxbaiV2Family(prefix_reuse.PrefixReuseFamily):
 
     @classmethod
     def recognise(cls, config: dict, model_dir: Path) -> str | None:
-        if ARCHITECTURE not in (config.get("architectures") or []):
-            return None
-        name = named(model_dir, config, NAME_PATTERN)
-        if name is None:
-            return None
-        try:
-            answer_ids(load_fast_tokenizer(model_dir))
-        except (OSError, ValueError, UnsupportedModelError):
+        if (name := named_with_answers(config, model_dir, ARCHITECTURE, NAME_PATTERN, answer_ids)) is None:
             return None
         return f"{ARCHITECTURE} with single-token {YES!r}/{NO!r}, an mxbai-rerank-v2 by name {name!r}"
 

@@ -24,7 +24,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rerankrt.errors import UnsupportedModelError
-from rerankrt.families.base import PairEncoder, Truncation, load_fast_tokenizer
+from rerankrt.families.base import PairEncoder, Truncation, load_fast_tokenizer, named
 
 TEMPLATE_FILE = "reranker_template.jinja"  # the template an artifact was exported with
 YES, NO = "yes", "no"
@@ -179,6 +179,21 @@ def head_row(causal_lm, token_id: int) -> torch.Tensor:
     if getattr(lm_head, "bias", None) is not None:
         raise UnsupportedModelError(f"{type(causal_lm).__name__}: an LM head with a bias is not supported")
     return lm_head.weight[token_id].detach().float()
+
+
+def named_with_answers(config: dict, model_dir: Path, architecture: str, pattern: str, ids: Callable) -> str | None:
+    """The name (`named`: folder, `_name_or_path`, model card) that makes a checkpoint of `architecture` a prompt
+    family's, when its tokenizer also has the family's single-token answers (`ids(tokenizer)` does not raise)."""
+    if architecture not in (config.get("architectures") or []):
+        return None
+    name = named(model_dir, config, pattern)
+    if name is None:
+        return None
+    try:
+        ids(load_fast_tokenizer(model_dir))
+    except (OSError, ValueError, UnsupportedModelError):
+        return None
+    return name
 
 
 def load_folded(model_dir: Path, dtype: torch.dtype | None, ids: Callable[[Any, str], int | tuple[int, int]]):
