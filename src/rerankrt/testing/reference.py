@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -90,3 +91,18 @@ QWEN3_CHINESE_EXAMPLE = {
     "top_n": 2,
     "return_documents": True,
 }
+
+
+def unpadded_float64_logits(model_dir: Path, input_ids, attention_mask, pair_logit) -> np.ndarray:
+    """float64 logits of each row's unpadded tokens (the mask's ones), `pair_logit(ids, weights, config)` run on the
+    folder's model.safetensors cast to float64 (the plain-torch references of the ported families)."""
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    weights = {k: v.double() for k, v in load_file(str(Path(model_dir) / "model.safetensors")).items()}
+    with torch.no_grad():
+        rows = [
+            pair_logit(torch.from_numpy(np.asarray(ids)[np.asarray(mask).astype(bool)]), weights, config)
+            for ids, mask in zip(input_ids, attention_mask, strict=True)
+        ]
+    return np.asarray(rows, dtype=np.float64)

@@ -8,13 +8,14 @@ two halves explicitly, and builds the NTK frequencies from their formula (kexue.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from rerankrt.testing.reference import unpadded_float64_logits
 
 
 def _frequencies(config: dict, head_dim: int) -> torch.Tensor:
@@ -78,13 +79,4 @@ def _pair_logit(ids: torch.Tensor, weights: dict, config: dict) -> float:
 
 def gte_reference_logits(model_dir: Path, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     """float64 logits of each row's unpadded tokens (the mask's ones), from the folder's model.safetensors."""
-    from safetensors.torch import load_file
-
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    weights = {k: v.double() for k, v in load_file(str(Path(model_dir) / "model.safetensors")).items()}
-    with torch.no_grad():
-        rows = [
-            _pair_logit(torch.from_numpy(np.asarray(ids)[np.asarray(mask).astype(bool)]), weights, config)
-            for ids, mask in zip(input_ids, attention_mask, strict=True)
-        ]
-    return np.asarray(rows, dtype=np.float64)
+    return unpadded_float64_logits(model_dir, input_ids, attention_mask, _pair_logit)
