@@ -56,7 +56,14 @@ from rerankrt.families.base import (
     resolve_max_length,
     save_tokenizer,
 )
-from rerankrt.families.yes_no import load_folded, named_with_answers, pad_token_id, single_token_id
+from rerankrt.families.yes_no import (
+    cut_ids,
+    load_folded,
+    named_with_answers,
+    pad_token_id,
+    single_token_id,
+    text_ids,
+)
 
 ARCHITECTURE = "GemmaForCausalLM"
 NAME_PATTERN = r"bge-reranker-v2-gemma"
@@ -98,8 +105,8 @@ class BgeGemmaPairEncoder(PairEncoder):
         self.tokenizer = tokenizer
         self.padding_side = "left" if tokenizer.padding_side == "left" else "right"  # as tokenizer.pad does
         self.pad_values = {"input_ids": pad_token_id(tokenizer)}
-        self.sep = self._tokens(SEP)
-        self.prompt = self._tokens(PROMPT)
+        self.sep = text_ids(self.tokenizer, SEP)
+        self.prompt = text_ids(self.tokenizer, PROMPT)
         overhead = prompt_overhead(tokenizer)
         self.flag_max_length = max_length - overhead
         if self.flag_max_length < MIN_FLAG_MAX_LENGTH:
@@ -118,14 +125,6 @@ class BgeGemmaPairEncoder(PairEncoder):
         bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
         return [bos] if bos is not None and bos != pad else []
 
-    def _tokens(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _cut(self, ids: list[int], keep: int) -> list[int]:
-        if len(ids) <= keep:
-            return ids
-        return ids[len(ids) - keep :] if self.cut_left else ids[:keep]
-
     def encode(
         self,
         query: str,
@@ -141,7 +140,7 @@ class BgeGemmaPairEncoder(PairEncoder):
             )
         if not documents:
             return []
-        query_ids = self._tokens(QUERY_PREFIX + query)
+        query_ids = text_ids(self.tokenizer, QUERY_PREFIX + query)
         if len(query_ids) > self.query_max_length:
             if not truncate:
                 raise InputError(
@@ -150,7 +149,7 @@ class BgeGemmaPairEncoder(PairEncoder):
                     f"{self.query_max_length} this model takes (3/4 of FlagEmbedding's max_length "
                     f"{self.flag_max_length}); send truncate=true to cut it",
                 )
-            query_ids = self._cut(query_ids, self.query_max_length)
+            query_ids = cut_ids(query_ids, self.query_max_length, self.cut_left)
         first = self.head + query_ids
         passages = [PASSAGE_PREFIX + doc for doc in documents]
         encoded = self.tokenizer(passages, add_special_tokens=False, return_offsets_mapping=True)
@@ -171,8 +170,8 @@ class BgeGemmaPairEncoder(PairEncoder):
                         f"{self.flag_max_length} this model takes (FlagEmbedding's max_length); "
                         "send truncate=true to cut it",
                     )
-            second = self.sep + self._cut(passage_ids, self.flag_max_length)
-            second = self._cut(second, max(0, self.pair_limit - len(first)))
+            second = self.sep + cut_ids(passage_ids, self.flag_max_length, self.cut_left)
+            second = cut_ids(second, max(0, self.pair_limit - len(first)), self.cut_left)
             ids = np.asarray(first + second + self.sep + self.prompt, dtype=np.int64)
             pair = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             if self.prefix_reuse:  # the query part: the same tokens for every passage (rows group by their ids)

@@ -56,7 +56,14 @@ from rerankrt.families.base import (
     resolve_max_length,
     save_tokenizer,
 )
-from rerankrt.families.yes_no import load_folded, named_with_answers, pad_token_id, single_token_id
+from rerankrt.families.yes_no import (
+    cut_ids,
+    load_folded,
+    named_with_answers,
+    pad_token_id,
+    single_token_id,
+    text_ids,
+)
 
 ARCHITECTURE = "Qwen2ForCausalLM"
 NAME_PATTERN = r"mxbai-rerank-[a-z]+-v2(?!\d)"  # base, large (and any later size)
@@ -78,13 +85,9 @@ QUERY_SHARE = (3, 4)  # the query keeps at most max_length * 3 // 4 tokens
 MIN_MXBAI_MAX_LENGTH = 8
 
 
-def _tokens(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def fixed_length(tokenizer) -> int:
     """Tokens of the fixed prompt (mxbai's "predefined" length): rerankrt's max_length is mxbai's plus these."""
-    return sum(len(_tokens(tokenizer, text)) for text in (PREFIX, SEP, TASK, SUFFIX))
+    return sum(len(text_ids(tokenizer, text)) for text in (PREFIX, SEP, TASK, SUFFIX))
 
 
 def answer_ids(tokenizer, origin: str = "the tokenizer") -> tuple[int, int]:
@@ -105,8 +108,8 @@ class MxbaiPairEncoder(PairEncoder):
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.pad_values = {"input_ids": pad_token_id(tokenizer)}
-        self.prefix, self.sep = _tokens(tokenizer, PREFIX), _tokens(tokenizer, SEP)
-        self.tail = self.sep + _tokens(tokenizer, TASK) + _tokens(tokenizer, SUFFIX)
+        self.prefix, self.sep = text_ids(tokenizer, PREFIX), text_ids(tokenizer, SEP)
+        self.tail = self.sep + text_ids(tokenizer, TASK) + text_ids(tokenizer, SUFFIX)
         fixed = len(self.prefix) + len(self.tail)
         self.mxbai_max_length = max_length - fixed
         if self.mxbai_max_length < MIN_MXBAI_MAX_LENGTH:
@@ -117,11 +120,6 @@ class MxbaiPairEncoder(PairEncoder):
         self.max_length = max_length
         self.query_max_length = self.mxbai_max_length * QUERY_SHARE[0] // QUERY_SHARE[1]
         self.cut_left = tokenizer.truncation_side == "left"
-
-    def _cut(self, ids: list[int], keep: int) -> list[int]:
-        if len(ids) <= keep:
-            return ids
-        return ids[len(ids) - keep :] if self.cut_left else ids[:keep]
 
     def encode(
         self,
@@ -136,17 +134,17 @@ class MxbaiPairEncoder(PairEncoder):
         text = QUERY + query
         if instruct:  # mxbai-rerank: `if instruction`, so "" is no instruction
             text = INSTRUCTION + instruct + SEP + text
-        query_ids = _tokens(self.tokenizer, text)
+        query_ids = text_ids(self.tokenizer, text)
         if len(query_ids) > self.query_max_length:
             if not truncate:
-                field = "query" if len(_tokens(self.tokenizer, QUERY + query)) > self.query_max_length else "instruct"
+                field = "query" if len(text_ids(self.tokenizer, QUERY + query)) > self.query_max_length else "instruct"
                 raise InputError(
                     field,
                     f"the query is {len(query_ids)} tokens with its prefix and instruction, over the "
                     f"{self.query_max_length} this model takes (3/4 of mxbai-rerank's max_length "
                     f"{self.mxbai_max_length}); send truncate=true to cut it",
                 )
-            query_ids = self._cut(query_ids, self.query_max_length)
+            query_ids = cut_ids(query_ids, self.query_max_length, self.cut_left)
         first = self.prefix + query_ids
         encoded = self.tokenizer(
             [DOCUMENT + doc for doc in documents], add_special_tokens=False, return_offsets_mapping=True
@@ -158,7 +156,7 @@ class MxbaiPairEncoder(PairEncoder):
                 doc_ids = self._limited(i, doc_ids, encoded["offset_mapping"][i], len(query_ids), truncate, truncation)
             if not truncate and len(query_ids) + len(self.sep) + len(doc_ids) > self.mxbai_max_length:
                 raise self.too_long(i, len(first) + len(self.sep) + len(doc_ids) + len(self.tail))
-            second = self._cut(self.sep + doc_ids, self.mxbai_max_length - len(query_ids))
+            second = cut_ids(self.sep + doc_ids, self.mxbai_max_length - len(query_ids), self.cut_left)
             ids = np.asarray(first + second + self.tail, dtype=np.int64)
             pair = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             if self.prefix_reuse:  # the same tokens for every document of the request (rows group by their ids)

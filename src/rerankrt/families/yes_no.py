@@ -181,6 +181,18 @@ def head_row(causal_lm, token_id: int) -> torch.Tensor:
     return lm_head.weight[token_id].detach().float()
 
 
+def text_ids(tokenizer, text: str) -> list[int]:
+    """`text`'s token ids alone (no special tokens): the token-level prompts are built from such pieces."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def cut_ids(ids: list[int], keep: int, left: bool) -> list[int]:
+    """`ids` cut to `keep` tokens: its last ones with `left` (a tokenizer truncating on the left), else its first."""
+    if len(ids) <= keep:
+        return ids
+    return ids[len(ids) - keep :] if left else ids[:keep]
+
+
 def named_with_answers(config: dict, model_dir: Path, architecture: str, pattern: str, ids: Callable) -> str | None:
     """The name (`named`: folder, `_name_or_path`, model card) that makes a checkpoint of `architecture` a prompt
     family's, when its tokenizer also has the family's single-token answers (`ids(tokenizer)` does not raise)."""
