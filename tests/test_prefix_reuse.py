@@ -353,3 +353,21 @@ def test_a_decoder_variant_that_misses_the_gate_is_not_shipped(artifact_dirs, mo
     )  # fmt: skip
     assert graph is None and report["passed"] is False and "ranks too differently" in report["dropped"]
     assert not list(folder.glob("decoder.int8*"))
+
+
+@pytest.mark.integration
+def test_a_bf16_export_gates_openvinos_bf16_hint_on_the_decoder_graph(model_dirs, tmp_path):
+    """bf16 has no graph: what bf16 plans run with prefix reuse is OpenVINO's hint on decoder.onnx, gated where the
+    CPU computes bf16 (else said not checked); the torch bf16 path is the scorer's report, not checked twice."""
+    from rerankrt.export import export_model
+    from rerankrt.runtime.machine import Machine
+
+    out = tmp_path / "bf16"
+    export_model(str(model_dirs["qwen3"]), out, precision="bf16", accept_fidelity_loss=True)
+    reuse = json.loads((out / "fidelity.json").read_text())["prefix_reuse"]
+    assert reuse["role"] == DECODER
+    if Machine.detect().cpu_bf16:
+        assert reuse["candidate"] == "openvino bf16 hint on decoder.onnx, cpu", reuse
+        assert reuse["method"] == "openvino bf16 hint" and reuse["passed"], reuse
+    else:
+        assert reuse["passed"] is None and "OpenVINO computes it in fp32 here" in reuse["not_checked"]

@@ -167,7 +167,7 @@ def export_model(
                     role, fp32_role = reuse
                     variant, report["prefix_reuse"] = build_prefix_reuse_variant(
                         precision, fidelity.method, chosen, torch_model, encoder, staging, graphs[fp32_role], golden,
-                        role=role, int8_search_budget_s=int8_search_budget_s,
+                        accept_fidelity_loss=accept_fidelity_loss, role=role, int8_search_budget_s=int8_search_budget_s,
                     )  # fmt: skip
                     if variant is not None:
                         graphs[variant_role(fp32_role, precision)] = variant

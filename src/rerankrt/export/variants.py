@@ -76,16 +76,31 @@ def build_prefix_reuse_variant(
     fp32_graph: ExportedGraph,
     golden: GoldenSet | None,
     thresholds: FidelityThresholds = FIDELITY_THRESHOLDS,
+    accept_fidelity_loss: bool = False,
     *,
     role: str,
     int8_search_budget_s: float = INT8_SEARCH_BUDGET_S,
 ) -> tuple[ExportedGraph | None, dict]:
     """The `precision` variant of the prefix-reuse graph (`prefix_reuse_source`), made the way the scorer's passed
     (`method`, an int8 recipe) and gated like it, run with prefix reuse as served; and its report. One that misses
-    is not shipped (reduced-precision servings then run whole prompts): the report says why. bf16 has no graph:
-    OpenVINO's bf16 hint on the fp32 graph is checked where this CPU computes bf16."""
-    if precision == Precision.BF16 and (problem := bf16_hint_problem()):
-        return None, {"role": role, "passed": None, "not_checked": f"OpenVINO computes it in fp32 here: {problem}"}
+    is not shipped (reduced-precision servings then run whole prompts): the report says why.
+
+    bf16 has no graph: OpenVINO's bf16 plans run the fp32 prefix-reuse graph under the bf16 hint, so where this CPU
+    computes bf16 that run is gated (the torch path was, with the scorer's) and a miss fails the export like the
+    scorer's, unless `accept_fidelity_loss`."""
+    if precision == Precision.BF16:
+        if problem := bf16_hint_problem():
+            return None, {"role": role, "passed": None, "not_checked": f"OpenVINO computes it in fp32 here: {problem}"}
+        reference = family.wrap_scorer(torch_model).eval()
+        paths = _openvino_bf16_hint(family, folder, fp32_graph, role)
+        report = _check_every_path(encoder, reference, paths, "openvino bf16 hint", precision, thresholds, golden)
+        if not report.passed and not accept_fidelity_loss:
+            raise ExportError(
+                f"OpenVINO's bf16 hint on {fp32_graph.files[0]} (prefix reuse, as bf16 plans serve it) ranks too "
+                f"differently from fp32 ({'; '.join(report.failures)}); export fp32, or pass --accept-fidelity-loss"
+            )
+        report.accepted = not report.passed
+        return None, {"role": role, **report.to_dict()}
     # the recipe the scorer's variant passed with ("search: blockwise, 2 of 36 products kept fp32" -> a search of
     # the decoder graph's own products)
     int8_method = method.split(":", 1)[0] if precision == Precision.INT8 else None
@@ -318,14 +333,19 @@ def _bf16_paths(family, reference, folder: Path, fp32_graph: ExportedGraph, role
     bf16 = copy.deepcopy(reference).to(torch.bfloat16)
     paths = {"torch, bf16, cpu": lambda batch: run_torch(bf16, batch)}
     if problem is None:
-        from rerankrt.runtime.machine import physical_cores
-        from rerankrt.runtime.openvino_backend import OpenVinoBackend
-
-        hint = OpenVinoBackend(family, folder, {role: fp32_graph.files[0]}, physical_cores(), Precision.BF16)
-        paths[f"openvino bf16 hint on {fp32_graph.files[0]}, cpu"] = hint.run
+        paths.update(_openvino_bf16_hint(family, folder, fp32_graph, role))
     else:
         log.info("bf16: OpenVINO's bf16 hint is not checked: %s", problem)
     return paths
+
+
+def _openvino_bf16_hint(family, folder: Path, fp32_graph: ExportedGraph, role: str) -> dict:
+    """{name: runner} of OpenVINO's run of the fp32 graph under its bf16 hint, as the family's pipeline runs it."""
+    from rerankrt.runtime.machine import physical_cores
+    from rerankrt.runtime.openvino_backend import OpenVinoBackend
+
+    hint = OpenVinoBackend(family, folder, {role: fp32_graph.files[0]}, physical_cores(), Precision.BF16)
+    return {f"openvino bf16 hint on {fp32_graph.files[0]}, cpu": hint.run}
 
 
 def _check_every_path(
