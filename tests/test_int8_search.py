@@ -18,7 +18,9 @@ from rerankrt.runtime import Reranker
 from rerankrt.runtime.fidelity import FIDELITY_THRESHOLDS, FidelityThresholds, sigmoid
 from rerankrt.testing.reference import random_documents
 
-TIGHT = FidelityThresholds(max_score_diff=0.005)  # far tighter than any tiny model's all-int8 graph keeps
+# far tighter than any tiny model's all-int8 graph keeps (0.005 was not: the tiny BERT's all-int8 dynamic graph
+# sometimes kept it, and the search then put nothing back)
+TIGHT = FidelityThresholds(max_score_diff=0.001)
 
 
 @pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf, "soon", None])
