@@ -11,6 +11,11 @@ from tests.support import find_cycle
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+def bench_files() -> list[Path]:
+    """bench/'s own Python files (not the peers' environments made there: bench/.venv-infinity)."""
+    return [p for p in BENCH.rglob("*.py") if not any(part.startswith(".venv") for part in p.relative_to(BENCH).parts)]
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(BENCH.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -18,7 +23,7 @@ def module_name(path: Path) -> str:
 
 def bench_imports() -> dict[str, set[str]]:
     """Every module under bench/ -> the bench modules it imports (at the top or inside a function)."""
-    modules = {module_name(path): path for path in BENCH.rglob("*.py") if ".venv" not in path.parts}
+    modules = {module_name(path): path for path in bench_files()}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         imported = set()
@@ -48,9 +53,7 @@ def test_no_import_cycle():
 
 
 def test_no_sys_path_edits():
-    edits = [
-        str(p.relative_to(BENCH)) for p in BENCH.rglob("*.py") if ".venv" not in p.parts and "sys.path" in p.read_text()
-    ]
+    edits = [str(p.relative_to(BENCH)) for p in bench_files() if "sys.path" in p.read_text()]
     assert not edits, f"run scripts as `python -m bench.NAME` from the repository root instead: {edits}"
 
 
