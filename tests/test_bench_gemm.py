@@ -1,11 +1,11 @@
-"""bench/gemm_ceiling.py times one matrix product per precision and runtime: its graphs must compute that product
+"""bench/lib/gemm.py times one matrix product per precision and runtime: its graphs must compute that product
 (a graph computing something cheaper would report a ceiling the machine does not have)."""
 
 import numpy as np
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from bench.gemm_ceiling import SHAPES, matmul_graph, runners
+from bench.lib.gemm import SHAPES, matmul_graph, runners
 
 
 def session(path):
