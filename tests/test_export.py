@@ -7,7 +7,7 @@ import torch
 from rerankrt.artifact import load_manifest, sha256_file
 from rerankrt.errors import ExportError, UnsupportedModelError
 from rerankrt.export import export_model
-from rerankrt.export.parity import check_parity
+from rerankrt.export.parity import check_parity, remembered
 from rerankrt.families import CrossEncoderFamily
 from rerankrt.families.base import ParityCheck, run_torch
 from rerankrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -82,3 +82,23 @@ def test_parity_check_catches_a_graph_that_computes_something_else(artifact_dirs
     report = check_parity(encoder, ParityCheck(lambda batch: run_torch(scorer, batch), "torch"), backend.run, "ort")
     assert not report.passed
     assert np.isclose(report.max_abs_diff, 0.01, atol=1e-4)
+
+
+def test_the_reference_runs_once_per_batch_however_many_graph_sets_are_checked():
+    calls = []
+
+    def reference(batch):
+        calls.append(batch["input_ids"].shape)
+        return batch["input_ids"].sum(axis=1).astype(np.float32)
+
+    run = remembered(reference)
+    a = {"input_ids": np.array([[1, 2, 3]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
+    same = {name: value.copy() for name, value in a.items()}
+    other = {"input_ids": np.array([[1, 2, 4]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
+    np.testing.assert_array_equal(run(a), [6.0])
+    np.testing.assert_array_equal(run(same), [6.0])  # equal content, another object: not computed again
+    np.testing.assert_array_equal(run(other), [7.0])
+    assert len(calls) == 2
+    wider = {"input_ids": np.array([[1, 2, 3, 0]]), "attention_mask": np.array([[1, 1, 1, 0]])}  # padded: its own
+    run(wider)
+    assert len(calls) == 3

@@ -32,8 +32,14 @@ from rerankrt.artifact import (
 )
 from rerankrt.errors import ExportError
 from rerankrt.export.onnx_graph import export_graph
-from rerankrt.export.parity import FP32_TOLERANCE, check_parity, golden_set
-from rerankrt.export.variants import build_prefix_reuse_variant, build_variant, prefix_reuse_source, variant_source
+from rerankrt.export.parity import FP32_TOLERANCE, check_parity, golden_set, remembered
+from rerankrt.export.variants import (
+    build_prefix_reuse_variant,
+    build_variant,
+    fp32_reference,
+    prefix_reuse_source,
+    variant_source,
+)
 from rerankrt.families import detect_family
 from rerankrt.families.base import SCORER, variant_role
 from rerankrt.model_source import resolve_model
@@ -146,6 +152,7 @@ def export_model(
         if precision != Precision.FP32:
             with step(f"building the {precision} variant and checking its fidelity"):
                 role, fp32_role = variant_source(chosen, list(graphs))
+                reference_run = fp32_reference(chosen, torch_model)  # one fp32 pass per batch for every gate
                 variant, fidelity = build_variant(
                     precision,
                     chosen,
@@ -159,6 +166,7 @@ def export_model(
                     int8_search_budget_s=int8_search_budget_s,
                     golden=golden,
                     role=role,
+                    reference_run=reference_run,
                 )
                 if variant is not None:
                     graphs[variant_role(fp32_role, precision)] = variant
@@ -168,6 +176,7 @@ def export_model(
                     variant, report["prefix_reuse"] = build_prefix_reuse_variant(
                         precision, fidelity.method, chosen, torch_model, encoder, staging, graphs[fp32_role], golden,
                         accept_fidelity_loss=accept_fidelity_loss, role=role, int8_search_budget_s=int8_search_budget_s,
+                        reference_run=reference_run,
                     )  # fmt: skip
                     if variant is not None:
                         graphs[variant_role(fp32_role, precision)] = variant
@@ -226,6 +235,7 @@ def _verify_graphs(family, staging: Path, graphs: dict, check, encoder, toleranc
     """The parity report of every set of fp32 graphs a serving may load (the family's choice with prefix reuse off,
     and on where that differs), each run through ONNX Runtime as served: the worst one, naming every set checked."""
     files = {role: g.files[0] for role, g in graphs.items()}
+    check = replace(check, reference=remembered(check.reference))  # every set is checked on the same batches
     choices = []
     for reuse in (False, True):
         choice = family.serving_graphs(list(files), Precision.FP32, reuse)

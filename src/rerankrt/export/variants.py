@@ -18,8 +18,9 @@ import copy
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,10 @@ from rerankrt.export.parity import (
     FidelityThresholds,
     check_fidelity,
     generate_queries,
+    remembered,
 )
 from rerankrt.export.precision import cast_graph, external_data_files, quantize_int8
-from rerankrt.families import Family, PairEncoder
+from rerankrt.families import Batch, Family, PairEncoder
 from rerankrt.families.base import run_torch
 from rerankrt.precision import INT8_METHODS, INT8_SEARCH_BUDGET_S, Precision, int8_search_budget
 from rerankrt.runtime.self_check import GoldenSet, run_self_check
@@ -66,6 +68,12 @@ def prefix_reuse_source(family: Family, roles: Sequence[str]) -> tuple[str, str]
     return None if source == variant_source(family, roles) else source
 
 
+def fp32_reference(family: Family, torch_model: torch.nn.Module) -> Callable[[Batch], np.ndarray]:
+    """The fp32 torch scorer as a runner that computes each batch once: every gate of an export (each candidate,
+    each CPU path, the decoder graph's) is judged on the same generated batches."""
+    return remembered(partial(run_torch, family.wrap_scorer(torch_model).eval()))
+
+
 def build_prefix_reuse_variant(
     precision: Precision,
     method: str,
@@ -80,6 +88,7 @@ def build_prefix_reuse_variant(
     *,
     role: str,
     int8_search_budget_s: float = INT8_SEARCH_BUDGET_S,
+    reference_run: Callable[[Batch], np.ndarray] | None = None,
 ) -> tuple[ExportedGraph | None, dict]:
     """The `precision` variant of the prefix-reuse graph (`prefix_reuse_source`), made the way the scorer's passed
     (`method`, an int8 recipe) and gated like it, run with prefix reuse as served; and its report. One that misses
@@ -91,9 +100,9 @@ def build_prefix_reuse_variant(
     if precision == Precision.BF16:
         if problem := bf16_hint_problem():
             return None, {"role": role, "passed": None, "not_checked": f"OpenVINO computes it in fp32 here: {problem}"}
-        reference = family.wrap_scorer(torch_model).eval()
+        reference_run = reference_run or fp32_reference(family, torch_model)
         paths = _openvino_bf16_hint(family, folder, fp32_graph, role)
-        report = _check_every_path(encoder, reference, paths, "openvino bf16 hint", precision, thresholds, golden)
+        report = _check_every_path(encoder, reference_run, paths, "openvino bf16 hint", precision, thresholds, golden)
         if not report.passed and not accept_fidelity_loss:
             raise ExportError(
                 f"OpenVINO's bf16 hint on {fp32_graph.files[0]} (prefix reuse, as bf16 plans serve it) ranks too "
@@ -108,6 +117,7 @@ def build_prefix_reuse_variant(
         graph, report = build_variant(
             precision, family, None, torch_model, encoder, folder, fp32_graph, thresholds=thresholds,
             int8_method=int8_method, golden=golden, role=role, int8_search_budget_s=int8_search_budget_s,
+            reference_run=reference_run,
         )  # fmt: skip
     except ExportError as exc:
         for file in folder.glob(f"{_variant_stem(fp32_graph, precision)}*"):
@@ -133,6 +143,7 @@ def build_variant(
     *,
     role: str,
     int8_search_budget_s: float = INT8_SEARCH_BUDGET_S,
+    reference_run: Callable[[Batch], np.ndarray] | None = None,
 ) -> tuple[ExportedGraph | None, FidelityReport]:
     """Build the `precision` variant of `fp32_graph` in `folder` and check it, run by the family's pipeline as
     `role` (`variant_source`), against the fp32 torch scorer (and on the artifact's `golden` set, as the
@@ -140,7 +151,8 @@ def build_variant(
 
     Raises ExportError when it misses a threshold, unless `accept_fidelity_loss` (then the report says so).
     `int8_method`: that int8 recipe only (default: each of INT8_METHODS until one passes); `int8_search_budget_s`:
-    the int8 search's time budget (seconds).
+    the int8 search's time budget (seconds); `reference_run`: the fp32 scorer's runner to judge against (default
+    `fp32_reference`; the export passes one for all its gates).
     """
     if int8_method is not None and int8_method not in INT8_METHODS:
         raise ExportError(f"int8 method {int8_method!r}: choose one of {', '.join(INT8_METHODS)}")
@@ -161,12 +173,15 @@ def build_variant(
     candidates = _candidates(
         precision, family, reference, fusion, folder, fp32_graph, role, int8_method, golden_only, search
     )
+    reference_run = reference_run or fp32_reference(family, torch_model)
     with closing(candidates):  # the search's work folder goes when the loop ends
         for method, candidate in candidates:
             for file in graph.files if graph is not None else []:  # the previous candidate missed: make room
                 (folder / file).unlink()
             graph, paths, record = candidate()  # every CPU path that may serve it: all must pass
-            report = _check_every_path(encoder, reference, paths, method, precision, thresholds, golden, golden_only)
+            report = _check_every_path(
+                encoder, reference_run, paths, method, precision, thresholds, golden, golden_only
+            )
             report.search = record.to_dict() if record is not None else {}
             if report.passed:
                 return graph, report
@@ -349,20 +364,21 @@ def _openvino_bf16_hint(family, folder: Path, fp32_graph: ExportedGraph, role: s
 
 
 def _check_every_path(
-    encoder, reference, paths: Mapping, method, precision, thresholds, golden, golden_only: bool = False
+    encoder, reference_run, paths: Mapping, method, precision, thresholds, golden, golden_only: bool = False
 ) -> FidelityReport:
-    """Each path's fidelity report (its failures include the golden set's, judged as the self-check will; with
+    """Each path's fidelity report against `reference_run`, the fp32 torch scorer's runner (its failures include the
+    golden set's, judged as the self-check will; with
     `golden_only`, on the golden set's pairs alone); the one kept is the first that misses (else the last), with every
     path's outcome in `paths_checked`."""
     reports = []
     for name, run in paths.items():
         if golden_only:  # bf16 emulated here: the golden set's pairs only, judged by the gate's rule
             samples = [(group.query, group.documents) for group in golden.groups]
-            report = check_fidelity(encoder, reference, run, name, precision, thresholds,
+            report = check_fidelity(encoder, reference_run, run, name, precision, thresholds,
                                     docs_per_query=golden.docs_per_query, samples=samples)  # fmt: skip
             report.not_checked = EMULATED_BF16
         else:
-            report = check_fidelity(encoder, reference, run, name, precision, thresholds)
+            report = check_fidelity(encoder, reference_run, run, name, precision, thresholds)
         report.method = method
         if golden is not None and not golden_only:
             check = run_self_check(run, encoder, golden, precision, name, "exporting machine", thresholds=thresholds)
