@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import shutil
 import time
 from contextlib import redirect_stderr
@@ -40,6 +41,7 @@ import httpx
 import numpy as np
 import torch
 
+from bench.lib.gemm import measured_ceiling
 from bench.lib.infinity import ENGINES, PeerUnavailable, ensure_env, infinity_server
 from bench.lib.models import build_qwen3_sized, build_xlmr_sized, export_variant, qwen3_card_p_yes
 from bench.lib.peak import decoder_flops, encoder_flops, peak, row_precision, share_of_peak, this_cpu
@@ -110,12 +112,15 @@ def add_peak_shares(section: dict, rows: dict, rate: str, flops_per_pair: float)
     fp32 peak), and the peaks themselves in `section` (bench/lib/peak.py has the formula)."""
     cpu = this_cpu()
     section["peak"] = {precision: peak(cpu, precision) for precision in ("fp32", "bf16", "int8")}
+    if "measured_ceiling" not in section:  # the fastest matrix products here, in the same run (bench/lib/gemm.py)
+        section["measured_ceiling"] = measured_ceiling(torch.get_num_threads())
     for name, row in rows.items():
         if rate in row:
-            precision = row.get("precision") or row_precision(name)
+            precision = (row.get("precision") or row_precision(name)).split()[0]  # "int8 dynamic": int8
             row["flops_per_pair"] = flops_per_pair
             row["share_of_peak"] = share_of_peak(flops_per_pair, row[rate], cpu, precision)
             row["share_of_fp32_peak"] = share_of_peak(flops_per_pair, row[rate], cpu, "fp32")
+            row["share_of_measured_ceiling"] = flops_per_pair * row[rate] / section["measured_ceiling"][precision]
 
 
 def mean_flops(flops, config_file: Path, lengths: list[int]) -> float:
@@ -131,12 +136,13 @@ HTTP_ROWS = [
     ("rerankrt fp32 (openvino)", "int8", {}, ["--precision", "fp32", "--backend", "openvino"]),
     ("rerankrt int8 dynamic (onnxruntime; misses the gate on trained MiniLM)", "int8", {},
      ["--backend", "onnxruntime"]),
-    ("rerankrt int8 mixed (openvino; passes on trained MiniLM)", "int8", {"int8_method": "mixed"},
+    ("rerankrt int8 mixed (openvino)", "int8", {"int8_method": "mixed"},
      ["--backend", "openvino"]),
-    ("rerankrt int8 mixed (openvino), --scheduling interleaved", "int8", {"int8_method": "mixed"},
-     ["--backend", "openvino", "--scheduling", "interleaved"]),
+    ("rerankrt int8 blockwise (openvino; misses on trained MiniLM with none kept fp32)", "int8",
+     {"int8_method": "blockwise"}, ["--backend", "openvino"]),
     ("rerankrt bf16 (openvino)", "bf16", {}, ["--backend", "openvino"]),
     ("rerankrt bf16 (torch)", "bf16", {}, ["--backend", "torch"]),
+    ("rerankrt bf16 artifact, auto (the plan measured fastest here)", "bf16", {}, []),
 ]  # fmt: skip
 
 
@@ -219,16 +225,20 @@ def rerankrt_http_rows(model_dir: Path, work: Path, bodies: list[dict], artifact
                 folder = "-".join([precision, *(f"{k}-{v}" for k, v in key[1])])
                 artifacts[key] = export_variant(model_dir, work / folder, precision, **options)
             artifact, _ = artifacts[key]
-            with rerankrt_serve(artifact, flags) as server:
+            # a fresh plan-timings folder: a row without --backend/--precision measures its plans on this machine
+            env = {**os.environ, "RERANKRT_CACHE_DIR": str(work / "plan-timings" / str(len(rows)))}
+            with rerankrt_serve(artifact, flags, env=env) as server:
                 row = asyncio.run(burst(server.base, bodies, args.concurrency, args.http_repeats))
+                plan = httpx.get(f"{server.base}/health", timeout=10).json()["plan"]
         except Exception as exc:  # a row this checkout cannot run is reported, never ends the run
             rows[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
             log(f"{name:48s} skipped: {rows[name]['skipped']}")
             continue
         fidelity = json.loads((artifact / "fidelity.json").read_text()) if (artifact / "fidelity.json").exists() else {}
-        served = "fp32" if "fp32" in flags else precision
+        served = plan["serving"].split(", ")[1]  # "openvino on cpu, bf16, model.onnx"
         method = fidelity.get("method") if served == "int8" else None
-        rows[name] = {"precision": f"{served} {method}" if method else served, "serve_flags": flags, **row}
+        rows[name] = {"precision": f"{served} {method}" if method else served, "serve_flags": flags, "plan": plan,
+                      **row}  # fmt: skip
         log(f"{name:48s} {row['docs_per_s']:7.2f} docs/s p50 {row['p50_s']:.1f} s wall {row['wall_s']:.1f} s")
     return rows
 
@@ -379,7 +389,7 @@ def minilm_section(args) -> dict:
     from rerankrt.runtime.openvino_backend import OpenVinoBackend
 
     runners = {"fp32 onnxruntime": ours["rerankrt fp32 (onnxruntime)"].backend.run}
-    for method in INT8_METHODS:  # every recipe, whichever the export gate kept
+    for method in (m for m in INT8_METHODS if m != "search"):  # every fixed recipe (the search: bench/int8_search.py)
         graph = f"{method}.onnx"
         quantize_int8(
             int8_art / "model.onnx",
@@ -553,6 +563,10 @@ def share(row: dict) -> str:
     return f"{row['share_of_peak']:.1%} ({row['share_of_fp32_peak']:.1%})"
 
 
+def ceiling_share(row: dict) -> str:
+    return fmt(row.get("share_of_measured_ceiling"), ".0%")
+
+
 def markdown_report(data: dict) -> str:
     """bench/results/cpu_speed.md: every section's tables, as docs/benchmarks.md quotes them."""
     out = [f"# CPU speed (bench/cpu_speed.py)\n\nMachine: {data['machine']}"]
@@ -564,6 +578,11 @@ def markdown_report(data: dict) -> str:
         ))  # fmt: skip
     for name, section in data["sections"].items():
         out.append(f"## {name} (run {section.get('run_at')})")
+        if "measured_ceiling" in section:
+            source = section.get("measured_ceiling_source", "in this run")
+            out.append(f"Measured ceiling, the fastest matrix product (bench/lib/gemm.py; {source}): " + "; ".join(
+                f"{precision} {ops / 1e9:.0f} G ops/s" for precision, ops in section["measured_ceiling"].items()
+            ))  # fmt: skip
         if "in_process" in section:
             rows = [
                 [
@@ -572,11 +591,13 @@ def markdown_report(data: dict) -> str:
                     f"{r['ratio']:.2f}x",
                     fmt(r["max_abs_score_diff_vs_baseline"], ".1e"),
                     share(r),
+                    ceiling_share(r),
                 ]
                 for row, r in section["in_process"].items()
             ]
             out.append(f"In-process, {section['pairs']} pairs:")
-            header = ["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline", "share of peak (fp32 peak)"]
+            header = ["row", "pairs/s", "vs baseline", "max abs Δscore vs baseline", "share of peak (fp32 peak)",
+                      "of measured ceiling"]  # fmt: skip
             out.append(markdown_table(header, rows))
         if "http" in section:
             w = section["http_workload"]
@@ -587,17 +608,18 @@ def markdown_report(data: dict) -> str:
                 "sentence-transformers in-process; Δscore against sentence-transformers on the first request."
             )
             header = ["row", "precision", "docs/s", "vs Infinity best", "vs sentence-transformers", "p50 s", "p95 s",
-                      "p99 s", "p50 / wall", "max abs Δscore", "share of peak (fp32 peak)"]  # fmt: skip
+                      "p99 s", "p50 / wall", "max abs Δscore", "share of peak (fp32 peak)", "of measured ceiling",
+                      "plan served"]  # fmt: skip
             rows = []
             for row, r in section["http"].items():
                 if "skipped" in r:
-                    rows.append([row, "skipped: " + r["skipped"].splitlines()[0].replace("|", "/")] + [""] * 9)
+                    rows.append([row, "skipped: " + r["skipped"].splitlines()[0].replace("|", "/")] + [""] * 11)
                     continue
                 rows.append([
                     row, r["precision"], f"{r['docs_per_s']:.2f}", fmt(r["vs_infinity_best"], ".2f"),
                     f"{r['vs_sentence_transformers']:.2f}", f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}",
                     f"{r['p99_s']:.1f}", f"{r['p50_over_wall']:.2f}", f"{r['max_abs_score_diff_vs_baseline']:.1e}",
-                    share(r),
+                    share(r), ceiling_share(r), r.get("plan", {}).get("serving", ""),
                 ])  # fmt: skip
             out.append(markdown_table(header, rows))
         if "cross_encoder" in section:

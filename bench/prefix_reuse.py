@@ -8,8 +8,9 @@ prefix share, the shared prompt's tokens over each pair's mean tokens. Rows, sam
 transformers code in fp32 (the baseline users run), rerankrt's fp32 path with whole prompts (today's path) and with
 prefix reuse (exact), and the bf16 rows on every CPU backend this checkout has. A row whose backend cannot load here
 is skipped with the reason. Each row: pairs/s (one warm-up request of 2 documents, then the workload timed once),
-ratio vs the card and vs the fp32 whole-prompt path, max |Δ P(yes)| vs the card. Results:
-bench/results/prefix_reuse_L<layers>.{json,png}.
+ratio vs the card and vs the fp32 whole-prompt path, max |Δ P(yes)| vs the card, and its share of this CPU's peak
+and of the ceiling measured after the rows (bench/lib/gemm.py; `add_peak_shares` says how the work is counted).
+Results: bench/results/prefix_reuse_L<layers>.{json,png}.
 
 `--quick`, a rough check on a shared machine, writes no results: a reduced Qwen3 (`--layers`, default 4, the tiny
 tokenizer's vocabulary) exported once into --out (reused when there), fp32, plain vs prefix reuse on ONNX Runtime and
@@ -36,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.lib.gemm import measured_ceiling
 from bench.lib.models import build_qwen3_sized, qwen3_card_p_yes
+from bench.lib.peak import decoder_flops, decoder_flops_parts, row_precision, share_of_peak, this_cpu
 from bench.lib.plotting import prefix_reuse_figure
 from bench.lib.results import log, machine, markdown_table, write_result
 from bench.lib.text import documents_of_about
@@ -82,6 +85,28 @@ def time_workload(score, docs: list[str]) -> tuple[float, np.ndarray]:
     """One warm-up call on 2 documents, then `score(docs)` timed once: (seconds, scores)."""
     timing = repeat(lambda: score(docs), 1, warm_up=lambda: score(docs[:2]))
     return timing.best, np.asarray(timing.output, dtype=np.float64)
+
+
+def add_peak_shares(results: dict, config: dict, ceiling: dict[str, float]) -> None:
+    """Each row's arithmetic as a share of this CPU's computed peak (bench/lib/peak.py) and of the `ceiling` measured
+    in the same run (bench/lib/gemm.py), at the row's precision, from the workload's mean prompt length. Two counts:
+    `share_*` the whole prompt per pair (the card's work, so a prefix-reuse row's share says how fast it delivers
+    the card's answer), `computed_share_*` what the row computes (a prefix-reuse row: the suffix against the whole
+    prompt; the shared prefix is computed once and cached across requests, the warm-up's included)."""
+    cpu = this_cpu()
+    per_token, per_query_key = decoder_flops_parts(config)
+    for result in results.values():
+        if result.get("prompt_tokens_mean") is None:
+            continue
+        whole, shared = result["prompt_tokens_mean"], result["shared_prefix_tokens"]
+        for label, row in result["rows"].items():
+            precision = row_precision(label)
+            done = decoder_flops(config, whole)
+            if "prefix reuse" in label:
+                done = per_token * (whole - shared) + per_query_key * (whole - shared) * whole
+            for prefix, flops in (("", decoder_flops(config, whole)), ("computed_", done)):
+                row[f"{prefix}share_of_peak"] = share_of_peak(flops, row["pairs_per_s"], cpu, precision)
+                row[f"{prefix}share_of_measured_ceiling"] = flops * row["pairs_per_s"] / ceiling[precision]
 
 
 def parse_args() -> argparse.Namespace:
@@ -204,6 +229,8 @@ def measure(args) -> None:
             if TODAY in rows:
                 row["vs_today"] = row["pairs_per_s"] / rows[TODAY]["pairs_per_s"]
 
+    ceiling = measured_ceiling(args.threads)
+    add_peak_shares(results, json.loads((model_dir / "config.json").read_text()), ceiling)
     data = {
         "benchmark": "prefix_reuse",
         "config": {**vars(args), "workdir": str(args.workdir)},
@@ -211,20 +238,33 @@ def measure(args) -> None:
         "export_seconds": export_s,
         "bf16_gate": json.loads((artifact / "fidelity.json").read_text()) if args.precision == "bf16" else None,
         "skipped": skipped,
+        "measured_ceiling": ceiling,
         "results": results,
     }
     path = write_result(f"prefix_reuse_L{args.layers}", data)
+    print("\n" + markdown(results))
+    prefix_reuse_figure(results, png := path.with_suffix(".png"))
+    print(f"written {path} and {png}")
+
+
+def markdown(results: dict) -> str:
+    """The results as a table: a row's speed against the card and today's path, its difference from the card, and its
+    share of the measured ceiling at its precision (whole prompt; what it computes)."""
+
+    def shares(row: dict) -> str:
+        if row.get("share_of_measured_ceiling") is None:
+            return ""
+        return f"{row['share_of_measured_ceiling']:.0%} ({row['computed_share_of_measured_ceiling']:.0%})"
+
     table = []
     for name, result in results.items():
         share = "–" if result.get("prefix_share") is None else f"{result['prefix_share']:.0%}"
         table += [[name, share, label, f"{row['pairs_per_s']:.3f}", f"{row['vs_card']:.2f}x",
-                   f"{row.get('vs_today', float('nan')):.2f}x", f"{row['max_abs_diff_vs_card']:.1e}"]
+                   f"{row.get('vs_today', float('nan')):.2f}x", f"{row['max_abs_diff_vs_card']:.1e}", shares(row)]
                   for label, row in result["rows"].items()]  # fmt: skip
     header = ["workload", "prefix share", "row", "pairs/s", "vs model card", "vs today's fp32",
-              "max abs ΔP(yes) vs card"]  # fmt: skip
-    print("\n" + markdown_table(header, table))
-    prefix_reuse_figure(results, png := path.with_suffix(".png"))
-    print(f"written {path} and {png}")
+              "max abs ΔP(yes) vs card", "of measured ceiling (computed)"]  # fmt: skip
+    return markdown_table(header, table)
 
 
 def quick(args) -> None:

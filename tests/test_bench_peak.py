@@ -45,3 +45,19 @@ def test_a_rows_precision_is_read_from_its_name():
     assert row_precision("rerankrt int8 mixed (openvino)") == "int8"
     assert row_precision("rerankrt bf16 (torch)") == "bf16"
     assert row_precision("sentence-transformers CrossEncoder fp32 (baseline)") == "fp32"
+
+
+def test_a_prefix_reuse_row_counts_the_cards_work_and_what_it_computes():
+    from bench.prefix_reuse import add_peak_shares
+
+    card, reuse = "model card (transformers fp32)", "rerankrt bf16 openvino, prefix reuse"
+    results = {"typical": {"prompt_tokens_mean": 300.0, "shared_prefix_tokens": 100,
+                           "rows": {card: {"pairs_per_s": 1.0}, reuse: {"pairs_per_s": 4.0}}}}  # fmt: skip
+    add_peak_shares(results, QWEN3_06B, {"fp32": 1e11, "bf16": 2e11})
+    rows = results["typical"]["rows"]
+    whole = decoder_flops(QWEN3_06B, 300)
+    assert rows[card]["share_of_measured_ceiling"] == pytest.approx(whole / 1e11)
+    assert rows[card]["computed_share_of_measured_ceiling"] == rows[card]["share_of_measured_ceiling"]
+    assert rows[reuse]["share_of_measured_ceiling"] == pytest.approx(4 * whole / 2e11)  # the card's work, bf16
+    computed = rows[reuse]["computed_share_of_measured_ceiling"] * 2e11 / 4  # FLOPs per pair it computed
+    assert computed == pytest.approx(200 / 300 * whole)  # the 200 suffix tokens, each attending to all 300
