@@ -99,12 +99,12 @@ def add_peak_shares(results: dict, config: dict, ceiling: dict[str, float]) -> N
         if result.get("prompt_tokens_mean") is None:
             continue
         whole, shared = result["prompt_tokens_mean"], result["shared_prefix_tokens"]
+        card_flops = decoder_flops(config, whole)
+        reuse_flops = per_token * (whole - shared) + per_query_key * (whole - shared) * whole
         for label, row in result["rows"].items():
             precision = row_precision(label)
-            done = decoder_flops(config, whole)
-            if "prefix reuse" in label:
-                done = per_token * (whole - shared) + per_query_key * (whole - shared) * whole
-            for prefix, flops in (("", decoder_flops(config, whole)), ("computed_", done)):
+            done = reuse_flops if "prefix reuse" in label else card_flops
+            for prefix, flops in (("", card_flops), ("computed_", done)):
                 row[f"{prefix}share_of_peak"] = share_of_peak(flops, row["pairs_per_s"], cpu, precision)
                 row[f"{prefix}share_of_measured_ceiling"] = flops * row["pairs_per_s"] / ceiling[precision]
 

@@ -367,9 +367,8 @@ def _check_every_path(
     encoder, reference_run, paths: Mapping, method, precision, thresholds, golden, golden_only: bool = False
 ) -> FidelityReport:
     """Each path's fidelity report against `reference_run`, the fp32 torch scorer's runner (its failures include the
-    golden set's, judged as the self-check will; with
-    `golden_only`, on the golden set's pairs alone); the one kept is the first that misses (else the last), with every
-    path's outcome in `paths_checked`."""
+    golden set's, judged as the self-check will; with `golden_only`, on the golden set's pairs alone); the one kept
+    is the first that misses (else the last), with every path's outcome in `paths_checked`."""
     reports = []
     for name, run in paths.items():
         if golden_only:  # bf16 emulated here: the golden set's pairs only, judged by the gate's rule
